@@ -1,0 +1,262 @@
+"""The search space: what a study file's [space] table may say, and how a trial samples it.
+
+Every model hpo builds is described by the same eight parameters. A study file gives each one
+as a fixed value, a list of choices, or an int/float range; parameters it leaves out keep the
+book's configuration. Fixed values are still suggested (as a one-choice categorical) so that
+`trial.params` alone is enough to rebuild any trial's model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from hpo.errors import HpoError
+
+TASKS = ("binary", "multiclass", "regression")
+
+LOSSES: dict[str, tuple[str, ...]] = {
+    "binary": ("binary_crossentropy", "mse", "mae", "hinge"),
+    "multiclass": ("categorical_crossentropy", "sparse_categorical_crossentropy"),
+    "regression": ("mse", "mae", "huber"),
+}
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "leaky_relu")
+OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd", "nadam")
+
+
+def _int_at_least(low: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an integer, got {value!r}"
+        return None if value >= low else f"must be at least {low}, got {value}"
+
+    return check
+
+
+def _float_in(low: float, high: float, *, open_low: bool, open_high: bool) -> Callable:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return f"must be a number, got {value!r}"
+        too_low = value <= low if open_low else value < low
+        too_high = value >= high if open_high else value > high
+        if too_low or too_high:
+            left, right = "(" if open_low else "[", ")" if open_high else "]"
+            return f"must lie in {left}{low:g}, {high:g}{right}, got {value:g}"
+        return None
+
+    return check
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in options else f"must be one of {', '.join(options)}; got {value!r}"
+
+    return check
+
+
+@dataclass(frozen=True)
+class ParamRule:
+    """What values one parameter may take; `kind` says which range forms make sense."""
+
+    kind: str  # "int" | "float" | "str"
+    check: Callable[[Any], str | None]
+
+
+PARAMS: dict[str, ParamRule] = {
+    "layers": ParamRule("int", _int_at_least(1)),
+    "units": ParamRule("int", _int_at_least(1)),
+    "activation": ParamRule("str", _one_of(ACTIVATIONS)),
+    "loss": ParamRule("str", lambda v: None),  # checked against the task in parse_space
+    "optimizer": ParamRule("str", _one_of(OPTIMIZERS)),
+    "learning_rate": ParamRule("float", _float_in(0.0, 10.0, open_low=True, open_high=False)),
+    "batch_size": ParamRule("int", _int_at_least(1)),
+    "dropout": ParamRule("float", _float_in(0.0, 1.0, open_low=False, open_high=True)),
+}
+
+BOOK_DEFAULTS: dict[str, Any] = {
+    "layers": 2,
+    "units": 16,
+    "activation": "relu",
+    "optimizer": "rmsprop",
+    "learning_rate": 1e-3,
+    "batch_size": 512,
+    "dropout": 0.0,
+}
+DEFAULT_LOSS = {
+    "binary": "binary_crossentropy",
+    "multiclass": "sparse_categorical_crossentropy",
+    "regression": "mse",
+}
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple[Any, ...]
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return trial.suggest_categorical(name, list(self.values))
+
+    @property
+    def searched(self) -> bool:
+        return len(self.values) > 1
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    def suggest(self, trial: optuna.Trial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    @property
+    def searched(self) -> bool:
+        return self.high > self.low
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+
+    def suggest(self, trial: optuna.Trial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+    @property
+    def searched(self) -> bool:
+        return self.high > self.low
+
+
+Dimension = Choice | IntRange | FloatRange
+
+
+@dataclass(frozen=True)
+class Space:
+    """The parsed [space] table: one dimension per model parameter, all eight present."""
+
+    dims: Mapping[str, Dimension]
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {name: dim.suggest(trial, name) for name, dim in self.dims.items()}
+
+    def searched(self) -> list[str]:
+        return [name for name, dim in self.dims.items() if dim.searched]
+
+    def admits(self, params: Mapping[str, Any]) -> str | None:
+        """Why a stored trial's parameters do not fit this space, or None when they do."""
+        for name, dim in self.dims.items():
+            if name not in params:
+                return f"parameter {name} is missing"
+            value = params[name]
+            inside = (
+                value in dim.values if isinstance(dim, Choice) else dim.low <= value <= dim.high
+            )
+            if not inside:
+                return f"{name}={value!r} lies outside the study file's space"
+        return None
+
+
+def _fail(source: str, key: str, why: str) -> HpoError:
+    return HpoError(f"{source}: space.{key}: {why}")
+
+
+def _check_value(source: str, key: str, rule: ParamRule, value: Any, allowed: Callable) -> None:
+    problem = allowed(value) or rule.check(value)
+    if problem:
+        raise _fail(source, key, problem)
+
+
+def _parse_range(source: str, key: str, rule: ParamRule, entry: dict, allowed: Callable):
+    form = "int" if "int" in entry else "float"
+    bounds = entry[form]
+    extra = set(entry) - {form, "log", "step"}
+    if extra:
+        allowed_options = f"{form}, log, step"
+        raise _fail(
+            source, key, f"unknown option {sorted(extra)[0]!r} (allowed: {allowed_options})"
+        )
+    if rule.kind == "str":
+        raise _fail(source, key, "takes names, not a numeric range; use choices = [...]")
+    if rule.kind == "int" and form == "float":
+        raise _fail(source, key, "is an integer parameter; use int = [low, high]")
+    if not (isinstance(bounds, list) and len(bounds) == 2):
+        raise _fail(source, key, f"{form} must be [low, high], got {bounds!r}")
+    low, high = bounds
+    for bound in bounds:
+        _check_value(source, key, rule, bound, allowed)
+    if low > high:
+        raise _fail(source, key, f"empty range: low {low} is greater than high {high}")
+    log = entry.get("log", False)
+    if not isinstance(log, bool):
+        raise _fail(source, key, f"log must be true or false, got {log!r}")
+    if log and low <= 0:
+        raise _fail(source, key, f"a log range needs low > 0, got {low}")
+    step = entry.get("step")
+    if step is not None:
+        if log:
+            raise _fail(source, key, "step and log cannot be combined")
+        if isinstance(step, bool) or not isinstance(step, int | float) or step <= 0:
+            raise _fail(source, key, f"step must be a positive number, got {step!r}")
+    if form == "int":
+        if step is not None and not isinstance(step, int):
+            raise _fail(source, key, f"an int range needs an integer step, got {step!r}")
+        return IntRange(low, high, step or 1, log)
+    return FloatRange(float(low), float(high), None if step is None else float(step), log)
+
+
+def _parse_entry(source: str, key: str, entry: Any, allowed: Callable) -> Dimension:
+    rule = PARAMS[key]
+    if not isinstance(entry, dict):
+        _check_value(source, key, rule, entry, allowed)
+        return Choice((entry,))
+    forms = [form for form in ("choices", "int", "float") if form in entry]
+    if len(forms) != 1:
+        forms_text = "choices = [...], int = [lo, hi], float = [lo, hi]"
+        raise _fail(source, key, f"give exactly one of {forms_text}")
+    if forms[0] != "choices":
+        return _parse_range(source, key, rule, entry, allowed)
+    values = entry["choices"]
+    if set(entry) != {"choices"}:
+        raise _fail(source, key, f"unknown option {sorted(set(entry) - {'choices'})[0]!r}")
+    if not isinstance(values, list) or not values:
+        raise _fail(source, key, "choices must be a non-empty list")
+    if len(set(map(repr, values))) != len(values):
+        raise _fail(source, key, f"choices repeat a value: {values!r}")
+    for value in values:
+        _check_value(source, key, rule, value, allowed)
+    return Choice(tuple(values))
+
+
+def parse_space(table: Any, task: str, source: str) -> Space:
+    """Validate a [space] table for `task`; `source` names the file in error messages."""
+    if not isinstance(table, dict):
+        raise HpoError(f"{source}: [space] must be a table of parameters")
+    unknown = set(table) - set(PARAMS)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise _fail(source, name, f"unknown parameter (known: {', '.join(PARAMS)})")
+    losses = LOSSES[task]
+
+    def allowed(key: str) -> Callable[[Any], str | None]:
+        if key == "loss":
+            return lambda v: (
+                None
+                if v in losses
+                else (f"{v!r} is not a loss for a {task} task (use one of {', '.join(losses)})")
+            )
+        return lambda v: None
+
+    defaults = {**BOOK_DEFAULTS, "loss": DEFAULT_LOSS[task]}
+    dims = {
+        key: _parse_entry(source, key, table.get(key, defaults[key]), allowed(key))
+        for key in PARAMS
+    }
+    return Space(dims)

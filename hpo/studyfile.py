@@ -1,0 +1,210 @@
+"""Study files (studies/*.toml): parse and validate them into a StudySpec.
+
+Every problem is reported as one line naming the file, the key and why, e.g.
+`my.toml: study.metric: val_acc is not a metric hpo records (use val_accuracy or val_loss)`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hpo import algorithms, data
+from hpo.datasets import BUILTIN
+from hpo.errors import HpoError
+from hpo.space import TASKS, Space, parse_space
+
+METRICS = {
+    "binary": {"val_accuracy": "maximize", "val_loss": "minimize"},
+    "multiclass": {"val_accuracy": "maximize", "val_loss": "minimize"},
+    "regression": {"val_mae": "minimize", "val_mse": "minimize", "val_loss": "minimize"},
+}
+STUDY_KEYS = {
+    "name",
+    "dataset",
+    "task",
+    "metric",
+    "direction",
+    "max_epochs",
+    "validation",
+    "num_words",
+    "seed",
+}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    dataset: str
+    task: str
+    metric: str
+    direction: str
+    max_epochs: int
+    validation: data.Validation
+    space: Space
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
+    num_words: int = 10000
+    seed: int | None = None
+    path: str = ""
+
+    def with_overrides(self, **changes: Any) -> StudySpec:
+        """A copy with CLI options applied; None means 'keep the file's value'."""
+        changes = {key: value for key, value in changes.items() if value is not None}
+        for part in ("sampler", "pruner"):
+            if part in changes:  # a new algorithm starts from its defaults, not the file's options
+                name = changes[part]
+                current = getattr(self, part)
+                changes[part] = current if current["name"] == name else {"name": name}
+        if "max_epochs" in changes and changes["max_epochs"] < 1:
+            raise HpoError(f"--max-epochs must be at least 1, got {changes['max_epochs']}")
+        spec = replace(self, **changes)
+        algorithms.check(spec.sampler, spec.pruner, spec.max_epochs, source="options")
+        return spec
+
+
+def studies_dir() -> Path:
+    env = os.environ.get("HPO_STUDIES_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "studies"
+
+
+def builtin_studies() -> list[Path]:
+    return sorted(studies_dir().glob("*.toml"))
+
+
+def resolve(target: str) -> Path:
+    """A dataset name or a path to a study file → the study file's path."""
+    path = Path(target).expanduser()
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise HpoError(f"{target}: no such study file")
+        return path
+    builtin = studies_dir() / f"{target}.toml"
+    if builtin.is_file():
+        return builtin
+    known = ", ".join(p.stem for p in builtin_studies()) or ", ".join(BUILTIN)
+    raise HpoError(f"unknown dataset {target!r} (built in: {known}; or pass a STUDY.toml path)")
+
+
+def _require(table: dict, key: str, source: str, kind: type | tuple, what: str) -> Any:
+    if key not in table:
+        raise HpoError(f"{source}: study.{key}: missing ({what})")
+    value = table[key]
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise HpoError(f"{source}: study.{key}: must be {what}, got {value!r}")
+    return value
+
+
+def load(target: str) -> StudySpec:
+    path = resolve(target)
+    source = str(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise HpoError(f"{source}: not valid TOML ({exc})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HpoError(f"{source}: cannot read ({exc})") from exc
+    return parse(doc, source)
+
+
+def parse(doc: dict[str, Any], source: str) -> StudySpec:
+    unknown_tables = set(doc) - {"study", "space", "sampler", "pruner"}
+    if unknown_tables:
+        raise HpoError(
+            f"{source}: unknown table [{sorted(unknown_tables)[0]}] "
+            "(allowed: study, space, sampler, pruner)"
+        )
+    study = doc.get("study")
+    if not isinstance(study, dict):
+        raise HpoError(f"{source}: missing [study] table")
+    unknown = set(study) - STUDY_KEYS
+    if unknown:
+        raise HpoError(
+            f"{source}: study.{sorted(unknown)[0]}: unknown key "
+            f"(allowed: {', '.join(sorted(STUDY_KEYS))})"
+        )
+
+    dataset = _require(study, "dataset", source, str, f"one of {', '.join(BUILTIN)}")
+    if dataset not in BUILTIN:
+        raise HpoError(
+            f"{source}: study.dataset: unknown dataset {dataset!r} (built in: {', '.join(BUILTIN)})"
+        )
+    task = study.get("task", data.TASKS[dataset])
+    if task not in TASKS:
+        raise HpoError(f"{source}: study.task: must be one of {', '.join(TASKS)}, got {task!r}")
+    if task != data.TASKS[dataset]:
+        raise HpoError(
+            f"{source}: study.task: {dataset} is a {data.TASKS[dataset]} dataset, not {task}"
+        )
+
+    metrics = METRICS[task]
+    metric = study.get("metric", next(iter(metrics)))
+    if metric not in metrics:
+        raise HpoError(
+            f"{source}: study.metric: {metric!r} is not a metric hpo records for a "
+            f"{task} task (use {' or '.join(metrics)})"
+        )
+    direction = study.get("direction", metrics[metric])
+    if direction not in ("maximize", "minimize"):
+        raise HpoError(
+            f"{source}: study.direction: must be maximize or minimize, got {direction!r}"
+        )
+    if direction != metrics[metric]:
+        raise HpoError(
+            f"{source}: study.direction: {metric} must be {metrics[metric]}d, not {direction}d"
+        )
+
+    max_epochs = study.get("max_epochs", 20)
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise HpoError(
+            f"{source}: study.max_epochs: must be a positive integer, got {max_epochs!r}"
+        )
+    try:
+        validation = data.Validation.parse(study.get("validation", "first:10000"))
+    except ValueError as exc:
+        raise HpoError(f"{source}: study.validation: {exc}") from exc
+    num_words = study.get("num_words", 10000)
+    if isinstance(num_words, bool) or not isinstance(num_words, int) or num_words < 4:
+        raise HpoError(f"{source}: study.num_words: must be an integer ≥ 4, got {num_words!r}")
+    seed = study.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise HpoError(f"{source}: study.seed: must be an integer, got {seed!r}")
+    name = study.get("name", Path(source).stem)
+    if not isinstance(name, str) or not name.strip():
+        raise HpoError(f"{source}: study.name: must be a non-empty string, got {name!r}")
+
+    space = parse_space(doc.get("space", {}), task, source)
+    if metric == "val_loss" and "loss" in space.searched():
+        raise HpoError(
+            f"{source}: study.metric: val_loss is not comparable across trials when "
+            f"space.loss has several choices (use {next(iter(metrics))})"
+        )
+
+    sampler = _algorithm(doc, "sampler", source, "tpe")
+    pruner = _algorithm(doc, "pruner", source, "median")
+    algorithms.check(sampler, pruner, max_epochs, source)
+    return StudySpec(
+        name=name,
+        dataset=dataset,
+        task=task,
+        metric=metric,
+        direction=direction,
+        max_epochs=max_epochs,
+        validation=validation,
+        space=space,
+        sampler=sampler,
+        pruner=pruner,
+        num_words=num_words,
+        seed=seed,
+        path=source,
+    )
+
+
+def _algorithm(doc: dict, part: str, source: str, default: str) -> dict[str, Any]:
+    table = doc.get(part, {})
+    if not isinstance(table, dict):
+        raise HpoError(f"{source}: [{part}] must be a table")
+    return {"name": default, **table}

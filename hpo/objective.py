@@ -1,0 +1,185 @@
+"""The objective: train one trial's model, report each epoch to Optuna, return the best epoch.
+
+What a finished (or pruned, or failed) trial holds:
+- intermediate values: the validation metric after each epoch (fold-averaged for k-fold);
+- user attr `history`: per-epoch train and validation loss and metric, fold-averaged;
+- user attr `best_epoch`: the 1-based epoch with the best validation metric; the trial's value
+  is the metric at that epoch, not at the last one;
+- user attr `fail_reason` when the trial failed (e.g. the loss became NaN).
+
+Why not optuna_integration's KerasPruningCallback: k-fold trials must report the metric averaged
+over folds, and a mistyped monitor must stop the study, not warn and silently never prune.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import optuna
+
+from hpo import model as model_lib
+from hpo.backend import import_keras
+from hpo.data import Prepared
+from hpo.errors import HpoError
+from hpo.studyfile import StudySpec
+
+keras = import_keras()  # through hpo.backend, which keeps the backend's start-up quiet
+
+
+class TrialFailed(Exception):
+    """The trial cannot produce a value (NaN loss); the study records it as FAILED and goes on."""
+
+
+class EpochReporter(keras.callbacks.Callback):
+    """Collect each epoch's logs, report the monitored metric, prune, and stop on NaN.
+
+    Used as a Keras callback for a holdout trial, and called directly with fold-averaged logs
+    for a k-fold trial.
+    """
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        monitor: str,
+        direction: str,
+        on_epoch: Callable[[int, float], None] | None = None,
+        check_interrupt: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.trial = trial
+        self.monitor = monitor
+        self.maximize = direction == "maximize"
+        self.on_epoch = on_epoch
+        self.check_interrupt = check_interrupt
+        self.history: dict[str, list[float]] = {}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.record(epoch + 1, logs or {})
+
+    def record(self, epoch: int, logs: dict[str, Any]) -> None:
+        if self.monitor not in logs:
+            raise HpoError(
+                f"metric {self.monitor!r} is not in the training logs "
+                f"({', '.join(sorted(logs))}); pruning would never happen"
+            )
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+        if self.check_interrupt:
+            self.check_interrupt()
+        bad = [key for key, value in logs.items() if not math.isfinite(float(value))]
+        if bad:
+            self.save()
+            reason = f"{bad[0]} became {logs[bad[0]]} at epoch {epoch}"
+            self.trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason)
+        self.trial.report(float(logs[self.monitor]), step=epoch)
+        if self.on_epoch:
+            self.on_epoch(epoch, float(logs[self.monitor]))
+        if self.trial.should_prune():
+            self.save()
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    def best(self) -> tuple[int, float]:
+        """(1-based best epoch, its monitored value)."""
+        curve = np.asarray(self.history[self.monitor])
+        index = int(np.argmax(curve) if self.maximize else np.argmin(curve))
+        return index + 1, float(curve[index])
+
+    def save(self) -> None:
+        """One user attr for the whole curve: cheap on an RDB, and readable by any Optuna tool."""
+        self.trial.set_user_attr("history", self.history)
+        if self.history.get(self.monitor):
+            self.trial.set_user_attr("best_epoch", self.best()[0])
+
+
+class Objective:
+    """Callable for study.optimize; holds the prepared data so no trial reloads it."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        data: Prepared,
+        *,
+        verbose: int = 0,
+        on_epoch: Callable[[int, int, float], None] | None = None,
+        check_interrupt: Callable[[], None] | None = None,
+        admit: Callable[[optuna.Trial], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.data = data
+        self.admit = admit  # raises when the study's trial budget is already taken
+        self.verbose = verbose
+        self.on_epoch = on_epoch  # (trial number, epoch, monitored value), for progress display
+        self.check_interrupt = check_interrupt  # raises KeyboardInterrupt after Ctrl-C
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.admit:
+            self.admit(trial)
+        keras.backend.clear_session()  # drop the previous trial's graphs and layer names
+        params = self.spec.space.suggest(trial)
+        if self.spec.seed is not None:
+            keras.utils.set_random_seed(self.spec.seed + trial.number)
+        on_epoch = self.on_epoch and (
+            lambda epoch, value: self.on_epoch(trial.number, epoch, value)
+        )
+        reporter = EpochReporter(
+            trial, self.spec.metric, self.spec.direction, on_epoch, self.check_interrupt
+        )
+        try:
+            if self.spec.validation.kind == "kfold":
+                self._fit_folds(params, reporter)
+            else:
+                self._fit_holdout(params, reporter)
+        except KeyboardInterrupt:
+            reporter.save()
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        reporter.save()
+        return reporter.best()[1]
+
+    def _fit_args(self, params: dict[str, Any], x, y, validation) -> dict[str, Any]:
+        to_targets = self._targets(params)
+        return {
+            "x": x,
+            "y": to_targets(y),
+            "batch_size": params["batch_size"],
+            "validation_data": (validation[0], to_targets(validation[1])),
+            "validation_batch_size": max(params["batch_size"], model_lib.VALIDATION_BATCH),
+            "verbose": self.verbose,
+        }
+
+    def _targets(self, params: dict[str, Any]):
+        data = self.data
+        return lambda y: model_lib.targets(y, data.task, params["loss"], data.n_outputs)
+
+    def _fit_holdout(self, params: dict[str, Any], reporter: EpochReporter) -> None:
+        ((train, val),) = self.spec.validation.splits(self.data.x_train, self.data.y_train)
+        model = model_lib.build(params, self.data)
+        model.fit(
+            **self._fit_args(params, *train, val), epochs=self.spec.max_epochs, callbacks=[reporter]
+        )
+
+    def _fit_folds(self, params: dict[str, Any], reporter: EpochReporter) -> None:
+        """Train the k fold models side by side, a chunk of epochs at a time, reporting each
+        epoch's fold-averaged metric and checking the pruner after every chunk.
+
+        A chunk is a tenth of the budget: one fit() call per fold and epoch would cost more
+        than the epochs themselves on small data (Boston: 19 batches an epoch)."""
+        folds = list(self.spec.validation.splits(self.data.x_train, self.data.y_train))
+        models = [model_lib.build(params, self.data) for _ in folds]
+        fit_args = [self._fit_args(params, *train, val) for train, val in folds]
+        chunk = max(1, self.spec.max_epochs // 10)
+        for start in range(0, self.spec.max_epochs, chunk):
+            stop = min(start + chunk, self.spec.max_epochs)
+            curves = [
+                model.fit(**args, initial_epoch=start, epochs=stop).history
+                for model, args in zip(models, fit_args, strict=True)
+            ]
+            for offset in range(stop - start):
+                averaged = {
+                    key: float(np.mean([c[key][offset] for c in curves])) for key in curves[0]
+                }
+                reporter.record(start + offset + 1, averaged)

@@ -1,0 +1,82 @@
+"""The study's trial budget, exact across any number of worker processes and machines.
+
+Optuna's `n_trials` is per process, and MaxTrialsCallback checks only after a trial ends, so
+workers sharing a study overshoot. Here the budget is a property of the study:
+
+- a trial *counts* when it finished on its own: COMPLETE, PRUNED, or FAILED with a reason the
+  objective recorded (a NaN loss). A trial failed by the heartbeat (its worker died), by Ctrl-C
+  or for being over budget does not count: it is re-run or was never run;
+- a new trial is *admitted* only if fewer than N trials with smaller numbers (numbers are
+  assigned atomically by the storage) are counted, running or waiting. Whatever order workers
+  check in, the counted trials can never exceed N. A trial that is not admitted fails at once
+  with reason "over budget", and its worker waits;
+- a worker waits while every remaining slot is held by running trials, since one of them may
+  die and need a re-run; it stops when N trials count.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+NOT_COUNTED = ("interrupted", "over budget")
+
+
+def counts_toward_budget(trial: FrozenTrial) -> bool:
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state == TrialState.FAIL:
+        reason = trial.user_attrs.get("fail_reason")
+        return reason is not None and reason not in NOT_COUNTED
+    return False
+
+
+def finished(study: optuna.Study) -> int:
+    return sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+
+
+class OverBudget(Exception):
+    """This trial was created after the budget was taken; it ends without counting."""
+
+
+class Budget:
+    def __init__(self, total: int, poll_s: float = 2.0) -> None:
+        self.total = total
+        self.poll_s = poll_s
+
+    def admit(self, trial: optuna.Trial) -> None:
+        """Raise OverBudget unless fewer than `total` earlier trials hold a slot."""
+        ahead = sum(
+            1
+            for t in trial.study.get_trials(deepcopy=False)
+            if t.number < trial.number
+            and (counts_toward_budget(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
+        )
+        if ahead >= self.total:
+            trial.set_user_attr("fail_reason", "over budget")
+            raise OverBudget(f"trial {trial.number}: {self.total} trials already hold the budget")
+
+    def wait_for_slot(
+        self, study: optuna.Study, deadline: float | None = None, stop_requested=lambda: False
+    ) -> bool:
+        """True when this worker may start a trial; False when the budget is met (or the
+        deadline passed, or Ctrl-C was pressed)."""
+        while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            trials = study.get_trials(deepcopy=False)
+            done = sum(counts_toward_budget(t) for t in trials)
+            if done >= self.total or stop_requested():
+                return False
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            if done + running < self.total:
+                return True
+            # Only running trials hold the rest: wait, failing any whose worker died, so
+            # that the retry callback queues them again for us to run.
+            with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            time.sleep(self.poll_s)

@@ -1,0 +1,148 @@
+"""Create or resume a study and run trials on it until the study's trial budget is met."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+
+from hpo import algorithms, data
+from hpo.backend import import_keras
+from hpo.budget import Budget, OverBudget, finished
+from hpo.errors import HpoError
+from hpo.interrupt import GracefulInterrupt
+from hpo.progress import StudyProgress
+from hpo.storage import HEARTBEAT_S, open_storage, redact
+from hpo.studyfile import StudySpec
+
+SPEC_ATTR = "hpo"  # study user attr holding what analyze needs to rebuild the objective
+
+
+def spec_record(spec: StudySpec) -> dict:
+    return {
+        "dataset": spec.dataset,
+        "task": spec.task,
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "max_epochs": spec.max_epochs,
+        "validation": str(spec.validation),
+        "num_words": spec.num_words,
+        "study_file": spec.path,
+        "study_file_text": Path(spec.path).read_text(encoding="utf-8") if spec.path else "",
+    }
+
+
+def open_study(
+    spec: StudySpec, storage_url: str, study_name: str, heartbeat_s: int = HEARTBEAT_S
+) -> optuna.Study:
+    storage = open_storage(storage_url, heartbeat_s)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        direction=spec.direction,
+        sampler=algorithms.make_sampler(spec.sampler, spec.seed),
+        pruner=algorithms.make_pruner(spec.pruner, spec.max_epochs),
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != spec.direction:
+        raise HpoError(
+            f"study {study_name!r} in {redact(storage_url)} was made to "
+            f"{study.direction.name.lower()}, this study file says {spec.direction}; "
+            "choose another --study"
+        )
+    recorded = study.user_attrs.get(SPEC_ATTR)
+    if recorded is None:
+        study.set_user_attr(SPEC_ATTR, spec_record(spec))
+    elif recorded.get("dataset") != spec.dataset or recorded.get("metric") != spec.metric:
+        raise HpoError(
+            f"study {study_name!r} in {redact(storage_url)} tunes "
+            f"{recorded.get('dataset')} on {recorded.get('metric')}; choose another --study"
+        )
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # metric names are "experimental" in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.metric])  # the dashboard's axis says val_accuracy
+    return study
+
+
+@dataclass
+class RunResult:
+    study: optuna.Study
+    finished_before: int
+    finished_after: int
+    interrupted: bool
+    recycle: bool = False  # this worker ran its share of trials; restart it to free memory
+
+
+def run(
+    spec: StudySpec,
+    *,
+    storage_url: str,
+    study_name: str,
+    trials: int,
+    timeout: float | None,
+    data_dir: str | None,
+    console: Console,
+    heartbeat_s: int = HEARTBEAT_S,
+    recycle_after: int | None = None,
+) -> RunResult:
+    """Run trials until the study has `trials` finished ones, or, with `recycle_after`, until
+    this process has run that many (Keras and TensorFlow keep memory across trials even after
+    clear_session, so a long-lived worker is restarted; see the CLI)."""
+    if trials < 1:
+        raise HpoError(f"--trials must be at least 1, got {trials}")
+    study = open_study(spec, storage_url, study_name, heartbeat_s)
+    before = finished(study)
+    if before >= trials:
+        return RunResult(study, before, before, interrupted=False)
+    with console.status(f"loading {spec.dataset}…"):
+        prepared = data.load(spec.dataset, data_dir, spec.num_words)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar reports each trial
+    logging.getLogger("hpo").setLevel(logging.WARNING)
+    interrupted = False
+    import_keras()
+    from hpo.objective import Objective, TrialFailed  # imports keras: only when training
+
+    budget = Budget(trials)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with (
+        StudyProgress(console, trials, before, spec.metric) as progress,
+        GracefulInterrupt() as ctrl_c,
+    ):
+        objective = Objective(
+            spec,
+            prepared,
+            on_epoch=progress.on_epoch,
+            check_interrupt=ctrl_c.check,
+            admit=budget.admit,
+        )
+        try:
+            # One trial per optimize() call, each only after the study-wide budget admits it.
+            ran = 0
+            while budget.wait_for_slot(study, deadline, lambda: ctrl_c.requested):
+                if recycle_after is not None and ran >= recycle_after:
+                    return RunResult(study, before, finished(study), False, recycle=True)
+                ran += 1
+                try:
+                    study.optimize(
+                        objective,
+                        n_trials=1,
+                        catch=(TrialFailed, OverBudget),
+                        callbacks=[progress],
+                        gc_after_trial=True,
+                    )
+                except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+                    # Another worker's heartbeat check failed this trial while it was alive
+                    # (a stalled heartbeat); its re-run is queued, so this worker goes on.
+                    if "FAIL" not in str(exc) and "finished" not in str(exc):
+                        raise
+                    console.print(f"[yellow]a trial of this worker was failed as stale: {exc}")
+        except KeyboardInterrupt:
+            interrupted = True
+        interrupted = interrupted or ctrl_c.requested
+    return RunResult(study, before, finished(study), interrupted)

@@ -1,0 +1,91 @@
+"""Tables a person reads after a run: the best trials of a study, the studies in a storage."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+from rich.table import Table
+
+from hpo.studyfile import StudySpec
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial with its state, value, best epoch and parameters."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "best_epoch": t.user_attrs.get("best_epoch"),
+                "epochs": len(t.intermediate_values),
+                "seconds": t.duration.total_seconds() if t.duration else None,
+                **t.params,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def top_trials(study: optuna.Study, spec: StudySpec, n: int = 5) -> Table:
+    frame = trials_frame(study)
+    table = Table(title=f"best trials of {study.study_name} ({spec.metric})")
+    if frame.empty or "value" not in frame or frame["value"].isna().all():
+        return table
+    done = (
+        frame[frame["state"] == "complete"]
+        .sort_values("value", ascending=spec.direction == "minimize")
+        .head(n)
+    )
+    shown = ["trial", "value", "best_epoch", *spec.space.searched()]
+    for column in shown:
+        table.add_column(SHORT.get(column, column), justify="right")
+    for _, row in done.iterrows():
+        table.add_row(*(_cell(column, row.get(column)) for column in shown))
+    return table
+
+
+SHORT = {
+    "best_epoch": "epoch",
+    "learning_rate": "lr",
+    "batch_size": "batch",
+    "activation": "act",
+    "optimizer": "opt",
+    "dropout": "drop",
+    "trial": "#",
+}
+
+
+def _cell(column: str, value: object) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if column == "value":
+        return f"{value:.4f}"
+    if column == "learning_rate":
+        return f"{value:.1e}"
+    if isinstance(value, float):
+        return f"{value:.3g}" if column != "best_epoch" else str(int(value))
+    return str(value)
+
+
+def storage_table(storage: optuna.storages.BaseStorage) -> Table:
+    table = Table(title="studies")
+    for column in ("study", "dataset", "metric", "trials", "complete", "pruned", "failed", "best"):
+        table.add_column(column, justify="left" if column in ("study", "dataset") else "right")
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        info = summary.user_attrs.get("hpo", {})
+        best = summary.best_trial.value if summary.best_trial else None
+        table.add_row(
+            summary.study_name,
+            info.get("dataset", "?"),
+            info.get("metric", "?"),
+            str(len(states)),
+            str(states.count(TrialState.COMPLETE)),
+            str(states.count(TrialState.PRUNED)),
+            str(states.count(TrialState.FAIL)),
+            "" if best is None else f"{best:.4f}",
+        )
+    return table

@@ -1,0 +1,244 @@
+"""After the search: retrain the best trials from scratch for their best epoch, test them once.
+
+This is the last step of every chapter-3 example: pick the epoch where the validation curve
+peaked, train a fresh model on all the training data (validation included) for that many
+epochs, and evaluate it on the test set. With several seeds the test metric comes with a
+standard deviation, so one lucky initialisation is not mistaken for a better configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import model as model_lib
+from hpo.backend import import_keras
+from hpo.data import Prepared
+from hpo.errors import HpoError
+from hpo.studyfile import StudySpec
+
+
+@dataclass
+class Retrained:
+    """One configuration retrained with each seed, and its test metrics."""
+
+    trial: int | None  # the trial it came from (None for an experiment variant)
+    params: dict[str, Any]
+    epochs: int
+    seeds: list[int]
+    runs: list[dict[str, float]] = field(default_factory=list)  # test metrics per seed
+    model: Any = None  # the first seed's model, kept for saving
+
+    def mean(self, metric: str) -> float:
+        return statistics.fmean(run[metric] for run in self.runs)
+
+    def std(self, metric: str) -> float:
+        values = [run[metric] for run in self.runs]
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: what is written into the study's user attrs and the report."""
+        metrics = sorted(self.runs[0]) if self.runs else []
+        return {
+            "trial": self.trial,
+            "epochs": self.epochs,
+            "seeds": self.seeds,
+            "params": self.params,
+            "test": {
+                m: {"mean": self.mean(m), "std": self.std(m), "runs": [run[m] for run in self.runs]}
+                for m in metrics
+            },
+        }
+
+
+def test_metrics(task: str) -> tuple[str, ...]:
+    """The test-set figures reported: accuracy and loss, or MAE and MSE (as the book does)."""
+    return ("mae", "mse") if task == "regression" else ("accuracy", "loss")
+
+
+def ranked_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not done:
+        raise HpoError(f"study {study.study_name!r} has no completed trial to analyze")
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(done, key=lambda t: t.value, reverse=maximize)[:top]
+
+
+def best_epoch(trial: FrozenTrial) -> int:
+    """The epoch count to retrain for; for k-fold studies the minimum of the averaged curve."""
+    epoch = trial.user_attrs.get("best_epoch")
+    if not isinstance(epoch, int) or epoch < 1:
+        raise HpoError(f"trial {trial.number} has no recorded best epoch (was it run by hpo?)")
+    return epoch
+
+
+def retrain(params: Mapping[str, Any], data: Prepared, epochs: int, seed: int):
+    """A fresh model trained on the whole training set; (model, test metrics)."""
+    keras = import_keras()
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    model = model_lib.build(params, data)
+    to_targets = lambda y: model_lib.targets(y, data.task, params["loss"], data.n_outputs)  # noqa: E731
+    model.fit(
+        data.x_train,
+        to_targets(data.y_train),
+        epochs=epochs,
+        batch_size=params["batch_size"],
+        verbose=0,
+    )
+    scores = model.evaluate(
+        data.x_test,
+        to_targets(data.y_test),
+        verbose=0,
+        batch_size=model_lib.VALIDATION_BATCH,
+        return_dict=True,
+    )
+    if data.task == "regression":
+        return model, {"mae": float(scores["mae"]), "mse": float(scores["mse"])}
+    return model, {"accuracy": float(scores["accuracy"]), "loss": float(scores["loss"])}
+
+
+def retrain_config(
+    params: Mapping[str, Any],
+    data: Prepared,
+    epochs: int,
+    seeds: list[int],
+    trial: int | None = None,
+    on_run: Callable[[int], None] | None = None,
+) -> Retrained:
+    result = Retrained(trial, dict(params), epochs, list(seeds))
+    for seed in seeds:
+        model, metrics = retrain(params, data, epochs, seed)
+        result.runs.append(metrics)
+        if result.model is None:
+            result.model = model
+        if on_run:
+            on_run(seed)
+    return result
+
+
+def check_fits(spec: StudySpec, trial: FrozenTrial) -> None:
+    problem = spec.space.admits(trial.params)
+    if problem:
+        raise HpoError(f"trial {trial.number}'s parameters no longer fit {spec.path}: {problem}")
+
+
+@dataclass
+class AnalysisResult:
+    results: list[Retrained]
+    folder: Path
+    report: Path
+    model_path: Path
+
+
+def _replace_dir(staging: Path, folder: Path) -> None:
+    """Move a finished staging folder into place, so `folder` is never half-written."""
+    if folder.exists():
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        staging.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(folder)
+
+
+def _staging_dir(folder: Path) -> Path:
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        staging.chmod(0o755)  # mkdtemp's 0700 would carry over to the report folder
+        return staging
+    except OSError as exc:
+        raise HpoError(f"--out {folder}: cannot write there ({exc.strerror})") from exc
+
+
+def analyze_study(
+    study: optuna.Study,
+    spec: StudySpec,
+    data: Prepared,
+    *,
+    seeds: int,
+    top: int,
+    folder: Path,
+    artifact_dir: Path | None,
+    on_run: Callable[[int], None] | None = None,
+) -> AnalysisResult:
+    """Retrain the top trials, save the best model, write the report and the study attrs."""
+    from hpo import report as report_lib
+
+    if seeds < 1 or top < 1:
+        raise HpoError("--seeds and --top must be at least 1")
+    trials = ranked_trials(study, top)
+    for trial in trials:
+        check_fits(spec, trial)
+        best_epoch(trial)
+    staging = _staging_dir(folder)
+    try:
+        base = spec.seed or 0
+        results = [
+            retrain_config(
+                t.params,
+                data,
+                best_epoch(t),
+                list(range(base, base + seeds)),
+                trial=t.number,
+                on_run=on_run,
+            )
+            for t in trials
+        ]
+        best = results[0]
+        best.model.save(staging / "model.keras")
+        (staging / "params.json").write_text(json.dumps(best.summary(), indent=2))
+        report_lib.write(study, spec, results, staging)
+        _replace_dir(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    study.set_user_attr(
+        "analysis",
+        {
+            "best": best.summary(),
+            "top": [r.summary() for r in results[1:]],
+            "report": str(folder / "report.md"),
+        },
+    )
+    if artifact_dir is not None:
+        _upload(study, folder, artifact_dir)
+    _save_note(study, spec, best)
+    return AnalysisResult(results, folder, folder / "report.md", folder / "model.keras")
+
+
+def _upload(study: optuna.Study, folder: Path, artifact_dir: Path) -> None:
+    """Figures and report as Optuna artifacts, so optuna-dashboard shows them with the study."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(str(artifact_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for path in [*sorted(folder.glob("*.png")), folder / "report.md"]:
+            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+
+
+def _save_note(study: optuna.Study, spec: StudySpec, best: Retrained) -> None:
+    """A study note for optuna-dashboard: the best configuration and its test result."""
+    from optuna_dashboard import save_note
+
+    metrics = test_metrics(spec.task)
+    params = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()
+    )
+    tested = ", ".join(f"test {m} {best.mean(m):.4f} ± {best.std(m):.4f}" for m in metrics)
+    retrained = f"Retrained for {best.epochs} epochs on train+validation, {len(best.seeds)} seed(s)"
+    body = f"## Best configuration (trial {best.trial})\n\n{params}\n\n{retrained}: {tested}"
+    save_note(study, body)

@@ -1,0 +1,265 @@
+"""`hpo experiment`: the book's one-factor-at-a-time homework, made exact.
+
+Every parameter stays at the book's configuration for the dataset except one factor at a
+time, which takes each of the values asked for. Each variant is trained with its learning
+curve recorded (as a trial of an Optuna study, so the comparison is resumable and visible in
+the dashboard), its best epoch chosen, then retrained from scratch and tested with K seeds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import analysis
+from hpo.errors import HpoError
+from hpo.space import PARAMS, Choice, Space, parse_space
+from hpo.studyfile import StudySpec
+
+BOOK_CONFIGS: dict[str, dict[str, Any]] = {
+    "imdb": {
+        "layers": 2,
+        "units": 16,
+        "activation": "relu",
+        "loss": "binary_crossentropy",
+        "optimizer": "rmsprop",
+        "learning_rate": 1e-3,
+        "batch_size": 512,
+        "dropout": 0.0,
+    },
+    "reuters": {
+        "layers": 2,
+        "units": 64,
+        "activation": "relu",
+        "loss": "categorical_crossentropy",
+        "optimizer": "rmsprop",
+        "learning_rate": 1e-3,
+        "batch_size": 512,
+        "dropout": 0.0,
+    },
+    "boston_housing": {
+        "layers": 2,
+        "units": 64,
+        "activation": "relu",
+        "loss": "mse",
+        "optimizer": "rmsprop",
+        "learning_rate": 1e-3,
+        "batch_size": 16,
+        "dropout": 0.0,
+    },
+    "mnist": {
+        "layers": 1,
+        "units": 512,
+        "activation": "relu",
+        "loss": "sparse_categorical_crossentropy",
+        "optimizer": "rmsprop",
+        "learning_rate": 1e-3,
+        "batch_size": 128,
+        "dropout": 0.0,
+    },
+}
+
+
+def _convert(name: str, text: str) -> Any:
+    kind = PARAMS[name].kind
+    try:
+        return int(text) if kind == "int" else float(text) if kind == "float" else text
+    except ValueError:
+        what = "an integer" if kind == "int" else "a number"
+        raise HpoError(f"--vary {name}: {text!r} is not {what}") from None
+
+
+def parse_vary(items: list[str], task: str) -> dict[str, list[Any]]:
+    """["units=8,16", "loss=mse"] → {"units": [8, 16], "loss": ["mse"]}, each value checked."""
+    if not items:
+        raise HpoError("give at least one --vary FACTOR=v1,v2,…")
+    factors: dict[str, list[Any]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip()
+        if not sep or not values.strip():
+            raise HpoError(f"--vary {item!r}: expected FACTOR=v1,v2,…")
+        if name not in PARAMS:
+            raise HpoError(f"--vary {name}: unknown factor (known: {', '.join(PARAMS)})")
+        if name in factors:
+            raise HpoError(f"--vary {name}: given twice")
+        factors[name] = [_convert(name, v.strip()) for v in values.split(",") if v.strip()]
+    # The space parser holds every rule about values (ranges, losses per task): reuse it.
+    parse_space({n: {"choices": v} for n, v in factors.items()}, task, "--vary")
+    return factors
+
+
+def variants(base: dict[str, Any], factors: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The book's configuration first, then each factor's values with all else at the book's."""
+    out = [dict(base)]
+    for name, values in factors.items():
+        for value in values:
+            candidate = {**base, name: value}
+            if candidate not in out:
+                out.append(candidate)
+    return out
+
+
+def experiment_spec(
+    spec: StudySpec, base: dict[str, Any], factors: dict[str, list[Any]], epochs: int | None
+) -> StudySpec:
+    dims = {
+        name: Choice(tuple(dict.fromkeys([base[name], *factors.get(name, [])]))) for name in base
+    }
+    return replace(
+        spec,
+        space=Space(dims),
+        max_epochs=epochs or spec.max_epochs,
+        pruner={"name": "none"},
+        sampler={"name": "random"},
+    )
+
+
+def default_name(dataset: str, factors: dict[str, list[Any]]) -> str:
+    text = "-".join(f"{k}={'_'.join(map(str, v))}" for k, v in factors.items())
+    return f"{dataset}-experiment-" + re.sub(r"[^A-Za-z0-9_.=-]", "", text)
+
+
+def trial_for(study: optuna.Study, params: dict[str, Any]) -> FrozenTrial | None:
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.params == params:
+            return trial
+    return None
+
+
+@dataclass
+class VariantResult:
+    label: str
+    params: dict[str, Any]
+    trial: FrozenTrial | None
+    retrained: analysis.Retrained | None
+
+
+def label(base: dict[str, Any], params: dict[str, Any]) -> str:
+    changed = [f"{k}={v}" for k, v in params.items() if base[k] != v]
+    return ", ".join(changed) or "book"
+
+
+def plot(results: list[VariantResult], spec: StudySpec, path: Path) -> Path:
+    """Validation curves of every variant, and their test metric with its std across seeds."""
+    metric = analysis.test_metrics(spec.task)[0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in results:
+        if r.trial is not None:
+            curve = r.trial.user_attrs["history"][spec.metric]
+            left.plot(range(1, len(curve) + 1), curve, "o-", markersize=3, label=r.label)
+    left.set_xlabel("epoch")
+    left.set_ylabel(spec.metric)
+    left.legend(fontsize="small")
+    done = [r for r in results if r.retrained is not None]
+    right.bar(
+        [r.label for r in done],
+        [r.retrained.mean(metric) for r in done],
+        yerr=[r.retrained.std(metric) for r in done],
+        capsize=4,
+        color="tab:blue",
+    )
+    right.set_ylabel(f"test {metric}")
+    right.tick_params(axis="x", labelrotation=30)
+    low = min((r.retrained.mean(metric) - r.retrained.std(metric) for r in done), default=0)
+    high = max((r.retrained.mean(metric) + r.retrained.std(metric) for r in done), default=1)
+    margin = (high - low) * 0.5 or 0.01
+    right.set_ylim(low - margin, high + margin)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def missing(study: optuna.Study, wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Variants with no finished (or already queued) trial yet."""
+    from hpo.budget import counts_toward_budget
+
+    have = [
+        # a queued trial has no params yet: enqueue_trial keeps them as "fixed_params"
+        t.system_attrs.get("fixed_params", {}) if t.state == TrialState.WAITING else t.params
+        for t in study.get_trials(deepcopy=False)
+        if counts_toward_budget(t) or t.state == TrialState.WAITING
+    ]
+    return [v for v in wanted if v not in have]
+
+
+def write_report(
+    results: list[VariantResult], spec: StudySpec, study: optuna.Study, folder: Path
+) -> Path:
+    from hpo.report import markdown_table
+
+    folder.mkdir(parents=True, exist_ok=True)
+    figure = plot(results, spec, folder / "experiment.png")
+    metrics = analysis.test_metrics(spec.task)
+    rows = []
+    for r in results:
+        if r.trial is None or r.retrained is None:
+            rows.append([r.label, "", "failed", *["" for _ in metrics]])
+            continue
+        rows.append(
+            [
+                r.label,
+                r.retrained.epochs,
+                r.trial.value,
+                *[f"{r.retrained.mean(m):.4f} ± {r.retrained.std(m):.4f}" for m in metrics],
+            ]
+        )
+    seeds = next((r.retrained.seeds for r in results if r.retrained), [])
+    text = "\n".join(
+        [
+            f"# {study.study_name}",
+            "",
+            f"One factor at a time around the book's {spec.dataset} configuration; each variant "
+            f"trained up to {spec.max_epochs} epochs, retrained for its best epoch on the whole "
+            f"training set and tested with seeds {', '.join(map(str, seeds))}.",
+            "",
+            markdown_table(
+                ["variant", "best epoch", f"best {spec.metric}", *[f"test {m}" for m in metrics]],
+                rows,
+            ),
+            "",
+            f"![variants]({figure.name})",
+            "",
+        ]
+    )
+    path = folder / "experiment.md"
+    path.write_text(text, encoding="utf-8")
+    study.set_user_attr(
+        "experiment",
+        [
+            {"variant": r.label, **(r.retrained.summary() if r.retrained else {"failed": True})}
+            for r in results
+        ],
+    )
+    return path
+
+
+def retrain_variants(
+    study: optuna.Study,
+    base: dict[str, Any],
+    wanted: list[dict[str, Any]],
+    data,
+    seeds: list[int],
+    on_run=None,
+) -> list[VariantResult]:
+    results = []
+    for params in wanted:
+        trial = trial_for(study, params)
+        retrained = None
+        if trial is not None:
+            retrained = analysis.retrain_config(
+                params, data, analysis.best_epoch(trial), seeds, trial=trial.number, on_run=on_run
+            )
+        results.append(VariantResult(label(base, params), params, trial, retrained))
+    return results

@@ -1,0 +1,202 @@
+"""The analysis report: Markdown with PNG figures, written under storage/reports/<study>/.
+
+Figures: the best trial's learning curves with the chosen epoch marked (like the book's),
+Optuna's optimization history and parameter importances. Tables: the effect of each searched
+factor (best and median validation metric per value), the top trials, the test results, and
+the versions and seeds that produced them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt
+import optuna
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from hpo.analysis import Retrained, test_metrics
+from hpo.studyfile import StudySpec
+from hpo.summary import trials_frame
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_curves(trial: optuna.trial.FrozenTrial, metric: str, epoch: int, path: Path) -> Path:
+    """Training and validation loss and metric per epoch, the retraining epoch marked."""
+    history = trial.user_attrs["history"]
+    name = metric.removeprefix("val_")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, ("loss", name), strict=True):
+        epochs = range(1, len(history.get(key, [])) + 1)
+        ax.plot(epochs, history.get(key, []), "o:", label=f"training {key}")
+        ax.plot(epochs, history.get(f"val_{key}", []), "o-", label=f"validation {key}")
+        ax.axvline(epoch, color="grey", linestyle="--", label=f"chosen epoch ({epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+    fig.suptitle(f"trial {trial.number}: training and validation curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _optuna_plot(plot, study: optuna.Study, path: Path) -> Path | None:
+    """Save one of Optuna's matplotlib plots; None when the study cannot support it yet."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # these plots are marked experimental
+        try:
+            ax = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            return None
+    fig = ax.figure
+    fig.set_size_inches(8, 4.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def factor_effects(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
+    """Per searched parameter and value: trials, best and median validation metric.
+
+    Continuous ranges are cut into three equal-count bins."""
+    frame = trials_frame(study)
+    done = frame[frame["state"] == "complete"]
+    rows = []
+    best = "max" if spec.direction == "maximize" else "min"
+    for name in spec.space.searched():
+        if name not in done or done.empty:
+            continue
+        column = done[name]
+        if pd.api.types.is_float_dtype(column) and column.nunique() > 4:
+            column = pd.qcut(column, 3, duplicates="drop").astype(str)
+        grouped = done.groupby(column)["value"]
+        for value, values in grouped:
+            rows.append(
+                {
+                    "factor": name,
+                    "value": value,
+                    "trials": len(values),
+                    "best": values.agg(best),
+                    "median": values.median(),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def versions(seeds: Sequence[int]) -> dict[str, str]:
+    import keras
+
+    backend = keras.backend.backend()
+    package = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend)
+    try:
+        backend_version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        backend_version = "?"
+    return {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "backend": f"{backend} {backend_version}",
+        "optuna": optuna.__version__,
+        "numpy": importlib.metadata.version("numpy"),
+        "seeds": ", ".join(map(str, seeds)),
+    }
+
+
+def write(study: optuna.Study, spec: StudySpec, results: list[Retrained], folder: Path) -> Path:
+    """Write report.md and its figures into `folder`; returns the Markdown file's path."""
+    best = study.trials[results[0].trial] if results[0].trial is not None else None
+    figures: dict[str, Path | None] = {}
+    if best is not None and "history" in best.user_attrs:
+        figures["Learning curves of the best trial"] = plot_curves(
+            best, spec.metric, results[0].epochs, folder / "curves.png"
+        )
+    figures["Optimization history"] = _optuna_plot(
+        optuna.visualization.matplotlib.plot_optimization_history, study, folder / "history.png"
+    )
+    figures["Parameter importances"] = _optuna_plot(
+        optuna.visualization.matplotlib.plot_param_importances, study, folder / "importances.png"
+    )
+
+    metrics = test_metrics(spec.task)
+    lines = [f"# {study.study_name}: {spec.dataset}, {spec.metric} ({spec.direction})", ""]
+    head = results[0]
+    summary = ", ".join(f"{m} {head.mean(m):.4f} ± {head.std(m):.4f}" for m in metrics)
+    lines += [
+        f"Best trial **{head.trial}**, retrained from scratch on the whole training set "
+        f"for **{head.epochs} epochs** with {len(head.seeds)} seed(s): test {summary}.",
+        "",
+    ]
+    lines += [
+        "## Test results",
+        "",
+        markdown_table(
+            ["trial", spec.metric, "epochs", *[f"test {m}" for m in metrics]],
+            [
+                [
+                    r.trial,
+                    study.trials[r.trial].value if r.trial is not None else "",
+                    r.epochs,
+                    *[f"{r.mean(m):.4f} ± {r.std(m):.4f}" for m in metrics],
+                ]
+                for r in results
+            ],
+        ),
+        "",
+    ]
+    lines += [
+        "Parameters of the best trial:",
+        "",
+        markdown_table(["parameter", "value"], list(head.params.items())),
+        "",
+    ]
+    for title, path in figures.items():
+        if path is not None:
+            lines += [f"## {title}", "", f"![{title}]({path.name})", ""]
+        else:
+            lines += [f"## {title}", "", "_Not enough completed trials to draw this yet._", ""]
+    effects = factor_effects(study, spec)
+    if not effects.empty:
+        lines += [
+            "## Effect of each factor",
+            "",
+            f"Validation {spec.metric} of the completed trials, per value.",
+            "",
+            markdown_table(list(effects.columns), effects.values.tolist()),
+            "",
+        ]
+    frame = trials_frame(study)
+    top = (
+        frame[frame["state"] == "complete"]
+        .sort_values("value", ascending=spec.direction == "minimize")
+        .head(10)
+    )
+    shown = ["trial", "value", "best_epoch", *spec.space.searched()]
+    lines += ["## Top trials", "", markdown_table(shown, top[shown].values.tolist()), ""]
+    counts = frame["state"].value_counts().to_dict()
+    lines += [f"{len(frame)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()), ""]
+    lines += ["## Versions", "", markdown_table(["", ""], list(versions(head.seeds).items())), ""]
+    report = folder / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report

@@ -1,0 +1,143 @@
+"""`hpo analyze` and `hpo experiment` on tiny data: retrain, test, save, report, bad input."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+from conftest import run_cli, tiny_study
+
+from hpo import data
+from hpo.storage import DEFAULT_URL
+
+
+@pytest.fixture
+def searched(workdir, capsys):
+    path = tiny_study(workdir, epochs=3)
+    code, _, err = run_cli(capsys, "optimize", str(path), "--trials", "3", "--seed", "1")
+    assert code == 0, err
+    return path
+
+
+def test_analyze_retrains_tests_and_saves(searched, workdir, capsys):
+    code, out, err = run_cli(capsys, "analyze", str(searched), "--seeds", "3")
+    assert code == 0, err
+    folder = workdir / "storage" / "reports" / "tiny"
+    saved = json.loads((folder / "params.json").read_text())
+    study = optuna.load_study(study_name="tiny", storage=DEFAULT_URL)
+    best = study.best_trial
+    assert saved["trial"] == best.number
+    assert saved["epochs"] == best.user_attrs["best_epoch"]
+    assert saved["params"] == best.params
+    accuracy = saved["test"]["accuracy"]
+    assert len(accuracy["runs"]) == 3 and saved["seeds"] == [0, 1, 2]
+    assert accuracy["mean"] == pytest.approx(np.mean(accuracy["runs"]))
+    assert accuracy["std"] == pytest.approx(np.std(accuracy["runs"], ddof=1))
+    assert f"{accuracy['mean']:.4f} ± {accuracy['std']:.4f}" in out
+
+    # The saved model is the first seed's and reproduces its test accuracy.
+    from hpo import model as model_lib
+
+    model = model_lib.keras.saving.load_model(folder / "model.keras")
+    prepared = data.load("imdb", num_words=100)
+    y = model_lib.targets(prepared.y_test, "binary", saved["params"]["loss"], 1)
+    scores = model.evaluate(prepared.x_test, y, verbose=0, return_dict=True)
+    assert scores["accuracy"] == pytest.approx(accuracy["runs"][0], abs=1e-6)
+
+    # The report and its figures, and the results back in the study for any Optuna client.
+    report = (folder / "report.md").read_text()
+    for figure in ("curves.png", "history.png", "importances.png"):
+        assert (folder / figure).stat().st_size > 5000
+        assert f"({figure})" in report
+    assert "## Effect of each factor" in report and "keras" in report
+    assert study.user_attrs["analysis"]["best"]["test"]["accuracy"]["runs"] == accuracy["runs"]
+    assert not list(folder.parent.glob(".tiny.*"))  # no staging folder left behind
+    artifacts = list((workdir / "storage" / "artifacts").iterdir())
+    assert len(artifacts) == 4  # three figures and the report
+    from optuna_dashboard import get_note
+
+    assert "Best configuration" in get_note(study)
+
+
+def test_analyze_top_trials(searched, workdir, capsys):
+    code, _out, err = run_cli(
+        capsys, "analyze", str(searched), "--top", "2", "--out", str(workdir / "two")
+    )
+    assert code == 0, err
+    saved = optuna.load_study(study_name="tiny", storage=DEFAULT_URL).user_attrs["analysis"]
+    assert len(saved["top"]) == 1
+    assert (workdir / "two" / "report.md").read_text().count("± ") >= 4
+
+
+def test_analyze_bad_input(searched, workdir, capsys):
+    code, _, err = run_cli(capsys, "analyze", str(searched), "--study", "nope")
+    assert code == 2 and "no study named 'nope'" in err
+    # A space that no longer admits the trials' parameters.
+    narrowed = searched.read_text().replace("units = { choices = [8, 16] }", "units = 64")
+    changed = workdir / "changed.toml"
+    changed.write_text(narrowed.replace("[study]", '[study]\nname = "tiny"'))
+    code, _, err = run_cli(capsys, "analyze", str(changed))
+    assert code == 2 and "no longer fit" in err and "units=" in err
+    # An --out that cannot be written: one line, and nothing left behind.
+    blocker = workdir / "file"
+    blocker.write_text("")
+    code, _, err = run_cli(capsys, "analyze", str(searched), "--out", str(blocker / "sub"))
+    assert code == 2 and "cannot write there" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_analyze_needs_a_completed_trial(workdir, capsys):
+    path = tiny_study(workdir, epochs=2)
+    from hpo import runner, studyfile
+
+    runner.open_study(studyfile.load(str(path)), DEFAULT_URL, "tiny")
+    code, _, err = run_cli(capsys, "analyze", str(path))
+    assert code == 2 and "has no completed trial" in err
+    assert not (workdir / "storage" / "reports" / "tiny").exists()
+
+
+def test_experiment_one_row_per_value(workdir, capsys):
+    path = tiny_study(workdir, epochs=2)
+    code, _out, err = run_cli(
+        capsys, "experiment", str(path), "--vary", "units=8,32", "--seeds", "2", "--study", "exp"
+    )
+    assert code == 0, err
+    study = optuna.load_study(study_name="exp", storage=DEFAULT_URL)
+    rows = study.user_attrs["experiment"]
+    assert [r["variant"] for r in rows] == ["book", "units=8", "units=32"]
+    assert [r["params"]["units"] for r in rows] == [16, 8, 32]
+    assert all(len(r["test"]["accuracy"]["runs"]) == 2 for r in rows)
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.user_attrs["history"] for t in trials)
+    report = workdir / "storage" / "reports" / "exp" / "experiment.md"
+    assert report.read_text().count("| units=") == 2
+    assert (report.parent / "experiment.png").stat().st_size > 5000
+    # Re-running resumes: nothing is trained twice.
+    code, _, err = run_cli(
+        capsys, "experiment", str(path), "--vary", "units=8,32", "--study", "exp"
+    )
+    assert code == 0, err
+    assert len(optuna.load_study(study_name="exp", storage=DEFAULT_URL).get_trials()) == 3
+
+
+@pytest.mark.parametrize(
+    ("vary", "message"),
+    [
+        ("units", "expected FACTOR=v1,v2"),
+        ("neurons=3", "unknown factor"),
+        ("units=big", "'big' is not an integer"),
+        ("loss=categorical_crossentropy", "not a loss"),
+    ],
+)
+def test_experiment_bad_vary(workdir, capsys, vary, message):
+    code, _, err = run_cli(capsys, "experiment", "imdb", "--vary", vary)
+    assert code == 2 and message in err
+
+
+def test_experiment_does_not_queue_a_waiting_variant_twice():
+    from hpo import experiment as exp
+
+    study = optuna.create_study()
+    wanted = exp.variants(exp.BOOK_CONFIGS["imdb"], {"units": [8]})
+    study.enqueue_trial(wanted[1])
+    assert exp.missing(study, wanted) == [wanted[0]]

@@ -1,0 +1,113 @@
+"""`hpo dashboard`: optuna-dashboard serves what hpo records; checked over HTTP and in Chromium."""
+
+import json
+import shutil
+import socket
+import tempfile
+import urllib.request
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import run_cli, tiny_study
+
+from hpo import dashboard
+from hpo.storage import DEFAULT_URL
+
+
+@pytest.fixture
+def served(workdir, capsys):
+    """A short real study, and the dashboard serving its storage on a free loopback port."""
+    path = tiny_study(workdir, epochs=3)
+    code, _, err = run_cli(capsys, "optimize", str(path), "--trials", "3")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "analyze", str(path))
+    assert code == 0, err
+    server = dashboard.make_app_server(
+        DEFAULT_URL, "127.0.0.1", 0, workdir / "storage" / "artifacts"
+    )
+    dashboard.serve_in_thread(server)
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+def test_api_serves_studies_trials_and_curves(served):
+    summaries = get_json(f"{served}/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in summaries] == ["tiny"]
+    detail = get_json(f"{served}/api/studies/{summaries[0]['study_id']}?after=0")
+    study = optuna.load_study(study_name="tiny", storage=DEFAULT_URL)
+    assert len(detail["trials"]) == len(study.trials) == 3
+    for served_trial, trial in zip(detail["trials"], study.trials, strict=True):
+        curve = {point["step"]: point["value"] for point in served_trial["intermediate_values"]}
+        assert curve == pytest.approx(trial.intermediate_values)
+        attrs = {a["key"] for a in served_trial["user_attrs"]}
+        assert {"history", "best_epoch"} <= attrs
+    assert "Best configuration" in detail["note"]["body"]  # written by hpo analyze
+    assert len(detail["artifacts"]) == 4  # analyze's figures and report
+    assert {a["key"] for a in detail["user_attrs"]} >= {"hpo", "analysis"}
+
+
+def test_port_in_use_and_bad_url_are_one_line(workdir, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run_cli(capsys, "dashboard", "--port", str(port))
+    assert code == 2 and f"port {port} on 127.0.0.1 is in use" in err
+    code, _, err = run_cli(capsys, "dashboard", "--storage", "nonsense")
+    assert code == 2 and "is not a database URL" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+needs_chromium = pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="Debian's chromium is not installed (.ci/run installs it)",
+)
+
+
+@needs_chromium
+def test_page_renders_in_headless_chromium(served, workdir):
+    png = workdir / "trials.png"
+    dom = dashboard.screenshot(f"{served}/dashboard/studies/1/trials", png)
+    assert "tiny (id=1)" in dom
+    assert "3 Trials" in dom
+    assert png.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+@needs_chromium
+def test_screenshot_command(workdir, capsys):
+    path = tiny_study(workdir, epochs=2)
+    assert run_cli(capsys, "optimize", str(path), "--trials", "2")[0] == 0
+    png = workdir / "study.png"
+    code, out, err = run_cli(
+        capsys, "dashboard", "--port", "0", "--study", "tiny", "--screenshot", str(png)
+    )
+    assert code == 0, err
+    assert "/dashboard/studies/1" in out and png.stat().st_size > 20_000
+
+
+def test_serves_database_server_storages(server_url):
+    """The same command on PostgreSQL and MariaDB URLs (the study list comes from the server)."""
+    name = f"dash-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=server_url)
+    server = dashboard.make_app_server(server_url, "127.0.0.1", 0, Path(tempfile.mkdtemp()))
+    dashboard.serve_in_thread(server)
+    try:
+        names = [
+            s["study_name"]
+            for s in get_json(f"http://127.0.0.1:{server.server_port}/api/studies")[
+                "study_summaries"
+            ]
+        ]
+        assert name in names
+    finally:
+        server.shutdown()
+        server.server_close()
+        optuna.delete_study(study_name=name, storage=server_url)

@@ -1,0 +1,148 @@
+"""Many workers on one study, against the real PostgreSQL and MariaDB servers and SQLite.
+
+Each worker is a real `hpo optimize` process. The objective is the tiny study's (1-2 epochs on
+a few hundred samples), so a trial takes about a second and the storage is what is tested.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+from conftest import tiny_study
+from optuna.trial import TrialState
+
+from hpo.budget import counts_toward_budget
+
+
+def hpo(workdir, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo", *args],
+        cwd=workdir,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def counted(study: optuna.Study) -> list:
+    return [t for t in study.get_trials() if counts_toward_budget(t)]
+
+
+def test_four_workers_meet_the_budget_exactly(workdir, server_url):
+    name = f"w4-{uuid.uuid4().hex[:8]}"
+    path = tiny_study(workdir, epochs=1)
+    finish(
+        hpo(
+            workdir,
+            "optimize",
+            str(path),
+            "--trials",
+            "40",
+            "--study",
+            name,
+            "--storage",
+            server_url,
+            "--workers",
+            "4",
+        )
+    )
+    study = optuna.load_study(study_name=name, storage=server_url)
+    numbers = [t.number for t in study.get_trials()]
+    assert len(numbers) == len(set(numbers))
+    assert len(counted(study)) == 40  # not 41, 43: the budget is the study's, not each worker's
+    for log in (workdir / "storage" / "logs").glob(f"{name}-worker*.log"):
+        assert "Traceback" not in log.read_text()
+    optuna.delete_study(study_name=name, storage=server_url)
+
+
+def test_killed_worker_trial_is_failed_and_rerun(workdir, server_url):
+    name = f"kill-{uuid.uuid4().hex[:8]}"
+    path = tiny_study(workdir, epochs=2)
+    args = [
+        "optimize",
+        str(path),
+        "--trials",
+        "8",
+        "--study",
+        name,
+        "--storage",
+        server_url,
+        "--heartbeat",
+        "1",
+    ]
+    victim = hpo(workdir, *args)
+    study = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            study = optuna.load_study(study_name=name, storage=server_url)
+        except KeyError:
+            continue
+        trials = study.get_trials()
+        if counted(study) and any(t.state == TrialState.RUNNING and t.params for t in trials):
+            break
+    victim.send_signal(signal.SIGKILL)  # no chance to clean up: only the heartbeat tells
+    victim.wait()
+    killed = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+    out = finish(hpo(workdir, *args))
+    study = optuna.load_study(study_name=name, storage=server_url)
+    dead = study.trials[killed[0].number]
+    assert dead.state == TrialState.FAIL
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].params == dead.params
+    assert len(counted(study)) == 8, out
+    optuna.delete_study(study_name=name, storage=server_url)
+
+
+def test_workers_starting_at_once_create_one_study(workdir):
+    """On a fresh SQLite file, where even Optuna's table creation can race."""
+    path = tiny_study(workdir, epochs=1)
+    procs = [
+        hpo(workdir, "optimize", str(path), "--trials", "4", "--study", "same") for _ in range(2)
+    ]
+    for proc in procs:
+        finish(proc)
+    url = "sqlite:///storage/hpo.db"
+    assert optuna.get_all_study_names(storage=url) == ["same"]
+    assert len(counted(optuna.load_study(study_name="same", storage=url))) == 4
+
+
+def test_local_workers_on_sqlite_recycled(workdir):
+    """Three local workers on the default SQLite file, each restarting itself every 2 trials
+    (as every 10 by default, to release what Keras keeps between trials)."""
+    path = tiny_study(workdir, epochs=1)
+    out = finish(
+        hpo(
+            workdir,
+            "optimize",
+            str(path),
+            "--trials",
+            "12",
+            "--workers",
+            "3",
+            "--recycle-after",
+            "2",
+        )
+    )
+    assert "restarting this worker after 2 trials" in out
+    assert "database is locked" not in out
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///storage/hpo.db")
+    assert len(counted(study)) == 12
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    logs = list((workdir / "storage" / "logs").glob("tiny-worker*.log"))
+    assert len(logs) == 2
+    for log in logs:
+        assert "Traceback" not in log.read_text() and "error" not in log.read_text()

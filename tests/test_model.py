@@ -1,0 +1,65 @@
+"""Parameters → Keras model: the layers asked for, and inputs decoded inside the model."""
+
+import numpy as np
+import pytest
+
+from hpo import data
+from hpo.backend import import_keras
+
+keras = import_keras()
+from hpo import model as model_lib  # noqa: E402
+
+
+def test_unpack_bits_matches_numpy():
+    rng = np.random.default_rng(0)
+    dense = rng.integers(0, 2, size=(5, 21)).astype(np.uint8)
+    layer = model_lib.UnpackBits(21)
+    out = keras.ops.convert_to_numpy(layer(np.packbits(dense, axis=1)))
+    np.testing.assert_array_equal(out, dense.astype(np.float32))
+    assert layer.compute_output_shape((None, 3)) == (None, 21)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "loss", "output"),
+    [
+        ("imdb", "binary_crossentropy", 1),
+        ("reuters", "categorical_crossentropy", 46),
+        ("boston_housing", "huber", 1),
+        ("mnist", "sparse_categorical_crossentropy", 10),
+    ],
+)
+def test_build_from_params(workdir, tmp_path, dataset, loss, output):
+    prepared = data.load(dataset, num_words=100)
+    params = {
+        "layers": 3,
+        "units": 8,
+        "activation": "tanh",
+        "loss": loss,
+        "optimizer": "adam",
+        "learning_rate": 0.01,
+        "batch_size": 32,
+        "dropout": 0.2,
+    }
+    model = model_lib.build(params, prepared)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [layer.units for layer in dense] == [8, 8, 8, output]
+    assert sum(isinstance(layer, keras.layers.Dropout) for layer in model.layers) == 3
+    y = model_lib.targets(prepared.y_train[:4], prepared.task, loss, prepared.n_outputs)
+    history = model.fit(
+        prepared.x_train[:32],
+        model_lib.targets(prepared.y_train[:32], prepared.task, loss, prepared.n_outputs),
+        verbose=0,
+    )
+    assert np.isfinite(history.history["loss"][0])
+    assert model.predict(prepared.x_train[:4], verbose=0).shape == (4, output)
+    if loss == "categorical_crossentropy":
+        assert y.shape == (4, 46) and y.sum() == 4
+    # A saved model reloads with its custom layer and gives the same predictions.
+    path = tmp_path / "m.keras"
+    model.save(path)
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        again.predict(prepared.x_test[:4], verbose=0),
+        model.predict(prepared.x_test[:4], verbose=0),
+        rtol=1e-5,
+    )

@@ -1,0 +1,279 @@
+"""`hpo optimize` end to end on tiny data: trials, curves, resume, pruning, NaN, bad input."""
+
+import contextlib
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import REPO, SHARED_DATASETS, run_cli, tiny_study
+from optuna.trial import TrialState
+from rich.console import Console
+
+from hpo import budget, runner, studyfile
+from hpo.storage import DEFAULT_URL
+
+
+def load(name="tiny", url=DEFAULT_URL):
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def test_optimize_records_curves_and_best_epoch(workdir, capsys):
+    path = tiny_study(workdir, epochs=4)
+    code, out, err = run_cli(capsys, "optimize", str(path), "--trials", "3", "--seed", "7")
+    assert code == 0, err
+    assert "best trials of tiny" in out and "hpo analyze" in out
+    study = load()
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        history = t.user_attrs["history"]
+        assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+        assert all(len(curve) == 4 for curve in history.values())
+        curve = history["val_accuracy"]
+        # The value is the best epoch's, not the last one's.
+        assert t.value == pytest.approx(max(curve))
+        assert t.user_attrs["best_epoch"] == curve.index(max(curve)) + 1
+        assert [t.intermediate_values[e] for e in (1, 2, 3, 4)] == pytest.approx(curve)
+        assert set(t.params) == {
+            "layers",
+            "units",
+            "activation",
+            "loss",
+            "optimizer",
+            "learning_rate",
+            "batch_size",
+            "dropout",
+        }
+    assert study.best_value > 0.7  # the tiny data is learnable: the model did train
+    assert study.user_attrs["hpo"]["dataset"] == "imdb"
+
+
+def test_resume_runs_only_the_missing_trials(workdir, capsys):
+    path = tiny_study(workdir, epochs=2)
+    assert run_cli(capsys, "optimize", str(path), "--trials", "2")[0] == 0
+    code, out, _ = run_cli(capsys, "optimize", str(path), "--trials", "4")
+    assert code == 0
+    assert len(load().get_trials()) == 4
+    code, out, _ = run_cli(capsys, "optimize", str(path), "--trials", "3")
+    assert code == 0 and "already has 4 finished trials" in out
+    assert len(load().get_trials()) == 4
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0 and "tiny" in out and "imdb" in out
+
+
+def test_poor_trial_is_pruned_and_keeps_its_curve(workdir):
+    space = """
+layers = 1
+units = 16
+learning_rate = { choices = [0.01, 1e-7] }
+batch_size = 64
+"""
+    path = tiny_study(workdir, epochs=6, space=space)
+    spec = replace(
+        studyfile.load(str(path)),
+        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+    )
+    study = runner.open_study(spec, DEFAULT_URL, "tiny")
+    for rate in (0.01, 0.01, 1e-7):  # a learning rate no model learns from in 6 epochs
+        study.enqueue_trial({"learning_rate": rate})
+    result = runner.run(
+        spec,
+        storage_url=DEFAULT_URL,
+        study_name="tiny",
+        trials=3,
+        timeout=None,
+        data_dir=None,
+        console=Console(quiet=True),
+    )
+    trials = result.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
+    assert 1 <= len(trials[2].user_attrs["history"]["val_accuracy"]) < 6
+    assert trials[2].user_attrs["best_epoch"] >= 1
+
+
+def test_nan_loss_fails_the_trial_and_the_study_goes_on(workdir, capsys):
+    space = """
+layers = 1
+units = 16
+optimizer = "sgd"
+loss = "mse"
+learning_rate = { choices = [10.0, 0.01] }
+batch_size = 16
+"""
+    path = tiny_study(workdir, "boston_housing", epochs=5, validation="kfold:2", space=space)
+    spec = studyfile.load(str(path))
+    study = runner.open_study(spec, DEFAULT_URL, "tiny")
+    study.enqueue_trial({"learning_rate": 10.0})
+    study.enqueue_trial({"learning_rate": 0.01})
+    code, out, err = run_cli(capsys, "optimize", str(path), "--trials", "2")
+    assert code == 0, err
+    assert "Traceback" not in out + err
+    failed, done = load().get_trials()
+    assert failed.state == TrialState.FAIL
+    assert "became" in failed.user_attrs["fail_reason"]
+    assert f"trial 0 failed: {failed.user_attrs['fail_reason']}" in out
+    assert done.state == TrialState.COMPLETE
+    # Boston's k-fold trials report the fold-averaged MAE per epoch.
+    assert len(done.intermediate_values) == 5 and math.isfinite(done.value)
+    assert done.value == pytest.approx(min(done.user_attrs["history"]["val_mae"]))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["optimize", "cifar10"], "error: unknown dataset 'cifar10'"),
+        (["optimize", "bad.toml"], "error: bad.toml: study.metric"),
+        (["optimize", "imdb", "--storage", "not-a-url"], "is not a database URL"),
+        (
+            ["optimize", "imdb", "--storage", "postgresql+nodriver://u:secret@127.0.0.1/x"],
+            "driver 'nodriver' is not installed",
+        ),
+        (
+            ["optimize", "imdb", "--storage", "postgresql+psycopg://u:secret@127.0.0.1:1/x"],
+            "cannot connect",
+        ),
+        (["optimize", "imdb", "--trials", "0"], "--trials must be at least 1"),
+        (["optimize", "imdb", "--max-epochs", "0"], "--max-epochs must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line(workdir, capsys, args, message):
+    (workdir / "bad.toml").write_text('[study]\ndataset = "imdb"\nmetric = "val_acc"\n')
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "secret" not in out + err
+    assert "Traceback" not in out + err
+
+
+def finished_trials_readonly() -> int:
+    """Count finished trials without opening an Optuna storage: that would create the tables
+    and race the worker doing the same."""
+    path = Path("storage/hpo.db")
+    if not path.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            query = "SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')"
+            return db.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
+        return 0
+
+
+def default_sigint() -> None:
+    """A child of a background job inherits SIGINT ignored; a user's terminal does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_leaves_a_resumable_study(workdir):
+    path = tiny_study(workdir, epochs=3)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "hpo", "optimize", str(path), "--trials", "200"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and finished_trials_readonly() < 2:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Resume with: hpo optimize" in err and "Traceback" not in out + err
+    done = budget.finished(load())
+    assert 2 <= done < 200
+    assert not [t for t in load().get_trials() if t.state == TrialState.RUNNING]
+    # Resuming with a budget just above what is done runs exactly the missing trial.
+    code = subprocess.run(
+        [*cmd[:-1], str(done + 1)], cwd=workdir, env=env, capture_output=True, timeout=120
+    ).returncode
+    assert code == 0
+    assert budget.finished(load()) == done + 1
+
+
+def test_studies_lists_the_builtin_files(capsys):
+    code, out, _ = run_cli(capsys, "studies")
+    assert code == 0
+    for name in ("imdb", "reuters", "boston_housing", "mnist"):
+        assert name in out
+    assert str(REPO / "studies") in out.replace("\n", "")
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(
+    not (SHARED_DATASETS / "imdb.npz").is_file(),
+    reason=f"real datasets not found in {SHARED_DATASETS}",
+)
+def test_short_real_imdb_study(workdir, capsys):
+    code, _, err = run_cli(
+        capsys,
+        "optimize",
+        "imdb",
+        "--trials",
+        "2",
+        "--max-epochs",
+        "3",
+        "--seed",
+        "0",
+        "--data-dir",
+        str(SHARED_DATASETS),
+    )
+    assert code == 0, err
+    study = load("imdb")
+    assert len(study.get_trials()) == 2
+    # Any sane configuration passes 0.85 validation accuracy on IMDB within 3 epochs.
+    assert study.best_value > 0.85
+
+
+def test_study_name_of_another_dataset_is_refused(workdir, capsys):
+    imdb = tiny_study(workdir, epochs=1)
+    assert run_cli(capsys, "optimize", str(imdb), "--trials", "1", "--study", "shared")[0] == 0
+    reuters = tiny_study(
+        workdir, "reuters", epochs=1, name="other", space="units = 8\nbatch_size = 64\n"
+    )
+    code, _, err = run_cli(capsys, "optimize", str(reuters), "--trials", "1", "--study", "shared")
+    assert code == 2 and "tunes imdb on val_accuracy; choose another --study" in err
+    assert load("shared").metric_names == ["val_accuracy"]  # what the dashboard's axis says
+
+
+def test_timeout_ends_the_run_across_restarts(workdir):
+    """--timeout is a wall-clock limit that a worker's restarts keep, not reset."""
+    path = tiny_study(workdir, epochs=1)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpo",
+            "optimize",
+            str(path),
+            "--trials",
+            "1000",
+            "--timeout",
+            "12",
+            "--recycle-after",
+            "2",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "restarting this worker" in proc.stdout
+    assert 1 <= budget.finished(load()) < 1000
+    # Without the deadline kept across restarts this would run 1000 trials (or forever).
+    assert time.monotonic() - start < 120

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -120,6 +121,13 @@ def optimize(
             "that is failed and re-run."
         ),
     ] = storage.HEARTBEAT_S,
+    reconnect: Annotated[
+        float,
+        typer.Option(
+            envvar="HPO_RECONNECT_S",
+            help="Seconds to wait for a database that went away before giving up.",
+        ),
+    ] = storage.RECONNECT_S,
 ) -> None:
     """Run (or resume) a study until it has --trials finished trials, across all workers."""
     spec = studyfile.load(target).with_overrides(
@@ -134,11 +142,15 @@ def optimize(
         f"{spec.sampler['name']} sampler · {spec.pruner['name']} pruner · "
         f"storage {storage.redact(storage_url)}"
     )
-    if workers < 1 or heartbeat < 1 or recycle_after < 0:
-        raise HpoError("--workers and --heartbeat must be at least 1, --recycle-after at least 0")
+    if workers < 1 or heartbeat < 1 or recycle_after < 0 or reconnect < 0:
+        raise HpoError(
+            "--workers and --heartbeat must be at least 1, --recycle-after and --reconnect "
+            "at least 0"
+        )
+    again = _command_line("optimize", target, name, storage_url, "--trials", str(trials))
     inherited = hpo_workers.inherited_children()  # when this worker restarted itself
     deadline = hpo_workers.deadline(timeout)  # wall clock, kept across restarts
-    runner.open_study(spec, storage_url, name, heartbeat)  # created once, before any child
+    runner.open_study(spec, storage_url, name, heartbeat, reconnect)  # once, before any child
     children = []
     if workers > 1 and not inherited:
         children = hpo_workers.spawn(workers - 1, Path("storage/logs"), name)
@@ -153,8 +165,14 @@ def optimize(
             data_dir=data_dir,
             console=console,
             heartbeat_s=heartbeat,
+            reconnect_s=reconnect,
             recycle_after=recycle_after or None,
         )
+    except storage.StorageUnavailable as exc:
+        hpo_workers.interrupt(children, inherited)
+        raise HpoError(
+            f"{exc}. Finished trials are saved there; when it is back, resume with: {again}"
+        ) from exc
     except BaseException:
         hpo_workers.interrupt(children, inherited)  # they stop after their current epoch
         raise
@@ -169,7 +187,6 @@ def optimize(
     failed_children = [code for code in codes if code not in (0, 130)]
     if failed_children:
         err.print(f"{len(failed_children)} worker(s) failed: see storage/logs/{name}-worker*.log")
-    again = _command_line("optimize", target, name, storage_url, "--trials", str(trials))
     if result.finished_before >= trials:
         console.print(
             f"study {name} already has {result.finished_before} finished trials "
@@ -409,6 +426,8 @@ def list_studies(storage_url: StorageOpt = storage.DEFAULT_URL) -> None:
 
 
 def _thread_error(hook: threading.ExceptHookArgs) -> None:
+    if isinstance(hook.exc_value, storage.StorageUnavailable):
+        return  # a heartbeat thread: the main thread meets the same error and reports it
     first = str(hook.exc_value).strip().splitlines()[:1]
     name = hook.thread.name if hook.thread else "a thread"
     err.print(
@@ -423,6 +442,9 @@ def main() -> None:
     """Entry point: user errors become one line on stderr, never a traceback."""
     debug = bool(os.environ.get("HPO_DEBUG"))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    handler = logging.StreamHandler()  # hpo's own warnings (a lost database), timestamped
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.getLogger("hpo").addHandler(handler)
     if not debug:  # Optuna's heartbeat thread has no handler of its own: one line, not a trace
         threading.excepthook = _thread_error
     try:
@@ -446,6 +468,8 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(1)
+    finally:
+        logging.getLogger("hpo").removeHandler(handler)
 
 
 if __name__ == "__main__":

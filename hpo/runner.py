@@ -17,7 +17,7 @@ from hpo.budget import Budget, OverBudget, finished
 from hpo.errors import HpoError
 from hpo.interrupt import GracefulInterrupt
 from hpo.progress import StudyProgress
-from hpo.storage import HEARTBEAT_S, open_storage, redact
+from hpo.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
 from hpo.studyfile import StudySpec
 
 SPEC_ATTR = "hpo"  # study user attr holding what analyze needs to rebuild the objective
@@ -38,9 +38,13 @@ def spec_record(spec: StudySpec) -> dict:
 
 
 def open_study(
-    spec: StudySpec, storage_url: str, study_name: str, heartbeat_s: int = HEARTBEAT_S
+    spec: StudySpec,
+    storage_url: str,
+    study_name: str,
+    heartbeat_s: int = HEARTBEAT_S,
+    reconnect_s: float = RECONNECT_S,
 ) -> optuna.Study:
-    storage = open_storage(storage_url, heartbeat_s)
+    storage = open_storage(storage_url, heartbeat_s, reconnect_s)
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
@@ -89,6 +93,7 @@ def run(
     data_dir: str | None,
     console: Console,
     heartbeat_s: int = HEARTBEAT_S,
+    reconnect_s: float = RECONNECT_S,
     recycle_after: int | None = None,
 ) -> RunResult:
     """Run trials until the study has `trials` finished ones, or, with `recycle_after`, until
@@ -96,7 +101,7 @@ def run(
     clear_session, so a long-lived worker is restarted; see the CLI)."""
     if trials < 1:
         raise HpoError(f"--trials must be at least 1, got {trials}")
-    study = open_study(spec, storage_url, study_name, heartbeat_s)
+    study = open_study(spec, storage_url, study_name, heartbeat_s, reconnect_s)
     before = finished(study)
     if before >= trials:
         return RunResult(study, before, before, interrupted=False)
@@ -142,6 +147,11 @@ def run(
                     if "FAIL" not in str(exc) and "finished" not in str(exc):
                         raise
                     console.print(f"[yellow]a trial of this worker was failed as stale: {exc}")
+                except Exception as exc:
+                    lost = unavailable_in(exc)
+                    if lost is None:
+                        raise
+                    raise lost from None
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or ctrl_c.requested

@@ -5,13 +5,17 @@
   (`mysql+pymysql://user:pass@host/db`) when several workers share a study.
 
 Every storage gets a heartbeat, so a trial whose process died is marked FAILED after the grace
-period and re-run by RetryHeartbeatStaleTrialCallback. Passwords never leave this module: use
-`redact(url)` in anything printed.
+period and re-run by RetryHeartbeatStaleTrialCallback. A database that goes away for a while
+(a restart, a network cut) is waited for: each storage operation is retried with exponential
+backoff for up to `reconnect_s` seconds, and the wait is logged. Passwords never leave this
+module: use `redact(url)` in anything printed.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import random
 import time
 import warnings
@@ -26,6 +30,7 @@ from hpo.errors import HpoError
 DEFAULT_URL = "sqlite:///storage/hpo.db"
 HEARTBEAT_S = 60  # seconds between a running trial's heartbeats; grace is 3 times that
 MAX_RETRY = 3
+RECONNECT_S = float(os.environ.get("HPO_RECONNECT_S", 300))  # how long to wait for a lost DB
 DRIVERS = {
     "psycopg": "psycopg[binary]",
     "psycopg2": "psycopg2-binary",
@@ -42,6 +47,109 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable storage URL>"
+
+
+class StorageUnavailable(HpoError):
+    """The database stayed unreachable for longer than the reconnect window."""
+
+
+def unavailable_in(exc: BaseException) -> StorageUnavailable | None:
+    """The StorageUnavailable behind `exc`, if any: Optuna's trial bookkeeping can replace it
+    with an error of its own when it cannot record the trial's end either."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, StorageUnavailable):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _lost_connection(exc: BaseException) -> BaseException | None:
+    """The driver error behind `exc` when it means the connection is gone (server down,
+    restarted, network cut, SQLite locked for too long), else None."""
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
+    if isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        return cause
+    if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+        return cause
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
+
+
+def _retried(method):
+    """Retry `method` while the database is unreachable: 1, 2, 4, … 30 s apart, up to the
+    storage's reconnect window; then StorageUnavailable (and no more waiting after that)."""
+
+    @functools.wraps(method)
+    def call(self: ReconnectingRDBStorage, *args, **kwargs):
+        waited, pause = 0.0, 1.0
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retried write whose first attempt committed before its answer was lost.
+                if waited and method.__name__ == "set_trial_state_values":
+                    trial = self.get_trial(args[0])
+                    if trial.state == kwargs.get("state", args[1] if len(args) > 1 else None):
+                        return True
+                raise
+            except Exception as exc:
+                lost = _lost_connection(exc)
+                if lost is None:
+                    raise
+                if self.gave_up or waited >= self.reconnect_s:
+                    self.gave_up = True
+                    raise StorageUnavailable(
+                        f"storage {self.shown}: lost the connection ({_reason(lost)}) and it did "
+                        f"not come back within {self.reconnect_s:.0f} s"
+                    ) from exc
+                pause = min(pause, 30.0, self.reconnect_s - waited)
+                log.warning(
+                    "storage %s: connection lost (%s); retrying in %.0f s",
+                    self.shown,
+                    _reason(lost),
+                    pause,
+                )
+                time.sleep(pause)
+                waited += pause
+                pause *= 2
+                continue
+            if waited:
+                log.warning("storage %s: reconnected after %.0f s", self.shown, waited)
+            self.gave_up = False
+            return result
+
+    return call
+
+
+class ReconnectingRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose operations wait out a database that went away (pool_pre_ping replaces
+    dead pooled connections; this retries while no new one can be made)."""
+
+    shown = ""
+    reconnect_s = RECONNECT_S
+    gave_up = False
+
+
+for _name in (
+    # BaseStorage and BaseHeartbeat, and the private methods Optuna's _CachedStorage calls.
+    *sorted(optuna.storages.BaseStorage.__abstractmethods__),
+    "get_trial_id_from_study_id_trial_number",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+    "_create_new_trial",
+    "_get_trials",
+    "_set_trial_param",
+    "_get_best_trial_id",
+):
+    setattr(ReconnectingRDBStorage, _name, _retried(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def _engine_kwargs(url: sqlalchemy.URL) -> dict:
@@ -61,12 +169,14 @@ def _prepare_sqlite(url: sqlalchemy.URL, shown: str) -> None:
         raise HpoError(f"storage {shown}: cannot create folder {folder} ({exc.strerror})") from exc
 
 
-def _rdb_storage(url: str, parsed: sqlalchemy.URL, heartbeat_s: int) -> optuna.storages.RDBStorage:
+def _rdb_storage(
+    url: str, parsed: sqlalchemy.URL, heartbeat_s: int, reconnect_s: float
+) -> ReconnectingRDBStorage:
     """RDBStorage with heartbeat; retries the first-time table creation that several workers
     starting at once on a fresh database can race on (one wins, the others load)."""
     for attempt in range(4):
         try:
-            storage = optuna.storages.RDBStorage(
+            storage = ReconnectingRDBStorage(
                 url,
                 engine_kwargs=_engine_kwargs(parsed),
                 heartbeat_interval=heartbeat_s,
@@ -84,6 +194,8 @@ def _rdb_storage(url: str, parsed: sqlalchemy.URL, heartbeat_s: int) -> optuna.s
                 type(exc.orig).__name__,
             )
             time.sleep(0.5 + random.random())
+    storage.shown = redact(url)
+    storage.reconnect_s = reconnect_s
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         # WAL lets workers of one machine read while one writes; waits for locks up to the
         # connect timeout instead of failing with "database is locked" at once.
@@ -92,7 +204,11 @@ def _rdb_storage(url: str, parsed: sqlalchemy.URL, heartbeat_s: int) -> optuna.s
     return storage
 
 
-def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str, heartbeat_s: int = HEARTBEAT_S, reconnect_s: float = RECONNECT_S
+) -> ReconnectingRDBStorage:
+    """The study database at `url`. Failing to reach it now is an error at once; losing it
+    later is waited out for `reconnect_s` seconds."""
     shown = redact(url)
     try:
         parsed = make_url(url)
@@ -106,7 +222,7 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S) -> optuna.storages.RD
     try:
         with warnings.catch_warnings():  # heartbeat and its retry callback are "experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _rdb_storage(url, parsed, heartbeat_s)
+            return _rdb_storage(url, parsed, heartbeat_s, reconnect_s)
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
         driver = parsed.get_driver_name()
         package = DRIVERS.get(driver, driver)

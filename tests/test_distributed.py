@@ -66,14 +66,23 @@ def test_four_workers_meet_the_budget_exactly(workdir, server_url):
     optuna.delete_study(study_name=name, storage=server_url)
 
 
+def running_mid_training(study: optuna.Study, epochs: int) -> optuna.trial.FrozenTrial | None:
+    """A RUNNING trial that has reported an epoch and still has most of its epochs ahead."""
+    for t in study.get_trials():
+        if t.state == TrialState.RUNNING and 1 <= len(t.intermediate_values) <= epochs // 2:
+            return t
+    return None
+
+
 def test_killed_worker_trial_is_failed_and_rerun(workdir, server_url):
     name = f"kill-{uuid.uuid4().hex[:8]}"
-    path = tiny_study(workdir, epochs=2)
+    epochs = 40  # long trials, so the victim is killed mid-trial rather than as it finishes
+    path = tiny_study(workdir, epochs=epochs)
     args = [
         "optimize",
         str(path),
         "--trials",
-        "8",
+        "3",
         "--study",
         name,
         "--storage",
@@ -82,28 +91,28 @@ def test_killed_worker_trial_is_failed_and_rerun(workdir, server_url):
         "1",
     ]
     victim = hpo(workdir, *args)
-    study = None
+    target = None
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
+    while target is None and time.monotonic() < deadline:
+        time.sleep(0.1)
         try:
-            study = optuna.load_study(study_name=name, storage=server_url)
+            target = running_mid_training(
+                optuna.load_study(study_name=name, storage=server_url), epochs
+            )
         except KeyError:
             continue
-        trials = study.get_trials()
-        if counted(study) and any(t.state == TrialState.RUNNING and t.params for t in trials):
-            break
+    assert target is not None, "the victim never got a trial into training"
     victim.send_signal(signal.SIGKILL)  # no chance to clean up: only the heartbeat tells
     victim.wait()
-    killed = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
-    assert len(killed) == 1
+    study = optuna.load_study(study_name=name, storage=server_url)
+    assert study.trials[target.number].state == TrialState.RUNNING
     out = finish(hpo(workdir, *args))
     study = optuna.load_study(study_name=name, storage=server_url)
-    dead = study.trials[killed[0].number]
+    dead = study.trials[target.number]
     assert dead.state == TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retried) == 1 and retried[0].params == dead.params
-    assert len(counted(study)) == 8, out
+    assert len(counted(study)) == 3, out
     optuna.delete_study(study_name=name, storage=server_url)
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
+from optuna.storages._rdb import models  # the schema, to find trials that never beat
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError
@@ -137,6 +139,32 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
     reconnect_s = RECONNECT_S
     gave_up = False
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._silent_since: dict[int, float] = {}
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, plus RUNNING trials that never sent a first heartbeat for a
+        whole grace period: Optuna skips those, so a worker killed in the instant between
+        creating a trial and its first heartbeat would hold a budget slot forever. The
+        silence is timed here, on this process' clock, not against the trial's start time,
+        which another machine's clock wrote."""
+        stale = super()._get_stale_trial_ids(study_id)
+        trials, beats = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+        query = (
+            sqlalchemy.select(trials.c.trial_id)
+            .outerjoin(beats, beats.c.trial_id == trials.c.trial_id)
+            .where(trials.c.study_id == study_id)
+            .where(trials.c.state == TrialState.RUNNING)
+            .where(beats.c.trial_id.is_(None))
+        )
+        with self.engine.connect() as connection:
+            silent = set(connection.execute(query).scalars())
+        now = time.monotonic()
+        self._silent_since = {t: self._silent_since.get(t, now) for t in silent}
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        return stale + [t for t, since in self._silent_since.items() if now - since > grace]
+
 
 for _name in (
     # BaseStorage and BaseHeartbeat, and the private methods Optuna's _CachedStorage calls.
@@ -149,7 +177,7 @@ for _name in (
     "_set_trial_param",
     "_get_best_trial_id",
 ):
-    setattr(ReconnectingRDBStorage, _name, _retried(getattr(optuna.storages.RDBStorage, _name)))
+    setattr(ReconnectingRDBStorage, _name, _retried(getattr(ReconnectingRDBStorage, _name)))
 
 
 def _engine_kwargs(url: sqlalchemy.URL) -> dict:

@@ -82,7 +82,7 @@ def test_killed_worker_trial_is_failed_and_rerun(workdir, server_url):
         "optimize",
         str(path),
         "--trials",
-        "3",
+        "2",
         "--study",
         name,
         "--storage",
@@ -112,7 +112,7 @@ def test_killed_worker_trial_is_failed_and_rerun(workdir, server_url):
     assert dead.state == TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retried) == 1 and retried[0].params == dead.params
-    assert len(counted(study)) == 3, out
+    assert len(counted(study)) == 2, out
     optuna.delete_study(study_name=name, storage=server_url)
 
 
@@ -155,3 +155,20 @@ def test_local_workers_on_sqlite_recycled(workdir):
     assert len(logs) == 2
     for log in logs:
         assert "Traceback" not in log.read_text() and "error" not in log.read_text()
+
+
+def test_trial_that_never_sent_a_heartbeat_is_rerun(workdir):
+    """A worker killed between creating its trial and the first heartbeat leaves a RUNNING
+    trial that Optuna's own stale check never finds; it must not hold a slot forever."""
+    path = str(tiny_study(workdir, epochs=1))
+    finish(hpo(workdir, "optimize", path, "--trials", "1"))
+    url = "sqlite:///storage/hpo.db"
+    orphan = optuna.load_study(study_name="tiny", storage=url).ask()  # no heartbeat storage
+    out = finish(
+        hpo(workdir, "optimize", path, "--trials", "2", "--heartbeat", "1", "--timeout", "60")
+    )
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert study.trials[orphan.number].state == TrialState.FAIL, out
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retried) == 1 and counts_toward_budget(retried[0])
+    assert len(counted(study)) == 2

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from hpo import runner, storage, studyfile, summary
+from hpo import resources, runner, storage, studyfile, summary
 from hpo import workers as hpo_workers
 from hpo.backend import import_keras
 from hpo.errors import HpoError
@@ -105,8 +105,12 @@ def optimize(
     ] = None,
     data_dir: DataDirOpt = None,
     workers: Annotated[
-        int, typer.Option(help="Worker processes on this machine, all on the same study.")
-    ] = 1,
+        str,
+        typer.Option(
+            help="Worker processes on this machine, all on the same study: a number, or auto "
+            "(8 per GPU, else one per 4 cores)."
+        ),
+    ] = "1",
     recycle_after: Annotated[
         int,
         typer.Option(
@@ -142,18 +146,32 @@ def optimize(
         f"{spec.sampler['name']} sampler · {spec.pruner['name']} pruner · "
         f"storage {storage.redact(storage_url)}"
     )
-    if workers < 1 or heartbeat < 1 or recycle_after < 0 or reconnect < 0:
-        raise HpoError(
-            "--workers and --heartbeat must be at least 1, --recycle-after and --reconnect "
-            "at least 0"
-        )
+    if heartbeat < 1 or recycle_after < 0 or reconnect < 0:
+        raise HpoError("--heartbeat must be at least 1, --recycle-after and --reconnect at least 0")
+    try:
+        n_workers = resources.parse_workers(workers)
+    except ValueError as exc:
+        raise HpoError(str(exc)) from exc
     again = _command_line("optimize", target, name, storage_url, "--trials", str(trials))
     inherited = hpo_workers.inherited_children()  # when this worker restarted itself
     deadline = hpo_workers.deadline(timeout)  # wall clock, kept across restarts
     runner.open_study(spec, storage_url, name, heartbeat, reconnect)  # once, before any child
     children = []
-    if workers > 1 and not inherited:
-        children = hpo_workers.spawn(workers - 1, Path("storage/logs"), name)
+    if workers == "auto" and not inherited:
+        console.print(
+            f"--workers auto: {n_workers} (for {os.cpu_count()} cores, "
+            f"{resources.gpu_count()} GPUs)"
+        )
+    if n_workers > 1 and not inherited:
+        gpus = resources.gpu_count()
+        shares = resources.share_gpu_memory(n_workers, gpus)
+        if gpus:
+            console.print(
+                f"{n_workers} workers on {gpus} GPU(s), each taking "
+                f"{shares['XLA_PYTHON_CLIENT_MEM_FRACTION']} of its memory (JAX) or growing "
+                "on demand (TensorFlow)"
+            )
+        children = hpo_workers.spawn(n_workers - 1, Path("storage/logs"), name)
         console.print(f"{len(children)} more workers started; their logs: storage/logs/")
     try:
         result = runner.run(

@@ -5,7 +5,8 @@ What a finished (or pruned, or failed) trial holds:
 - user attr `history`: per-epoch train and validation loss and metric, fold-averaged;
 - user attr `best_epoch`: the 1-based epoch with the best validation metric; the trial's value
   is the metric at that epoch, not at the last one;
-- user attr `fail_reason` when the trial failed (e.g. the loss became NaN).
+- user attr `fail_reason` when the trial failed (e.g. the loss became NaN);
+- user attr `worker`: host, pid, backend, GPU memory share and the process' data-load counts.
 
 Why not optuna_integration's KerasPruningCallback: k-fold trials must report the metric averaged
 over folds, and a mistyped monitor must stop the study, not warn and silently never prune.
@@ -20,7 +21,9 @@ from typing import Any
 import numpy as np
 import optuna
 
+from hpo import data as data_lib
 from hpo import model as model_lib
+from hpo import resources
 from hpo.backend import import_keras
 from hpo.data import Prepared
 from hpo.errors import HpoError
@@ -114,10 +117,14 @@ class Objective:
         self.verbose = verbose
         self.on_epoch = on_epoch  # (trial number, epoch, monitored value), for progress display
         self.check_interrupt = check_interrupt  # raises KeyboardInterrupt after Ctrl-C
+        self.worker = {**resources.worker_info(), "backend": keras.backend.backend()}
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.admit:
             self.admit(trial)
+        # Which process ran it, and how often that process has read or vectorized the data
+        # (once per worker: every later trial finds it in memory).
+        trial.set_user_attr("worker", {**self.worker, "data_loads": dict(data_lib.stats)})
         keras.backend.clear_session()  # drop the previous trial's graphs and layer names
         params = self.spec.space.suggest(trial)
         if self.spec.seed is not None:

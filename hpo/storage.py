@@ -214,8 +214,11 @@ def _rdb_storage(
                 ),
             )
             break
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
-            if attempt == 3:
+        except sqlalchemy.exc.DBAPIError as exc:
+            racing = isinstance(
+                exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)
+            ) or "already exists" in str(exc.orig)  # SQLite says so in an OperationalError
+            if attempt == 3 or not racing:
                 raise
             log.info(
                 "storage: tables being created by another worker (%s); retrying",

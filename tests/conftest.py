@@ -6,12 +6,14 @@ silently.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import sqlalchemy
 
@@ -190,6 +192,13 @@ def reachable(url: str) -> bool:
         return True
     except Exception:
         return False
+
+
+@functools.cache
+def rdb(url: str) -> optuna.storages.RDBStorage:
+    """One storage, so one connection pool, per server for the tests' own reads: a new
+    RDBStorage per poll would hold server connections until garbage collection."""
+    return optuna.storages.RDBStorage(url)
 
 
 @pytest.fixture(params=sorted(SERVERS))

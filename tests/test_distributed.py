@@ -12,7 +12,7 @@ import time
 import uuid
 
 import optuna
-from conftest import tiny_study
+from conftest import rdb, tiny_study
 from optuna.trial import TrialState
 
 from hpo.budget import counts_toward_budget
@@ -55,15 +55,17 @@ def test_four_workers_meet_the_budget_exactly(workdir, server_url):
             server_url,
             "--workers",
             "4",
+            "--recycle-after",
+            "0",  # restarts cost start-up time; test_local_workers_on_sqlite_recycled has them
         )
     )
-    study = optuna.load_study(study_name=name, storage=server_url)
+    study = optuna.load_study(study_name=name, storage=rdb(server_url))
     numbers = [t.number for t in study.get_trials()]
     assert len(numbers) == len(set(numbers))
     assert len(counted(study)) == 40  # not 41, 43: the budget is the study's, not each worker's
     for log in (workdir / "storage" / "logs").glob(f"{name}-worker*.log"):
         assert "Traceback" not in log.read_text()
-    optuna.delete_study(study_name=name, storage=server_url)
+    optuna.delete_study(study_name=name, storage=rdb(server_url))
 
 
 def running_mid_training(study: optuna.Study, epochs: int) -> optuna.trial.FrozenTrial | None:
@@ -76,7 +78,7 @@ def running_mid_training(study: optuna.Study, epochs: int) -> optuna.trial.Froze
 
 def test_killed_worker_trial_is_failed_and_rerun(workdir, server_url):
     name = f"kill-{uuid.uuid4().hex[:8]}"
-    epochs = 40  # long trials, so the victim is killed mid-trial rather than as it finishes
+    epochs = 20  # long trials, so the victim is killed mid-trial rather than as it finishes
     path = tiny_study(workdir, epochs=epochs)
     args = [
         "optimize",
@@ -97,23 +99,23 @@ def test_killed_worker_trial_is_failed_and_rerun(workdir, server_url):
         time.sleep(0.1)
         try:
             target = running_mid_training(
-                optuna.load_study(study_name=name, storage=server_url), epochs
+                optuna.load_study(study_name=name, storage=rdb(server_url)), epochs
             )
         except KeyError:
             continue
     assert target is not None, "the victim never got a trial into training"
     victim.send_signal(signal.SIGKILL)  # no chance to clean up: only the heartbeat tells
     victim.wait()
-    study = optuna.load_study(study_name=name, storage=server_url)
+    study = optuna.load_study(study_name=name, storage=rdb(server_url))
     assert study.trials[target.number].state == TrialState.RUNNING
     out = finish(hpo(workdir, *args))
-    study = optuna.load_study(study_name=name, storage=server_url)
+    study = optuna.load_study(study_name=name, storage=rdb(server_url))
     dead = study.trials[target.number]
     assert dead.state == TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retried) == 1 and retried[0].params == dead.params
     assert len(counted(study)) == 2, out
-    optuna.delete_study(study_name=name, storage=server_url)
+    optuna.delete_study(study_name=name, storage=rdb(server_url))
 
 
 def test_workers_starting_at_once_create_one_study(workdir):
@@ -129,9 +131,10 @@ def test_workers_starting_at_once_create_one_study(workdir):
     assert len(counted(optuna.load_study(study_name="same", storage=url))) == 4
 
 
-def test_local_workers_on_sqlite_recycled(workdir):
+def test_local_workers_on_sqlite_recycled(workdir, monkeypatch):
     """Three local workers on the default SQLite file, each restarting itself every 2 trials
     (as every 10 by default, to release what Keras keeps between trials)."""
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
     path = tiny_study(workdir, epochs=1)
     out = finish(
         hpo(
@@ -155,15 +158,24 @@ def test_local_workers_on_sqlite_recycled(workdir):
     assert len(logs) == 2
     for log in logs:
         assert "Traceback" not in log.read_text() and "error" not in log.read_text()
+    pids = {t.user_attrs["worker"]["pid"] for t in counted(study)}
+    assert len(pids) == 3  # a restart keeps its PID (exec), so three processes in all
+    for trial in counted(study):
+        worker = trial.user_attrs["worker"]
+        assert worker["gpu_memory_fraction"] == "0.300"  # 0.9 of a GPU, split in three
+        loads = worker["data_loads"]
+        # Each process reads the data once (from the disk cache, or vectorizing it if it came
+        # first) and never again: no trial reloads it.
+        assert loads["prepared"] + loads["disk_hits"] == 1 and loads["memory_hits"] == 0
 
 
 def test_trial_that_never_sent_a_heartbeat_is_rerun(workdir):
     """A worker killed between creating its trial and the first heartbeat leaves a RUNNING
     trial that Optuna's own stale check never finds; it must not hold a slot forever."""
     path = str(tiny_study(workdir, epochs=1))
-    finish(hpo(workdir, "optimize", path, "--trials", "1"))
     url = "sqlite:///storage/hpo.db"
-    orphan = optuna.load_study(study_name="tiny", storage=url).ask()  # no heartbeat storage
+    (workdir / "storage").mkdir(exist_ok=True)
+    orphan = optuna.create_study(study_name="tiny", storage=url, direction="maximize").ask()
     out = finish(
         hpo(workdir, "optimize", path, "--trials", "2", "--heartbeat", "1", "--timeout", "60")
     )

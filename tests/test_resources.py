@@ -1,9 +1,6 @@
 """`--workers auto`, GPU memory shares and what each trial records about its worker."""
 
-import optuna
 import pytest
-from conftest import tiny_study
-from test_distributed import counted, finish, hpo
 
 from hpo import resources
 
@@ -39,25 +36,3 @@ def test_memory_share_per_gpu_and_user_value_kept(monkeypatch):
     assert resources.share_gpu_memory(16, gpus=2)["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.113"
     monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
     assert resources.share_gpu_memory(4, gpus=1)["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.5"
-
-
-def test_two_workers_share_memory_and_load_data_once(workdir, monkeypatch):
-    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
-    path = tiny_study(workdir, epochs=1)
-    finish(hpo(workdir, "optimize", str(path), "--trials", "8", "--workers", "2"))
-    study = optuna.load_study(study_name="tiny", storage="sqlite:///storage/hpo.db")
-    assert len(counted(study)) == 8
-    numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers))
-    by_pid: dict[int, list[dict]] = {}
-    for trial in counted(study):
-        worker = trial.user_attrs["worker"]
-        by_pid.setdefault(worker["pid"], []).append(worker)
-    assert len(by_pid) == 2  # both workers ran trials
-    for runs in by_pid.values():
-        for worker in runs:
-            assert worker["gpu_memory_fraction"] == "0.450"  # 0.9 of a GPU, split in two
-            loads = worker["data_loads"]
-            # read (from the disk cache, or vectorized by whichever came first) once per
-            # process, and never again: no trial reloads it
-            assert loads["prepared"] + loads["disk_hits"] == 1 and loads["memory_hits"] == 0

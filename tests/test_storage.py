@@ -9,7 +9,7 @@ import uuid
 
 import optuna
 import pytest
-from conftest import run_cli, tiny_study
+from conftest import rdb, run_cli, tiny_study
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
@@ -23,12 +23,12 @@ def test_optimize_on_a_server(workdir, capsys, server_url):
         capsys, "optimize", str(path), "--trials", "2", "--study", name, "--storage", server_url
     )
     assert code == 0, err
-    study = optuna.load_study(study_name=name, storage=server_url)
+    study = optuna.load_study(study_name=name, storage=rdb(server_url))
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
     assert study.get_trials()[0].user_attrs["history"]["val_accuracy"]
     code, out, _ = run_cli(capsys, "list", "--storage", server_url)
     assert code == 0 and name in out
-    optuna.delete_study(study_name=name, storage=server_url)
+    optuna.delete_study(study_name=name, storage=rdb(server_url))
 
 
 def test_wrong_database_is_one_line(server_url):

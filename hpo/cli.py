@@ -108,7 +108,7 @@ def optimize(
         str,
         typer.Option(
             help="Worker processes on this machine, all on the same study: a number, or auto "
-            "(8 per GPU, else one per 4 cores)."
+            "(8 per GPU, else one per core, at most 8)."
         ),
     ] = "1",
     recycle_after: Annotated[

@@ -6,8 +6,9 @@ from hpo import resources
 
 
 def test_auto_workers_from_cores_and_gpus():
-    assert resources.auto_workers(cpus=2, gpus=0) == 1
-    assert resources.auto_workers(cpus=16, gpus=0) == 4
+    assert resources.auto_workers(cpus=1, gpus=0) == 1
+    assert resources.auto_workers(cpus=2, gpus=0) == 2
+    assert resources.auto_workers(cpus=32, gpus=0) == 8
     assert resources.auto_workers(cpus=16, gpus=1) == 8
     assert resources.auto_workers(cpus=6, gpus=1) == 6  # a core per worker to dispatch from
     assert resources.auto_workers(cpus=64, gpus=2) == 16

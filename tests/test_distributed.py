@@ -131,6 +131,18 @@ def test_workers_starting_at_once_create_one_study(workdir):
     assert len(counted(optuna.load_study(study_name="same", storage=url))) == 4
 
 
+def test_workers_starting_at_once_on_a_server_create_one_study(workdir, server_url):
+    name = f"same-{uuid.uuid4().hex[:8]}"
+    path = tiny_study(workdir, epochs=1)
+    args = ["optimize", str(path), "--trials", "2", "--study", name, "--storage", server_url]
+    procs = [hpo(workdir, *args) for _ in range(2)]
+    for proc in procs:
+        finish(proc)
+    assert optuna.get_all_study_names(storage=rdb(server_url)).count(name) == 1
+    assert len(counted(optuna.load_study(study_name=name, storage=rdb(server_url)))) == 2
+    optuna.delete_study(study_name=name, storage=rdb(server_url))
+
+
 def test_local_workers_on_sqlite_recycled(workdir, monkeypatch):
     """Three local workers on the default SQLite file, each restarting itself every 2 trials
     (as every 10 by default, to release what Keras keeps between trials)."""

@@ -148,8 +148,9 @@ def optimize(
     )
     if heartbeat < 1 or recycle_after < 0 or reconnect < 0:
         raise HpoError("--heartbeat must be at least 1, --recycle-after and --reconnect at least 0")
+    gpus = resources.gpu_count() if workers != "1" else 0  # asks nvidia-smi: only if needed
     try:
-        n_workers = resources.parse_workers(workers)
+        n_workers = resources.parse_workers(workers, gpus)
     except ValueError as exc:
         raise HpoError(str(exc)) from exc
     again = _command_line("optimize", target, name, storage_url, "--trials", str(trials))
@@ -158,12 +159,8 @@ def optimize(
     runner.open_study(spec, storage_url, name, heartbeat, reconnect)  # once, before any child
     children = []
     if workers == "auto" and not inherited:
-        console.print(
-            f"--workers auto: {n_workers} (for {os.cpu_count()} cores, "
-            f"{resources.gpu_count()} GPUs)"
-        )
+        console.print(f"--workers auto: {n_workers} (for {os.cpu_count()} cores, {gpus} GPUs)")
     if n_workers > 1 and not inherited:
-        gpus = resources.gpu_count()
         shares = resources.share_gpu_memory(n_workers, gpus)
         if gpus:
             console.print(

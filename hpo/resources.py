@@ -46,10 +46,10 @@ def auto_workers(cpus: int | None = None, gpus: int | None = None) -> int:
     return max(1, min(cpus, MAX_CPU_WORKERS))
 
 
-def parse_workers(text: str) -> int:
+def parse_workers(text: str, gpus: int) -> int:
     """`--workers` value: a positive count or "auto"."""
     if text == "auto":
-        return auto_workers()
+        return auto_workers(gpus=gpus)
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"--workers must be a positive number or auto, got {text!r}")
     return int(text)

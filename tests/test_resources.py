@@ -1,5 +1,7 @@
 """`--workers auto`, GPU memory shares and what each trial records about its worker."""
 
+import os
+
 import pytest
 
 from hpo import resources
@@ -14,13 +16,12 @@ def test_auto_workers_from_cores_and_gpus():
     assert resources.auto_workers(cpus=64, gpus=2) == 16
 
 
-def test_parse_workers(monkeypatch):
-    monkeypatch.setattr(resources, "auto_workers", lambda: 3)
-    assert resources.parse_workers("auto") == 3
-    assert resources.parse_workers("2") == 2
+def test_parse_workers():
+    assert resources.parse_workers("auto", gpus=1) == min(8, os.cpu_count() or 1)
+    assert resources.parse_workers("2", gpus=0) == 2
     for bad in ("0", "-1", "many"):
         with pytest.raises(ValueError, match="positive number or auto"):
-            resources.parse_workers(bad)
+            resources.parse_workers(bad, gpus=0)
 
 
 def test_gpu_count_follows_cuda_visible_devices(monkeypatch):

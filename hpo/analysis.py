@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import model as model_lib
-from hpo.backend import import_keras
+from hpo.backend import import_keras, set_random_seed
 from hpo.data import Prepared
 from hpo.errors import HpoError
 from hpo.studyfile import StudySpec
@@ -86,7 +86,7 @@ def retrain(params: Mapping[str, Any], data: Prepared, epochs: int, seed: int):
     """A fresh model trained on the whole training set; (model, test metrics)."""
     keras = import_keras()
     keras.backend.clear_session()
-    keras.utils.set_random_seed(seed)
+    set_random_seed(seed)
     model = model_lib.build(params, data)
     to_targets = lambda y: model_lib.targets(y, data.task, params["loss"], data.n_outputs)  # noqa: E731
     model.fit(

@@ -24,7 +24,7 @@ import optuna
 from hpo import data as data_lib
 from hpo import model as model_lib
 from hpo import resources
-from hpo.backend import import_keras
+from hpo.backend import import_keras, set_random_seed
 from hpo.data import Prepared
 from hpo.errors import HpoError
 from hpo.studyfile import StudySpec
@@ -128,7 +128,7 @@ class Objective:
         keras.backend.clear_session()  # drop the previous trial's graphs and layer names
         params = self.spec.space.suggest(trial)
         if self.spec.seed is not None:
-            keras.utils.set_random_seed(self.spec.seed + trial.number)
+            set_random_seed(self.spec.seed + trial.number)
         on_epoch = self.on_epoch and (
             lambda epoch, value: self.on_epoch(trial.number, epoch, value)
         )

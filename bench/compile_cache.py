@@ -1,0 +1,92 @@
+"""What JAX's persistent compilation cache saves per trial under KERAS_BACKEND=jax.
+
+    KERAS_BACKEND=jax python bench/compile_cache.py [--data-dir DIR] [--epochs 3]
+
+Runs the same IMDB trials (the book's model and two other shapes, hpo's objective, 3 epochs)
+in three fresh processes: with the cache switched off, with an empty cache (it fills), and
+with the cache the previous process filled (what a recycled or second worker sees). Prints
+seconds per trial for each, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BOOK = {
+    "layers": 2,
+    "units": 16,
+    "activation": "relu",
+    "loss": "binary_crossentropy",
+    "optimizer": "rmsprop",
+    "learning_rate": 1e-3,
+    "batch_size": 512,
+    "dropout": 0.0,
+}
+SHAPES = [{}, {"units": 32}, {"layers": 1}]
+
+
+def child(epochs: int) -> None:
+    """One process: each shape's trial, timed; prints a JSON list of seconds."""
+    import optuna
+
+    from hpo import data, studyfile
+    from hpo.objective import Objective
+
+    spec = studyfile.load("imdb").with_overrides(max_epochs=epochs, seed=0)
+    prepared = data.load("imdb")
+    seconds = []
+    for shape in SHAPES:
+        start = time.perf_counter()
+        Objective(spec, prepared)(optuna.trial.FixedTrial({**BOOK, **shape}))
+        seconds.append(round(time.perf_counter() - start, 2))
+    print(json.dumps(seconds))
+
+
+def run(env: dict[str, str], epochs: int) -> list[float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", "--epochs", str(epochs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.epochs)
+        return
+    base = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)}
+    if args.data_dir:
+        base["HPO_DATA_DIR"] = args.data_dir
+    with tempfile.TemporaryDirectory() as cache:
+        modes = {
+            "cache off": {**base, "JAX_ENABLE_COMPILATION_CACHE": "false"},
+            "empty cache": {**base, "JAX_COMPILATION_CACHE_DIR": cache},
+            "warm cache (new process)": {**base, "JAX_COMPILATION_CACHE_DIR": cache},
+        }
+        results = {mode: run(env, args.epochs) for mode, env in modes.items()}
+    print(f"IMDB trials of {args.epochs} epochs, KERAS_BACKEND=jax, seconds per trial")
+    print(f"{'mode':<26} " + " ".join(f"{s or 'book'!s:>16}" for s in SHAPES))
+    for mode, seconds in results.items():
+        print(f"{mode:<26} " + " ".join(f"{s:>16.2f}" for s in seconds))
+    print(json.dumps({"epochs": args.epochs, "shapes": SHAPES, "seconds": results}))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()

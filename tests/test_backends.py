@@ -1,0 +1,70 @@
+"""hpo under Keras' JAX backend, the one the GPU machine runs: a real `hpo optimize` process.
+
+The test process itself runs Keras on TensorFlow, and a process has one backend, so each
+check runs hpo as a subprocess with KERAS_BACKEND=jax.
+"""
+
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+from conftest import tiny_study
+
+pytest.importorskip("jax")
+
+# Every parameter fixed: each trial compiles the same programs.
+FIXED_SPACE = """
+layers = 1
+units = 16
+loss = "mse"
+learning_rate = 0.01
+batch_size = 16
+"""
+
+
+def optimize_under_jax(workdir, study, trials: int) -> str:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpo",
+            "optimize",
+            str(study),
+            "--trials",
+            str(trials),
+            "--seed",
+            "0",
+        ],
+        cwd=workdir,
+        # hpo's own cache folder, not one the user may have chosen for JAX
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("JAX_")},
+            "KERAS_BACKEND": "jax",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def test_jax_trials_reuse_compiled_programs_across_processes(workdir):
+    study = tiny_study(
+        workdir, "boston_housing", epochs=2, validation="kfold:2", space=FIXED_SPACE, name="j"
+    )
+    out = optimize_under_jax(workdir, study, 2)
+    cache = workdir / "cache" / "jax"  # under HPO_CACHE_DIR, which the workdir fixture sets
+    compiled = sorted(p.name for p in cache.iterdir())
+    assert compiled, "JAX's persistent compilation cache was not written"
+    # Keras seeds TensorFlow whenever it is installed; its start-up notices stay hidden.
+    assert "oneDNN" not in out and "absl" not in out, out
+
+    optimize_under_jax(workdir, study, 4)  # a new process, the same shapes
+    assert sorted(p.name for p in cache.iterdir()) == compiled, "programs were compiled again"
+
+    trials = optuna.load_study(study_name="j", storage="sqlite:///storage/hpo.db").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert {t.user_attrs["worker"]["backend"] for t in trials} == {"jax"}

@@ -80,7 +80,8 @@ def _optuna_plot(plot, study: optuna.Study, path: Path) -> Path | None:
 def factor_effects(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     """Per searched parameter and value: trials, best and median validation metric.
 
-    Continuous ranges are cut into three equal-count bins."""
+    Continuous ranges are cut into three equal-count bins, each named by the lowest and
+    highest value its trials drew."""
     frame = trials_frame(study)
     done = frame[frame["state"] == "complete"]
     rows = []
@@ -88,21 +89,29 @@ def factor_effects(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     for name in spec.space.searched():
         if name not in done or done.empty:
             continue
-        column = done[name]
+        column, labels = done[name], {}
         if pd.api.types.is_float_dtype(column) and column.nunique() > 4:
-            column = pd.qcut(column, 3, duplicates="drop").astype(str)
-        grouped = done.groupby(column)["value"]
-        for value, values in grouped:
+            column, labels = _value_ranges(column)
+        for value, values in done.groupby(column)["value"]:
             rows.append(
                 {
                     "factor": name,
-                    "value": value,
+                    "value": labels.get(value, value),
                     "trials": len(values),
                     "best": values.agg(best),
                     "median": values.median(),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _value_ranges(column: pd.Series) -> tuple[pd.Series, dict[int, str]]:
+    """Three equal-count bins of a float parameter: (bin number per trial, "low–high" label of
+    the values drawn in each bin). Not pandas' interval edges, which reach below the range: a
+    learning rate "from -0.00066"."""
+    codes = pd.qcut(column, 3, labels=False, duplicates="drop")
+    spans = column.groupby(codes).agg(["min", "max"])
+    return codes, {code: f"{row['min']:.3g}–{row['max']:.3g}" for code, row in spans.iterrows()}
 
 
 def versions(seeds: Sequence[int]) -> dict[str, str]:

@@ -141,3 +141,26 @@ def test_experiment_does_not_queue_a_waiting_variant_twice():
     wanted = exp.variants(exp.BOOK_CONFIGS["imdb"], {"units": [8]})
     study.enqueue_trial(wanted[1])
     assert exp.missing(study, wanted) == [wanted[0]]
+
+
+def test_factor_effects_name_float_bins_by_the_values_drawn(workdir):
+    from hpo import report, studyfile
+
+    spec = studyfile.load(str(tiny_study(workdir)))  # learning_rate: float [0.003, 0.01], log
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    for _ in range(9):
+        trial = study.ask()
+        params = spec.space.suggest(trial)
+        study.tell(trial, params["learning_rate"] * 10)
+
+    effects = report.factor_effects(study, spec)
+    rates = effects[effects["factor"] == "learning_rate"]
+    assert rates["trials"].tolist() == [3, 3, 3]
+    spans = [tuple(float(x) for x in label.split("–")) for label in rates["value"]]
+    drawn = sorted(t.params["learning_rate"] for t in study.trials)
+    assert spans[0][0] == pytest.approx(drawn[0], rel=1e-2)  # from the lowest drawn, not below
+    assert spans[-1][1] == pytest.approx(drawn[-1], rel=1e-2)
+    assert all(low <= high for low, high in spans)
+    assert [s[0] for s in spans] == sorted(s[0] for s in spans)  # in increasing order
+    best = rates["best"].tolist()
+    assert best == sorted(best)  # value = 10 x learning_rate: the highest bin holds the best

@@ -81,9 +81,10 @@ def main() -> None:
         }
         results = {mode: run(env, args.epochs) for mode, env in modes.items()}
     print(f"IMDB trials of {args.epochs} epochs, KERAS_BACKEND=jax, seconds per trial")
-    print(f"{'mode':<26} " + " ".join(f"{s or 'book'!s:>16}" for s in SHAPES))
+    names = [", ".join(f"{k}={v}" for k, v in s.items()) or "book model" for s in SHAPES]
+    print(f"{'mode':<26} " + " ".join(f"{name:>12}" for name in names))
     for mode, seconds in results.items():
-        print(f"{mode:<26} " + " ".join(f"{s:>16.2f}" for s in seconds))
+        print(f"{mode:<26} " + " ".join(f"{s:>12.2f}" for s in seconds))
     print(json.dumps({"epochs": args.epochs, "shapes": SHAPES, "seconds": results}))
 
 

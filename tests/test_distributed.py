@@ -48,7 +48,7 @@ def test_four_workers_meet_the_budget_exactly(workdir, server_url):
             "optimize",
             str(path),
             "--trials",
-            "40",
+            "20",
             "--study",
             name,
             "--storage",
@@ -62,7 +62,7 @@ def test_four_workers_meet_the_budget_exactly(workdir, server_url):
     study = optuna.load_study(study_name=name, storage=rdb(server_url))
     numbers = [t.number for t in study.get_trials()]
     assert len(numbers) == len(set(numbers))
-    assert len(counted(study)) == 40  # not 41, 43: the budget is the study's, not each worker's
+    assert len(counted(study)) == 20  # not 21, 23: the budget is the study's, not each worker's
     for log in (workdir / "storage" / "logs").glob(f"{name}-worker*.log"):
         assert "Traceback" not in log.read_text()
     optuna.delete_study(study_name=name, storage=rdb(server_url))

@@ -9,6 +9,7 @@ the versions and seeds that produced them.
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import platform
 import warnings
 from collections.abc import Sequence
@@ -40,21 +41,48 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+LONG_CURVE = 30  # epochs; beyond this the curves are drawn without markers, zoomed as below
+SKIPPED_EPOCHS = 10  # left out of a long curve's y-range, as the book does for Boston
+
+
+def curve_y_range(*curves: Sequence[float]) -> tuple[float, float] | None:
+    """The y-range of long curves without their first epochs, whose values (a Boston MAE of 20
+    falling to 2.5) would flatten everything after them; None for short curves."""
+    if max((len(c) for c in curves), default=0) <= LONG_CURVE:
+        return None
+    rest = [v for c in curves for v in c[SKIPPED_EPOCHS:] if math.isfinite(v)]
+    if not rest:
+        return None
+    low, high = min(rest), max(rest)
+    margin = (high - low) * 0.08 or abs(high) * 0.05 or 0.1
+    return low - margin, high + margin
+
+
 def plot_curves(trial: optuna.trial.FrozenTrial, metric: str, epoch: int, path: Path) -> Path:
     """Training and validation loss and metric per epoch, the retraining epoch marked."""
     history = trial.user_attrs["history"]
     name = metric.removeprefix("val_")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    zoomed = False
     for ax, key in zip(axes, ("loss", name), strict=True):
-        epochs = range(1, len(history.get(key, [])) + 1)
-        ax.plot(epochs, history.get(key, []), "o:", label=f"training {key}")
-        ax.plot(epochs, history.get(f"val_{key}", []), "o-", label=f"validation {key}")
+        train, val = history.get(key, []), history.get(f"val_{key}", [])
+        long = len(train) > LONG_CURVE
+        epochs = range(1, len(train) + 1)
+        ax.plot(epochs, train, ":" if long else "o:", label=f"training {key}")
+        ax.plot(epochs, val, "-" if long else "o-", label=f"validation {key}")
         ax.axvline(epoch, color="grey", linestyle="--", label=f"chosen epoch ({epoch})")
+        y_range = curve_y_range(train, val)
+        if y_range:
+            ax.set_ylim(*y_range)
+            zoomed = True
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-    fig.suptitle(f"trial {trial.number}: training and validation curves")
+    title = f"trial {trial.number}: training and validation curves"
+    if zoomed:
+        title += f" (y-axis without the first {SKIPPED_EPOCHS} epochs)"
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

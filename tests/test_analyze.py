@@ -164,3 +164,14 @@ def test_factor_effects_name_float_bins_by_the_values_drawn(workdir):
     assert [s[0] for s in spans] == sorted(s[0] for s in spans)  # in increasing order
     best = rates["best"].tolist()
     assert best == sorted(best)  # value = 10 x learning_rate: the highest bin holds the best
+
+
+def test_long_curves_are_zoomed_past_their_first_epochs():
+    from hpo.report import curve_y_range
+
+    falling = [20.0, 14.0, 8.0, 5.0, 4.0, 3.5, 3.2, 3.0, 2.9, 2.8] + [
+        2.5 + 0.01 * i for i in range(50)
+    ]
+    low, high = curve_y_range(falling, [float("nan"), *falling[1:]])
+    assert low < 2.5 < 2.99 < high < 3.5  # the epochs after the 10th, not the early 20.0
+    assert curve_y_range(falling[:20]) is None  # a 20-epoch curve is shown whole, as the book does

@@ -74,8 +74,6 @@ def set_random_seed(seed: int) -> None:
     Keras seeds TensorFlow too whenever it is installed, whatever the backend, so under JAX or
     torch the first call imports it (a few seconds, once per process)."""
     keras = import_keras()
-    if "tensorflow" in sys.modules:
-        keras.utils.set_random_seed(seed)
-        return
-    with silenced_stderr():
+    quiet = contextlib.nullcontext() if "tensorflow" in sys.modules else silenced_stderr()
+    with quiet:
         keras.utils.set_random_seed(seed)

@@ -4,7 +4,8 @@ What a finished (or pruned, or failed) trial holds:
 - intermediate values: the validation metric after each epoch (fold-averaged for k-fold);
 - user attr `history`: per-epoch train and validation loss and metric, fold-averaged;
 - user attr `best_epoch`: the 1-based epoch with the best validation metric; the trial's value
-  is the metric at that epoch, not at the last one;
+  is the metric at that epoch, not at the last one (with `smooth_epochs` > 1 in the study file:
+  the best mean over that many consecutive epochs, centred on `best_epoch`);
 - user attr `fail_reason` when the trial failed (e.g. the loss became NaN);
 - user attr `worker`: host, pid, backend, GPU memory share and the process' data-load counts.
 
@@ -25,6 +26,7 @@ from hpo import data as data_lib
 from hpo import model as model_lib
 from hpo import resources
 from hpo.backend import import_keras, set_random_seed
+from hpo.curves import best_point
 from hpo.data import Prepared
 from hpo.errors import HpoError
 from hpo.studyfile import StudySpec
@@ -50,11 +52,13 @@ class EpochReporter(keras.callbacks.Callback):
         direction: str,
         on_epoch: Callable[[int, float], None] | None = None,
         check_interrupt: Callable[[], None] | None = None,
+        smooth_epochs: int = 1,
     ) -> None:
         super().__init__()
         self.trial = trial
         self.monitor = monitor
         self.maximize = direction == "maximize"
+        self.smooth_epochs = smooth_epochs
         self.on_epoch = on_epoch
         self.check_interrupt = check_interrupt
         self.history: dict[str, list[float]] = {}
@@ -86,10 +90,8 @@ class EpochReporter(keras.callbacks.Callback):
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     def best(self) -> tuple[int, float]:
-        """(1-based best epoch, its monitored value)."""
-        curve = np.asarray(self.history[self.monitor])
-        index = int(np.argmax(curve) if self.maximize else np.argmin(curve))
-        return index + 1, float(curve[index])
+        """(1-based best epoch, its monitored value), on the curve smoothed as the study says."""
+        return best_point(self.history[self.monitor], self.maximize, self.smooth_epochs)
 
     def save(self) -> None:
         """One user attr for the whole curve: cheap on an RDB, and readable by any Optuna tool."""
@@ -133,7 +135,12 @@ class Objective:
             lambda epoch, value: self.on_epoch(trial.number, epoch, value)
         )
         reporter = EpochReporter(
-            trial, self.spec.metric, self.spec.direction, on_epoch, self.check_interrupt
+            trial,
+            self.spec.metric,
+            self.spec.direction,
+            on_epoch,
+            self.check_interrupt,
+            smooth_epochs=self.spec.smooth_epochs,
         )
         try:
             if self.spec.validation.kind == "kfold":

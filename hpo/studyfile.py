@@ -32,6 +32,7 @@ STUDY_KEYS = {
     "validation",
     "num_words",
     "seed",
+    "smooth_epochs",
 }
 
 
@@ -49,6 +50,7 @@ class StudySpec:
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
     num_words: int = 10000
     seed: int | None = None
+    smooth_epochs: int = 1  # rank trials by their validation curve averaged over this many epochs
     path: str = ""
 
     def with_overrides(self, **changes: Any) -> StudySpec:
@@ -172,6 +174,16 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
     seed = study.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise HpoError(f"{source}: study.seed: must be an integer, got {seed!r}")
+    smooth_epochs = study.get("smooth_epochs", 1)
+    if (
+        isinstance(smooth_epochs, bool)
+        or not isinstance(smooth_epochs, int)
+        or not 1 <= smooth_epochs <= max_epochs
+    ):
+        raise HpoError(
+            f"{source}: study.smooth_epochs: must be an integer from 1 to max_epochs "
+            f"({max_epochs}), got {smooth_epochs!r}"
+        )
     name = study.get("name", Path(source).stem)
     if not isinstance(name, str) or not name.strip():
         raise HpoError(f"{source}: study.name: must be a non-empty string, got {name!r}")
@@ -199,6 +211,7 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
         pruner=pruner,
         num_words=num_words,
         seed=seed,
+        smooth_epochs=smooth_epochs,
         path=source,
     )
 

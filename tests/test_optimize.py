@@ -126,6 +126,20 @@ batch_size = 16
     assert done.value == pytest.approx(min(done.user_attrs["history"]["val_mae"]))
 
 
+def test_smoothed_study_ranks_trials_by_their_best_window(workdir, capsys):
+    path = tiny_study(workdir, "boston_housing", epochs=8, validation="kfold:2")
+    path.write_text(path.read_text().replace("max_epochs = 8", "max_epochs = 8\nsmooth_epochs = 3"))
+    code, _, err = run_cli(capsys, "optimize", str(path), "--trials", "2", "--seed", "3")
+    assert code == 0, err
+    for trial in load().get_trials():
+        curve = trial.user_attrs["history"]["val_mae"]
+        means = [sum(curve[i - 1 : i + 2]) / 3 for i in range(1, len(curve) - 1)]
+        best = min(range(len(means)), key=means.__getitem__)
+        assert trial.value == pytest.approx(means[best])
+        assert trial.user_attrs["best_epoch"] == best + 2  # 1-based centre of the window
+        assert trial.intermediate_values[1] == pytest.approx(curve[0])  # the pruner sees raw
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

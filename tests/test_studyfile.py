@@ -26,6 +26,8 @@ def test_book_holdouts_and_folds():
     assert str(studyfile.load("imdb").validation) == "first:10000"
     assert str(studyfile.load("reuters").validation) == "first:1000"
     assert str(studyfile.load("boston_housing").validation) == "kfold:4"
+    assert studyfile.load("boston_housing").smooth_epochs == 11
+    assert studyfile.load("imdb").smooth_epochs == 1
     assert set(studyfile.load("imdb").space.dims["loss"].values) == {"binary_crossentropy", "mse"}
 
 
@@ -48,6 +50,9 @@ GOOD = '[study]\ndataset = "imdb"\n'
         (GOOD + 'direction = "minimize"\n', "study.direction: val_accuracy must be maximized"),
         (GOOD + 'task = "regression"\n', "study.task: imdb is a binary dataset"),
         (GOOD + "max_epochs = 0\n", "study.max_epochs: must be a positive integer"),
+        (GOOD + "smooth_epochs = 0\n", "study.smooth_epochs: must be an integer from 1"),
+        (GOOD + "max_epochs = 5\nsmooth_epochs = 7\n", "to max_epochs (5), got 7"),
+        (GOOD + 'smooth_epochs = "3"\n', "study.smooth_epochs: must be an integer"),
         (GOOD + 'validation = "half"\n', "study.validation: expected"),
         (GOOD + 'validation = "kfold:1"\n', "study.validation: kfold needs at least 2"),
         (GOOD + "epochs = 3\n", "study.epochs: unknown key"),

@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from hpo.analysis import Retrained, test_metrics
+from hpo.curves import smoothed
 from hpo.studyfile import StudySpec
 from hpo.summary import trials_frame
 
@@ -58,8 +59,11 @@ def curve_y_range(*curves: Sequence[float]) -> tuple[float, float] | None:
     return low - margin, high + margin
 
 
-def plot_curves(trial: optuna.trial.FrozenTrial, metric: str, epoch: int, path: Path) -> Path:
-    """Training and validation loss and metric per epoch, the retraining epoch marked."""
+def plot_curves(
+    trial: optuna.trial.FrozenTrial, metric: str, epoch: int, path: Path, smooth_epochs: int = 1
+) -> Path:
+    """Training and validation loss and metric per epoch, the retraining epoch marked; with
+    smoothing, also the moving mean of the monitored metric that chose that epoch."""
     history = trial.user_attrs["history"]
     name = metric.removeprefix("val_")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -70,6 +74,8 @@ def plot_curves(trial: optuna.trial.FrozenTrial, metric: str, epoch: int, path: 
         epochs = range(1, len(train) + 1)
         ax.plot(epochs, train, ":" if long else "o:", label=f"training {key}")
         ax.plot(epochs, val, "-" if long else "o-", label=f"validation {key}")
+        if key == name and smooth_epochs > 1 and val:
+            ax.plot(epochs, smoothed(val, smooth_epochs), "-", label=f"{smooth_epochs}-epoch mean")
         ax.axvline(epoch, color="grey", linestyle="--", label=f"chosen epoch ({epoch})")
         y_range = curve_y_range(train, val)
         if y_range:
@@ -167,7 +173,7 @@ def write(study: optuna.Study, spec: StudySpec, results: list[Retrained], folder
     figures: dict[str, Path | None] = {}
     if best is not None and "history" in best.user_attrs:
         figures["Learning curves of the best trial"] = plot_curves(
-            best, spec.metric, results[0].epochs, folder / "curves.png"
+            best, spec.metric, results[0].epochs, folder / "curves.png", spec.smooth_epochs
         )
     figures["Optimization history"] = _optuna_plot(
         optuna.visualization.matplotlib.plot_optimization_history, study, folder / "history.png"
@@ -177,6 +183,9 @@ def write(study: optuna.Study, spec: StudySpec, results: list[Retrained], folder
     )
 
     metrics = test_metrics(spec.task)
+    ranked_by = spec.metric
+    if spec.smooth_epochs > 1:
+        ranked_by += f" ({spec.smooth_epochs}-epoch mean)"
     lines = [f"# {study.study_name}: {spec.dataset}, {spec.metric} ({spec.direction})", ""]
     head = results[0]
     summary = ", ".join(f"{m} {head.mean(m):.4f} ± {head.std(m):.4f}" for m in metrics)
@@ -189,7 +198,7 @@ def write(study: optuna.Study, spec: StudySpec, results: list[Retrained], folder
         "## Test results",
         "",
         markdown_table(
-            ["trial", spec.metric, "epochs", *[f"test {m}" for m in metrics]],
+            ["trial", ranked_by, "epochs", *[f"test {m}" for m in metrics]],
             [
                 [
                     r.trial,

@@ -175,3 +175,20 @@ def test_long_curves_are_zoomed_past_their_first_epochs():
     low, high = curve_y_range(falling, [float("nan"), *falling[1:]])
     assert low < 2.5 < 2.99 < high < 3.5  # the epochs after the 10th, not the early 20.0
     assert curve_y_range(falling[:20]) is None  # a 20-epoch curve is shown whole, as the book does
+
+
+def test_curves_figure_shows_the_moving_mean_that_chose_the_epoch(tmp_path, monkeypatch):
+    from hpo import report
+
+    curve = [5.0, 3.0, 1.0, 3.0, 2.0, 2.0, 2.0, 3.0]
+    history = {"loss": curve, "val_loss": curve, "mae": curve, "val_mae": curve}
+    trial = optuna.trial.create_trial(value=2.0, user_attrs={"history": history})
+    figures = []
+    monkeypatch.setattr(report.plt, "close", figures.append)
+
+    report.plot_curves(trial, "val_mae", 6, tmp_path / "curves.png", smooth_epochs=3)
+    loss_axis, mae_axis = figures[0].axes
+    mean = next(line for line in mae_axis.get_lines() if line.get_label() == "3-epoch mean")
+    np.testing.assert_allclose(mean.get_ydata()[1:-1], [3.0, 7 / 3, 2.0, 7 / 3, 2.0, 7 / 3])
+    assert "3-epoch mean" not in [line.get_label() for line in loss_axis.get_lines()]
+    assert (tmp_path / "curves.png").stat().st_size > 0

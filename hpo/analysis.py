@@ -38,6 +38,8 @@ class Retrained:
     seeds: list[int]
     runs: list[dict[str, float]] = field(default_factory=list)  # test metrics per seed
     model: Any = None  # the first seed's model, kept for saving
+    ensemble: dict[str, float] | None = None  # test metrics of the seeds' mean prediction
+    ensemble_model: Any = None
 
     def mean(self, metric: str) -> float:
         return statistics.fmean(run[metric] for run in self.runs)
@@ -49,7 +51,7 @@ class Retrained:
     def summary(self) -> dict[str, Any]:
         """JSON-ready: what is written into the study's user attrs and the report."""
         metrics = sorted(self.runs[0]) if self.runs else []
-        return {
+        summary = {
             "trial": self.trial,
             "epochs": self.epochs,
             "seeds": self.seeds,
@@ -59,6 +61,9 @@ class Retrained:
                 for m in metrics
             },
         }
+        if self.ensemble is not None:
+            summary["ensemble_test"] = self.ensemble
+        return summary
 
 
 def test_metrics(task: str) -> tuple[str, ...]:
@@ -96,16 +101,16 @@ def retrain(params: Mapping[str, Any], data: Prepared, epochs: int, seed: int):
         batch_size=params["batch_size"],
         verbose=0,
     )
+    return model, evaluate(model, params, data)
+
+
+def evaluate(model, params: Mapping[str, Any], data: Prepared) -> dict[str, float]:
+    """The model's test metrics (test_metrics(task)), as Keras computes them."""
+    targets = model_lib.targets(data.y_test, data.task, params["loss"], data.n_outputs)
     scores = model.evaluate(
-        data.x_test,
-        to_targets(data.y_test),
-        verbose=0,
-        batch_size=model_lib.VALIDATION_BATCH,
-        return_dict=True,
+        data.x_test, targets, verbose=0, batch_size=model_lib.VALIDATION_BATCH, return_dict=True
     )
-    if data.task == "regression":
-        return model, {"mae": float(scores["mae"]), "mse": float(scores["mse"])}
-    return model, {"accuracy": float(scores["accuracy"]), "loss": float(scores["loss"])}
+    return {metric: float(scores[metric]) for metric in test_metrics(data.task)}
 
 
 def retrain_config(
@@ -115,15 +120,22 @@ def retrain_config(
     seeds: list[int],
     trial: int | None = None,
     on_run: Callable[[int], None] | None = None,
+    ensemble: bool = False,
 ) -> Retrained:
+    """Retrain with each seed; with `ensemble` and several seeds, also test their mean prediction
+    (by convexity its MAE is never above the seeds' mean MAE: it is the model to deploy)."""
     result = Retrained(trial, dict(params), epochs, list(seeds))
+    members = []
     for seed in seeds:
         model, metrics = retrain(params, data, epochs, seed)
         result.runs.append(metrics)
-        if result.model is None:
-            result.model = model
+        members.append(model)
         if on_run:
             on_run(seed)
+    result.model = members[0] if members else None
+    if ensemble and len(members) > 1:
+        result.ensemble_model = model_lib.average(members, params, data)
+        result.ensemble = evaluate(result.ensemble_model, params, data)
     return result
 
 
@@ -194,11 +206,14 @@ def analyze_study(
                 list(range(base, base + seeds)),
                 trial=t.number,
                 on_run=on_run,
+                ensemble=True,
             )
             for t in trials
         ]
         best = results[0]
         best.model.save(staging / "model.keras")
+        if best.ensemble_model is not None:
+            best.ensemble_model.save(staging / "ensemble.keras")
         (staging / "params.json").write_text(json.dumps(best.summary(), indent=2))
         report_lib.write(study, spec, results, staging)
         _replace_dir(staging, folder)
@@ -241,4 +256,8 @@ def _save_note(study: optuna.Study, spec: StudySpec, best: Retrained) -> None:
     tested = ", ".join(f"test {m} {best.mean(m):.4f} ± {best.std(m):.4f}" for m in metrics)
     retrained = f"Retrained for {best.epochs} epochs on train+validation, {len(best.seeds)} seed(s)"
     body = f"## Best configuration (trial {best.trial})\n\n{params}\n\n{retrained}: {tested}"
+    if best.ensemble is not None:
+        body += "\n\nTheir ensemble (mean prediction): " + ", ".join(
+            f"test {m} {best.ensemble[m]:.4f}" for m in metrics
+        )
     save_note(study, body)

@@ -299,17 +299,22 @@ def analyze(
             on_run=progress,
         )
     metrics = analysis.test_metrics(spec.task)
+    ensembles = seeds > 1
     table = Table(title=f"test results of {name} ({len(result.results[0].seeds)} seed(s) each)")
-    for column in ("trial", "epochs", *[f"test {m}" for m in metrics]):
+    columns = [f"test {m}" for m in metrics] + [f"ensemble {m}" for m in metrics if ensembles]
+    for column in ("trial", "epochs", *columns):
         table.add_column(column, justify="right")
     for r in result.results:
-        table.add_row(
-            str(r.trial), str(r.epochs), *[f"{r.mean(m):.4f} ± {r.std(m):.4f}" for m in metrics]
-        )
+        cells = [f"{r.mean(m):.4f} ± {r.std(m):.4f}" for m in metrics]
+        cells += [f"{r.ensemble[m]:.4f}" for m in metrics if r.ensemble]
+        table.add_row(str(r.trial), str(r.epochs), *cells)
     console.print(table)
+    if ensembles:
+        console.print(f"ensemble: the mean prediction of the {seeds} seeds' models")
     console.print(
         f"report {result.report}\nmodel  {result.model_path}\n"
-        f"params {result.folder / 'params.json'}"
+        + (f"ensemble {result.folder / 'ensemble.keras'}\n" if ensembles else "")
+        + f"params {result.folder / 'params.json'}"
     )
 
 

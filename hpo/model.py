@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,29 @@ def build(params: Mapping[str, Any], data: Prepared) -> keras.Model:
     else:
         outputs = keras.layers.Dense(1)(x)
     model = keras.Model(inputs, outputs)
+    _compile(model, params, data.task)
+    return model
+
+
+def average(members: Sequence[keras.Model], params: Mapping[str, Any], data: Prepared):
+    """One model whose output is the mean of the trained members' outputs (probabilities, or
+    prices): the ensemble of a configuration retrained with several seeds."""
+    inputs = keras.Input(shape=data.x_train.shape[1:], dtype=str(data.x_train.dtype))
+    copies = []
+    for number, member in enumerate(members):
+        copy = keras.models.clone_model(member)  # uncompiled: one optimizer for the whole
+        copy.set_weights(member.get_weights())
+        copy.name = f"member_{number}"  # each retrained member is named "functional"
+        copies.append(copy)
+    outputs = keras.layers.Average(name="mean")([copy(inputs) for copy in copies])
+    model = keras.Model(inputs, outputs, name="ensemble")
+    _compile(model, params, data.task)
+    # Built now, so the saved file loads without Keras' optimizer-variables mismatch warning.
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _compile(model: keras.Model, params: Mapping[str, Any], task: str) -> None:
     optimizer = keras.optimizers.get(
         {"class_name": params["optimizer"], "config": {"learning_rate": params["learning_rate"]}}
     )
@@ -79,10 +102,9 @@ def build(params: Mapping[str, Any], data: Prepared) -> keras.Model:
     model.compile(
         optimizer=optimizer,
         loss=loss,
-        metrics=_metrics(data.task, params["loss"]),
+        metrics=_metrics(task, params["loss"]),
         steps_per_execution=STEPS_PER_EXECUTION,
     )
-    return model
 
 
 def _metrics(task: str, loss: str) -> list[keras.metrics.Metric]:

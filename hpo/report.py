@@ -194,17 +194,26 @@ def write(study: optuna.Study, spec: StudySpec, results: list[Retrained], folder
         f"for **{head.epochs} epochs** with {len(head.seeds)} seed(s): test {summary}.",
         "",
     ]
+    ensembles = [f"ensemble {m}" for m in metrics] if head.ensemble else []
+    if head.ensemble:
+        together = ", ".join(f"{m} {head.ensemble[m]:.4f}" for m in metrics)
+        lines += [
+            f"The ensemble of those {len(head.seeds)} models (their mean prediction, saved as "
+            f"`ensemble.keras`): test {together}.",
+            "",
+        ]
     lines += [
         "## Test results",
         "",
         markdown_table(
-            ["trial", ranked_by, "epochs", *[f"test {m}" for m in metrics]],
+            ["trial", ranked_by, "epochs", *[f"test {m}" for m in metrics], *ensembles],
             [
                 [
                     r.trial,
                     study.trials[r.trial].value if r.trial is not None else "",
                     r.epochs,
                     *[f"{r.mean(m):.4f} ± {r.std(m):.4f}" for m in metrics],
+                    *[f"{r.ensemble[m]:.4f}" for m in metrics if r.ensemble],
                 ]
                 for r in results
             ],

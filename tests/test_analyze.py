@@ -44,6 +44,17 @@ def test_analyze_retrains_tests_and_saves(searched, workdir, capsys):
     scores = model.evaluate(prepared.x_test, y, verbose=0, return_dict=True)
     assert scores["accuracy"] == pytest.approx(accuracy["runs"][0], abs=1e-6)
 
+    # The ensemble: the three seeds' models (the first is the one above), their mean output.
+    ensemble = model_lib.keras.saving.load_model(folder / "ensemble.keras")
+    members = [ensemble.get_layer(f"member_{i}") for i in range(3)]
+    x = prepared.x_test[:50]
+    np.testing.assert_allclose(members[0].predict(x, verbose=0), model.predict(x, verbose=0))
+    mean = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.predict(x, verbose=0), mean, rtol=1e-5, atol=1e-6)
+    scores = ensemble.evaluate(prepared.x_test, y, verbose=0, return_dict=True)
+    assert scores["accuracy"] == pytest.approx(saved["ensemble_test"]["accuracy"], abs=1e-6)
+    assert f"{saved['ensemble_test']['accuracy']:.4f}" in out
+
     # The report and its figures, and the results back in the study for any Optuna client.
     report = (folder / "report.md").read_text()
     for figure in ("curves.png", "history.png", "importances.png"):
@@ -57,6 +68,19 @@ def test_analyze_retrains_tests_and_saves(searched, workdir, capsys):
     from optuna_dashboard import get_note
 
     assert "Best configuration" in get_note(study)
+
+
+def test_regression_ensemble_is_never_worse_than_its_seeds_on_average(workdir, capsys):
+    path = tiny_study(workdir, "boston_housing", epochs=4, validation="kfold:2")
+    code, _, err = run_cli(capsys, "optimize", str(path), "--trials", "2", "--seed", "0")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "analyze", str(path), "--seeds", "3")
+    assert code == 0, err
+    saved = json.loads((workdir / "storage" / "reports" / "tiny" / "params.json").read_text())
+    maes = saved["test"]["mae"]["runs"]
+    # |mean prediction - y| <= mean |prediction - y| for every house.
+    assert saved["ensemble_test"]["mae"] <= np.mean(maes) + 1e-6
+    assert saved["ensemble_test"]["mae"] < max(maes)
 
 
 def test_analyze_top_trials(searched, workdir, capsys):

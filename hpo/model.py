@@ -76,7 +76,9 @@ def build(params: Mapping[str, Any], data: Prepared) -> keras.Model:
     return model
 
 
-def average(members: Sequence[keras.Model], params: Mapping[str, Any], data: Prepared):
+def average(
+    members: Sequence[keras.Model], params: Mapping[str, Any], data: Prepared
+) -> keras.Model:
     """One model whose output is the mean of the trained members' outputs (probabilities, or
     prices): the ensemble of a configuration retrained with several seeds."""
     inputs = keras.Input(shape=data.x_train.shape[1:], dtype=str(data.x_train.dtype))

@@ -89,15 +89,17 @@ class EpochReporter(keras.callbacks.Callback):
             self.save()
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-    def best(self) -> tuple[int, float]:
-        """(1-based best epoch, its monitored value), on the curve smoothed as the study says."""
-        return best_point(self.history[self.monitor], self.maximize, self.smooth_epochs)
+    def best(self) -> tuple[int, float] | None:
+        """(1-based best epoch, its monitored value), on the curve smoothed as the study says;
+        None before the first finite value."""
+        return best_point(self.history.get(self.monitor, []), self.maximize, self.smooth_epochs)
 
     def save(self) -> None:
         """One user attr for the whole curve: cheap on an RDB, and readable by any Optuna tool."""
         self.trial.set_user_attr("history", self.history)
-        if self.history.get(self.monitor):
-            self.trial.set_user_attr("best_epoch", self.best()[0])
+        best = self.best()
+        if best:
+            self.trial.set_user_attr("best_epoch", best[0])
 
 
 class Objective:
@@ -152,7 +154,9 @@ class Objective:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
         reporter.save()
-        return reporter.best()[1]
+        best = reporter.best()
+        assert best is not None  # record() fails the trial at its first non-finite value
+        return best[1]
 
     def _fit_args(self, params: dict[str, Any], x, y, validation) -> dict[str, Any]:
         to_targets = self._targets(params)

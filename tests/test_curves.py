@@ -32,3 +32,11 @@ def test_smoothed_is_a_centred_mean_undefined_where_the_window_overhangs():
 def test_curve_shorter_than_the_window_is_averaged_whole():
     # A trial pruned after 2 epochs under an 11-epoch window still gets a value.
     assert best_point([4.0, 2.0], maximize=False, smooth_epochs=11) == (1, 3.0)
+
+
+def test_diverged_epochs_are_never_best():
+    # A NaN-loss trial saves its curve (the NaN last) before it is failed.
+    assert best_point([3.0, 2.0, float("nan")], maximize=False) == (2, 2.0)
+    epoch, value = best_point([3.0, 2.0, 2.2, 2.1, float("inf")], False, smooth_epochs=3)
+    assert (epoch, value) == (3, pytest.approx(2.1))  # the window over the inf is no candidate
+    assert best_point([float("nan")], maximize=True) is None

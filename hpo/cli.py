@@ -67,11 +67,16 @@ DataDirOpt = Annotated[
 ]
 
 
-def _command_line(command: str, target: str, study: str, storage_url: str, *extra: str) -> str:
-    """The hpo command line a user types next, password hidden."""
+def _command_line(
+    command: str, target: str, study: str, storage_url: str, *extra: str, data_dir: str | None
+) -> str:
+    """The hpo command line a user types next, password hidden. The data folder is spelt out:
+    it may have come from an HPO_DATA_DIR set for this command only."""
     parts = ["hpo", command, target, *extra, "--study", study]
     if storage_url != storage.DEFAULT_URL:
         parts += ["--storage", storage.redact(storage_url)]
+    if data_dir:
+        parts += ["--data-dir", data_dir]
     return shlex.join(parts)
 
 
@@ -153,7 +158,9 @@ def optimize(
         n_workers = resources.parse_workers(workers, gpus)
     except ValueError as exc:
         raise HpoError(str(exc)) from exc
-    again = _command_line("optimize", target, name, storage_url, "--trials", str(trials))
+    again = _command_line(
+        "optimize", target, name, storage_url, "--trials", str(trials), data_dir=data_dir
+    )
     inherited = hpo_workers.inherited_children()  # when this worker restarted itself
     deadline = hpo_workers.deadline(timeout)  # wall clock, kept across restarts
     runner.open_study(spec, storage_url, name, heartbeat, reconnect)  # once, before any child
@@ -216,7 +223,7 @@ def optimize(
         raise typer.Exit(130)
     console.print(
         f"{result.finished_after} finished trials in {name}. Retrain the best and test it "
-        f"with: {_command_line('analyze', target, name, storage_url)}"
+        f"with: {_command_line('analyze', target, name, storage_url, data_dir=data_dir)}"
     )
 
 
@@ -367,7 +374,12 @@ def experiment(
     )
     if result.interrupted:
         again = _command_line(
-            "experiment", target, name, storage_url, *[f"--vary={v}" for v in vary]
+            "experiment",
+            target,
+            name,
+            storage_url,
+            *[f"--vary={v}" for v in vary],
+            data_dir=data_dir,
         )
         err.print(f"interrupted: variants trained so far are saved. Resume with: {again}")
         raise typer.Exit(130)

@@ -3,6 +3,7 @@
 import contextlib
 import math
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -25,11 +26,18 @@ def load(name="tiny", url=DEFAULT_URL):
     return optuna.load_study(study_name=name, storage=url)
 
 
-def test_optimize_records_curves_and_best_epoch(workdir, capsys):
+def test_optimize_records_curves_and_best_epoch(workdir, capsys, monkeypatch):
     path = tiny_study(workdir, epochs=4)
     code, out, err = run_cli(capsys, "optimize", str(path), "--trials", "3", "--seed", "7")
     assert code == 0, err
     assert "best trials of tiny" in out and "hpo analyze" in out
+    # The next step it prints works as typed, without the HPO_DATA_DIR this run had.
+    data_dir = os.environ["HPO_DATA_DIR"]
+    monkeypatch.delenv("HPO_DATA_DIR")
+    next_step = shlex.split(" ".join(out.split("test it with:")[1].split()))
+    assert next_step[:2] == ["hpo", "analyze"] and next_step[-2:] == ["--data-dir", data_dir]
+    code, _, err = run_cli(capsys, *next_step[1:])
+    assert code == 0, err
     study = load()
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3

@@ -93,10 +93,9 @@ def retrain(params: Mapping[str, Any], data: Prepared, epochs: int, seed: int):
     keras.backend.clear_session()
     set_random_seed(seed)
     model = model_lib.build(params, data)
-    to_targets = lambda y: model_lib.targets(y, data.task, params["loss"], data.n_outputs)  # noqa: E731
     model.fit(
         data.x_train,
-        to_targets(data.y_train),
+        model_lib.targets(data.y_train, data.task, params["loss"], data.n_outputs),
         epochs=epochs,
         batch_size=params["batch_size"],
         verbose=0,

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,53 +21,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import model as model_lib
+from hpo import report as report_lib
 from hpo.backend import import_keras, set_random_seed
 from hpo.data import Prepared
 from hpo.errors import HpoError
+from hpo.retrained import Retrained, test_metrics
 from hpo.studyfile import StudySpec
-
-
-@dataclass
-class Retrained:
-    """One configuration retrained with each seed, and its test metrics."""
-
-    trial: int | None  # the trial it came from (None for an experiment variant)
-    params: dict[str, Any]
-    epochs: int
-    seeds: list[int]
-    runs: list[dict[str, float]] = field(default_factory=list)  # test metrics per seed
-    model: Any = None  # the first seed's model, kept for saving
-    ensemble: dict[str, float] | None = None  # test metrics of the seeds' mean prediction
-    ensemble_model: Any = None
-
-    def mean(self, metric: str) -> float:
-        return statistics.fmean(run[metric] for run in self.runs)
-
-    def std(self, metric: str) -> float:
-        values = [run[metric] for run in self.runs]
-        return statistics.stdev(values) if len(values) > 1 else 0.0
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready: what is written into the study's user attrs and the report."""
-        metrics = sorted(self.runs[0]) if self.runs else []
-        summary = {
-            "trial": self.trial,
-            "epochs": self.epochs,
-            "seeds": self.seeds,
-            "params": self.params,
-            "test": {
-                m: {"mean": self.mean(m), "std": self.std(m), "runs": [run[m] for run in self.runs]}
-                for m in metrics
-            },
-        }
-        if self.ensemble is not None:
-            summary["ensemble_test"] = self.ensemble
-        return summary
-
-
-def test_metrics(task: str) -> tuple[str, ...]:
-    """The test-set figures reported: accuracy and loss, or MAE and MSE (as the book does)."""
-    return ("mae", "mse") if task == "regression" else ("accuracy", "loss")
 
 
 def ranked_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
@@ -186,8 +144,6 @@ def analyze_study(
     on_run: Callable[[int], None] | None = None,
 ) -> AnalysisResult:
     """Retrain the top trials, save the best model, write the report and the study attrs."""
-    from hpo import report as report_lib
-
     if seeds < 1 or top < 1:
         raise HpoError("--seeds and --top must be at least 1")
     trials = ranked_trials(study, top)

@@ -22,6 +22,7 @@ from hpo import resources, runner, storage, studyfile, summary
 from hpo import workers as hpo_workers
 from hpo.backend import import_keras
 from hpo.errors import HpoError
+from hpo.retrained import test_metrics
 
 app = typer.Typer(
     add_completion=False,
@@ -305,7 +306,7 @@ def analyze(
             artifact_dir=Path(artifacts),
             on_run=progress,
         )
-    metrics = analysis.test_metrics(spec.task)
+    metrics = test_metrics(spec.task)
     ensembles = seeds > 1
     table = Table(title=f"test results of {name} ({len(result.results[0].seeds)} seed(s) each)")
     columns = [f"test {m}" for m in metrics] + [f"ensemble {m}" for m in metrics if ensembles]

@@ -22,7 +22,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import analysis
+from hpo.budget import counts_toward_budget
 from hpo.errors import HpoError
+from hpo.report import markdown_table
+from hpo.retrained import Retrained, test_metrics
 from hpo.space import PARAMS, Choice, Space, parse_space
 from hpo.studyfile import StudySpec
 
@@ -142,7 +145,7 @@ class VariantResult:
     label: str
     params: dict[str, Any]
     trial: FrozenTrial | None
-    retrained: analysis.Retrained | None
+    retrained: Retrained | None
 
 
 def label(base: dict[str, Any], params: dict[str, Any]) -> str:
@@ -152,7 +155,7 @@ def label(base: dict[str, Any], params: dict[str, Any]) -> str:
 
 def plot(results: list[VariantResult], spec: StudySpec, path: Path) -> Path:
     """Validation curves of every variant, and their test metric with its std across seeds."""
-    metric = analysis.test_metrics(spec.task)[0]
+    metric = test_metrics(spec.task)[0]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in results:
         if r.trial is not None:
@@ -183,8 +186,6 @@ def plot(results: list[VariantResult], spec: StudySpec, path: Path) -> Path:
 
 def missing(study: optuna.Study, wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Variants with no finished (or already queued) trial yet."""
-    from hpo.budget import counts_toward_budget
-
     have = [
         # a queued trial has no params yet: enqueue_trial keeps them as "fixed_params"
         t.system_attrs.get("fixed_params", {}) if t.state == TrialState.WAITING else t.params
@@ -197,11 +198,9 @@ def missing(study: optuna.Study, wanted: list[dict[str, Any]]) -> list[dict[str,
 def write_report(
     results: list[VariantResult], spec: StudySpec, study: optuna.Study, folder: Path
 ) -> Path:
-    from hpo.report import markdown_table
-
     folder.mkdir(parents=True, exist_ok=True)
     figure = plot(results, spec, folder / "experiment.png")
-    metrics = analysis.test_metrics(spec.task)
+    metrics = test_metrics(spec.task)
     rows = []
     for r in results:
         if r.trial is None or r.retrained is None:

@@ -25,8 +25,8 @@ import optuna
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from hpo.analysis import Retrained, test_metrics
 from hpo.curves import smoothed
+from hpo.retrained import Retrained, test_metrics
 from hpo.studyfile import StudySpec
 from hpo.summary import trials_frame
 

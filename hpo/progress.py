@@ -9,16 +9,16 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hpo.budget import finished
+from hpo.budget import counts_toward_budget
 
 
 class StudyProgress:
-    """Counts finished trials (done/pruned/failed) and shows the best value so far."""
+    """Shows the study's finished trials (of all its workers, from every run of it) with how
+    many were pruned or failed, the best value so far, and this worker's current epoch."""
 
-    def __init__(self, console: Console, total: int, already: int, metric: str) -> None:
+    def __init__(self, console: Console, study: optuna.Study, total: int, metric: str) -> None:
         self.console = console
         self.metric = metric
-        self.counts = {"complete": 0, "pruned": 0, "failed": 0}
         self.started = time.monotonic()
         self.progress = Progress(
             TextColumn("[bold]trials"),
@@ -29,8 +29,12 @@ class StudyProgress:
             console=console,
             transient=False,
         )
-        self.task = self.progress.add_task("trials", total=total, completed=already, status="")
+        self.counts = study_counts(study)
+        self.task = self.progress.add_task(
+            "trials", total=total, completed=self.counts["finished"], status=""
+        )
         self.epoch_line = ""
+        self._refresh(study)
 
     def __enter__(self) -> StudyProgress:
         self.progress.start()
@@ -44,18 +48,12 @@ class StudyProgress:
         self._refresh(None)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.COMPLETE:
-            self.counts["complete"] += 1
-        elif trial.state == TrialState.PRUNED:
-            self.counts["pruned"] += 1
-        elif trial.state == TrialState.FAIL:
+        if trial.state == TrialState.FAIL and not over_budget(trial):
             reason = trial.user_attrs.get("fail_reason", "see the storage")
-            if reason == "over budget":  # another worker holds the last slots: not a failure
-                return
-            self.counts["failed"] += 1
             self.progress.console.print(f"[yellow]trial {trial.number} failed: {reason}")
+        self.counts = study_counts(study)  # all workers' trials, as `hpo list` counts them
         self.epoch_line = ""
-        self.progress.update(self.task, completed=finished(study))  # all workers' trials
+        self.progress.update(self.task, completed=self.counts["finished"])
         self._refresh(study)
 
     def _refresh(self, study: optuna.Study | None) -> None:
@@ -68,6 +66,22 @@ class StudyProgress:
         if self.epoch_line:
             parts.append(f"[dim]{self.epoch_line}")
         self.progress.update(self.task, status=" · ".join(parts))
+
+
+def over_budget(trial: FrozenTrial) -> bool:
+    """A trial made after another worker took the last slot: it never ran, it is no failure."""
+    return trial.user_attrs.get("fail_reason") == "over budget"
+
+
+def study_counts(study: optuna.Study) -> dict[str, int]:
+    """The study's trials that count towards its budget, and of all its trials those pruned
+    and those failed (over-budget placeholders aside), whichever worker or run made them."""
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "finished": sum(counts_toward_budget(t) for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL and not over_budget(t) for t in trials),
+    }
 
 
 def best_line(study: optuna.Study, metric: str) -> str:

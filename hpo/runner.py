@@ -116,7 +116,7 @@ def run(
     budget = Budget(trials)
     deadline = None if timeout is None else time.monotonic() + timeout
     with (
-        StudyProgress(console, trials, before, spec.metric) as progress,
+        StudyProgress(console, study, trials, spec.metric) as progress,
         GracefulInterrupt() as ctrl_c,
     ):
         objective = Objective(

@@ -299,3 +299,43 @@ def test_timeout_ends_the_run_across_restarts(workdir):
     assert 1 <= budget.finished(load()) < 1000
     # Without the deadline kept across restarts this would run 1000 trials (or forever).
     assert time.monotonic() - start < 120
+
+
+def test_progress_counts_are_the_studys_across_restarts(workdir, capsys):
+    """The progress line's pruned/failed counts are the study's, as `hpo list` shows them,
+    not those of the worker process since its last restart."""
+    space = """
+layers = 1
+units = 16
+learning_rate = { choices = [0.01, 1e-7] }
+batch_size = 64
+"""
+    path = tiny_study(workdir, epochs=4, space=space, pruner="median")
+    path.write_text(
+        path.read_text().replace(
+            'name = "median"', 'name = "median"\nn_startup_trials = 2\nn_warmup_steps = 1'
+        )
+    )
+    study = runner.open_study(studyfile.load(str(path)), DEFAULT_URL, "tiny")
+    for rate in (0.01, 0.01, 1e-7, 0.01, 1e-7, 1e-7):  # 1e-7 learns nothing: pruned
+        study.enqueue_trial({"learning_rate": rate})
+    cmd = ["optimize", str(path), "--trials", "6", "--recycle-after", "3"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo", *cmd],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "restarting this worker" in proc.stdout  # trials 3-5 ran in a fresh process
+    states = [t.state for t in load().get_trials()]
+    assert states.count(TrialState.PRUNED) == 3, states
+    last = [line for line in proc.stdout.splitlines() if "pruned " in line][-1]
+    assert "6/6" in last and "pruned 3 · failed 0" in last, last
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    row = next(line for line in out.splitlines() if "tiny" in line)
+    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    # study, dataset, metric, trials, complete, pruned, failed, best
+    assert cells[3:7] == ["6", "3", "3", "0"], row

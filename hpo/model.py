@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,9 +51,64 @@ class UnpackBits(keras.layers.Layer):
         return {**super().get_config(), "n_features": self.n_features}
 
 
-def build(params: Mapping[str, Any], data: Prepared) -> keras.Model:
-    """The book's stack of Dense layers, sized and trained as `params` says."""
-    inputs = keras.Input(shape=data.x_train.shape[1:], dtype=str(data.x_train.dtype))
+class FoldInitializer(keras.initializers.Initializer):
+    """Glorot-uniform for each fold's (inputs, units) kernel slice of a (folds, inputs, units)
+    kernel: Keras' own would count the fold axis as a receptive field and shrink the range."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        limit = math.sqrt(6.0 / (shape[-2] + shape[-1]))
+        return keras.random.uniform(shape, -limit, limit, dtype=dtype, seed=self.seed)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="hpo")
+class FoldDense(keras.layers.Layer):
+    """k independent Dense layers side by side: (batch, k, inputs) → (batch, k, units).
+
+    The k-fold models of one trial, stacked into one graph: fold f's weights only ever see
+    fold f's rows, so training them together is training them apart, in one step instead of k.
+    """
+
+    def __init__(self, units: int, activation: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = units
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape) -> None:
+        folds, features = input_shape[-2], input_shape[-1]
+        self.kernel = self.add_weight(
+            name="kernel", shape=(folds, features, self.units), initializer=FoldInitializer()
+        )
+        self.bias = self.add_weight(name="bias", shape=(folds, self.units), initializer="zeros")
+
+    def call(self, inputs):
+        return self.activation(keras.ops.einsum("bki,kio->bko", inputs, self.kernel) + self.bias)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "activation": keras.activations.serialize(self.activation),
+        }
+
+
+def build(params: Mapping[str, Any], data: Prepared, folds: int = 1) -> keras.Model:
+    """The book's stack of Dense layers, sized and trained as `params` says.
+
+    With `folds` > 1, the k-fold models of one trial as one model (FoldDense layers): its input
+    is (batch, folds, features), one sample of each fold's training rows per batch row, and
+    its output has the same fold axis (see stack_folds)."""
+    features = data.x_train.shape[1:]
+    shape = features if folds == 1 else (folds, *features)
+    inputs = keras.Input(shape=shape, dtype=str(data.x_train.dtype))
     x = inputs
     if data.packed:
         x = UnpackBits(data.n_features, name="unpack_bits")(x)
@@ -61,16 +117,17 @@ def build(params: Mapping[str, Any], data: Prepared) -> keras.Model:
         # float inside the compiled step (and divides MNIST pixels by 255), which is cheaper
         # than converting every batch on the host and keeps the data compact in memory.
         x = keras.layers.Rescaling(data.input_scale, name="to_float")(x)
+    dense = keras.layers.Dense if folds == 1 else FoldDense
     for _ in range(params["layers"]):
-        x = keras.layers.Dense(params["units"], activation=params["activation"])(x)
+        x = dense(params["units"], activation=params["activation"])(x)
         if params["dropout"] > 0:
             x = keras.layers.Dropout(params["dropout"])(x)
     if data.task == "binary":
-        outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+        outputs = dense(1, activation="sigmoid")(x)
     elif data.task == "multiclass":
-        outputs = keras.layers.Dense(data.n_outputs, activation="softmax")(x)
+        outputs = dense(data.n_outputs, activation="softmax")(x)
     else:
-        outputs = keras.layers.Dense(1)(x)
+        outputs = dense(1)(x)
     model = keras.Model(inputs, outputs)
     _compile(model, params, data.task)
     return model
@@ -120,10 +177,21 @@ def _metrics(task: str, loss: str) -> list[keras.metrics.Metric]:
     return [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.MeanSquaredError(name="mse")]
 
 
+def stack_folds(
+    splits: Sequence[tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]],
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """k folds' ((x_train, y_train), (x_val, y_val)) → the same with a fold axis after the
+    sample axis, for a model built with `folds=k`. Needs equal-sized folds, which
+    hpo.data.Validation's k-fold splits are."""
+    train = tuple(np.stack([fold[0][i] for fold in splits], axis=1) for i in (0, 1))
+    val = tuple(np.stack([fold[1][i] for fold in splits], axis=1) for i in (0, 1))
+    return train, val
+
+
 def targets(y: np.ndarray, task: str, loss: str, n_outputs: int) -> np.ndarray:
     """Labels in the form the loss expects (one-hot for categorical_crossentropy)."""
     if task == "multiclass":
         if loss == "categorical_crossentropy":
             return np.eye(n_outputs, dtype=np.float32)[np.asarray(y)]
         return np.asarray(y, dtype=np.int32)
-    return np.asarray(y, dtype=np.float32).reshape(-1, 1)
+    return np.asarray(y, dtype=np.float32)[..., None]

@@ -59,6 +59,11 @@ class Prepared:
     x_test: np.ndarray
     y_test: np.ndarray
 
+    @property
+    def layout(self) -> str:
+        """How x is held: "packed" bits, or its dtype ("uint8" multi-hot or pixels, "float32")."""
+        return "packed" if self.packed else str(self.x_train.dtype)
+
 
 @dataclass(frozen=True)
 class Validation:

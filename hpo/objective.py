@@ -23,8 +23,8 @@ import numpy as np
 import optuna
 
 from hpo import data as data_lib
+from hpo import engine, resources
 from hpo import model as model_lib
-from hpo import resources
 from hpo.backend import import_keras, set_random_seed
 from hpo.curves import best_point
 from hpo.data import Prepared
@@ -121,7 +121,14 @@ class Objective:
         self.verbose = verbose
         self.on_epoch = on_epoch  # (trial number, epoch, monitored value), for progress display
         self.check_interrupt = check_interrupt  # raises KeyboardInterrupt after Ctrl-C
-        self.worker = {**resources.worker_info(), "backend": keras.backend.backend()}
+        self.engine = engine.choose(spec.validation.kind)
+        self.worker = {
+            **resources.worker_info(),
+            "backend": keras.backend.backend(),
+            "engine": self.engine,
+            "input": data.layout,
+        }
+        self._tensors: dict = {}  # training arrays already on the device, for the fused loop
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.admit:
@@ -131,8 +138,9 @@ class Objective:
         trial.set_user_attr("worker", {**self.worker, "data_loads": dict(data_lib.stats)})
         keras.backend.clear_session()  # drop the previous trial's graphs and layer names
         params = self.spec.space.suggest(trial)
-        if self.spec.seed is not None:
-            set_random_seed(self.spec.seed + trial.number)
+        seed = None if self.spec.seed is None else self.spec.seed + trial.number
+        if seed is not None:
+            set_random_seed(seed)
         on_epoch = self.on_epoch and (
             lambda epoch, value: self.on_epoch(trial.number, epoch, value)
         )
@@ -146,9 +154,9 @@ class Objective:
         )
         try:
             if self.spec.validation.kind == "kfold":
-                self._fit_folds(params, reporter)
+                self._fit_folds(params, reporter, seed)
             else:
-                self._fit_holdout(params, reporter)
+                self._fit_holdout(params, reporter, seed)
         except KeyboardInterrupt:
             reporter.save()
             trial.set_user_attr("fail_reason", "interrupted")
@@ -173,20 +181,28 @@ class Objective:
         data = self.data
         return lambda y: model_lib.targets(y, data.task, params["loss"], data.n_outputs)
 
-    def _fit_holdout(self, params: dict[str, Any], reporter: EpochReporter) -> None:
+    def _fit_holdout(self, params: dict[str, Any], reporter: EpochReporter, seed) -> None:
         ((train, val),) = self.spec.validation.splits(self.data.x_train, self.data.y_train)
         model = model_lib.build(params, self.data)
+        if self.engine == "fused":
+            self._train_fused(params, model, train, val, reporter, seed)
+            return
         model.fit(
             **self._fit_args(params, *train, val), epochs=self.spec.max_epochs, callbacks=[reporter]
         )
 
-    def _fit_folds(self, params: dict[str, Any], reporter: EpochReporter) -> None:
-        """Train the k fold models side by side, a chunk of epochs at a time, reporting each
-        epoch's fold-averaged metric and checking the pruner after every chunk.
+    def _fit_folds(self, params: dict[str, Any], reporter: EpochReporter, seed) -> None:
+        """Train the k fold models of a k-fold trial and report their averaged metric.
 
-        A chunk is a tenth of the budget: one fit() call per fold and epoch would cost more
-        than the epochs themselves on small data (Boston: 19 batches an epoch)."""
+        Fused: the k models stacked into one (hpo.model.FoldDense), one compiled call per
+        epoch. Otherwise (a backend without the fused loop) k models side by side, a chunk of
+        epochs at a time, the pruner checked after every chunk: one fit() call per fold and
+        epoch would cost more than the epochs themselves on small data."""
         folds = list(self.spec.validation.splits(self.data.x_train, self.data.y_train))
+        if self.engine == "fused":
+            model = model_lib.build(params, self.data, folds=len(folds))
+            self._train_fused(params, model, *model_lib.stack_folds(folds), reporter, seed)
+            return
         models = [model_lib.build(params, self.data) for _ in folds]
         fit_args = [self._fit_args(params, *train, val) for train, val in folds]
         chunk = max(1, self.spec.max_epochs // 10)
@@ -201,3 +217,19 @@ class Objective:
                     key: float(np.mean([c[key][offset] for c in curves])) for key in curves[0]
                 }
                 reporter.record(start + offset + 1, averaged)
+
+    def _train_fused(self, params, model, train, val, reporter: EpochReporter, seed) -> None:
+        to_targets = self._targets(params)
+        trainer = engine.FusedTrainer(
+            model,
+            loss=params["loss"],
+            task=self.data.task,
+            train=(train[0], to_targets(train[1])),
+            validation=(val[0], to_targets(val[1])),
+            batch_size=params["batch_size"],
+            validation_batch_size=max(params["batch_size"], model_lib.VALIDATION_BATCH),
+            seed=seed,
+            tensors=self._tensors,
+        )
+        for epoch in range(1, self.spec.max_epochs + 1):
+            reporter.record(epoch, trainer.run_epoch())

@@ -1,0 +1,269 @@
+"""Fused training: one compiled call per epoch, holding all its steps and its validation pass.
+
+`model.fit` pays a fixed cost per epoch (a new data iterator, an `evaluate` pass, callbacks)
+and per step (Python dispatch: under JAX, `steps_per_execution` is a Python loop of separately
+jitted steps). For the small networks of chapter 3 that cost is most of the time: a 4-fold
+Boston epoch is microseconds of arithmetic. Here one compiled function (jax.jit or tf.function)
+runs a whole epoch as a loop over batches (`keras.ops.fori_loop`) with Keras' stateless API
+(`model.stateless_call`, `optimizer.stateless_apply`), then the validation pass, and returns
+the epoch's logs, so the host wakes once per epoch: the pruner still sees every epoch.
+
+The training arrays are converted to backend tensors once and stay where the step runs. Each
+epoch's shuffle is drawn on the host from a seeded generator and sent as an index matrix; the
+last, partial batch is padded with zero-weight rows, so every batch has one shape and the
+losses are the same weighted means Keras computes.
+
+Keras' logs are reproduced: `loss` (the loss over the epoch's samples), the task's metrics
+(`accuracy`, or `mae` and `mse`) and their `val_` twins. A model whose output has a fold axis
+(hpo.model's stacked k-fold models: one batch row carries a sample of each fold) gets one
+loss per fold, summed so that each fold's weights receive exactly the gradient they would get
+alone; its logs are the folds' mean.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from hpo.backend import import_keras
+from hpo.errors import HpoError
+
+keras = import_keras()
+ops = keras.ops
+
+BACKENDS = ("jax", "tensorflow")  # torch has no compiled loop here: model.fit trains there
+ENGINES = ("fused", "fit")
+
+
+def choose(validation_kind: str) -> str:
+    """Which loop trains a trial: "fused" (this module) or Keras' "fit".
+
+    $HPO_ENGINE=fused|fit forces one; by default the faster one as measured (docs/performance.md):
+    fused for k-fold trials (small data, where fit's per-epoch and per-fold costs dominate) and
+    under JAX; fit for holdout trials under TensorFlow, whose own loop is a tf.while_loop already.
+    """
+    backend = keras.backend.backend()
+    forced = os.environ.get("HPO_ENGINE", "auto")
+    if forced not in ("auto", *ENGINES):
+        raise HpoError(f"HPO_ENGINE={forced}: expected auto, fused or fit")
+    if forced == "fused" and backend not in BACKENDS:
+        raise HpoError(f"HPO_ENGINE=fused: no fused loop for the {backend} backend (use fit)")
+    if forced != "auto":
+        return forced
+    if backend not in BACKENDS:
+        return "fit"
+    return "fused" if validation_kind == "kfold" or backend == "jax" else "fit"
+
+
+def per_sample_loss(name: str) -> Callable:
+    """The unreduced Keras loss function: one value per sample (and per fold)."""
+    return keras.losses.get(name)
+
+
+def task_metrics(task: str, loss: str) -> dict[str, Callable]:
+    """Per-sample metric functions, named as hpo.model names Keras' metrics in the logs."""
+    if task == "regression":
+        return {
+            "mae": lambda y, p: ops.mean(ops.abs(y - p), axis=-1),
+            "mse": lambda y, p: ops.mean(ops.square(y - p), axis=-1),
+        }
+    if task == "binary":
+        return {"accuracy": lambda y, p: ops.mean(ops.cast((p > 0.5) == (y > 0.5), "float32"), -1)}
+    if loss == "categorical_crossentropy":  # one-hot targets
+        return {
+            "accuracy": lambda y, p: ops.cast(ops.argmax(p, -1) == ops.argmax(y, -1), "float32")
+        }
+    return {
+        "accuracy": lambda y, p: ops.cast(
+            ops.argmax(p, -1) == ops.cast(ops.squeeze(y, -1) if y.ndim == p.ndim else y, "int32"),
+            "float32",
+        )
+    }
+
+
+def batch_plan(n: int, batch_size: int, rng: np.random.Generator | None) -> tuple:
+    """(indices, weights), each (steps, batch_size): rows of each batch, in shuffled order when
+    `rng` is given; the last batch is padded with row 0 at weight 0."""
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    steps = math.ceil(n / batch_size)
+    padded = np.zeros(steps * batch_size, dtype=np.int32)
+    padded[:n] = order
+    weights = np.zeros(steps * batch_size, dtype=np.float32)
+    weights[:n] = 1.0
+    return padded.reshape(steps, batch_size), weights.reshape(steps, batch_size)
+
+
+class FusedTrainer:
+    """Trains a compiled Keras model (hpo.model.build) one compiled call per epoch."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        loss: str,
+        task: str,
+        train: tuple[np.ndarray, np.ndarray],
+        validation: tuple[np.ndarray, np.ndarray],
+        batch_size: int,
+        validation_batch_size: int,
+        seed: int | None = None,
+        tensors: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.loss_fn = per_sample_loss(loss)
+        self.metrics = task_metrics(task, loss)
+        self.n_train, self.n_val = len(train[0]), len(validation[0])
+        # The inputs are the big arrays (IMDB: 150 MB of uint8): converted once per `tensors`
+        # dict, which a worker keeps across trials; the targets depend on the loss.
+        cache = {} if tensors is None else tensors
+        key = (train[0].shape, validation[0].shape)
+        if key not in cache:
+            cache.clear()
+            cache[key] = (ops.convert_to_tensor(train[0]), ops.convert_to_tensor(validation[0]))
+        self.x, self.x_val = cache[key]
+        self.y, self.y_val = ops.convert_to_tensor(train[1]), ops.convert_to_tensor(validation[1])
+        self.val_plan = tuple(
+            ops.convert_to_tensor(a)
+            for a in batch_plan(self.n_val, min(validation_batch_size, self.n_val), None)
+        )
+        model.optimizer.build(model.trainable_variables)
+        # JAX traces pure functions: the variables' values travel through the compiled call.
+        # TensorFlow's graph updates the variables in place (Keras' optimizer has no stateless
+        # apply under TensorFlow), as Keras' own train_function does.
+        self.stateless = keras.backend.backend() == "jax"
+        self.state = (
+            (
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables],
+                [v.value for v in model.optimizer.variables],
+            )
+            if self.stateless
+            else ()
+        )
+        self._epoch = _compile(self._epoch_fn)
+
+    # --- what runs inside the compiled call ---------------------------------------------------
+
+    def _weighted(self, values, weights):
+        """Sum over the batch of per-sample values × weight; a fold axis is kept."""
+        weights = ops.reshape(weights, (-1,) + (1,) * (values.ndim - 1))
+        return ops.sum(values * weights, axis=0)
+
+    def _loss(self, trainable, non_trainable, x, y, w):
+        if self.stateless:
+            y_pred, non_trainable = self.model.stateless_call(
+                trainable, non_trainable, x, training=True
+            )
+        else:
+            y_pred = self.model(x, training=True)
+        losses = self.loss_fn(y, y_pred)
+        per_fold = self._weighted(losses, w) / ops.sum(w)
+        # Summed over folds: each fold's weights get the gradient of its own mean loss.
+        return ops.sum(per_fold), (non_trainable, y_pred, losses)
+
+    def _sums(self, y, y_pred, w, loss_values) -> dict[str, Any]:
+        sums = {name: self._weighted(fn(y, y_pred), w) for name, fn in self.metrics.items()}
+        sums["loss"] = self._weighted(loss_values, w)
+        return sums
+
+    def _train_step(self, state, x, y, w):
+        """One optimizer step; (new state, the batch's per-sample predictions and losses)."""
+        model = self.model
+        if self.stateless:
+            trainable, non_trainable, optimizer_vars = state
+            (_, (non_trainable, y_pred, losses)), grads = _value_and_grad(self._loss)(
+                trainable, non_trainable, x, y, w
+            )
+            trainable, optimizer_vars = model.optimizer.stateless_apply(
+                optimizer_vars, grads, trainable
+            )
+            return (trainable, non_trainable, optimizer_vars), y_pred, losses
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            total, (_, y_pred, losses) = self._loss(None, None, x, y, w)
+        grads = tape.gradient(total, model.trainable_variables)
+        model.optimizer.apply(grads, model.trainable_variables)
+        return state, y_pred, losses
+
+    def _predict(self, state, x):
+        if self.stateless:
+            trainable, non_trainable, _ = state
+            return self.model.stateless_call(trainable, non_trainable, x, training=False)[0]
+        return self.model(x, training=False)
+
+    def _epoch_fn(self, state, indices, weights, val_indices, val_weights):
+        def step(i, carry):
+            state, sums = carry
+            x = ops.take(self.x, indices[i], axis=0)
+            y = ops.take(self.y, indices[i], axis=0)
+            state, y_pred, losses = self._train_step(state, x, y, weights[i])
+            batch = self._sums(y, y_pred, weights[i], losses)
+            return state, {k: sums[k] + batch[k] for k in sums}
+
+        state, sums = ops.fori_loop(0, indices.shape[0], step, (state, self._zero_sums()))
+
+        def val_step(i, sums):
+            x = ops.take(self.x_val, val_indices[i], axis=0)
+            y = ops.take(self.y_val, val_indices[i], axis=0)
+            y_pred = self._predict(state, x)
+            batch = self._sums(y, y_pred, val_weights[i], self.loss_fn(y, y_pred))
+            return {k: sums[k] + batch[k] for k in sums}
+
+        val_sums = ops.fori_loop(0, val_indices.shape[0], val_step, self._zero_sums())
+        return state, sums, val_sums
+
+    def _zero_sums(self) -> dict[str, Any]:
+        folds = self.model.output.shape[1:-1]  # () for a plain model, (k,) for stacked folds
+        return {name: ops.zeros(folds) for name in (*self.metrics, "loss")}
+
+    # --- the host side --------------------------------------------------------------------------
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch; its logs as Keras' fit would write them (fold means)."""
+        indices, weights = batch_plan(self.n_train, self.batch_size, self.rng)
+        self.state, sums, val_sums = self._epoch(self.state, indices, weights, *self.val_plan)
+        logs = {k: float(np.mean(ops.convert_to_numpy(v))) / self.n_train for k, v in sums.items()}
+        for k, v in val_sums.items():
+            logs[f"val_{k}"] = float(np.mean(ops.convert_to_numpy(v))) / self.n_val
+        return logs
+
+    def write_back(self) -> None:
+        """Copy the trained values into the model's variables (for saving or predicting)."""
+        if not self.stateless:
+            return  # TensorFlow trained the variables themselves
+        trainable, non_trainable, optimizer_vars = self.state
+        model = self.model
+        for variables, values in (
+            (model.trainable_variables, trainable),
+            (model.non_trainable_variables, non_trainable),
+            (model.optimizer.variables, optimizer_vars),
+        ):
+            for variable, value in zip(variables, values, strict=True):
+                variable.assign(value)
+
+
+def _compile(fn: Callable) -> Callable:
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, reduce_retracing=True)
+    raise NotImplementedError(f"no fused training loop for the {backend} backend")
+
+
+def _value_and_grad(fn: Callable) -> Callable:
+    """JAX's (value, aux), gradient with respect to the first argument."""
+    import jax
+
+    return jax.value_and_grad(fn, has_aux=True)

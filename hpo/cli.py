@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
+import hpo
 from hpo import resources, runner, storage, studyfile, summary
 from hpo import workers as hpo_workers
 from hpo.backend import import_keras
@@ -29,10 +30,30 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Tune the Keras networks of Deep Learning with Python, chapter 3, with Optuna.",
+    epilog="Example: hpo optimize imdb --trials 50",
 )
+
 # Piped or logged output gets a fixed width, so tables are not cut to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"hpo {hpo.__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print hpo's version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Options of hpo itself, before the command (its help is the Typer app's)."""
 
 
 class SamplerName(StrEnum):
@@ -81,7 +102,7 @@ def _command_line(
     return shlex.join(parts)
 
 
-@app.command()
+@app.command(epilog="Example: hpo optimize imdb --trials 50 --seed 0")
 def optimize(
     target: Annotated[
         str,
@@ -268,7 +289,7 @@ def _load_study(spec: studyfile.StudySpec, name: str, storage_url: str) -> optun
     return study
 
 
-@app.command()
+@app.command(epilog="Example: hpo analyze imdb --seeds 3")
 def analyze(
     target: Annotated[
         str, typer.Argument(help="The dataset or STUDY.toml the study was run with.")
@@ -326,7 +347,7 @@ def analyze(
     )
 
 
-@app.command()
+@app.command(epilog="Example: hpo experiment imdb --vary units=16,32,64 --epochs 20 --seeds 3")
 def experiment(
     target: Annotated[str, typer.Argument(help="A built-in dataset or a STUDY.toml.")],
     vary: Annotated[
@@ -396,7 +417,7 @@ def experiment(
     console.print(f"report {report}")
 
 
-@app.command()
+@app.command(epilog="Example: hpo dashboard --port 8080")
 def dashboard(
     storage_url: StorageOpt = storage.DEFAULT_URL,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",
@@ -433,7 +454,7 @@ def dashboard(
         server.server_close()
 
 
-@app.command()
+@app.command(epilog="Example: hpo studies")
 def studies() -> None:
     """List the built-in study files."""
     table = Table(title=f"study files in {studyfile.studies_dir()}")
@@ -452,7 +473,7 @@ def studies() -> None:
     console.print(table)
 
 
-@app.command("list")
+@app.command("list", epilog="Example: hpo list --storage sqlite:///storage/hpo.db")
 def list_studies(storage_url: StorageOpt = storage.DEFAULT_URL) -> None:
     """List the studies in a storage with their trial counts and best values."""
     console.print(summary.storage_table(storage.open_storage(storage_url)))

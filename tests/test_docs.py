@@ -1,0 +1,117 @@
+"""The README is a short manual whose links resolve and whose commands exist as typed; the pages
+of docs/ link only to what exists. Fast: nothing is trained, `--help` runs in this process."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from conftest import REPO
+from typer.testing import CliRunner
+
+import hpo
+from hpo.cli import app
+
+README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+INLINE = re.compile(r"`([^`\n]+)`")
+HPO_CALL = re.compile(r"(?:^|[\s;&|(])hpo((?: +(?:[\w.,=:/|-]|…|\[[^\]]*\])+)*)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    return {slug(m) for m in re.findall(r"^#+ +(.+)$", text, re.M)}
+
+
+def links(page: Path) -> list[str]:
+    return LINK.findall(FENCE.sub("", page.read_text(encoding="utf-8")))
+
+
+def test_readme_is_a_short_manual():
+    assert README.stat().st_size <= 12 * 1024
+    ci_command = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    fenced = [line for block in FENCE.findall(README.read_text()) for line in block.splitlines()]
+    assert ci_command in fenced  # the test command is .ci/run's, byte for byte
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_relative_links_resolve(page):
+    for target in links(page):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:: not checked offline
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        assert resolved.exists(), f"{page.name}: {target} does not exist"
+        if anchor:
+            assert resolved.suffix == ".md", f"{page.name}: {target}: anchor into a non-page"
+            assert anchor in anchors(resolved), f"{page.name}: {target}: no such heading"
+
+
+def test_every_page_of_docs_is_linked_from_the_readme():
+    linked = {(REPO / t.partition("#")[0]).resolve() for t in links(README)}
+    for page in PAGES[1:]:
+        assert page.resolve() in linked, f"{page.name} is not linked from the README"
+
+
+def readme_commands() -> list[list[str]]:
+    """Each `hpo …` the README names, in code blocks (continuation lines joined) and inline
+    code, as its words."""
+    text = README.read_text(encoding="utf-8")
+    snippets = [re.sub(r"\n[ \t]+", " ", block) for block in FENCE.findall(text)]
+    snippets += INLINE.findall(FENCE.sub("", text))
+    calls = []
+    for snippet in snippets:
+        for line in snippet.splitlines():
+            for match in HPO_CALL.finditer(line.split("#")[0]):
+                calls.append(match.group(1).split())
+    return calls
+
+
+def test_the_readme_names_commands_and_options_that_exist():
+    group = typer.main.get_command(app)
+    calls = readme_commands()
+    named = {words[0] for words in calls if words}
+    assert {"optimize", "analyze", "experiment", "dashboard", "list", "studies"} <= named
+    for words in calls:
+        if not words:
+            continue
+        command = group if words[0].startswith("-") else group.commands.get(words[0])
+        assert command is not None, f"hpo {words[0]}: no such command"
+        known = {opt for param in command.params for opt in param.opts} | {"--help"}
+        for word in words:
+            for option in re.findall(r"(?<![\w-])--?[a-z][\w-]*", word):
+                assert option in known, f"hpo {' '.join(words)}: {option} is no option"
+
+
+@pytest.mark.parametrize("command", sorted(typer.main.get_command(app).commands))
+def test_each_commands_help_ends_with_an_example(command):
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1].strip()
+    assert last.startswith(f"Example: hpo {command}"), last
+
+
+def test_help_and_version():
+    result = CliRunner().invoke(app, ["--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert result.output.strip().splitlines()[-1].strip().startswith("Example: hpo optimize")
+    # Through the real entry point: the installed distribution's version.
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    from importlib.metadata import version
+
+    assert proc.stdout.strip() == f"hpo {version('hpo')}" == f"hpo {hpo.__version__}"

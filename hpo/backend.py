@@ -14,6 +14,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+from hpo import cache
+
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # share a GPU instead of taking it
 
 
@@ -26,9 +28,7 @@ def use_jax_compilation_cache() -> None:
     README: figures on this CPU). The variables are read when jax is imported, so this runs
     before keras is. Other backends ignore them.
     """
-    from hpo.data import cache_root  # here: hpo.data imports this module
-
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_root() / "jax"))
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache.root() / "jax"))
     # JAX caches only compilations slower than 1 s by default; a small model compiles faster.
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 

@@ -6,27 +6,23 @@
 - mnist: 784 raw uint8 pixels; the model's first layer divides by 255.
 - boston_housing: 13 features standardized with the training set's mean and std only.
 
-The prepared arrays are written once to a cache directory ($HPO_CACHE_DIR, default
+The prepared arrays are written once to hpo's cache folder (hpo.cache: $HPO_CACHE_DIR, default
 ~/.cache/hpo) as .npy files and memory-mapped on later loads, so a second process or a second
 trial neither re-reads keras' files nor re-vectorizes, and workers on one machine share pages.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hpo import datasets
+from hpo import cache, datasets
 from hpo.errors import HpoError
 
 log = logging.getLogger("hpo.data")
@@ -111,6 +107,41 @@ class Validation:
             yield (x[: -self.n], y[: -self.n]), (x[-self.n :], y[-self.n :])
 
 
+def load(name: str, data_dir: str | Path | None = None, num_words: int = 10000) -> Prepared:
+    """The prepared dataset, loaded and vectorized at most once per process.
+
+    The path, top to bottom: find keras' file locally (hpo.datasets), then this process'
+    memory, then hpo's disk cache (hpo.cache), and only then read the file (or download it)
+    and prepare it as the book does, caching the result."""
+    if name not in datasets.BUILTIN:
+        raise HpoError(f"unknown dataset {name!r} (built in: {', '.join(datasets.BUILTIN)})")
+    source = datasets.find_local(name, data_dir)
+    before = _load_cached.cache_info().hits
+    prepared = _load_cached(name, num_words, source and source.resolve(), cache.root())
+    if _load_cached.cache_info().hits > before:
+        stats["memory_hits"] += 1
+    return prepared
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name: str, num_words: int, source: Path | None, root: Path) -> Prepared:
+    folder = root / f"{name}-{num_words}-{_fingerprint(name, num_words, source)}"
+    arrays = cache.read_arrays(folder, ARRAYS)
+    if arrays is not None:
+        stats["disk_hits"] += 1
+        log.info("dataset %s: prepared arrays read from cache %s", name, folder)
+    else:
+        stats["prepared"] += 1
+        raw = datasets.read(name, source, num_words)
+        log.info("dataset %s: prepared from %s, caching in %s", name, raw.source, folder)
+        arrays = prepare(raw, name, num_words)
+        cache.write_arrays(folder, arrays)
+    scale = 1 / 255 if name == "mnist" else 1.0
+    packed = name in ("imdb", "reuters")
+    n_features = num_words if packed else int(np.prod(arrays["x_train"].shape[1:]))
+    return Prepared(name, TASKS[name], CLASSES[name], scale, n_features, packed, **arrays)
+
+
 def multi_hot(seqs: datasets.Sequences, num_words: int) -> np.ndarray:
     """The book's vectorize_sequences, in uint8 and without a Python loop over samples."""
     out = np.zeros((len(seqs), num_words), dtype=np.uint8)
@@ -146,14 +177,6 @@ def prepare(raw: datasets.Raw, name: str, num_words: int) -> dict[str, np.ndarra
     }
 
 
-def cache_root() -> Path:
-    env = os.environ.get("HPO_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "hpo"
-
-
 def _fingerprint(name: str, num_words: int, source: Path | None) -> str:
     stat = source.stat() if source else None
     key = json.dumps(
@@ -162,71 +185,8 @@ def _fingerprint(name: str, num_words: int, source: Path | None) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _write_cache(folder: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write to a temporary sibling and rename, so a reader never sees half a cache."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
-    try:
-        for key, array in arrays.items():
-            np.save(tmp / f"{key}.npy", array)
-        with contextlib.suppress(OSError):  # another process won the race: same arrays
-            tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None (and the folder removed) when a file is damaged."""
-    try:
-        return {key: np.load(folder / f"{key}.npy", mmap_mode="r") for key in ARRAYS}
-    except (ValueError, OSError) as exc:
-        log.warning("dataset cache %s is damaged (%s); preparing again", folder, exc)
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
-
-
-@functools.lru_cache(maxsize=8)
-def _load_cached(name: str, num_words: int, source: Path | None, root: Path) -> Prepared:
-    folder = root / f"{name}-{num_words}-{_fingerprint(name, num_words, source)}"
-    complete = all((folder / f"{key}.npy").is_file() for key in ARRAYS)
-    arrays = _read_cache(folder) if complete else None
-    if arrays is not None:
-        stats["disk_hits"] += 1
-        log.info("dataset %s: prepared arrays read from cache %s", name, folder)
-    else:
-        stats["prepared"] += 1
-        raw = (
-            datasets.read_local(name, source, num_words)
-            if source
-            else (datasets.download(name, num_words))
-        )
-        log.info("dataset %s: prepared from %s, caching in %s", name, raw.source, folder)
-        arrays = prepare(raw, name, num_words)
-        try:
-            _write_cache(folder, arrays)
-        except OSError as exc:  # a read-only home is no reason to stop; it only costs time
-            log.warning("dataset %s: could not write the cache %s (%s)", name, folder, exc)
-    scale = 1 / 255 if name == "mnist" else 1.0
-    packed = name in ("imdb", "reuters")
-    n_features = num_words if packed else int(np.prod(arrays["x_train"].shape[1:]))
-    return Prepared(name, TASKS[name], CLASSES[name], scale, n_features, packed, **arrays)
-
-
 def unpacked(prepared: Prepared, x: np.ndarray) -> np.ndarray:
     """The plain uint8 feature matrix of `x` (rows of `prepared`), for readers and tests."""
     if not prepared.packed:
         return np.asarray(x)
     return np.unpackbits(x, axis=1, count=prepared.n_features)
-
-
-def load(name: str, data_dir: str | Path | None = None, num_words: int = 10000) -> Prepared:
-    """The prepared dataset, loaded and vectorized at most once per process."""
-    if name not in datasets.BUILTIN:
-        raise HpoError(f"unknown dataset {name!r} (built in: {', '.join(datasets.BUILTIN)})")
-    source = datasets.find_local(name, data_dir)
-    before = _load_cached.cache_info().hits
-    prepared = _load_cached(name, num_words, source and source.resolve(), cache_root())
-    if _load_cached.cache_info().hits > before:
-        stats["memory_hits"] += 1
-    return prepared

@@ -179,8 +179,12 @@ def download(name: str, num_words: int) -> Raw:
     return Raw(x_train, y_train, x_test, y_test, f"keras download ({name})")
 
 
+def read(name: str, path: Path | None, num_words: int = 10000) -> Raw:
+    """The local file `path` (from find_local), or keras' download when there is none."""
+    return read_local(name, path, num_words) if path else download(name, num_words)
+
+
 def load_raw(name: str, data_dir: str | Path | None, num_words: int = 10000) -> Raw:
     if name not in BUILTIN:
         raise HpoError(f"unknown dataset {name!r} (built in: {', '.join(BUILTIN)})")
-    path = find_local(name, data_dir)
-    return read_local(name, path, num_words) if path else download(name, num_words)
+    return read(name, find_local(name, data_dir), num_words)

@@ -1,0 +1,63 @@
+"""hpo's cache folder, and arrays saved there atomically and read back memory-mapped.
+
+The lowest module of the package: it imports nothing from hpo, so both the backend set-up
+(JAX's compilation cache lives here too) and the datasets can use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("hpo.cache")
+
+
+def root() -> Path:
+    """$HPO_CACHE_DIR, else $XDG_CACHE_HOME/hpo, else ~/.cache/hpo."""
+    env = os.environ.get("HPO_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "hpo"
+
+
+def read_arrays(folder: Path, keys: Iterable[str]) -> dict[str, np.ndarray] | None:
+    """The arrays saved in `folder`, memory-mapped (workers on one machine share their pages);
+    None when one is missing, or damaged (then the folder is removed)."""
+    keys = list(keys)
+    if not all((folder / f"{key}.npy").is_file() for key in keys):
+        return None
+    try:
+        return {key: np.load(folder / f"{key}.npy", mmap_mode="r") for key in keys}
+    except (ValueError, OSError) as exc:
+        log.warning("cache %s is damaged (%s); preparing again", folder, exc)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def write_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write to a temporary sibling and rename, so a reader never sees half a folder. A failure
+    (a read-only home) is logged, not raised: it only costs time."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    except OSError as exc:
+        log.warning("could not write the cache %s (%s)", folder, exc)
+        return
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    try:
+        for key, array in arrays.items():
+            np.save(tmp / f"{key}.npy", array)
+        with contextlib.suppress(OSError):  # another process won the race: same arrays
+            tmp.rename(folder)
+    except OSError as exc:
+        log.warning("could not write the cache %s (%s)", folder, exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

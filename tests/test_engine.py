@@ -1,0 +1,215 @@
+"""The fused training loop (hpo/engine.py) and the stacked k-fold model: same training as
+Keras' fit and as k separate models, with pruning, NaN, Ctrl-C and seeds as on the fit path."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import optuna
+import pytest
+from conftest import tiny_study
+from optuna.trial import TrialState
+
+from hpo import data, engine, studyfile
+from hpo import model as model_lib
+from hpo.backend import import_keras, set_random_seed
+from hpo.objective import Objective
+
+keras = import_keras()
+PARAMS = {
+    "layers": 2,
+    "units": 16,
+    "activation": "relu",
+    "loss": "mse",
+    "optimizer": "adam",
+    "learning_rate": 0.01,
+    "batch_size": 16,
+    "dropout": 0.0,
+}
+
+
+def regression_data(rows: int = 90, features: int = 5) -> data.Prepared:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, features)).astype(np.float32)
+    y = (x @ rng.normal(size=features) + rng.normal(0, 0.1, rows)).astype(np.float32)
+    return data.Prepared("synthetic", "regression", 1, 1.0, features, False, x, y, x[:5], y[:5])
+
+
+def test_stacked_folds_train_exactly_as_separate_models():
+    """Fold f's weights of the stacked model get the gradient fold f's model gets alone."""
+    prepared = regression_data()
+    folds = list(data.Validation.parse("kfold:3").splits(prepared.x_train, prepared.y_train))
+    (x, y), (x_val, y_val) = model_lib.stack_folds(folds)
+    to_targets = lambda v: model_lib.targets(v, "regression", "mse", 1)  # noqa: E731
+    set_random_seed(1)
+    stacked = model_lib.build(PARAMS, prepared, folds=3)
+    alone = [model_lib.build(PARAMS, prepared) for _ in folds]
+    for f, model in enumerate(alone):  # start from the same weights
+        model.set_weights([w[f] for w in stacked.get_weights()])
+
+    def trainer(model, train, val):
+        return engine.FusedTrainer(
+            model,
+            loss="mse",
+            task="regression",
+            train=train,
+            validation=val,
+            batch_size=16,
+            validation_batch_size=1024,
+            seed=5,  # the same shuffles: every fold has as many training rows
+        )
+
+    together = trainer(stacked, (x, to_targets(y)), (x_val, to_targets(y_val)))
+    apart = [
+        trainer(model, (fx, to_targets(fy)), (vx, to_targets(vy)))
+        for model, ((fx, fy), (vx, vy)) in zip(alone, folds, strict=True)
+    ]
+    for _ in range(4):
+        logs = together.run_epoch()
+        fold_logs = [t.run_epoch() for t in apart]
+    # The stacked model's logs are the folds' means …
+    for key in ("loss", "mae", "val_mae", "val_mse"):
+        assert logs[key] == pytest.approx(np.mean([f[key] for f in fold_logs]), rel=1e-4)
+    # … and its weights are the separate models' weights.
+    together.write_back()
+    for t in apart:
+        t.write_back()
+    for f, model in enumerate(alone):
+        for w_stacked, w_alone in zip(stacked.get_weights(), model.get_weights(), strict=True):
+            np.testing.assert_allclose(w_stacked[f], w_alone, rtol=1e-4, atol=1e-5)
+
+
+def run_trial(spec, prepared, params, monkeypatch, engine_name, **objective_args):
+    monkeypatch.setenv("HPO_ENGINE", engine_name)
+    study = optuna.create_study(direction=spec.direction)
+    study.enqueue_trial(params)
+    objective = Objective(spec, prepared, **objective_args)
+    assert objective.engine == engine_name
+    study.optimize(objective, n_trials=1, catch=())
+    return study.trials[0]
+
+
+FIXED_SPACES = {
+    "imdb": """
+layers = 2
+units = 16
+loss = "binary_crossentropy"
+learning_rate = 0.005
+batch_size = 32
+""",
+    "boston_housing": """
+layers = 2
+units = 32
+loss = "mse"
+optimizer = "adam"
+learning_rate = 0.02
+batch_size = 16
+""",
+}
+
+
+@pytest.mark.parametrize(
+    ("dataset", "validation", "epochs"),
+    [("imdb", "first:100", 10), ("boston_housing", "kfold:3", 40)],
+)
+def test_fused_and_fit_learn_the_same_curves(workdir, monkeypatch, dataset, validation, epochs):
+    """One configuration, one seed, both loops: what a study records must not depend on which
+    loop ran the trial (holdout: one model; k-fold: fit's k models vs the fused stacked one).
+    Their initial draws, shuffles and dropout streams differ, so the curves agree within a
+    tolerance, not bit for bit."""
+    path = tiny_study(
+        workdir, dataset, epochs=epochs, validation=validation, space=FIXED_SPACES[dataset]
+    )
+    spec = replace(studyfile.load(str(path)), seed=3)
+    prepared = data.load(dataset, None, spec.num_words)
+    fit = run_trial(spec, prepared, {}, monkeypatch, "fit")
+    fused = run_trial(spec, prepared, {}, monkeypatch, "fused")
+    assert fit.user_attrs["worker"]["engine"] == "fit"
+    assert fused.user_attrs["worker"]["engine"] == "fused"
+    a, b = fit.user_attrs["history"], fused.user_attrs["history"]
+    assert set(a) == set(b) and len(a["loss"]) == len(b["loss"]) == epochs
+    if dataset == "boston_housing":  # the final loss and MAE within 10 %, and both learned
+        assert b["loss"][-1] == pytest.approx(a["loss"][-1], rel=0.1)
+        assert b["val_mae"][-1] == pytest.approx(a["val_mae"][-1], rel=0.1)
+        assert min(b["val_mae"]) == pytest.approx(min(a["val_mae"]), rel=0.1)
+        assert max(a["loss"][-1], b["loss"][-1]) < min(a["loss"][0], b["loss"][0]) / 10
+    else:  # the same accuracy within 3 of the 100 validation reviews, the same final loss
+        assert abs(b["val_accuracy"][-1] - a["val_accuracy"][-1]) <= 0.03
+        assert abs(b["loss"][-1] - a["loss"][-1]) <= 0.02
+        assert min(a["val_accuracy"][-1], b["val_accuracy"][-1]) > 0.9
+
+
+def test_fused_trial_is_pruned_per_epoch(workdir, monkeypatch):
+    path = tiny_study(workdir, epochs=8)
+    spec = studyfile.load(str(path))
+    prepared = data.load("imdb", None, spec.num_words)
+    monkeypatch.setenv("HPO_ENGINE", "fused")
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.ThresholdPruner(upper=-1.0)
+    )
+    study.optimize(Objective(spec, prepared), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED
+    # Any accuracy is above -1: pruned at its first epoch, one value reported, the curve kept.
+    assert list(trial.intermediate_values) == [1]
+    assert len(trial.user_attrs["history"]["val_accuracy"]) == 1
+
+
+def test_fused_nan_fails_the_trial_with_its_reason(workdir, monkeypatch):
+    space = FIXED_SPACES["boston_housing"].replace("0.02", "{ choices = [10.0, 0.01] }")
+    space = space.replace('"adam"', '"sgd"')
+    path = tiny_study(workdir, "boston_housing", epochs=5, validation="kfold:2", space=space)
+    spec = studyfile.load(str(path))
+    prepared = data.load("boston_housing", None, spec.num_words)
+    monkeypatch.setenv("HPO_ENGINE", "fused")
+    from hpo.objective import TrialFailed
+
+    study = optuna.create_study()
+    study.enqueue_trial({"learning_rate": 10.0})
+    study.optimize(Objective(spec, prepared), n_trials=1, catch=(TrialFailed,))
+    (trial,) = study.trials
+    assert trial.state == TrialState.FAIL
+    assert "became" in trial.user_attrs["fail_reason"]
+
+
+def test_fused_ctrl_c_stops_at_the_end_of_an_epoch(workdir, monkeypatch):
+    path = tiny_study(workdir, "boston_housing", epochs=10, validation="kfold:2")
+    spec = studyfile.load(str(path))
+    prepared = data.load("boston_housing", None, spec.num_words)
+    monkeypatch.setenv("HPO_ENGINE", "fused")
+    epochs_seen = []
+
+    def check_interrupt():
+        epochs_seen.append(1)
+        if len(epochs_seen) == 3:  # Ctrl-C arrived during epoch 3
+            raise KeyboardInterrupt
+
+    study = optuna.create_study()
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(Objective(spec, prepared, check_interrupt=check_interrupt), n_trials=1)
+    (trial,) = study.trials
+    assert trial.user_attrs["fail_reason"] == "interrupted"
+    assert len(trial.user_attrs["history"]["val_mae"]) == 3  # whole epochs, none lost
+
+
+def test_fused_trials_reproduce_with_a_seed(workdir, monkeypatch):
+    space = FIXED_SPACES["boston_housing"] + "dropout = 0.2\n"  # dropout draws are seeded too
+    path = tiny_study(workdir, "boston_housing", epochs=4, validation="kfold:2", space=space)
+    spec = replace(studyfile.load(str(path)), seed=11)
+    prepared = data.load("boston_housing", None, spec.num_words)
+    first = run_trial(spec, prepared, {}, monkeypatch, "fused")
+    again = run_trial(spec, prepared, {}, monkeypatch, "fused")
+    assert first.user_attrs["history"] == again.user_attrs["history"]
+
+
+def test_engine_choice(monkeypatch):
+    monkeypatch.delenv("HPO_ENGINE", raising=False)
+    backend = keras.backend.backend()
+    assert engine.choose("kfold") == "fused"
+    assert engine.choose("first") == ("fused" if backend == "jax" else "fit")
+    monkeypatch.setenv("HPO_ENGINE", "fit")
+    assert engine.choose("kfold") == "fit"
+    monkeypatch.setenv("HPO_ENGINE", "fast")
+    with pytest.raises(Exception, match="expected auto, fused or fit"):
+        engine.choose("kfold")

@@ -85,6 +85,19 @@ def _reason(exc: BaseException) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
+def _server_full(exc: BaseException) -> bool:
+    """The server refused a new connection for being at its connection limit."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return any(
+        phrase in text
+        for phrase in (
+            "too many clients",  # PostgreSQL: max_connections reached
+            "remaining connection slots are reserved",  # PostgreSQL: only reserved ones left
+            "too many connections",  # MySQL / MariaDB error 1040
+        )
+    )
+
+
 def _retried(method):
     """Retry `method` while the database is unreachable: 1, 2, 4, … 30 s apart, up to the
     storage's reconnect window; then StorageUnavailable (and no more waiting after that)."""
@@ -180,11 +193,39 @@ for _name in (
     setattr(ReconnectingRDBStorage, _name, _retried(getattr(ReconnectingRDBStorage, _name)))
 
 
+def pool_setting() -> str:
+    """HPO_DB_POOL: the server connections a worker keeps open (default 1; its heartbeat
+    thread opens one more while it overlaps the trial's own storage call), or `null` for a
+    new connection per storage operation and none kept."""
+    value = os.environ.get("HPO_DB_POOL", "1").strip().lower()
+    if value == "null" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise HpoError(f"HPO_DB_POOL={value!r}: give a number of connections (1, 2, …) or null")
+
+
 def _engine_kwargs(url: sqlalchemy.URL) -> dict:
     if url.get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": 60}}
+    # A server has a connection limit shared by all workers (PostgreSQL's default is 100,
+    # MariaDB's 151): each worker keeps one connection, and opens a second only while its
+    # heartbeat thread and its trial use the storage at the same instant (closed after).
+    pool = pool_setting()
+    kwargs: dict = {}
+    if url.get_driver_name() == "psycopg":
+        # No server-side prepared statements: behind a pooler in transaction mode (PgBouncer
+        # before 1.21) the next transaction may run on another server connection, where the
+        # statement is missing or another client's ("_pg3_0 already exists").
+        kwargs["connect_args"] = {"prepare_threshold": None}
+    if pool == "null":
+        return {**kwargs, "poolclass": sqlalchemy.pool.NullPool}
     # Idle connections drop during long trials; pre-ping replaces them instead of failing.
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
+    return {
+        **kwargs,
+        "pool_pre_ping": True,
+        "pool_size": int(pool),
+        "max_overflow": 1,
+        "pool_recycle": 1800,
+    }
 
 
 def _prepare_sqlite(url: sqlalchemy.URL, shown: str) -> None:
@@ -201,8 +242,10 @@ def _rdb_storage(
     url: str, parsed: sqlalchemy.URL, heartbeat_s: int, reconnect_s: float
 ) -> ReconnectingRDBStorage:
     """RDBStorage with heartbeat; retries the first-time table creation that several workers
-    starting at once on a fresh database can race on (one wins, the others load)."""
-    for attempt in range(4):
+    starting at once on a fresh database can race on (one wins, the others load), and waits
+    (up to `reconnect_s`) for a server that is at its connection limit."""
+    attempt, waited, pause = 0, 0.0, 1.0
+    while True:
         try:
             storage = ReconnectingRDBStorage(
                 url,
@@ -215,10 +258,23 @@ def _rdb_storage(
             )
             break
         except sqlalchemy.exc.DBAPIError as exc:
+            if _server_full(exc) and waited < reconnect_s:
+                # Many workers starting at once: wait for others' connections to close.
+                pause = min(pause, 30.0, reconnect_s - waited)
+                log.warning(
+                    "storage %s: the server has no free connection (%s); retrying in %.0f s",
+                    redact(url),
+                    _reason(exc),
+                    pause,
+                )
+                time.sleep(pause)
+                waited, pause = waited + pause, pause * 2
+                continue
             racing = isinstance(
                 exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)
             ) or "already exists" in str(exc.orig)  # SQLite says so in an OperationalError
-            if attempt == 3 or not racing:
+            attempt += 1
+            if attempt == 4 or not racing:
                 raise
             log.info(
                 "storage: tables being created by another worker (%s); retrying",

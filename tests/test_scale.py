@@ -1,0 +1,125 @@
+"""Many workers on one server: connections per worker bounded, 32 processes on PostgreSQL.
+
+The 32-worker run is bench/storage_load.py's (an objective that returns at once, so only the
+storage and the budget are exercised); its workers are forked from a server process that
+imported hpo once, so the test costs what the storage costs, not 32 imports of Optuna.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+import sqlalchemy
+from conftest import REPO, SERVERS, reachable
+
+from hpo import storage
+from hpo.errors import HpoError
+
+sys.path.insert(0, str(REPO / "bench"))
+import storage_load
+
+
+def test_pool_setting(monkeypatch):
+    monkeypatch.delenv("HPO_DB_POOL", raising=False)
+    assert storage.pool_setting() == "1"
+    for value in ("null", "NULL", "3"):
+        monkeypatch.setenv("HPO_DB_POOL", value)
+        assert storage.pool_setting() == value.lower()
+    for value in ("0", "-1", "many"):
+        monkeypatch.setenv("HPO_DB_POOL", value)
+        with pytest.raises(HpoError, match="HPO_DB_POOL"):
+            storage.pool_setting()
+
+
+def postgres() -> str:
+    url = SERVERS["postgresql"]
+    if not reachable(url):
+        pytest.skip(f"postgresql is not reachable at {url}")
+    return url
+
+
+def test_a_worker_keeps_one_connection_and_prepares_nothing(monkeypatch):
+    """One pooled connection (a second only while the heartbeat overlaps), and no server-side
+    prepared statements, which a pooler in transaction mode would hand to other clients."""
+    monkeypatch.delenv("HPO_DB_POOL", raising=False)
+    store = storage.open_storage(postgres())
+    pool = store.engine.pool
+    assert isinstance(pool, sqlalchemy.pool.QueuePool)
+    assert (pool.size(), pool._max_overflow) == (1, 1)
+    with store.engine.connect() as connection:
+        assert connection.connection.dbapi_connection.prepare_threshold is None
+    store.engine.dispose()
+
+
+def test_null_pool_keeps_no_connection(monkeypatch):
+    monkeypatch.setenv("HPO_DB_POOL", "null")
+    store = storage.open_storage(postgres())
+    assert isinstance(store.engine.pool, sqlalchemy.pool.NullPool)
+    opened, closed = [], []
+    sqlalchemy.event.listen(store.engine, "connect", lambda *_: opened.append(1))
+    sqlalchemy.event.listen(store.engine, "close", lambda *_: closed.append(1))
+    for _ in range(3):
+        assert isinstance(store.get_all_studies(), list)
+    assert len(opened) == len(closed) == 3  # a connection per call, none kept
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "connection failed: FATAL:  sorry, too many clients already",
+        "FATAL:  remaining connection slots are reserved for non-replication superuser",
+        "(1040, 'Too many connections')",
+    ],
+)
+def test_a_full_server_at_start_is_waited_for(monkeypatch, caplog, message):
+    """Workers starting together can find the server at its connection limit: they wait for
+    a free connection (logged) instead of dying with 'cannot connect'."""
+    calls = []
+    real_init = storage.ReconnectingRDBStorage.__init__
+
+    def refuse_once(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("connect", {}, Exception(message))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(storage.ReconnectingRDBStorage, "__init__", refuse_once)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    with caplog.at_level(logging.WARNING, logger="hpo.storage"):
+        store = storage.open_storage("sqlite:///:memory:", reconnect_s=5)
+    assert len(calls) == 2 and store.get_all_studies() == []
+    assert "no free connection" in caplog.text
+
+
+def test_a_server_that_stays_full_is_one_line(monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("connect", {}, Exception("too many clients"))
+
+    monkeypatch.setattr(storage.ReconnectingRDBStorage, "__init__", refuse)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    with pytest.raises(HpoError, match="cannot connect"):
+        storage.open_storage("postgresql+psycopg://u:secret@127.0.0.1:1/db", reconnect_s=3)
+
+
+@pytest.mark.slow
+def test_32_workers_on_postgresql_meet_the_budget_exactly():
+    postgres()
+    storage_load.ensure_database("postgresql")
+    workers, budget = 32, 100
+    row = storage_load.run(
+        storage_load.URLS["postgresql"],
+        workers,
+        budget,
+        kind="postgresql",
+        limit_s=240,
+        reconnect_s=60,
+    )
+    assert row["counted"] == budget  # not one more, not one less, across 32 processes
+    assert row["errors"] == 0, row["first_error"]
+    assert row["retries"] == 0, row["first_retry"]  # no connection refused or lost
+    assert 1 <= row["held_per_worker"] <= 2
+    # The server's own count (pg_stat_activity) stays within 2 connections per worker.
+    assert 0 < row["server_peak"] <= 2 * workers
+    assert row["server_peak_open"] <= 2 * workers

@@ -1,16 +1,26 @@
-"""IMDB on this machine: hpo's per-epoch overhead over a bare model.fit, and a worker's peak RSS.
+"""IMDB and Reuters per epoch through hpo vs a bare model.fit, and a worker's memory.
 
-    python bench/imdb_overhead.py [--epochs 6] [--rss-trials 3] [--full-study]
+    python bench/imdb_overhead.py [--epochs 6] [--backends tensorflow,jax] [--rss-trials 3]
 
-Prints, as a table and as JSON:
-- seconds per training epoch (epoch 1, which compiles, left out) of the book's IMDB model
-  (2x16 relu, rmsprop, binary_crossentropy, batch 512, 15,000 train / 10,000 validation)
-  trained through hpo's objective and through a bare `model.fit` on the book's float32
-  arrays, in the same process; the ratio is hpo's overhead (target <= 1.05);
-- the peak RSS of an `hpo optimize imdb` worker process (target <= 1 GB);
-- with --full-study, the wall time of `hpo optimize imdb --trials 50` in a fresh storage.
+For each backend (a child process each, since KERAS_BACKEND is read at import) and dataset,
+seconds per training epoch (epoch 1, which compiles, left out; validation pass included) of
+the book's model (IMDB 2x16 relu, Reuters 2x64 relu, rmsprop, batch 512, the book's holdout):
 
-Needs the real IMDB file: --data-dir or HPO_DATA_DIR (e.g. ../shared/datasets).
+- bare fit: what a reader of the book writes, float32 multi-hot arrays (the book's
+  vectorize_sequences, in float32) straight into `model.fit`;
+- hpo fit / hpo fused: hpo's objective with HPO_ENGINE=fit or fused (bit-packed rows from the
+  memory-mapped cache, unpacked inside the compiled step);
+- hpo auto: the loop hpo chooses by itself on this backend, and its ratio to the bare fit
+  (target <= 1.05).
+
+Then the memory of one `hpo optimize imdb` worker under TensorFlow (--rss-trials trials of 5
+epochs): peak RSS (target <= 1 GB), and the peak proportional (PSS) and private memory read
+from /proc/PID/smaps_rollup. RSS counts every page of the memory-mapped dataset the worker
+touched, although K workers on one machine share those pages; PSS splits shared pages among
+the processes that map them, and private memory is what each more worker adds.
+
+Needs the real files: --data-dir or HPO_DATA_DIR (e.g. ../shared/datasets). Prints a table
+and one JSON line.
 """
 
 from __future__ import annotations
@@ -22,8 +32,15 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK_MODELS = {
+    "imdb": (16, 1, "binary_crossentropy"),
+    "reuters": (64, 46, "categorical_crossentropy"),
+}
 
 
 class EpochClock:
@@ -39,112 +56,172 @@ class EpochClock:
         return sum(gaps) / len(gaps)
 
 
-def bare_fit(prepared, epochs: int) -> float:
-    """What a reader of the book writes: float32 multi-hot arrays straight into model.fit."""
+def bare_fit(prepared, holdout: int, epochs: int) -> float:
+    """The book's listing: float32 multi-hot rows and (one-hot) labels into model.fit."""
     import keras
     import numpy as np
 
-    x = np.asarray(prepared.x_train, dtype=np.float32)
-    y = np.asarray(prepared.y_train, dtype=np.float32)
+    from hpo import data
+
+    x = data.unpacked(prepared, prepared.x_train).astype(np.float32)
+    units, outputs, loss = BOOK_MODELS[prepared.name]
+    if outputs == 1:
+        y = np.asarray(prepared.y_train, dtype=np.float32)
+    else:
+        y = keras.utils.to_categorical(prepared.y_train, outputs)
     model = keras.Sequential(
         [
             keras.Input((x.shape[1],)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dense(outputs, activation="sigmoid" if outputs == 1 else "softmax"),
         ]
     )
-    model.compile(optimizer="rmsprop", loss="binary_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer="rmsprop", loss=loss, metrics=["accuracy"])
     clock = EpochClock()
     model.fit(
-        x[10000:],
-        y[10000:],
+        x[holdout:],
+        y[holdout:],
         epochs=epochs,
         batch_size=512,
         verbose=0,
-        validation_data=(x[:10000], y[:10000]),
+        validation_data=(x[:holdout], y[:holdout]),
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=clock.tick)],
     )
     return clock.per_epoch()
 
 
-def hpo_fit(prepared, epochs: int) -> float:
+def hpo_fit(prepared, spec, epochs: int, engine: str | None) -> float:
     import optuna
 
-    from hpo import studyfile
     from hpo.experiment import BOOK_CONFIGS
     from hpo.objective import Objective
 
-    spec = studyfile.load("imdb").with_overrides(max_epochs=epochs, pruner="none")
+    if engine:
+        os.environ["HPO_ENGINE"] = engine
+    else:
+        os.environ.pop("HPO_ENGINE", None)
+    spec = spec.with_overrides(max_epochs=epochs, pruner="none")
     clock = EpochClock()
     objective = Objective(spec, prepared, on_epoch=lambda *_: clock.tick())
     study = optuna.create_study(direction="maximize")
-    study.enqueue_trial(BOOK_CONFIGS["imdb"])
+    study.enqueue_trial(BOOK_CONFIGS[prepared.name])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective, n_trials=1)
     return clock.per_epoch()
 
 
-def run_optimize(args: list[str], data_dir: str | None, *, quiet: bool) -> float:
-    """Run `hpo optimize imdb ARGS` on a fresh storage; its wall time in seconds."""
+def child(data_dir: str | None, epochs: int, datasets: list[str]) -> None:
+    """One backend's per-epoch figures, as one JSON line on stdout."""
+    from hpo import data, engine, studyfile
+    from hpo.backend import import_keras
+
+    keras = import_keras()
+    out = {}
+    for name in datasets:
+        spec = studyfile.load(name)
+        prepared = data.load(name, data_dir, spec.num_words)
+        holdout = spec.validation.n
+        bare_fit(prepared, holdout, 2)  # warm the backend up so neither side pays for it
+        row = {
+            "bare fit": bare_fit(prepared, holdout, epochs),
+            "hpo fit": hpo_fit(prepared, spec, epochs, "fit"),
+            "hpo fused": hpo_fit(prepared, spec, epochs, "fused"),
+        }
+        os.environ.pop("HPO_ENGINE", None)
+        row["auto"] = engine.choose(spec.validation.kind)
+        row["hpo auto"] = row[f"hpo {row['auto']}"]
+        row["ratio"] = row["hpo auto"] / row["bare fit"]
+        out[name] = row
+    print(json.dumps({"backend": keras.backend.backend(), "keras": keras.__version__, **out}))
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """Rss, Pss and Private (clean + dirty) of a live process, in kB."""
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                fields[parts[0].rstrip(":")] = int(parts[1])
+    private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    return {"rss": fields.get("Rss", 0), "pss": fields.get("Pss", 0), "private": private}
+
+
+def worker_memory(trials: int, data_dir: str | None) -> dict[str, float]:
+    """Peak RSS (getrusage) and peaks of PSS and private memory (sampled) of one worker, MB."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "hpo",
-            "optimize",
-            "imdb",
-            *args,
-            "--storage",
-            f"sqlite:///{tmp}/bench.db",
-        ]
+        cmd = [sys.executable, "-m", "hpo", "optimize", "imdb", "--trials", str(trials)]
+        cmd += ["--max-epochs", "5", "--seed", "0", "--storage", f"sqlite:///{tmp}/bench.db"]
         if data_dir:
             cmd += ["--data-dir", data_dir]
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=quiet)
-        return time.perf_counter() - start
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+        peaks = {"pss": 0, "private": 0}
 
+        def sample() -> None:
+            while proc.poll() is None:
+                try:
+                    now = memory_kb(proc.pid)
+                except OSError:
+                    break
+                for key in peaks:
+                    peaks[key] = max(peaks[key], now[key])
+                time.sleep(0.1)
 
-def worker_rss(trials: int, data_dir: str | None) -> float:
-    """Peak RSS (MB) of an `hpo optimize imdb` process running `trials` 5-epoch trials."""
-    run_optimize(
-        ["--trials", str(trials), "--max-epochs", "5", "--seed", "0"], data_dir, quiet=True
-    )
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        proc.wait()
+        sampler.join()
+        if proc.returncode:
+            raise SystemExit(f"hpo optimize imdb exited with {proc.returncode}")
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        "peak RSS": rss / 1024,
+        "peak PSS": peaks["pss"] / 1024,
+        "peak private": peaks["private"] / 1024,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--rss-trials", type=int, default=3)
+    parser.add_argument("--backends", default="tensorflow,jax")
+    parser.add_argument("--datasets", default="imdb,reuters")
+    parser.add_argument("--rss-trials", type=int, default=3, help="0: skip the memory figures")
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
-    parser.add_argument("--full-study", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    from hpo import data
-    from hpo.backend import import_keras
-
-    keras = import_keras()
-    prepared = data.load("imdb", args.data_dir)
-    rows = {}
-    bare_fit(prepared, 2)  # warm up the backend once so neither side pays for it
-    rows["bare model.fit s/epoch"] = bare_fit(prepared, args.epochs)
-    rows["hpo objective s/epoch"] = hpo_fit(prepared, args.epochs)
-    rows["overhead ratio (target <= 1.05)"] = (
-        rows["hpo objective s/epoch"] / rows["bare model.fit s/epoch"]
-    )
-    rows["worker peak RSS MB (target <= 1024)"] = worker_rss(args.rss_trials, args.data_dir)
-    if args.full_study:
-        rows["hpo optimize imdb --trials 50, s"] = run_optimize(
-            ["--trials", "50"], args.data_dir, quiet=False
-        )
-    width = max(map(len, rows))
-    print(f"IMDB, Keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} cores")
-    for key, value in rows.items():
-        print(f"{key:<{width}}  {value:10.3f}")
-    print(json.dumps({"backend": keras.backend.backend(), "keras": keras.__version__, **rows}))
+    datasets = args.datasets.split(",")
+    if args.child:
+        child(args.data_dir, args.epochs, datasets)
+        return
+    results = []
+    for backend in args.backends.split(","):
+        cmd = [sys.executable, __file__, "--child", "--epochs", str(args.epochs)]
+        cmd += ["--datasets", args.datasets]
+        if args.data_dir:
+            cmd += ["--data-dir", args.data_dir]
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"seconds per epoch (epoch 1 left out), {os.cpu_count()} cores, {args.epochs} epochs")
+    header = ("backend", "dataset", "bare fit", "hpo fit", "hpo fused", "hpo auto", "auto/bare")
+    print("{:<11} {:<8} {:>9} {:>9} {:>10} {:>15} {:>10}".format(*header))
+    for result in results:
+        for name in datasets:
+            row = result[name]
+            print(
+                f"{result['backend']:<11} {name:<8} {row['bare fit']:9.3f} {row['hpo fit']:9.3f} "
+                f"{row['hpo fused']:10.3f} {row['hpo auto']:9.3f} ({row['auto']:<5}"
+                f"{')':1} {row['ratio']:9.2f}"
+            )
+    memory = worker_memory(args.rss_trials, args.data_dir) if args.rss_trials else {}
+    for key, value in memory.items():
+        print(f"hpo optimize imdb worker (TensorFlow), {key}: {value:.0f} MB")
+    print(json.dumps({"per_epoch": results, "worker_memory_mb": memory}))
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(ROOT))
     main()

@@ -1,0 +1,134 @@
+"""A Boston housing search, old engine vs this tree, in one run: wall time and test MAE.
+
+    python bench/boston_search.py [--trials 50] [--seeds 0] [--backends tensorflow,jax]
+                                  [--old-rev 5c9f029] [--analyze-seeds 3] [--only new]
+
+For each backend and seed, `hpo optimize boston_housing --trials N --seed S` as a user runs it
+(the built-in study file, a fresh SQLite storage, a fresh cache folder: no dataset cache, no
+JAX compilation cache), once with the code of --old-rev (checked out into a temporary git
+worktree: the landed main before the fused engine, whose k-fold trials were 4 models trained
+in chunks of 20 epochs by model.fit) and once with this tree. Then, with --analyze-seeds K,
+`hpo analyze boston_housing --seeds K` on each study (each with its own code): the best
+trial's test MAE, mean and std over the K retrained seeds, and their ensemble's.
+
+Prints one row per run and the speed-up per backend and seed, then one JSON line. Needs the
+real boston_housing.npz: --data-dir or HPO_DATA_DIR (e.g. ../shared/datasets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD_REV = "5c9f029"  # main as landed on 2026-11-28, before hpo/engine.py
+
+
+def hpo(code: Path, args: list[str], env: dict[str, str]) -> float:
+    """Run `hpo ARGS` with the package at `code`; its wall time in seconds."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "hpo", *args],
+        cwd=code,
+        env={**env, "PYTHONPATH": str(code)},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
+
+
+def one_search(code: Path, backend: str, seed: int, args, tmp: Path) -> dict:
+    folder = Path(tempfile.mkdtemp(dir=tmp))
+    storage = f"sqlite:///{folder}/bench.db"
+    env = {**os.environ, "KERAS_BACKEND": backend, "HPO_CACHE_DIR": str(folder / "cache")}
+    for key in ("HPO_ENGINE", "JAX_COMPILATION_CACHE_DIR", "HPO_STORAGE"):
+        env.pop(key, None)
+    common = ["--storage", storage, "--data-dir", args.data_dir]
+    search = ["optimize", "boston_housing", "--trials", str(args.trials), "--seed", str(seed)]
+    row = {"seconds": hpo(code, search + common, env)}
+    study = optuna.load_study(study_name="boston_housing", storage=storage)
+    row["best val_mae"] = study.best_value
+    row["pruned"] = sum(t.state.name == "PRUNED" for t in study.trials)
+    if args.analyze_seeds:
+        analyze = ["analyze", "boston_housing", "--seeds", str(args.analyze_seeds)]
+        row["analyze seconds"] = hpo(code, analyze + common + ["--out", str(folder / "r")], env)
+        best = optuna.load_study(study_name="boston_housing", storage=storage).user_attrs
+        best = best["analysis"]["best"]
+        row["test mae"] = best["test"]["mae"]["mean"]
+        row["test mae std"] = best["test"]["mae"]["std"]
+        if "ensemble_test" in best:
+            row["ensemble mae"] = best["ensemble_test"]["mae"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--seeds", default="0", help="comma-separated study seeds")
+    parser.add_argument("--backends", default="tensorflow,jax")
+    parser.add_argument("--old-rev", default=OLD_REV)
+    parser.add_argument("--only", choices=("old", "new"), help="run one side only")
+    parser.add_argument("--analyze-seeds", type=int, default=0)
+    parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if not args.data_dir:
+        raise SystemExit("give --data-dir or set HPO_DATA_DIR (a folder with boston_housing.npz)")
+    args.data_dir = str(Path(args.data_dir).resolve())
+    sides = [args.only] if args.only else ["old", "new"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        old = tmp / "old"
+        if "old" in sides:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.old_rev],
+                check=True,
+                capture_output=True,
+            )
+        try:
+            for backend in args.backends.split(","):
+                for seed in map(int, args.seeds.split(",")):
+                    for side in sides:
+                        code = old if side == "old" else ROOT
+                        row = {"backend": backend, "seed": seed, "code": side}
+                        row.update(one_search(code, backend, seed, args, tmp))
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+        finally:
+            if "old" in sides:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)])
+                shutil.rmtree(old, ignore_errors=True)
+    print(f"\nboston_housing, {args.trials} trials, {os.cpu_count()} cores")
+    print(
+        f"{'backend':<11} {'seed':>4} {'code':<4} {'seconds':>8} {'best val':>9} {'test MAE':>14}"
+    )
+    for r in rows:
+        test = f"{r['test mae']:.2f} ± {r['test mae std']:.2f}" if "test mae" in r else ""
+        print(
+            f"{r['backend']:<11} {r['seed']:>4} {r['code']:<4} {r['seconds']:8.1f} "
+            f"{r['best val_mae']:9.3f} {test:>14}"
+        )
+    for r in rows:
+        if r["code"] == "new":
+            twin = [o for o in rows if o["code"] == "old" and o["backend"] == r["backend"]]
+            twin = [o for o in twin if o["seed"] == r["seed"]]
+            if twin:
+                speedup = twin[0]["seconds"] / r["seconds"]
+                print(f"speed-up {r['backend']} seed {r['seed']}: {speedup:.1f}x")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The engine's GPU table in one call of the device machine (one H100; JAX and PyTorch, no
+# TensorFlow, no internet): the naive Optuna/Keras loop vs hpo with 1 and 8 workers, hpo's
+# per-epoch figures against a bare model.fit, the compilation cache, and a Boston search.
+#
+# Prepare on the project machine (the wheels and data are git-ignored, so they are carried):
+#   ../shared/gpu/fetch-wheels.sh optuna-integration typer click shellingham
+#   mkdir -p .data && cp ../shared/datasets/{imdb,reuters,boston_housing}.npz .data/
+# Run there (device tool, carry [".whl", ".data"], timeout_s 600; the parts' timeouts add up to
+# 560 s, about 9 minutes of the session's 15):
+#   bash bench/gpu_check.sh
+# On a CPU, to check the script itself: GPU_CHECK_SMALL=1 GPU_CHECK_NO_INSTALL=1 bash bench/gpu_check.sh
+# Everything goes to stdout and to $OUT/gpu_check.txt; the JSON of each bench to $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-$(mktemp -d)}
+mkdir -p "$out"
+exec > >(tee "$out/gpu_check.txt") 2>&1
+
+if [ -z "${GPU_CHECK_NO_INSTALL:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+export HPO_DATA_DIR=${HPO_DATA_DIR:-$PWD/.data}
+py=${PYTHON:-python3}
+
+if [ -n "${GPU_CHECK_SMALL:-}" ]; then  # a few seconds a part, to check the script on a CPU
+  trials=2 workers=2 epochs=2 boston_trials=2 overhead_epochs=2 cache_epochs=1
+else
+  trials=16 workers=8 epochs=20 boston_trials=50 overhead_epochs=6 cache_epochs=3
+fi
+
+section() { printf '\n== %s (%s)\n' "$1" "$(date -u +%T)"; }
+section "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+  || echo "no nvidia-smi: CPU only"
+$py -c "import jax, keras, optuna; print('jax', jax.__version__, jax.devices(), '| keras', keras.__version__, '| optuna', optuna.__version__)"
+
+section "IMDB trials/min: naive loop, hpo 1 worker, hpo $workers workers"
+timeout 200 $py bench/throughput.py --trials "$trials" --workers "$workers" --epochs "$epochs" \
+  --json "$out/throughput.json" | tail -6
+
+section "IMDB and Reuters seconds per epoch: bare model.fit vs hpo (fit, fused)"
+ds=imdb; [ -f "$HPO_DATA_DIR/reuters.npz" ] && ds=imdb,reuters
+timeout 90 $py bench/imdb_overhead.py --backends jax --datasets "$ds" --epochs "$overhead_epochs" \
+  --rss-trials 0 | tail -4
+
+section "compilation cache (JAX), IMDB trials in a new process"
+timeout 90 $py bench/compile_cache.py --epochs "$cache_epochs" | tail -5
+
+section "Boston housing: $boston_trials-trial search, this tree"
+timeout 180 $py bench/boston_search.py --only new --backends jax --trials "$boston_trials" \
+  --json "$out/boston.json" | tail -3
+section "done"

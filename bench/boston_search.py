@@ -7,7 +7,8 @@ For each backend and seed, `hpo optimize boston_housing --trials N --seed S` as 
 (the built-in study file, a fresh SQLite storage, a fresh cache folder: no dataset cache, no
 JAX compilation cache), once with the code of --old-rev (checked out into a temporary git
 worktree: the landed main before the fused engine, whose k-fold trials were 4 models trained
-in chunks of 20 epochs by model.fit) and once with this tree. Then, with --analyze-seeds K,
+in chunks of 20 epochs by model.fit) and once with this tree (or --new-rev, checked out the
+same way, so a long run measures one fixed commit). Then, with --analyze-seeds K,
 `hpo analyze boston_housing --seeds K` on each study (each with its own code): the best
 trial's test MAE, mean and std over the K retrained seeds, and their ensemble's.
 
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated study seeds")
     parser.add_argument("--backends", default="tensorflow,jax")
     parser.add_argument("--old-rev", default=OLD_REV)
+    parser.add_argument("--new-rev", help="a commit for the new side (default: this tree)")
     parser.add_argument("--only", choices=("old", "new"), help="run one side only")
     parser.add_argument("--analyze-seeds", type=int, default=0)
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
@@ -88,10 +90,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        old = tmp / "old"
-        if "old" in sides:
+        code = {"old": tmp / "old", "new": tmp / "new" if args.new_rev else ROOT}
+        worktrees = {"old": args.old_rev, "new": args.new_rev}
+        worktrees = {side: rev for side, rev in worktrees.items() if side in sides and rev}
+        for side, rev in worktrees.items():
             subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.old_rev],
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(code[side]), rev],
                 check=True,
                 capture_output=True,
             )
@@ -99,15 +103,15 @@ def main() -> None:
             for backend in args.backends.split(","):
                 for seed in map(int, args.seeds.split(",")):
                     for side in sides:
-                        code = old if side == "old" else ROOT
                         row = {"backend": backend, "seed": seed, "code": side}
-                        row.update(one_search(code, backend, seed, args, tmp))
+                        row.update(one_search(code[side], backend, seed, args, tmp))
                         rows.append(row)
                         print(json.dumps(row), flush=True)
         finally:
-            if "old" in sides:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)])
-                shutil.rmtree(old, ignore_errors=True)
+            for side in worktrees:
+                remove = ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(code[side])]
+                subprocess.run(remove, check=False)
+                shutil.rmtree(code[side], ignore_errors=True)
     print(f"\nboston_housing, {args.trials} trials, {os.cpu_count()} cores")
     print(
         f"{'backend':<11} {'seed':>4} {'code':<4} {'seconds':>8} {'best val':>9} {'test MAE':>14}"

@@ -13,7 +13,7 @@ from hpo.data import Prepared
 
 keras = import_keras()  # through hpo.backend, which keeps the backend's start-up quiet
 
-VALIDATION_BATCH = 1024  # evaluation needs no small batches; larger ones cost memory, not time
+VALIDATION_BATCH = 256  # evaluation needs no small batches; larger ones cost memory, not time
 # Batches per compiled call: small models on small batches (Boston: 38 of 8 an epoch) spend
 # more time in per-step dispatch than in arithmetic.
 STEPS_PER_EXECUTION = 32
@@ -42,10 +42,13 @@ class UnpackBits(keras.layers.Layer):
             keras.ops.cast(inputs, "int32"),
             axis=0,
         )
-        return keras.ops.reshape(bits, (-1, inputs.shape[-1] * 8))[:, : self.n_features]
+        # (batch, [folds,] bytes, 8) → (batch, [folds,] bits); a stacked k-fold model has a
+        # fold axis before the features.
+        shape = (-1, *inputs.shape[1:-1], inputs.shape[-1] * 8)
+        return keras.ops.reshape(bits, shape)[..., : self.n_features]
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.n_features)
+        return (*input_shape[:-1], self.n_features)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "n_features": self.n_features}

@@ -203,6 +203,18 @@ def test_fused_trials_reproduce_with_a_seed(workdir, monkeypatch):
     assert first.user_attrs["history"] == again.user_attrs["history"]
 
 
+@pytest.mark.parametrize("dataset", ["imdb", "mnist"])
+def test_kfold_on_packed_text_and_pixels(workdir, monkeypatch, dataset):
+    """The stacked k-fold model takes what the first layer prepares (bits, pixels /255)."""
+    space = "layers = 1\nunits = 16\nbatch_size = 32\nlearning_rate = 0.01\n"
+    path = tiny_study(workdir, dataset, epochs=3, validation="kfold:2", space=space)
+    spec = studyfile.load(str(path))
+    trial = run_trial(spec, data.load(dataset, None, spec.num_words), {}, monkeypatch, "fused")
+    assert trial.state == TrialState.COMPLETE
+    assert len(trial.user_attrs["history"]["val_accuracy"]) == 3
+    assert trial.value > 0.5  # the tiny data is learnable in 3 epochs
+
+
 def test_engine_choice(monkeypatch):
     monkeypatch.delenv("HPO_ENGINE", raising=False)
     backend = keras.backend.backend()

@@ -20,6 +20,7 @@ README = REPO / "README.md"
 PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+FENCE_WITH_INFO = re.compile(r"^```([^\n]*)\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`([^`\n]+)`")
 HPO_CALL = re.compile(r"(?:^|[\s;&|(])hpo((?: +(?:[\w.,=:/|-]|…|\[[^\]]*\])+)*)")
 
@@ -66,10 +67,14 @@ def test_every_page_of_docs_is_linked_from_the_readme():
 
 
 def readme_commands() -> list[list[str]]:
-    """Each `hpo …` the README names, in code blocks (continuation lines joined) and inline
-    code, as its words."""
+    """Each `hpo …` the README names, in code blocks of commands (continuation lines joined;
+    not the ```text blocks of output) and inline code, as its words."""
     text = README.read_text(encoding="utf-8")
-    snippets = [re.sub(r"\n[ \t]+", " ", block) for block in FENCE.findall(text)]
+    snippets = [
+        re.sub(r"\n[ \t]+", " ", block)
+        for info, block in FENCE_WITH_INFO.findall(text)
+        if info.strip() in ("", "sh", "bash", "console")
+    ]
     snippets += INLINE.findall(FENCE.sub("", text))
     calls = []
     for snippet in snippets:

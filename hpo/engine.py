@@ -111,7 +111,7 @@ class FusedTrainer:
         batch_size: int,
         validation_batch_size: int,
         seed: int | None = None,
-        tensors: dict[str, Any] | None = None,
+        tensors: dict[Any, Any] | None = None,
     ) -> None:
         self.model = model
         self.batch_size = batch_size
@@ -119,8 +119,9 @@ class FusedTrainer:
         self.loss_fn = per_sample_loss(loss)
         self.metrics = task_metrics(task, loss)
         self.n_train, self.n_val = len(train[0]), len(validation[0])
-        # The inputs are the big arrays (IMDB: 150 MB of uint8): converted once per `tensors`
-        # dict, which a worker keeps across trials; the targets depend on the loss.
+        # The inputs are the big arrays: converted (on a GPU: copied to it) once per `tensors`
+        # dict, which an Objective keeps across its trials, all on the same data; the targets
+        # are small and depend on the loss (one-hot or not).
         cache = {} if tensors is None else tensors
         key = (train[0].shape, validation[0].shape)
         if key not in cache:

@@ -163,13 +163,24 @@ def worker(url, name, total, pool, limit_s, reconnect_s, ready, go, results) -> 
                 (this["number"], this["admit_s"], polled - start, time.perf_counter() - start)
             )
     except Exception as exc:  # counted and printed, never hidden
-        result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        result["error"] = _describe(exc)
         if not started:
             ready.put(result["error"])
     result["retries"] = retries.messages[:2]
     result["n_retries"] = len(retries.messages)
     result["held"] = held.most
     results.put(result)
+
+
+def _describe(exc: BaseException) -> str:
+    """The error and what caused it, one line each joined: Optuna wraps driver errors."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen and len(parts) < 3:
+        seen.add(id(exc))
+        lines = str(exc).strip().splitlines()
+        parts.append(f"{type(exc).__name__}: {lines[0][:160] if lines else ''}")
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
 
 
 class _ServerCount(threading.Thread):
@@ -243,7 +254,8 @@ def run(
         optuna.delete_study(study_name=name, storage=made)
     if hasattr(made, "engine"):
         made.engine.dispose()
-    errors = [r["error"] for r in found if r["error"]] + not_ready
+    errors = [r["error"] for r in found if r["error"]]  # those not ready are among them
+    assert len(not_ready) <= len(errors)
     timings = [t for r in found for t in r["timings"]]
     growth = {}
     for label, (low, high) in GROWTH.items():

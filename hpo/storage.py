@@ -257,19 +257,22 @@ def _rdb_storage(
                 ),
             )
             break
-        except sqlalchemy.exc.DBAPIError as exc:
-            if _server_full(exc) and waited < reconnect_s:
+        except (sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError) as exc:
+            # Optuna's own sessions (the schema version check) wrap the driver's error.
+            if _server_full(exc.__cause__ or exc) and waited < reconnect_s:
                 # Many workers starting at once: wait for others' connections to close.
                 pause = min(pause, 30.0, reconnect_s - waited)
                 log.warning(
                     "storage %s: the server has no free connection (%s); retrying in %.0f s",
                     redact(url),
-                    _reason(exc),
+                    _reason(exc.__cause__ or exc),
                     pause,
                 )
                 time.sleep(pause)
                 waited, pause = waited + pause, pause * 2
                 continue
+            if isinstance(exc, optuna.exceptions.StorageInternalError):
+                raise
             racing = isinstance(
                 exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)
             ) or "already exists" in str(exc.orig)  # SQLite says so in an OperationalError

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import optuna
 import pytest
 import sqlalchemy
 from conftest import REPO, SERVERS, reachable
@@ -73,16 +74,21 @@ def test_null_pool_keeps_no_connection(monkeypatch):
         "(1040, 'Too many connections')",
     ],
 )
-def test_a_full_server_at_start_is_waited_for(monkeypatch, caplog, message):
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_full_server_at_start_is_waited_for(monkeypatch, caplog, message, wrapped):
     """Workers starting together can find the server at its connection limit: they wait for
-    a free connection (logged) instead of dying with 'cannot connect'."""
+    a free connection (logged) instead of dying with 'cannot connect'. The refusal comes
+    from SQLAlchemy (creating the tables) or wrapped by Optuna (its schema version check)."""
     calls = []
     real_init = storage.ReconnectingRDBStorage.__init__
 
     def refuse_once(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            raise sqlalchemy.exc.OperationalError("connect", {}, Exception(message))
+            refused = sqlalchemy.exc.OperationalError("connect", {}, Exception(message))
+            if not wrapped:
+                raise refused
+            raise optuna.exceptions.StorageInternalError("during the commit") from refused
         real_init(self, *args, **kwargs)
 
     monkeypatch.setattr(storage.ReconnectingRDBStorage, "__init__", refuse_once)

@@ -13,11 +13,13 @@ the book's model (IMDB 2x16 relu, Reuters 2x64 relu, rmsprop, batch 512, the boo
 - hpo auto: the loop hpo chooses by itself on this backend, and its ratio to the bare fit
   (target <= 1.05).
 
-Then the memory of one `hpo optimize imdb` worker under TensorFlow (--rss-trials trials of 5
-epochs): peak RSS (target <= 1 GB), and the peak proportional (PSS) and private memory read
-from /proc/PID/smaps_rollup. RSS counts every page of the memory-mapped dataset the worker
-touched, although K workers on one machine share those pages; PSS splits shared pages among
-the processes that map them, and private memory is what each more worker adds.
+Then the memory of `hpo optimize imdb` under TensorFlow with 1 and with 2 workers
+(--rss-trials trials of 5 epochs each), sampled from /proc over the workers' process tree:
+the largest peak RSS of one worker (VmHWM; target <= 1 GB), and the peak of the workers'
+summed proportional (PSS) and private memory. RSS counts every shared page a worker touched
+(TensorFlow's libraries, the memory-mapped dataset) in full; PSS divides each shared page
+among the processes that map it, so the sum of PSS is what K workers really cost together,
+and private memory what none of them shares.
 
 Needs the real files: --data-dir or HPO_DATA_DIR (e.g. ../shared/datasets). Prints a table
 and one JSON line.
@@ -28,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -129,7 +130,7 @@ def child(data_dir: str | None, epochs: int, datasets: list[str]) -> None:
             "hpo fused": hpo_fit(prepared, spec, epochs, "fused"),
         }
         os.environ.pop("HPO_ENGINE", None)
-        row["auto"] = engine.choose(spec.validation.kind)
+        row["auto"] = engine.choose()
         row["hpo auto"] = row[f"hpo {row['auto']}"]
         row["ratio"] = row["hpo auto"] / row["bare fit"]
         out[name] = row
@@ -137,36 +138,60 @@ def child(data_dir: str | None, epochs: int, datasets: list[str]) -> None:
 
 
 def memory_kb(pid: int) -> dict[str, int]:
-    """Rss, Pss and Private (clean + dirty) of a live process, in kB."""
+    """Peak RSS (VmHWM), and now Pss and Private (clean + dirty), of a live process, in kB."""
     fields: dict[str, int] = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 2 and parts[1].isdigit():
-                fields[parts[0].rstrip(":")] = int(parts[1])
+    for name in (f"/proc/{pid}/status", f"/proc/{pid}/smaps_rollup"):
+        with open(name) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[1].isdigit():
+                    fields[parts[0].rstrip(":")] = int(parts[1])
     private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
-    return {"rss": fields.get("Rss", 0), "pss": fields.get("Pss", 0), "private": private}
+    return {"hwm": fields.get("VmHWM", 0), "pss": fields.get("Pss", 0), "private": private}
 
 
-def worker_memory(trials: int, data_dir: str | None, python: str) -> dict[str, float]:
-    """Peak RSS (getrusage) and peaks of PSS and private memory (sampled) of one worker, MB."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a --workers K run is a parent and K-1 children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with open(task / "children") as f:
+                todo += [int(child) for child in f.read().split()]
+    return found
+
+
+def worker_memory(trials: int, workers: int, data_dir: str | None, python: str) -> dict:
+    """Memory of `hpo optimize imdb --workers K`, sampled every 0.1 s over its process tree, MB:
+    the largest peak RSS of one worker, and the peak of the workers' summed PSS and private
+    memory (what K workers cost together: the TensorFlow libraries and the memory-mapped
+    dataset are shared pages, counted once across processes by PSS)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [python, "-m", "hpo", "optimize", "imdb", "--trials", str(trials)]
-        cmd += ["--max-epochs", "5", "--seed", "0", "--storage", f"sqlite:///{tmp}/bench.db"]
+        total = str(trials * workers)  # --trials is the study's budget: `trials` a worker
+        cmd = [python, "-m", "hpo", "optimize", "imdb", "--trials", total, "--seed", "0"]
+        cmd += ["--max-epochs", "5", "--workers", str(workers)]
+        cmd += ["--storage", f"sqlite:///{tmp}/bench.db"]
         if data_dir:
             cmd += ["--data-dir", data_dir]
         env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL)
+        hwm: dict[int, int] = {}
         peaks = {"pss": 0, "private": 0}
 
         def sample() -> None:
             while proc.poll() is None:
-                try:
-                    now = memory_kb(proc.pid)
-                except OSError:
-                    break
+                totals = {"pss": 0, "private": 0}
+                for pid in process_tree(proc.pid):
+                    try:
+                        now = memory_kb(pid)
+                    except OSError:  # ended between the listing and the read
+                        continue
+                    hwm[pid] = max(hwm.get(pid, 0), now["hwm"])
+                    for key in totals:
+                        totals[key] += now[key]
                 for key in peaks:
-                    peaks[key] = max(peaks[key], now[key])
+                    peaks[key] = max(peaks[key], totals[key])
                 time.sleep(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -175,11 +200,11 @@ def worker_memory(trials: int, data_dir: str | None, python: str) -> dict[str, f
         sampler.join()
         if proc.returncode:
             raise SystemExit(f"hpo optimize imdb exited with {proc.returncode}")
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {
-        "peak RSS": rss / 1024,
-        "peak PSS": peaks["pss"] / 1024,
-        "peak private": peaks["private"] / 1024,
+        "workers": workers,
+        "peak RSS of one worker": max(hwm.values()) / 1024,
+        "peak PSS, all workers": peaks["pss"] / 1024,
+        "peak private, all workers": peaks["private"] / 1024,
     }
 
 
@@ -203,7 +228,7 @@ def main() -> None:
         child(args.data_dir, args.epochs, datasets)
         return
     results = []
-    for backend in args.backends.split(","):
+    for backend in filter(None, args.backends.split(",")):  # --backends "": memory only
         cmd = [sys.executable, __file__, "--child", "--epochs", str(args.epochs)]
         cmd += ["--datasets", args.datasets]
         if args.data_dir:
@@ -211,9 +236,10 @@ def main() -> None:
         env = {**os.environ, "KERAS_BACKEND": backend}
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"seconds per epoch (epoch 1 left out), {os.cpu_count()} cores, {args.epochs} epochs")
-    header = ("backend", "dataset", "bare fit", "hpo fit", "hpo fused", "hpo auto", "auto/bare")
-    print("{:<11} {:<8} {:>9} {:>9} {:>10} {:>15} {:>10}".format(*header))
+    if results:
+        print(f"seconds per epoch (epoch 1 left out), {os.cpu_count()} cores, {args.epochs} epochs")
+        header = ("backend", "dataset", "bare fit", "hpo fit", "hpo fused", "hpo auto", "auto/bare")
+        print("{:<11} {:<8} {:>9} {:>9} {:>10} {:>15} {:>10}".format(*header))
     for result in results:
         for name in datasets:
             row = result[name]
@@ -222,11 +248,17 @@ def main() -> None:
                 f"{row['hpo fused']:10.3f} {row['hpo auto']:9.3f} ({row['auto']:<5}"
                 f"{')':1} {row['ratio']:9.2f}"
             )
-    memory = (
-        worker_memory(args.rss_trials, args.data_dir, args.worker_python) if args.rss_trials else {}
-    )
-    for key, value in memory.items():
-        print(f"hpo optimize imdb worker (TensorFlow), {key}: {value:.0f} MB")
+    memory = [
+        worker_memory(args.rss_trials, k, args.data_dir, args.worker_python)
+        for k in (1, 2)
+        if args.rss_trials
+    ]
+    if memory:
+        print(f"hpo optimize imdb on TensorFlow, {args.rss_trials} trials of 5 epochs a worker, MB")
+        print("workers  peak RSS of one  peak PSS, all  peak private, all")
+    for row in memory:
+        workers, rss, pss, private = row.values()
+        print(f"{workers:>7} {rss:>16.0f} {pss:>14.0f} {private:>18.0f}")
     print(json.dumps({"per_epoch": results, "worker_memory_mb": memory}))
 
 

@@ -121,7 +121,7 @@ class Objective:
         self.verbose = verbose
         self.on_epoch = on_epoch  # (trial number, epoch, monitored value), for progress display
         self.check_interrupt = check_interrupt  # raises KeyboardInterrupt after Ctrl-C
-        self.engine = engine.choose(spec.validation.kind)
+        self.engine = engine.choose()
         self.worker = {
             **resources.worker_info(),
             "backend": keras.backend.backend(),

@@ -7,7 +7,11 @@ What a finished (or pruned, or failed) trial holds:
   is the metric at that epoch, not at the last one (with `smooth_epochs` > 1 in the study file:
   the best mean over that many consecutive epochs, centred on `best_epoch`);
 - user attr `fail_reason` when the trial failed (e.g. the loss became NaN);
-- user attr `worker`: host, pid, backend, GPU memory share and the process' data-load counts.
+- user attr `worker`: host, pid, backend, training loop (`engine`), input layout (`input`), GPU
+  memory share and the process' data-load counts.
+
+Trials train through hpo.engine's fused loop (one compiled call per epoch) on TensorFlow and
+JAX, through model.fit otherwise; either way the reporter below sees every epoch's logs.
 
 Why not optuna_integration's KerasPruningCallback: k-fold trials must report the metric averaged
 over folds, and a mistyped monitor must stop the study, not warn and silently never prune.
@@ -181,7 +185,9 @@ class Objective:
         data = self.data
         return lambda y: model_lib.targets(y, data.task, params["loss"], data.n_outputs)
 
-    def _fit_holdout(self, params: dict[str, Any], reporter: EpochReporter, seed) -> None:
+    def _fit_holdout(
+        self, params: dict[str, Any], reporter: EpochReporter, seed: int | None
+    ) -> None:
         ((train, val),) = self.spec.validation.splits(self.data.x_train, self.data.y_train)
         model = model_lib.build(params, self.data)
         if self.engine == "fused":
@@ -191,11 +197,11 @@ class Objective:
             **self._fit_args(params, *train, val), epochs=self.spec.max_epochs, callbacks=[reporter]
         )
 
-    def _fit_folds(self, params: dict[str, Any], reporter: EpochReporter, seed) -> None:
+    def _fit_folds(self, params: dict[str, Any], reporter: EpochReporter, seed: int | None) -> None:
         """Train the k fold models of a k-fold trial and report their averaged metric.
 
         Fused: the k models stacked into one (hpo.model.FoldDense), one compiled call per
-        epoch. Otherwise (a backend without the fused loop) k models side by side, a chunk of
+        epoch. With model.fit (torch, or HPO_ENGINE=fit): k models side by side, a chunk of
         epochs at a time, the pruner checked after every chunk: one fit() call per fold and
         epoch would cost more than the epochs themselves on small data."""
         folds = list(self.spec.validation.splits(self.data.x_train, self.data.y_train))
@@ -218,7 +224,10 @@ class Objective:
                 }
                 reporter.record(start + offset + 1, averaged)
 
-    def _train_fused(self, params, model, train, val, reporter: EpochReporter, seed) -> None:
+    def _train_fused(
+        self, params: dict[str, Any], model, train, val, reporter: EpochReporter, seed: int | None
+    ) -> None:
+        """hpo.engine's loop: one compiled call per epoch, each epoch's logs to the reporter."""
         to_targets = self._targets(params)
         trainer = engine.FusedTrainer(
             model,

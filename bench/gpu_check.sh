@@ -4,7 +4,7 @@
 # per-epoch figures against a bare model.fit, the compilation cache, and a Boston search.
 #
 # Prepare on the project machine (the wheels and data are git-ignored, so they are carried):
-#   ../shared/gpu/fetch-wheels.sh optuna-integration typer click shellingham
+#   ../shared/gpu/fetch-wheels.sh optuna-integration typer click shellingham annotated-doc
 #   mkdir -p .data && cp ../shared/datasets/{imdb,reuters,boston_housing}.npz .data/
 # Run there (device tool, carry [".whl", ".data"], timeout_s 600; the parts' timeouts add up to
 # 560 s, about 9 minutes of the session's 15):

@@ -153,7 +153,14 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
     gave_up = False
 
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            # A start that failed half-way (a full server) closes what it opened now, not at
+            # garbage collection: its idle connection would keep the server full.
+            if getattr(self, "engine", None) is not None:
+                self.engine.dispose()
+            raise
         self._silent_since: dict[int, float] = {}
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:

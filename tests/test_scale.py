@@ -129,3 +129,27 @@ def test_32_workers_on_postgresql_meet_the_budget_exactly():
     # The server's own count (pg_stat_activity) stays within 2 connections per worker.
     assert 0 < row["server_peak"] <= 2 * workers
     assert row["server_peak_open"] <= 2 * workers
+
+
+def test_a_failed_start_closes_its_connections(monkeypatch):
+    """A worker that fails half-way through opening the storage (the server filled up between
+    two of Optuna's start-up queries) closes the connection it had, instead of keeping a slot
+    of the full server until garbage collection; then waits and retries."""
+    real_version_check = optuna.storages._rdb.storage._VersionManager.__init__
+    engines, closed = [], []
+
+    def full_after_tables(self, url, engine, *args, **kwargs):
+        if not engines:
+            engines.append(engine)
+            sqlalchemy.event.listen(engine, "close", lambda *_: closed.append(1))
+            with engine.connect():  # a pooled connection, idle once returned
+                pass
+            refused = sqlalchemy.exc.OperationalError("connect", {}, Exception("too many clients"))
+            raise optuna.exceptions.StorageInternalError("during the commit") from refused
+        real_version_check(self, url, engine, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages._rdb.storage._VersionManager, "__init__", full_after_tables)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    store = storage.open_storage("sqlite:///:memory:", reconnect_s=5)
+    assert closed  # closed at the failure, not at garbage collection
+    assert store.get_all_studies() == []

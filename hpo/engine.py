@@ -110,10 +110,11 @@ class FusedTrainer:
         validation_batch_size: int,
         seed: int | None = None,
         tensors: dict[Any, Any] | None = None,
+        shuffle: bool = True,
     ) -> None:
         self.model = model
         self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed) if shuffle else None
         self.loss_fn = per_sample_loss(loss)
         self.metrics = task_metrics(task, loss)
         self.n_train, self.n_val = len(train[0]), len(validation[0])

@@ -80,6 +80,36 @@ def test_stacked_folds_train_exactly_as_separate_models():
             np.testing.assert_allclose(w_stacked[f], w_alone, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("optimizer", "loss"), [("adam", "mae"), ("rmsprop", "mse")])
+def test_fused_steps_are_keras_fit_steps(optimizer, loss):
+    """Given the same batches, one fused epoch updates the weights exactly as model.fit does
+    (the last, partial batch included): the loops differ only in their random streams."""
+    prepared = regression_data(rows=90)
+    params = {**PARAMS, "optimizer": optimizer, "loss": loss}
+    x, y = prepared.x_train[:70], model_lib.targets(prepared.y_train[:70], "regression", loss, 1)
+    x_val, y_val = prepared.x_train[70:], prepared.y_train[70:, None]
+    set_random_seed(2)
+    by_fit = model_lib.build(params, prepared)
+    fused = model_lib.build(params, prepared)
+    fused.set_weights(by_fit.get_weights())
+    by_fit.fit(x, y, batch_size=16, shuffle=False, epochs=3, verbose=0)  # 4 batches of 16 + 6
+    trainer = engine.FusedTrainer(
+        fused,
+        loss=loss,
+        task="regression",
+        train=(x, y),
+        validation=(x_val, y_val),
+        batch_size=16,
+        validation_batch_size=256,
+        shuffle=False,
+    )
+    for _ in range(3):
+        trainer.run_epoch()
+    trainer.write_back()
+    for a, b in zip(by_fit.get_weights(), fused.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def run_trial(spec, prepared, params, monkeypatch, engine_name, **objective_args):
     monkeypatch.setenv("HPO_ENGINE", engine_name)
     study = optuna.create_study(direction=spec.direction)

@@ -285,7 +285,9 @@ def test_timeout_ends_the_run_across_restarts(workdir):
             "--trials",
             "1000",
             "--timeout",
-            "12",
+            # long enough for 2 trials and a restart on a loaded CI machine (compiling a
+            # trial's fused loop takes seconds there), far below the 1000 trials' time
+            "30",
             "--recycle-after",
             "2",
         ],

@@ -63,24 +63,15 @@ def per_sample_loss(name: str) -> Callable:
 
 
 def task_metrics(task: str, loss: str) -> dict[str, Callable]:
-    """Per-sample metric functions, named as hpo.model names Keras' metrics in the logs."""
+    """Keras' per-sample metric functions, under the names hpo.model gives its metric objects."""
+    metrics = keras.metrics
     if task == "regression":
-        return {
-            "mae": lambda y, p: ops.mean(ops.abs(y - p), axis=-1),
-            "mse": lambda y, p: ops.mean(ops.square(y - p), axis=-1),
-        }
-    if task == "binary":
-        return {"accuracy": lambda y, p: ops.mean(ops.cast((p > 0.5) == (y > 0.5), "float32"), -1)}
+        return {"mae": metrics.mean_absolute_error, "mse": metrics.mean_squared_error}
+    if task == "binary":  # Keras keeps the last (size 1) axis here, unlike its other metrics
+        return {"accuracy": lambda y, p: ops.mean(metrics.binary_accuracy(y, p), axis=-1)}
     if loss == "categorical_crossentropy":  # one-hot targets
-        return {
-            "accuracy": lambda y, p: ops.cast(ops.argmax(p, -1) == ops.argmax(y, -1), "float32")
-        }
-    return {
-        "accuracy": lambda y, p: ops.cast(
-            ops.argmax(p, -1) == ops.cast(ops.squeeze(y, -1) if y.ndim == p.ndim else y, "int32"),
-            "float32",
-        )
-    }
+        return {"accuracy": metrics.categorical_accuracy}
+    return {"accuracy": metrics.sparse_categorical_accuracy}
 
 
 def batch_plan(n: int, batch_size: int, rng: np.random.Generator | None) -> tuple:

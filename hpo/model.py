@@ -21,6 +21,11 @@ VALIDATION_BATCH = 256
 STEPS_PER_EXECUTION = 32
 
 
+def validation_batch(batch_size: int) -> int:
+    """A trial's validation batch: its training batch, or VALIDATION_BATCH rows if larger."""
+    return max(batch_size, VALIDATION_BATCH)
+
+
 BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)  # row b: b's bits
 
 

@@ -177,7 +177,7 @@ class Objective:
             "y": to_targets(y),
             "batch_size": params["batch_size"],
             "validation_data": (validation[0], to_targets(validation[1])),
-            "validation_batch_size": max(params["batch_size"], model_lib.VALIDATION_BATCH),
+            "validation_batch_size": model_lib.validation_batch(params["batch_size"]),
             "verbose": self.verbose,
         }
 
@@ -236,7 +236,7 @@ class Objective:
             train=(train[0], to_targets(train[1])),
             validation=(val[0], to_targets(val[1])),
             batch_size=params["batch_size"],
-            validation_batch_size=max(params["batch_size"], model_lib.VALIDATION_BATCH),
+            validation_batch_size=model_lib.validation_batch(params["batch_size"]),
             seed=seed,
             tensors=self._tensors,
         )

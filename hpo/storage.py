@@ -41,6 +41,10 @@ DRIVERS = {
 }
 
 log = logging.getLogger("hpo.storage")
+# When the server goes away, SQLAlchemy's pool logs a traceback for each connection it fails to
+# roll back on return ("Exception during reset or similar"); the retry below reports the outage
+# in one line and replaces the connection, so that traceback is noise on the user's terminal.
+logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
 
 
 def redact(url: str) -> str:

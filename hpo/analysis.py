@@ -104,10 +104,16 @@ def check_fits(spec: StudySpec, trial: FrozenTrial) -> None:
 
 @dataclass
 class AnalysisResult:
-    results: list[Retrained]
+    study: str  # the study's name
+    task: str
+    results: list[Retrained]  # the retrained trials, best first
     folder: Path
     report: Path
-    model_path: Path
+    model_path: Path  # the model to predict with: the seeds' ensemble when there are several
+
+    @property
+    def best(self) -> Retrained:
+        return self.results[0]
 
 
 def _replace_dir(staging: Path, folder: Path) -> None:
@@ -170,7 +176,11 @@ def analyze_study(
         if best.ensemble_model is not None:
             best.ensemble_model.save(staging / "ensemble.keras")
         (staging / "params.json").write_text(json.dumps(best.summary(), indent=2))
-        report_lib.write(study, spec, results, staging)
+        if data.preparation is not None:  # new rows are prepared from it: hpo predict
+            (staging / "preparation.json").write_text(
+                json.dumps(data.preparation.to_dict(), indent=2)
+            )
+        report_lib.write(study, spec, results, staging, data.notes)
         _replace_dir(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -185,7 +195,10 @@ def analyze_study(
     if artifact_dir is not None:
         _upload(study, folder, artifact_dir)
     _save_note(study, spec, best)
-    return AnalysisResult(results, folder, folder / "report.md", folder / "model.keras")
+    model = "ensemble.keras" if best.ensemble_model is not None else "model.keras"
+    return AnalysisResult(
+        study.study_name, spec.task, results, folder, folder / "report.md", folder / model
+    )
 
 
 def _upload(study: optuna.Study, folder: Path, artifact_dir: Path) -> None:

@@ -19,11 +19,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hpo import cache, datasets
 from hpo.errors import HpoError
+
+if TYPE_CHECKING:
+    from hpo.studyfile import StudySpec
 
 log = logging.getLogger("hpo.data")
 FORMAT = 2  # bump when the prepared layout changes, so old caches are not reused
@@ -54,6 +58,9 @@ class Prepared:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    # Own data (hpo.tabular): what was learned from the training rows, to prepare new rows.
+    preparation: Any = None
+    notes: tuple[str, ...] = ()  # one-liners on how own data was read (task inferred, test split)
 
     @property
     def layout(self) -> str:
@@ -63,29 +70,46 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Validation:
-    """How trials validate: a holdout at the start or end of the training set, or k folds."""
+    """How trials validate: a holdout at the start or end of the training set, or k folds.
+
+    A holdout is N samples ("first:10000") or a percentage of the training set ("first:20%")."""
 
     kind: str  # "first" | "last" | "kfold"
     n: int
+    percent: bool = False  # n is a percentage of the training samples
 
     @classmethod
     def parse(cls, text: str) -> Validation:
         kind, _, number = str(text).partition(":")
+        percent = kind != "kfold" and number.endswith("%")
+        number = number.removesuffix("%") if percent else number
         if kind not in ("first", "last", "kfold") or not number.isdigit():
-            raise ValueError('expected "first:N", "last:N" (a holdout of N samples) or "kfold:K"')
+            raise ValueError(
+                'expected "first:N", "last:N" (a holdout of N samples, or N% of them) or "kfold:K"'
+            )
         n = int(number)
         if kind == "kfold" and n < 2:
             raise ValueError(f"kfold needs at least 2 folds, got {n}")
-        if n < 1:
-            raise ValueError("the holdout needs at least 1 sample")
-        return cls(kind, n)
+        if n < 1 or (percent and n >= 100):
+            raise ValueError("the holdout needs at least 1 sample and must leave some to train on")
+        return cls(kind, n, percent)
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.n}"
+        return f"{self.kind}:{self.n}{'%' if self.percent else ''}"
 
     @property
     def folds(self) -> int:
         return self.n if self.kind == "kfold" else 1
+
+    def holdout(self, total: int) -> int:
+        """Validation samples of a holdout out of `total` training samples."""
+        return max(1, round(total * self.n / 100)) if self.percent else self.n
+
+    def minimum_rows(self) -> int:
+        """The fewest training samples this scheme can run on (one to train on, one to check)."""
+        if self.kind == "kfold":
+            return self.n
+        return 2 if self.percent else self.n + 1
 
     def splits(self, x: np.ndarray, y: np.ndarray):
         """Yield ((x_train, y_train), (x_val, y_val)) for each fold; holdouts are views."""
@@ -99,12 +123,41 @@ class Validation:
                 keep = np.r_[0:lo, hi:total]
                 yield (x[keep], y[keep]), (x[lo:hi], y[lo:hi])
             return
-        if self.n >= total:
+        n = self.holdout(total)
+        if n >= total:
             raise HpoError(f"validation {self} leaves no training data ({total} samples)")
         if self.kind == "first":
-            yield (x[self.n :], y[self.n :]), (x[: self.n], y[: self.n])
+            yield (x[n:], y[n:]), (x[:n], y[:n])
         else:
-            yield (x[: -self.n], y[: -self.n]), (x[-self.n :], y[-self.n :])
+            yield (x[:-n], y[:-n]), (x[-n:], y[-n:])
+
+
+def load_spec(spec: StudySpec, data_dir: str | Path | None = None) -> Prepared:
+    """The prepared data of a study: a built-in dataset, or the user's own file ([data])."""
+    if spec.data is None:
+        return load(spec.dataset, data_dir, spec.num_words)
+    from hpo import tabular
+
+    own = tabular.load(
+        spec.data,
+        min_train_rows=spec.validation.minimum_rows(),
+        why=f"validation {spec.validation} needs at least {spec.validation.minimum_rows()}",
+    )
+    prep = own.preparation
+    return Prepared(
+        name=spec.dataset,
+        task=prep.task,
+        n_outputs=prep.n_outputs,
+        input_scale=1.0,
+        n_features=prep.n_features,
+        packed=False,
+        x_train=own.x_train,
+        y_train=own.y_train,
+        x_test=own.x_test,
+        y_test=own.y_test,
+        preparation=prep,
+        notes=own.notes,
+    )
 
 
 def load(name: str, data_dir: str | Path | None = None, num_words: int = 10000) -> Prepared:

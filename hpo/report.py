@@ -167,8 +167,15 @@ def versions(seeds: Sequence[int]) -> dict[str, str]:
     }
 
 
-def write(study: optuna.Study, spec: StudySpec, results: list[Retrained], folder: Path) -> Path:
-    """Write report.md and its figures into `folder`; returns the Markdown file's path."""
+def write(
+    study: optuna.Study,
+    spec: StudySpec,
+    results: list[Retrained],
+    folder: Path,
+    data_notes: tuple[str, ...] = (),
+) -> Path:
+    """Write report.md and its figures into `folder`; returns the Markdown file's path.
+    `data_notes`: how your own data was read (task, test split, unseen categories)."""
     best = study.trials[results[0].trial] if results[0].trial is not None else None
     figures: dict[str, Path | None] = {}
     if best is not None and "history" in best.user_attrs:
@@ -220,6 +227,8 @@ def write(study: optuna.Study, spec: StudySpec, results: list[Retrained], folder
         ),
         "",
     ]
+    if data_notes:
+        lines += ["## Data", "", *[f"- {note}" for note in data_notes], ""]
     lines += [
         "Parameters of the best trial:",
         "",

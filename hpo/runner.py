@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
-from hpo import algorithms, data
+from hpo import algorithms, data, stored
 from hpo.backend import import_keras
 from hpo.budget import Budget, OverBudget, finished
 from hpo.errors import HpoError
@@ -34,6 +34,7 @@ def spec_record(spec: StudySpec) -> dict:
         "num_words": spec.num_words,
         "study_file": spec.path,
         "study_file_text": Path(spec.path).read_text(encoding="utf-8") if spec.path else "",
+        "data": spec.data.record() if spec.data else None,
     }
 
 
@@ -106,7 +107,11 @@ def run(
     if before >= trials:
         return RunResult(study, before, before, interrupted=False)
     with console.status(f"loading {spec.dataset}…"):
-        prepared = data.load(spec.dataset, data_dir, spec.num_words)
+        prepared = data.load_spec(spec, data_dir)
+    if prepared.preparation is not None:
+        stored.save_or_check(study, prepared.preparation.to_dict(), spec.dataset)
+    for note in prepared.notes:
+        console.print(f"data: {note}", highlight=False, markup=False)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar reports each trial
     logging.getLogger("hpo").setLevel(logging.WARNING)
     interrupted = False

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hpo import algorithms, data
+from hpo import algorithms, data, tabular
 from hpo.datasets import BUILTIN
 from hpo.errors import HpoError
 from hpo.space import TASKS, Space, parse_space
@@ -52,6 +52,7 @@ class StudySpec:
     seed: int | None = None
     smooth_epochs: int = 1  # rank trials by their validation curve averaged over this many epochs
     path: str = ""
+    data: tabular.DataSpec | None = None  # the user's own file ([data]); None: a built-in dataset
 
     def with_overrides(self, **changes: Any) -> StudySpec:
         """A copy with CLI options applied; None means 'keep the file's value'."""
@@ -113,11 +114,11 @@ def load(target: str) -> StudySpec:
 
 
 def parse(doc: dict[str, Any], source: str) -> StudySpec:
-    unknown_tables = set(doc) - {"study", "space", "sampler", "pruner"}
+    unknown_tables = set(doc) - {"study", "space", "sampler", "pruner", "data"}
     if unknown_tables:
         raise HpoError(
             f"{source}: unknown table [{sorted(unknown_tables)[0]}] "
-            "(allowed: study, space, sampler, pruner)"
+            "(allowed: study, data, space, sampler, pruner)"
         )
     study = doc.get("study")
     if not isinstance(study, dict):
@@ -129,18 +130,12 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
             f"(allowed: {', '.join(sorted(STUDY_KEYS))})"
         )
 
-    dataset = _require(study, "dataset", source, str, f"one of {', '.join(BUILTIN)}")
-    if dataset not in BUILTIN:
-        raise HpoError(
-            f"{source}: study.dataset: unknown dataset {dataset!r} (built in: {', '.join(BUILTIN)})"
-        )
-    task = study.get("task", data.TASKS[dataset])
-    if task not in TASKS:
-        raise HpoError(f"{source}: study.task: must be one of {', '.join(TASKS)}, got {task!r}")
-    if task != data.TASKS[dataset]:
-        raise HpoError(
-            f"{source}: study.task: {dataset} is a {data.TASKS[dataset]} dataset, not {task}"
-        )
+    own = None
+    if "data" in doc:
+        own = _own_data(doc["data"], study, source)
+        dataset, task = own.train.name, tabular.infer_task(own)
+    else:
+        dataset, task = _builtin(study, source)
 
     metrics = METRICS[task]
     metric = study.get("metric", next(iter(metrics)))
@@ -165,7 +160,8 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
             f"{source}: study.max_epochs: must be a positive integer, got {max_epochs!r}"
         )
     try:
-        validation = data.Validation.parse(study.get("validation", "first:10000"))
+        default = "first:20%" if own else "first:10000"
+        validation = data.Validation.parse(study.get("validation", default))
     except ValueError as exc:
         raise HpoError(f"{source}: study.validation: {exc}") from exc
     num_words = study.get("num_words", 10000)
@@ -213,7 +209,43 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
         seed=seed,
         smooth_epochs=smooth_epochs,
         path=source,
+        data=own,
     )
+
+
+def _builtin(study: dict, source: str) -> tuple[str, str]:
+    """A built-in dataset's name and task, checked against what the file states."""
+    builtin = ", ".join(BUILTIN)
+    dataset = _require(study, "dataset", source, str, f"one of {builtin}, or a [data] table")
+    if dataset not in BUILTIN:
+        raise HpoError(
+            f"{source}: study.dataset: unknown dataset {dataset!r} (built in: {builtin}; "
+            "for your own file, a [data] table)"
+        )
+    task = study.get("task", data.TASKS[dataset])
+    if task not in TASKS:
+        raise HpoError(f"{source}: study.task: must be one of {', '.join(TASKS)}, got {task!r}")
+    if task != data.TASKS[dataset]:
+        raise HpoError(
+            f"{source}: study.task: {dataset} is a {data.TASKS[dataset]} dataset, not {task}"
+        )
+    return dataset, task
+
+
+def _own_data(table: Any, study: dict, source: str) -> tabular.DataSpec:
+    """The [data] table of a study on the user's own file; the task stated in [study], if any."""
+    if not isinstance(table, dict):
+        raise HpoError(f"{source}: [data] must be a table")
+    if "dataset" in study:
+        raise HpoError(
+            f"{source}: study.dataset: a study tunes either a built-in dataset or the [data] "
+            "table's file, not both"
+        )
+    task = study.get("task")
+    if task is not None and task not in TASKS:
+        raise HpoError(f"{source}: study.task: must be one of {', '.join(TASKS)}, got {task!r}")
+    spec = tabular.parse_table(table, source, Path(source).resolve().parent)
+    return replace(spec, task=task)
 
 
 def _algorithm(doc: dict, part: str, source: str, default: str) -> dict[str, Any]:

@@ -104,6 +104,14 @@ def test_validation_splits():
     assert sorted(int(i) for _, v in folds for i in v[0][:, 0]) == list(range(8))
     with pytest.raises(HpoError, match="leaves no training data"):
         list(data.Validation.parse("first:10").splits(x, y))
+    # A holdout may be a share of the training samples: 20% of 10 is 2.
+    (((xt, _), (xv, _)),) = data.Validation.parse("last:20%").splits(x, y)
+    assert xv[:, 0].tolist() == [8, 9] and len(xt) == 8
+    assert str(data.Validation.parse("first:20%")) == "first:20%"
+    assert data.Validation.parse("kfold:4").minimum_rows() == 4
+    for bad in ("first:100%", "first:0%", "kfold:20%", "first:x%"):
+        with pytest.raises(ValueError):
+            data.Validation.parse(bad)
 
 
 def test_missing_data_is_one_clear_line(workdir, monkeypatch):

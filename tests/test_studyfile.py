@@ -64,6 +64,10 @@ GOOD = '[study]\ndataset = "imdb"\n'
         (GOOD + '[sampler]\nname = "bayes"\n', "sampler.name: must be one of tpe"),
         (GOOD + '[pruner]\nname = "median"\nwarmup = 3\n', "[pruner] median:"),
         (GOOD + "[space]\nunits = { int = [64, 16] }\n", "space.units: empty range"),
+        (GOOD + '[data]\ntrain = "t.csv"\n', "study.dataset: a study tunes either"),
+        ('[study]\nname = "x"\ndata = 3\n', "study.data: unknown key"),
+        ('[study]\ntask = "ranking"\n[data]\ntrain = "t.csv"\n', "study.task: must be one of"),
+        ('[study]\n[data]\ntest = "t.csv"\n', "data.train"),
     ],
 )
 def test_malformed_files_get_one_line(tmp_path, text, message):
@@ -93,3 +97,15 @@ def test_overrides():
     assert spec.sampler["name"] == "tpe"
     with pytest.raises(HpoError, match="--max-epochs"):
         studyfile.load("imdb").with_overrides(max_epochs=0)
+
+
+def test_own_data_study_infers_its_task_and_a_percent_holdout(tmp_path):
+    rows = "a,b,label\n" + "".join(f"{i},{i % 3},{'yes' if i % 2 else 'no'}\n" for i in range(30))
+    (tmp_path / "t.csv").write_text(rows)
+    spec = studyfile.load(write(tmp_path, '[study]\n[data]\ntrain = "t.csv"\ntarget = "label"\n'))
+    assert (spec.dataset, spec.task, spec.metric) == ("t.csv", "binary", "val_accuracy")
+    assert str(spec.validation) == "first:20%"
+    assert spec.data.train == tmp_path / "t.csv"  # relative to the study file
+    (tmp_path / "t.csv").unlink()
+    with pytest.raises(HpoError, match=f"data.train: {tmp_path / 't.csv'}: no such file"):
+        studyfile.load(str(tmp_path / "my.toml"))

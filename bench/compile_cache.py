@@ -28,8 +28,8 @@ def child(epochs: int) -> None:
     import optuna
 
     from hpo import data, studyfile
-    from hpo.experiment import BOOK_CONFIGS
     from hpo.objective import Objective
+    from hpo.one_factor import BOOK_CONFIGS
 
     spec = studyfile.load("imdb").with_overrides(max_epochs=epochs, seed=0)
     prepared = data.load("imdb")

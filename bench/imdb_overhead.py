@@ -95,8 +95,8 @@ def bare_fit(prepared, holdout: int, epochs: int) -> float:
 def hpo_fit(prepared, spec, epochs: int, engine: str | None) -> float:
     import optuna
 
-    from hpo.experiment import BOOK_CONFIGS
     from hpo.objective import Objective
+    from hpo.one_factor import BOOK_CONFIGS
 
     if engine:
         os.environ["HPO_ENGINE"] = engine

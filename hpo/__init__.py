@@ -11,3 +11,19 @@ try:  # the installed distribution's version, so it is stated in one place: pypr
     __version__ = version("hpo")
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
+
+__all__ = ["HpoError", "analyze", "experiment", "load_model", "optimize", "predict"]
+
+
+def __getattr__(name: str):
+    """hpo.optimize, hpo.analyze, … (hpo.api), imported on first use: `import hpo` stays light
+    for the worker processes and the CLI, which import only the modules they need."""
+    if name == "HpoError":
+        from hpo.errors import HpoError
+
+        return HpoError
+    if name in __all__:
+        from hpo import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'hpo' has no attribute {name!r}")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import sys
 import threading
-import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -19,9 +17,8 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 import hpo
-from hpo import resources, runner, storage, studyfile, summary
+from hpo import api, storage, studyfile, summary
 from hpo import workers as hpo_workers
-from hpo.backend import import_keras
 from hpo.errors import HpoError
 from hpo.retrained import test_metrics
 
@@ -89,19 +86,6 @@ DataDirOpt = Annotated[
 ]
 
 
-def _command_line(
-    command: str, target: str, study: str, storage_url: str, *extra: str, data_dir: str | None
-) -> str:
-    """The hpo command line a user types next, password hidden. The data folder is spelt out:
-    it may have come from an HPO_DATA_DIR set for this command only."""
-    parts = ["hpo", command, target, *extra, "--study", study]
-    if storage_url != storage.DEFAULT_URL:
-        parts += ["--storage", storage.redact(storage_url)]
-    if data_dir:
-        parts += ["--data-dir", data_dir]
-    return shlex.join(parts)
-
-
 @app.command(epilog="Example: hpo optimize imdb --trials 50 --seed 0")
 def optimize(
     target: Annotated[
@@ -161,132 +145,34 @@ def optimize(
     ] = storage.RECONNECT_S,
 ) -> None:
     """Run (or resume) a study until it has --trials finished trials, across all workers."""
-    spec = studyfile.load(target).with_overrides(
+    run = api.run_optimize(
+        target,
+        trials=trials,
+        study=study,
+        storage_url=storage_url,
+        data_dir=data_dir,
+        console=console,
+        timeout=timeout,
+        workers=workers,
+        heartbeat=heartbeat,
+        reconnect=reconnect,
+        recycle_after=recycle_after,
         sampler=sampler and sampler.value,
         pruner=pruner and pruner.value,
         max_epochs=max_epochs,
         seed=seed,
     )
-    name = study or spec.name
-    console.print(
-        f"study [bold]{name}[/] · {spec.dataset} · {spec.metric} ({spec.direction}) · "
-        f"{spec.sampler['name']} sampler · {spec.pruner['name']} pruner · "
-        f"storage {storage.redact(storage_url)}"
-    )
-    if heartbeat < 1 or recycle_after < 0 or reconnect < 0:
-        raise HpoError("--heartbeat must be at least 1, --recycle-after and --reconnect at least 0")
-    gpus = resources.gpu_count() if workers != "1" else 0  # asks nvidia-smi: only if needed
-    try:
-        n_workers = resources.parse_workers(workers, gpus)
-    except ValueError as exc:
-        raise HpoError(str(exc)) from exc
-    again = _command_line(
-        "optimize", target, name, storage_url, "--trials", str(trials), data_dir=data_dir
-    )
-    inherited = hpo_workers.inherited_children()  # when this worker restarted itself
-    deadline = hpo_workers.deadline(timeout)  # wall clock, kept across restarts
-    runner.open_study(spec, storage_url, name, heartbeat, reconnect)  # once, before any child
-    children = []
-    if workers == "auto" and not inherited:
-        console.print(f"--workers auto: {n_workers} (for {os.cpu_count()} cores, {gpus} GPUs)")
-    if n_workers > 1 and not inherited:
-        shares = resources.share_gpu_memory(n_workers, gpus)
-        if gpus:
-            console.print(
-                f"{n_workers} workers on {gpus} GPU(s), each taking "
-                f"{shares['XLA_PYTHON_CLIENT_MEM_FRACTION']} of its memory (JAX) or growing "
-                "on demand (TensorFlow)"
-            )
-        children = hpo_workers.spawn(n_workers - 1, Path("storage/logs"), name)
-        console.print(f"{len(children)} more workers started; their logs: storage/logs/")
-    try:
-        result = runner.run(
-            spec,
-            storage_url=storage_url,
-            study_name=name,
-            trials=trials,
-            timeout=None if deadline is None else max(deadline - time.time(), 0.0),
-            data_dir=data_dir,
-            console=console,
-            heartbeat_s=heartbeat,
-            reconnect_s=reconnect,
-            recycle_after=recycle_after or None,
-        )
-    except storage.StorageUnavailable as exc:
-        hpo_workers.interrupt(children, inherited)
-        raise HpoError(
-            f"{exc}. Finished trials are saved there; when it is back, resume with: {again}"
-        ) from exc
-    except BaseException:
-        hpo_workers.interrupt(children, inherited)  # they stop after their current epoch
-        raise
-    if result.recycle:
+    if run.result.recycle:
         console.print(
             f"restarting this worker after {recycle_after} trials to release the "
             "memory Keras keeps across trials"
         )
         argv = hpo_workers.with_option(sys.argv[1:], "--workers", "1")
-        hpo_workers.restart(argv, [c.pid for c in children] + inherited, deadline)
-    codes = hpo_workers.wait(children) + hpo_workers.wait_pids(inherited)
-    failed_children = [code for code in codes if code not in (0, 130)]
-    if failed_children:
-        err.print(f"{len(failed_children)} worker(s) failed: see storage/logs/{name}-worker*.log")
-    if result.finished_before >= trials:
-        console.print(
-            f"study {name} already has {result.finished_before} finished trials "
-            f"(budget {trials}); raise --trials to run more."
-        )
-    console.print(summary.top_trials(result.study, spec))
-    if result.interrupted:
-        err.print(
-            f"interrupted: {result.finished_after} of {trials} trials finished and saved. "
-            f"Resume with: {again}"
-        )
+        children = [c.pid for c in run.children] + run.inherited
+        hpo_workers.restart(argv, children, run.deadline)
+    api.finish_optimize(run, trials, console, err)
+    if run.result.interrupted:
         raise typer.Exit(130)
-    console.print(
-        f"{result.finished_after} finished trials in {name}. Retrain the best and test it "
-        f"with: {_command_line('analyze', target, name, storage_url, data_dir=data_dir)}"
-    )
-
-
-DEFAULT_ARTIFACTS = "storage/artifacts"
-
-
-class RetrainStatus:
-    """A spinner counting retrain-and-test runs; the instance is the per-run callback."""
-
-    def __init__(self, runs: int) -> None:
-        self.runs, self.done = runs, 0
-        self.status = console.status(self._text())
-
-    def _text(self) -> str:
-        return f"retraining and testing: {self.done}/{self.runs} runs done"
-
-    def __enter__(self) -> RetrainStatus:
-        self.status.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.status.stop()
-
-    def __call__(self, seed: int) -> None:
-        self.done += 1
-        self.status.update(self._text())
-
-
-def _load_study(spec: studyfile.StudySpec, name: str, storage_url: str) -> optuna.Study:
-    store = storage.open_storage(storage_url)
-    try:
-        study = optuna.load_study(study_name=name, storage=store)
-    except KeyError as exc:
-        raise HpoError(
-            f"no study named {name!r} in {storage.redact(storage_url)} "
-            "(hpo list shows the studies there)"
-        ) from exc
-    recorded = study.user_attrs.get(runner.SPEC_ATTR, {})
-    if recorded.get("dataset", spec.dataset) != spec.dataset:
-        raise HpoError(f"study {name!r} tunes {recorded['dataset']}, not {spec.dataset}")
-    return study
 
 
 @app.command(epilog="Example: hpo analyze imdb --seeds 3")
@@ -302,34 +188,26 @@ def analyze(
     top: Annotated[int, typer.Option(help="Retrain the T best trials.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Report folder [storage/reports/STUDY].")] = None,
     artifacts: Annotated[str, typer.Option(help="Optuna artifact folder for the figures.")] = (
-        DEFAULT_ARTIFACTS
+        api.DEFAULT_ARTIFACTS
     ),
     data_dir: DataDirOpt = None,
 ) -> None:
     """Retrain the best trial(s) for their best epoch on all training data and test them."""
-    import_keras()
-    from hpo import analysis, data
-
-    spec = studyfile.load(target)
-    name = study or spec.name
-    found = _load_study(spec, name, storage_url)
-    folder = out or Path("storage/reports") / name
-    with console.status(f"loading {spec.dataset}…"):
-        prepared = data.load(spec.dataset, data_dir, spec.num_words)
-    with RetrainStatus(seeds * top) as progress:
-        result = analysis.analyze_study(
-            found,
-            spec,
-            prepared,
-            seeds=seeds,
-            top=top,
-            folder=folder,
-            artifact_dir=Path(artifacts),
-            on_run=progress,
-        )
-    metrics = test_metrics(spec.task)
+    result = api.analyze(
+        target,
+        study=study,
+        storage=storage_url,
+        seeds=seeds,
+        top=top,
+        out=out,
+        artifacts=artifacts,
+        data_dir=data_dir,
+        progress=console,
+    )
+    metrics = test_metrics(result.task)
     ensembles = seeds > 1
-    table = Table(title=f"test results of {name} ({len(result.results[0].seeds)} seed(s) each)")
+    runs = len(result.best.seeds)
+    table = Table(title=f"test results of {result.study} ({runs} seed(s) each)")
     columns = [f"test {m}" for m in metrics] + [f"ensemble {m}" for m in metrics if ensembles]
     for column in ("trial", "epochs", *columns):
         table.add_column(column, justify="right")
@@ -341,10 +219,13 @@ def analyze(
     if ensembles:
         console.print(f"ensemble: the mean prediction of the {seeds} seeds' models")
     console.print(
-        f"report {result.report}\nmodel  {result.model_path}\n"
+        f"report {result.report}\nmodel  {result.folder / 'model.keras'}\n"
         + (f"ensemble {result.folder / 'ensemble.keras'}\n" if ensembles else "")
         + f"params {result.folder / 'params.json'}"
     )
+    if (result.folder / "preparation.json").exists():
+        again = ["predict", target, "NEW_ROWS.csv", "--out", "predictions.csv"]
+        console.print(f"predict with: {api.command_line(again)}")
 
 
 @app.command(epilog="Example: hpo experiment imdb --vary units=16,32,64 --epochs 20 --seeds 3")
@@ -366,55 +247,64 @@ def experiment(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Compare one factor at a time around the book's configuration, tested with K seeds."""
-    from hpo import experiment as exp
-
-    spec = studyfile.load(target)
-    if seeds < 1:
-        raise HpoError("--seeds must be at least 1")
-    if epochs is not None and epochs < 1:
-        raise HpoError(f"--epochs must be at least 1, got {epochs}")
-    base = exp.BOOK_CONFIGS[spec.dataset]
-    factors = exp.parse_vary(vary, spec.task)
-    xspec = exp.experiment_spec(spec, base, factors, epochs)
-    name = study or exp.default_name(spec.dataset, factors)
-    wanted = exp.variants(base, factors)
-    found = runner.open_study(xspec, storage_url, name)
-    for params in exp.missing(found, wanted):
-        found.enqueue_trial(params)
-    console.print(
-        f"experiment [bold]{name}[/] · {len(wanted)} variants · "
-        f"{xspec.max_epochs} epochs · {seeds} seed(s)"
-    )
-    result = runner.run(
-        xspec,
-        storage_url=storage_url,
-        study_name=name,
-        trials=len(wanted),
-        timeout=None,
+    report = api.experiment(
+        target,
+        vary,
+        epochs=epochs,
+        seeds=seeds,
+        study=study,
+        storage=storage_url,
+        out=out,
         data_dir=data_dir,
-        console=console,
+        progress=console,
     )
-    if result.interrupted:
-        again = _command_line(
-            "experiment",
-            target,
-            name,
-            storage_url,
-            *[f"--vary={v}" for v in vary],
-            data_dir=data_dir,
-        )
-        err.print(f"interrupted: variants trained so far are saved. Resume with: {again}")
+    if report is None:
         raise typer.Exit(130)
-    from hpo import data
-
-    prepared = data.load(spec.dataset, data_dir, spec.num_words)
-    with RetrainStatus(len(wanted) * seeds) as progress:
-        results = exp.retrain_variants(
-            result.study, base, wanted, prepared, list(range(seeds)), on_run=progress
-        )
-    report = exp.write_report(results, xspec, result.study, out or Path("storage/reports") / name)
     console.print(Markdown(report.read_text(encoding="utf-8").split("![")[0]))
     console.print(f"report {report}")
+
+
+@app.command(epilog="Example: hpo predict examples/churn.toml new_customers.csv --out p.csv")
+def predict(
+    target: Annotated[str, typer.Argument(help="The STUDY.toml the study was run with.")],
+    rows: Annotated[
+        Path, typer.Argument(help="New rows: a .csv or .parquet of the training columns, or .npz")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the predictions here (.csv, .parquet or .npz).")
+    ] = None,
+    probabilities: Annotated[
+        bool, typer.Option(help="Also write each class' probability (classification).")
+    ] = False,
+    study: Annotated[
+        str | None, typer.Option(help="Study name (default: the study file's).")
+    ] = None,
+    storage_url: StorageOpt = storage.DEFAULT_URL,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="hpo analyze's folder or a .keras file [storage/reports/STUDY]."),
+    ] = None,
+) -> None:
+    """Predict new rows with the model hpo analyze saved, prepared as the training rows were."""
+    predicted = api.predict(
+        target,
+        rows,
+        out=out,
+        study=study,
+        storage=storage_url,
+        model=model,
+        probabilities=probabilities,
+    )
+    for column, count in predicted.attrs.get("unseen", {}).items():
+        err.print(
+            f"note: {count} row(s) have a {column} never seen in training "
+            "(predicted from an all-zero one-hot)",
+            highlight=False,
+        )
+    if out is None:
+        console.print(predicted.to_string(max_rows=20), highlight=False, soft_wrap=True)
+    else:
+        console.print(f"{len(predicted)} predictions written to {out}")
 
 
 @app.command(epilog="Example: hpo dashboard --port 8080")
@@ -422,7 +312,7 @@ def dashboard(
     storage_url: StorageOpt = storage.DEFAULT_URL,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
-    artifacts: Annotated[str, typer.Option(help="Optuna artifact folder.")] = DEFAULT_ARTIFACTS,
+    artifacts: Annotated[str, typer.Option(help="Optuna artifact folder.")] = api.DEFAULT_ARTIFACTS,
     screenshot: Annotated[
         Path | None, typer.Option(help="Save a PNG of the page with headless Chromium, then exit.")
     ] = None,

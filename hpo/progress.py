@@ -90,3 +90,25 @@ def best_line(study: optuna.Study, metric: str) -> str:
     except ValueError:  # no completed trial yet
         return ""
     return f"best {metric} {best.value:.4f} (trial {best.number})"
+
+
+class RetrainStatus:
+    """A spinner counting retrain-and-test runs; the instance is the per-run callback."""
+
+    def __init__(self, console: Console, runs: int) -> None:
+        self.runs, self.done = runs, 0
+        self.status = console.status(self._text())
+
+    def _text(self) -> str:
+        return f"retraining and testing: {self.done}/{self.runs} runs done"
+
+    def __enter__(self) -> RetrainStatus:
+        self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.status.stop()
+
+    def __call__(self, seed: int) -> None:
+        self.done += 1
+        self.status.update(self._text())

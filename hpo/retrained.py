@@ -1,7 +1,7 @@
 """What retraining a configuration yields: its test metrics per seed and of their ensemble.
 
 The type sits below both modules that use it: hpo.analysis makes these results, hpo.report
-and hpo.experiment write them up.
+and hpo.one_factor write them up.
 """
 
 from __future__ import annotations

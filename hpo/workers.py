@@ -36,11 +36,6 @@ def with_option(argv: list[str], option: str, value: str) -> list[str]:
     return [*out, option, value]
 
 
-def child_argv(argv: list[str]) -> list[str]:
-    """This process's `hpo ...` arguments for one more worker."""
-    return with_option(argv, "--workers", "1")
-
-
 def deadline(timeout: float | None) -> float | None:
     """The wall-clock time --timeout ends at: set by the first process, kept by restarts."""
     inherited = os.environ.pop(DEADLINE, None)
@@ -78,14 +73,15 @@ def wait_pids(pids: list[int]) -> list[int]:
     return codes
 
 
-def spawn(count: int, log_dir: Path, study: str) -> list[subprocess.Popen]:
+def spawn(count: int, log_dir: Path, study: str, argv: list[str]) -> list[subprocess.Popen]:
+    """`count` more workers running `hpo ARGV`, each logging to LOG_DIR/STUDY-workerI.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     children = []
     for i in range(1, count + 1):
         log = open(log_dir / f"{study}-worker{i}.log", "w")  # noqa: SIM115 (kept by the child)
         children.append(
             subprocess.Popen(
-                [sys.executable, "-m", "hpo", *child_argv(sys.argv[1:])],
+                [sys.executable, "-m", "hpo", *argv],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -159,7 +159,7 @@ def test_experiment_bad_vary(workdir, capsys, vary, message):
 
 
 def test_experiment_does_not_queue_a_waiting_variant_twice():
-    from hpo import experiment as exp
+    from hpo import one_factor as exp
 
     study = optuna.create_study()
     wanted = exp.variants(exp.BOOK_CONFIGS["imdb"], {"units": [8]})

@@ -1,4 +1,4 @@
-"""`hpo experiment`: the book's one-factor-at-a-time homework, made exact.
+"""`hpo experiment` (hpo.one_factor): the book's one-factor-at-a-time homework, made exact.
 
 Every parameter stays at the book's configuration for the dataset except one factor at a
 time, which takes each of the values asked for. Each variant is trained with its learning
@@ -26,7 +26,7 @@ from hpo.budget import counts_toward_budget
 from hpo.errors import HpoError
 from hpo.report import markdown_table
 from hpo.retrained import Retrained, test_metrics
-from hpo.space import PARAMS, Choice, Space, parse_space
+from hpo.space import BOOK_DEFAULTS, DEFAULT_LOSS, PARAMS, Choice, Space, parse_space
 from hpo.studyfile import StudySpec
 
 BOOK_CONFIGS: dict[str, dict[str, Any]] = {
@@ -80,6 +80,14 @@ def _convert(name: str, text: str) -> Any:
     except ValueError:
         what = "an integer" if kind == "int" else "a number"
         raise HpoError(f"--vary {name}: {text!r} is not {what}") from None
+
+
+def base_config(spec: StudySpec) -> dict[str, Any]:
+    """The configuration variants vary from: the book's for its datasets; for your own data,
+    the defaults a study file's [space] starts from (the book's Dense stack for the task)."""
+    if spec.dataset in BOOK_CONFIGS and spec.data is None:
+        return dict(BOOK_CONFIGS[spec.dataset])
+    return {**BOOK_DEFAULTS, "loss": DEFAULT_LOSS[spec.task]}
 
 
 def parse_vary(items: list[str], task: str) -> dict[str, list[Any]]:

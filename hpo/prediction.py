@@ -1,0 +1,161 @@
+"""Predictions of a tuned model on new rows, prepared exactly as the study's training rows were.
+
+`hpo analyze` saves the model (model.keras, and ensemble.keras when it retrained several seeds)
+with preparation.json, what hpo learned from the training rows (hpo.tabular.Preparation). Here
+new rows go through that preparation and the model, and come out as the value (regression) or
+the class with its probability (classification), with the original class labels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from hpo import stored, tabular
+from hpo.errors import HpoError
+from hpo.studyfile import StudySpec
+
+MODEL_FILES = ("ensemble.keras", "model.keras")  # the ensemble first: it tests best
+WRITTEN = (".csv", ".parquet", ".npz")
+
+
+@dataclass
+class Predictor:
+    """A saved model with the preparation of its data."""
+
+    model: Any  # a keras.Model
+    preparation: tabular.Preparation
+    path: Path  # the .keras file
+
+    def predict(self, rows: pd.DataFrame | np.ndarray, probabilities: bool = False) -> pd.DataFrame:
+        """Predictions for raw rows (a DataFrame of the training file's columns, or an array
+        shaped like x_train); the DataFrame's attrs["unseen"] counts categorical values never
+        seen in training (each predicted from an all-zero one-hot row)."""
+        x, unseen = self.preparation.transform(rows)
+        return self._frame(x, unseen, probabilities)
+
+    def predict_file(
+        self,
+        rows: str | Path | pd.DataFrame | np.ndarray,
+        out: Path | None = None,
+        probabilities: bool = False,
+    ) -> pd.DataFrame:
+        """Predictions for a file's rows (.csv, .parquet, .npz) or in-memory rows; table rows
+        come back with the prediction columns appended. Written to `out` when given."""
+        if out is not None and out.suffix not in WRITTEN:
+            raise HpoError(f"--out {out}: write .csv, .parquet or .npz")
+        if isinstance(rows, str | Path):
+            frame, x, unseen = tabular.read_rows(Path(rows), self.preparation)
+            predicted = self._frame(x, unseen, probabilities)
+        else:
+            frame = rows if isinstance(rows, pd.DataFrame) else None
+            predicted = self.predict(rows, probabilities)
+        if frame is not None:
+            joined = pd.concat([frame.reset_index(drop=True), predicted], axis=1)
+            joined.attrs = predicted.attrs
+            predicted = joined
+        if out is not None:
+            write(predicted, out)
+        return predicted
+
+    def _frame(self, x: np.ndarray, unseen: dict[str, int], probabilities: bool) -> pd.DataFrame:
+        output = np.asarray(self.model.predict(x, batch_size=1024, verbose=0), dtype=np.float64)
+        prep = self.preparation
+        if prep.task == "regression":
+            frame = pd.DataFrame({"prediction": output[:, 0]})
+        else:
+            if prep.task == "binary":  # the sigmoid output is the probability of labels[1]
+                positive = output[:, 0]
+                output = np.stack([1 - positive, positive], axis=1)
+            index = output.argmax(axis=1)
+            frame = pd.DataFrame(
+                {
+                    "prediction": prep.decode_labels(index),
+                    "probability": output[np.arange(len(output)), index],
+                }
+            )
+            if probabilities:
+                for number, label in enumerate(prep.labels):
+                    frame[f"probability_{label}"] = output[:, number]
+        frame.attrs["unseen"] = {column: n for column, n in unseen.items() if n}
+        return frame
+
+
+def write(frame: pd.DataFrame, out: Path) -> None:
+    """The predictions as .csv, .parquet or .npz (one array a column)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".csv":
+            frame.to_csv(out, index=False)
+        elif out.suffix == ".parquet":
+            frame.to_parquet(out, index=False)
+        elif out.suffix == ".npz":
+            np.savez(out, **{str(c): frame[c].to_numpy() for c in frame.columns})
+        else:
+            raise HpoError(f"--out {out}: write .csv, .parquet or .npz")
+    except ImportError as exc:
+        raise HpoError(f"--out {out}: writing .parquet needs pyarrow: pip install pyarrow") from exc
+    except OSError as exc:
+        raise HpoError(f"--out {out}: cannot write there ({exc.strerror})") from exc
+
+
+def model_folder(
+    explicit: Path | None, default: Path, study: Callable[[], optuna.Study]
+) -> tuple[Path, Path | None]:
+    """(the folder of analyze's output, the .keras file asked for if any): --model, the default
+    report folder, or the folder the study's analysis recorded."""
+    if explicit is not None:
+        if explicit.suffix == ".keras":
+            if not explicit.is_file():
+                raise HpoError(f"--model {explicit}: no such file")
+            return explicit.parent, explicit
+        if not explicit.is_dir():
+            raise HpoError(f"--model {explicit}: no such folder")
+        return explicit, None
+    if default.is_dir():
+        return default, None
+    report = study().user_attrs.get("analysis", {}).get("report")
+    if report and Path(report).parent.is_dir():
+        return Path(report).parent, None
+    raise HpoError(f"no saved model in {default}: run hpo analyze first (or pass --model DIR)")
+
+
+def open_predictor(
+    spec: StudySpec, explicit: Path | None, study: Callable[[], optuna.Study], name: str
+) -> Predictor:
+    """The model `hpo analyze` saved for study `name` of `spec`, and its data's preparation."""
+    if spec.data is None:
+        raise HpoError(
+            f"hpo predict needs a study of your own data ([data] in the study file); "
+            f"{spec.dataset} is a built-in dataset"
+        )
+    folder, path = model_folder(explicit, Path("storage/reports") / name, study)
+    if path is None:
+        path = next((folder / f for f in MODEL_FILES if (folder / f).is_file()), None)
+        if path is None:
+            raise HpoError(f"no model.keras in {folder}: run hpo analyze first")
+    saved = folder / "preparation.json"
+    if saved.is_file():
+        preparation = json.loads(saved.read_text(encoding="utf-8"))
+    else:
+        preparation = stored.load(study())
+        if preparation is None:
+            raise HpoError(f"study {name!r} has no stored preparation of its data")
+    from hpo.backend import import_keras
+
+    keras = import_keras()
+    import hpo.model  # noqa: F401  (registers hpo's layers, so saved models load)
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise HpoError(f"{path}: cannot load the model ({type(exc).__name__}: {first})") from exc
+    return Predictor(model, tabular.Preparation.from_dict(preparation), path)

@@ -1,0 +1,290 @@
+"""Your own data end to end: a study file's [data] table through optimize → analyze → predict,
+from the command line and from Python, on tiny tables the tests write themselves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+import hpo
+from hpo import budget
+
+SPACE = """
+[space]
+layers = { int = [1, 2] }
+units = { choices = [8, 16] }
+learning_rate = 0.01
+batch_size = 16
+"""
+
+
+def churn(n: int, seed: int = 0) -> pd.DataFrame:
+    """A binary table with string labels, a text column and an id column to drop."""
+    rng = np.random.default_rng(seed)
+    plan = rng.choice(["basic", "family", "premium"], size=n)
+    tenure = rng.integers(1, 60, size=n)
+    calls = rng.poisson(2, size=n)
+    left = (calls * 0.8 - tenure * 0.05 + (plan == "premium") + rng.normal(0, 0.5, n)) > 0
+    return pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "plan": plan,
+            "tenure": tenure,
+            "calls": calls,
+            "left": np.where(left, "yes", "no"),
+        }
+    )
+
+
+def prices(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    area = rng.uniform(20, 150, size=n)
+    city = rng.choice(["Lyon", "Paris"], size=n)
+    price = area * np.where(city == "Paris", 9.0, 4.0) + rng.normal(0, 20, size=n)
+    return pd.DataFrame({"area": area, "city": city, "price": price})
+
+
+def study_file(folder: Path, name: str, data: str, study: str = "", space: str = SPACE) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(
+        f'[study]\nname = "{name}"\nmax_epochs = 3\n{study}\n'
+        f'[sampler]\nname = "random"\n[pruner]\nname = "none"\n[data]\n{data}\n{space}'
+    )
+    return path
+
+
+@pytest.fixture
+def churn_study(workdir: Path) -> Path:
+    churn(160).to_csv(workdir / "churn.csv", index=False)
+    churn(6, seed=1).drop(columns="left").to_csv(workdir / "new.csv", index=False)
+    return study_file(
+        workdir,
+        "churn",
+        'train = "churn.csv"\ntarget = "left"\ndrop = ["id"]\ncategorical = ["plan"]',
+    )
+
+
+def test_csv_classification_from_python(churn_study, workdir):
+    study = hpo.optimize(churn_study, trials=2, seed=0, progress=False)
+    assert budget.finished(study) == 2
+    assert study.best_trial.user_attrs["best_epoch"] >= 1
+    result = hpo.analyze(churn_study, seeds=2, progress=False)
+    assert 0.0 <= result.best.mean("accuracy") <= 1.0
+    assert result.model_path.name == "ensemble.keras"
+    assert (result.folder / "preparation.json").is_file()
+
+    predicted = hpo.predict(churn_study, workdir / "new.csv", probabilities=True)
+    assert len(predicted) == 6
+    assert set(predicted["prediction"]) <= {"no", "yes"}  # the original labels, not 0/1
+    assert predicted["probability"].between(0.5, 1.0).all()
+    both = predicted["probability_no"] + predicted["probability_yes"]
+    np.testing.assert_allclose(both, 1.0, atol=1e-6)
+    chosen = np.where(
+        predicted["prediction"] == "yes", predicted["probability_yes"], predicted["probability_no"]
+    )
+    np.testing.assert_allclose(chosen, predicted["probability"])
+    assert list(predicted.columns[:4]) == ["id", "plan", "tenure", "calls"]  # rows kept
+
+    # In memory: a DataFrame in, the same predictions out, from the loaded model.
+    model = hpo.load_model(churn_study)
+    again = model.predict(pd.read_csv(workdir / "new.csv"))
+    np.testing.assert_allclose(again["probability"], predicted["probability"], rtol=1e-6)
+
+
+def test_cli_and_python_give_the_same_study(churn_study, workdir, capsys):
+    code, out, err = run_cli(
+        capsys,
+        "optimize",
+        str(churn_study),
+        "--trials",
+        "2",
+        "--seed",
+        "0",
+        "--storage",
+        "sqlite:///cli.db",
+    )
+    assert code == 0, err
+    assert "task inferred: binary" in out
+    from_cli = optuna.load_study(study_name="churn", storage="sqlite:///cli.db")
+    from_api = hpo.optimize(
+        churn_study, trials=2, seed=0, storage="sqlite:///api.db", progress=False
+    )
+    assert [t.params for t in from_cli.trials] == [t.params for t in from_api.trials]
+    np.testing.assert_allclose(
+        [t.value for t in from_cli.trials], [t.value for t in from_api.trials], rtol=1e-5
+    )
+
+    code, out, err = run_cli(capsys, "analyze", str(churn_study), "--storage", "sqlite:///cli.db")
+    assert code == 0, err
+    assert "hpo predict" in out
+    code, out, err = run_cli(
+        capsys,
+        "predict",
+        str(churn_study),
+        str(workdir / "new.csv"),
+        "--out",
+        "p.csv",
+        "--storage",
+        "sqlite:///cli.db",
+    )
+    assert code == 0, err
+    written = pd.read_csv(workdir / "p.csv")
+    assert len(written) == 6 and {"prediction", "probability"} <= set(written.columns)
+
+
+def test_regression_with_a_test_file_and_kfold(workdir):
+    prices(120).to_csv(workdir / "train.csv", index=False)
+    test = prices(40, seed=1)
+    test.loc[0, "city"] = "Nantes"  # never seen in training: an all-zero one-hot row
+    test.to_csv(workdir / "test.csv", index=False)
+    path = study_file(
+        workdir,
+        "prices",
+        'train = "train.csv"\ntest = "test.csv"\ntarget = "price"\ncategorical = ["city"]',
+        study='validation = "kfold:3"\nmetric = "val_mae"',
+        space=SPACE.replace("[space]", '[space]\nloss = { choices = ["mse", "mae"] }'),
+    )
+    study = hpo.optimize(path, trials=2, seed=0, progress=False)
+    assert study.user_attrs["hpo"]["task"] == "regression"
+    result = hpo.analyze(path, progress=False)
+    assert result.best.mean("mae") > 0
+    report = result.report.read_text()
+    assert "city: 1 test rows had a value not seen in training" in report
+    predicted = hpo.predict(path, test.drop(columns="price"))
+    assert predicted.attrs["unseen"] == {"city": 1}
+    assert np.isfinite(predicted["prediction"]).all()
+
+
+@pytest.mark.parametrize("kind", ["parquet", "npz"])
+def test_parquet_and_npz_files(workdir, kind):
+    if kind == "parquet":
+        pytest.importorskip("pyarrow")
+        table = churn(150)
+        table["left"] = np.where(table["calls"] > 2, "many", table["left"])  # 3 classes
+        table["plan"] = table["plan"].astype("category")  # categorical by its dtype
+        table.to_parquet(workdir / "train.parquet")
+        data = 'train = "train.parquet"\ntarget = "left"\ndrop = ["id"]'
+        new = table.drop(columns="left").head(5)
+        new.to_parquet(workdir / "new.parquet")
+        task, rows = "multiclass", workdir / "new.parquet"
+    else:
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(150, 3, 2)).astype(np.float32)  # n-D samples are flattened
+        y = (x.reshape(150, -1) @ np.arange(6) + 3).astype(np.float32)
+        np.savez(
+            workdir / "arrays.npz", x_train=x[:120], y_train=y[:120], x_test=x[120:], y_test=y[120:]
+        )
+        np.savez(workdir / "new.npz", x=x[:5])
+        data = 'train = "arrays.npz"'
+        task, rows = "regression", workdir / "new.npz"
+    path = study_file(workdir, kind, data)
+    study = hpo.optimize(path, trials=1, seed=0, progress=False)
+    assert study.user_attrs["hpo"]["task"] == task
+    hpo.analyze(path, progress=False)
+    predicted = hpo.predict(path, rows, out=workdir / f"out.{kind}")
+    assert len(predicted) == 5
+    assert (workdir / f"out.{kind}").is_file()
+
+
+def test_changed_data_is_refused_by_a_resuming_worker(churn_study, workdir, capsys):
+    code, _, err = run_cli(capsys, "optimize", str(churn_study), "--trials", "1")
+    assert code == 0, err
+    changed = churn(160, seed=5)
+    changed.to_csv(workdir / "churn.csv", index=False)
+    code, _, err = run_cli(capsys, "optimize", str(churn_study), "--trials", "2")
+    assert code == 2
+    assert "file was changed" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: None, "no such file"),
+        (lambda d: (d / "churn.csv").write_text("a,b\n1,2\n3,4\n"), "target"),
+        (
+            lambda d: (
+                churn(40)
+                .assign(tenure=[np.nan] * 3 + [1.0] * 37)
+                .to_csv(d / "churn.csv", index=False)
+            ),
+            "tenure",
+        ),
+        (lambda d: churn(40).assign(left="yes").to_csv(d / "churn.csv", index=False), "one class"),
+    ],
+    ids=["missing file", "missing target", "nan", "one class"],
+)
+def test_bad_data_is_one_line_and_no_study(workdir, capsys, setup, message):
+    setup(workdir)
+    path = study_file(
+        workdir,
+        "bad",
+        'train = "churn.csv"\ntarget = "left"\ndrop = ["id"]\ncategorical = ["plan"]',
+    )
+    code, out, err = run_cli(capsys, "optimize", str(path), "--trials", "1")
+    assert code == 2, out + err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in out + err
+    db = Path("storage/hpo.db")  # no half-written study: the data is checked first
+    assert not db.exists() or optuna.get_all_study_names(f"sqlite:///{db}") == []
+
+
+def test_predict_with_wrong_columns_is_one_line(churn_study, workdir, capsys):
+    hpo.optimize(churn_study, trials=1, seed=0, progress=False)
+    hpo.analyze(churn_study, progress=False)
+    pd.DataFrame({"plan": ["basic"], "age": [3]}).to_csv(workdir / "odd.csv", index=False)
+    code, _, err = run_cli(capsys, "predict", str(churn_study), str(workdir / "odd.csv"))
+    assert code == 2
+    assert "missing columns" in err and "tenure" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_interrupt_from_python_leaves_a_resumable_study(churn_study):
+    """A notebook's interrupt is SIGINT in the kernel: the run stops after the epoch, returns
+    the study, and the next call finishes it."""
+
+    def interrupt_after_first_trial() -> None:
+        storage = "sqlite:///storage/hpo.db"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if budget.finished(optuna.load_study(study_name="churn", storage=storage)):
+                    break
+            except Exception:
+                pass
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=interrupt_after_first_trial, daemon=True)
+    watcher.start()
+    study = hpo.optimize(churn_study, trials=500, seed=0, progress=False)
+    watcher.join()
+    done = budget.finished(study)
+    assert 1 <= done < 500
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    again = hpo.optimize(churn_study, trials=done + 1, seed=0, progress=False)
+    assert budget.finished(again) == done + 1
+
+
+def test_a_large_preparation_is_stored_in_chunks(workdir):
+    """MySQL keeps a user attr in 64 KB: a wide table's preparation is split and joined."""
+    from hpo import stored
+
+    study = optuna.create_study(storage="sqlite:///chunks.db", study_name="wide")
+    preparation = {"means": [0.123456789] * 12_000, "columns": [f"c{i}" for i in range(12_000)]}
+    stored.save_or_check(study, preparation, "wide.csv")
+    assert study.user_attrs[stored.KEY]["chunks"] > 1
+    assert max(len(v) for v in study.user_attrs.values() if isinstance(v, str)) <= stored.CHUNK
+    again = optuna.load_study(study_name="wide", storage="sqlite:///chunks.db")
+    assert stored.load(again) == preparation
+    stored.save_or_check(again, preparation, "wide.csv")  # the same data: accepted
+    with pytest.raises(hpo.HpoError, match="file was changed"):
+        stored.save_or_check(again, {**preparation, "means": [1.0]}, "wide.csv")

@@ -223,11 +223,16 @@ def write_report(
             ]
         )
     seeds = next((r.retrained.seeds for r in results if r.retrained), [])
+    around = (
+        f"the default configuration for {spec.dataset}"
+        if spec.data is not None
+        else f"the book's {spec.dataset} configuration"
+    )
     text = "\n".join(
         [
             f"# {study.study_name}",
             "",
-            f"One factor at a time around the book's {spec.dataset} configuration; each variant "
+            f"One factor at a time around {around}; each variant "
             f"trained up to {spec.max_epochs} epochs, retrained for its best epoch on the whole "
             f"training set and tested with seeds {', '.join(map(str, seeds))}.",
             "",

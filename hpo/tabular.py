@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpo import cache
-from hpo.errors import HpoError
+from hpo.errors import HpoError, first_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -260,14 +260,12 @@ def _to_float(s: pd.Series, column: str, source: str) -> np.ndarray:
     if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
         pass
     elif pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
-        converted = pd.to_numeric(s, errors="coerce")
-        bad = converted.isna() & s.notna()
-        if bad.any():
+        s, text = _as_numbers(s)
+        if text is not None:
             raise HpoError(
-                f"{source}: column {column!r} holds text (e.g. {s[bad].iloc[0]!r}); "
+                f"{source}: column {column!r} holds text (e.g. {text!r}); "
                 "list it in data.categorical or data.drop"
             )
-        s = converted
     else:
         raise HpoError(
             f"{source}: column {column!r} has type {dtype}, which hpo cannot use as a feature; "
@@ -276,6 +274,15 @@ def _to_float(s: pd.Series, column: str, source: str) -> np.ndarray:
     a = s.to_numpy(dtype=np.float64, na_value=np.nan)
     _check_finite(a, column, source)
     return a
+
+
+def _as_numbers(s: Any) -> tuple[Any, Any]:
+    """A pandas Series converted to numbers, and its first value that is not one (or None)."""
+    import pandas as pd
+
+    converted = pd.to_numeric(s, errors="coerce")
+    bad = converted.isna() & s.notna()
+    return converted, (s[bad].iloc[0] if bad.any() else None)
 
 
 def _check_finite(a: np.ndarray, column: str, source: str) -> None:
@@ -365,15 +372,6 @@ class Preparation:
     @property
     def n_outputs(self) -> int:
         return len(self.labels) if self.task == "multiclass" else 1
-
-    @property
-    def feature_names(self) -> list[str]:
-        if self.kind == "arrays":
-            return [f"x{i}" for i in range(self.n_features)]
-        names = list(self.numeric)
-        for column, categories in self.categories.items():
-            names += [f"{column}={value}" for value in categories]
-        return names
 
     def transform(self, rows: Any, source: str | None = None) -> tuple[np.ndarray, dict[str, int]]:
         """New rows (a DataFrame for "table", an ndarray for "arrays") → (x prepared exactly
@@ -476,13 +474,11 @@ def _numeric_array(a: np.ndarray, name: str, source: str) -> np.ndarray:
 
 
 def _regression_target(values: pd.Series, target: str, source: str) -> np.ndarray:
-    import pandas as pd
 
-    converted = pd.to_numeric(values, errors="coerce")
-    bad = converted.isna() & values.notna()
-    if bad.any():
+    converted, text = _as_numbers(values)
+    if text is not None:
         raise HpoError(
-            f"{source}: the target {target!r} is not numeric (e.g. {values[bad].iloc[0]!r}); "
+            f"{source}: the target {target!r} is not numeric (e.g. {text!r}); "
             'a regression target must be numbers (or set task = "multiclass" in [study])'
         )
     a = converted.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -517,12 +513,6 @@ def _stamp(path: Path, key: str = "") -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= 160 else line[:157] + "..."
-
-
 def _read_file(path: Path) -> Any:
     """A .csv or .parquet → DataFrame (string column names); an .npz → dict of arrays."""
     import pandas as pd
@@ -547,22 +537,22 @@ def _read_file(path: Path) -> Any:
                     f"{name}: holds Python objects (pickled arrays); hpo reads only numeric or "
                     "text arrays"
                 ) from exc
-            raise HpoError(f"{name}: not a readable .npz file ({_first_line(exc)})") from exc
+            raise HpoError(f"{name}: not a readable .npz file ({first_line(exc)})") from exc
         except Exception as exc:
-            raise HpoError(f"{name}: not a readable .npz file ({_first_line(exc)})") from exc
+            raise HpoError(f"{name}: not a readable .npz file ({first_line(exc)})") from exc
     try:
         df = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise HpoError(f"{name}: empty file (no columns, no rows)") from None
     except UnicodeDecodeError as exc:
-        raise HpoError(f"{name}: not UTF-8 text ({_first_line(exc)})") from exc
+        raise HpoError(f"{name}: not UTF-8 text ({first_line(exc)})") from exc
     except ImportError as exc:
         if kind == "parquet":
             raise HpoError("reading .parquet needs pyarrow: pip install pyarrow") from exc
-        raise HpoError(f"{name}: cannot read ({_first_line(exc)})") from exc
+        raise HpoError(f"{name}: cannot read ({first_line(exc)})") from exc
     except Exception as exc:
         what = "CSV" if kind == "csv" else "parquet"
-        raise HpoError(f"{name}: not a readable {what} file ({_first_line(exc)})") from exc
+        raise HpoError(f"{name}: not a readable {what} file ({first_line(exc)})") from exc
     if not all(isinstance(c, str) for c in df.columns):
         df = df.rename(columns=str)
     if len(df.columns) == 0:
@@ -640,6 +630,11 @@ def _task_and_labels(
     if (stated or inferred) == "regression":
         labels = None
         task = "regression"
+    elif inferred == "regression" and "fractional" in why:
+        raise HpoError(
+            f"{source}: task {stated} needs class labels, but the target {label!r} holds "
+            'fractional numbers; use task = "regression"'
+        )
     else:
         labels = _distinct(y_all)
         in_training = len(np.unique(_keys(y_train)))
@@ -804,10 +799,13 @@ def _test_only_classes(prep: Preparation, arrays: dict) -> list[str]:
         return []
     trained = np.bincount(arrays["y_train"], minlength=len(prep.labels))
     tested = np.bincount(arrays["y_test"], minlength=len(prep.labels))
+    only = np.flatnonzero((trained == 0) & (tested > 0))
+    if not len(only):
+        return []
+    classes = _format_labels([prep.labels[i] for i in only])
     return [
-        f"class {prep.labels[i]!r} occurs only in the test rows ({int(tested[i])}), "
-        "never in training"
-        for i in np.flatnonzero((trained == 0) & (tested > 0))
+        f"{len(only)} class(es) occur only in the test rows ({classes}: "
+        f"{int(tested[only].sum())} rows), never in training"
     ]
 
 

@@ -58,6 +58,7 @@ class OptimizeRun:
     inherited: list[int] = field(default_factory=list)  # workers started before a restart
     workers: str = "1"  # as asked for: a number or "auto"
     deadline: float | None = None  # the wall-clock end of --timeout, kept across restarts
+    location: list[str] = field(default_factory=list)  # its --storage and --data-dir
 
     @property
     def again(self) -> str:
@@ -74,6 +75,12 @@ def command_line(argv: Sequence[str]) -> str:
     return shlex.join(["hpo", *shown])
 
 
+def location_options(storage_url: str, data_dir: str | None) -> list[str]:
+    """--storage and --data-dir as a command line repeats them (when not the defaults)."""
+    argv = ["--storage", storage_url] if storage_url != storage.DEFAULT_URL else []
+    return argv + (["--data-dir", str(data_dir)] if data_dir else [])
+
+
 def optimize_argv(
     target: str | Path,
     name: str,
@@ -85,10 +92,7 @@ def optimize_argv(
     """The command line of a worker on this study: children run it, and resume lines show it.
     The data folder is spelt out: it may have come from an HPO_DATA_DIR of this process only."""
     argv = ["optimize", str(target), "--trials", str(trials), "--study", name]
-    if storage_url != storage.DEFAULT_URL:
-        argv += ["--storage", storage_url]
-    if data_dir:
-        argv += ["--data-dir", str(data_dir)]
+    argv += location_options(storage_url, data_dir)
     for option, value in options.items():
         if value is not None:
             argv += [f"--{option.replace('_', '-')}", str(value)]
@@ -113,6 +117,7 @@ def run_optimize(
 ) -> OptimizeRun:
     """Open (or resume) the study, start `workers - 1` more worker processes, run trials here
     until the study's budget is met; the workers started are returned still running."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # hpo reports the study itself
     spec = study_spec(target, **overrides)
     name = study or spec.name
     console.print(
@@ -137,7 +142,7 @@ def run_optimize(
         options["heartbeat"] = heartbeat
     if reconnect != storage.RECONNECT_S:
         options["reconnect"] = reconnect
-    if recycle_after is not None:
+    if recycle_after not in (None, hpo_workers.RECYCLE_AFTER):
         options["recycle_after"] = recycle_after
     argv = optimize_argv(target, name, trials, storage_url, data_dir, options)
     inherited = hpo_workers.inherited_children()  # when this worker restarted itself
@@ -160,6 +165,8 @@ def run_optimize(
                 "on demand (TensorFlow)"
             )
         child_argv = hpo_workers.with_option(argv, "--workers", "1")
+        if os.environ.get("HPO_STORAGE") == storage_url:  # inherited: no password in `ps`
+            child_argv = hpo_workers.without_option(child_argv, "--storage")
         if timeout is not None:
             child_argv += ["--timeout", str(timeout)]
         children = hpo_workers.spawn(n_workers - 1, log_dir, name, child_argv)
@@ -187,7 +194,15 @@ def run_optimize(
         hpo_workers.interrupt(children, inherited)  # they stop after their current epoch
         raise
     return OptimizeRun(
-        spec, name, result, argv, children, inherited, workers=str(workers), deadline=deadline
+        spec,
+        name,
+        result,
+        argv,
+        children,
+        inherited,
+        workers=str(workers),
+        deadline=deadline,
+        location=location_options(storage_url, data_dir),
     )
 
 
@@ -210,20 +225,11 @@ def finish_optimize(run: OptimizeRun, trials: int, console: Console, err: Consol
             f"Resume with: {run.again}"
         )
         return
-    analyze_argv = ["analyze", run.argv[1], "--study", run.name, *_location(run.argv)]
+    analyze_argv = ["analyze", run.argv[1], "--study", run.name, *run.location]
     console.print(
         f"{result.finished_after} finished trials in {run.name}. Retrain the best and test it "
         f"with: {command_line(analyze_argv)}"
     )
-
-
-def _location(argv: list[str]) -> list[str]:
-    """The --storage and --data-dir options of a worker's command line."""
-    out = []
-    for option in ("--storage", "--data-dir"):
-        if option in argv:
-            out += [option, argv[argv.index(option) + 1]]
-    return out
 
 
 def optimize(
@@ -262,24 +268,39 @@ def optimize(
         max_epochs=max_epochs,
         seed=seed,
     )
-    finish_optimize(run, trials, console, console)
+    finish_optimize(run, trials, console, Console(stderr=True))
     return run.result.study
 
 
-def load_study(spec: StudySpec, name: str, storage_url: str) -> optuna.Study:
-    """An existing study of `spec`'s dataset, or an HpoError saying what is there instead."""
-    store = storage.open_storage(storage_url)
+def _open_existing(name: str, storage_url: str) -> optuna.Study:
     try:
-        found = optuna.load_study(study_name=name, storage=store)
+        return optuna.load_study(study_name=name, storage=storage.open_storage(storage_url))
     except KeyError as exc:
         raise HpoError(
             f"no study named {name!r} in {storage.redact(storage_url)} "
             "(hpo list shows the studies there)"
         ) from exc
+
+
+def load_study(spec: StudySpec, name: str, storage_url: str) -> optuna.Study:
+    """An existing study of `spec`'s dataset, or an HpoError saying what is there instead."""
+    found = _open_existing(name, storage_url)
     recorded = found.user_attrs.get(runner.SPEC_ATTR, {})
     if recorded.get("dataset", spec.dataset) != spec.dataset:
         raise HpoError(f"study {name!r} tunes {recorded['dataset']}, not {spec.dataset}")
     return found
+
+
+def _load_checked(spec: StudySpec, data_dir: str | None, study: optuna.Study, console: Console):
+    """The study's data, checked against the preparation its workers stored: a model retrained
+    on an edited file would not be the model of the study's trials."""
+    from hpo import data, stored
+
+    with console.status(f"loading {spec.dataset}…"):
+        prepared = data.load_spec(spec, data_dir)
+    if prepared.preparation is not None:
+        stored.save_or_check(study, prepared.preparation.to_dict(), spec.dataset)
+    return prepared
 
 
 def analyze(
@@ -298,7 +319,7 @@ def analyze(
 
     Returns hpo.analysis.AnalysisResult: `.results` (per trial: `.mean("mae")`, `.std(…)`,
     `.ensemble`, `.model`), `.report` (report.md), `.folder`, `.model_path`."""
-    from hpo import analysis, data
+    from hpo import analysis
     from hpo.backend import import_keras
 
     import_keras()
@@ -306,8 +327,7 @@ def analyze(
     name = study or spec.name
     found = load_study(spec, name, storage)
     console = _console(progress)
-    with console.status(f"loading {spec.dataset}…"):
-        prepared = data.load_spec(spec, data_dir)
+    prepared = _load_checked(spec, data_dir, found, console)
     with RetrainStatus(console, seeds * top) as on_run:
         return analysis.analyze_study(
             found,
@@ -337,7 +357,6 @@ def experiment(
     `seeds` seeds; `vary` as on the command line (["units=16,32,64"]) or a dict
     ({"units": [16, 32, 64]}). Returns the report's path, or None when interrupted (call again
     to resume)."""
-    from hpo import data
     from hpo import one_factor as exp
 
     if isinstance(vary, dict):
@@ -350,7 +369,7 @@ def experiment(
     base = exp.base_config(spec)
     factors = exp.parse_vary(list(vary), spec.task)
     xspec = exp.experiment_spec(spec, base, factors, epochs)
-    name = study or exp.default_name(spec.dataset, factors)
+    name = study or exp.default_name(spec.name if spec.data else spec.dataset, factors)
     wanted = exp.variants(base, factors)
     console = _console(progress)
     found = runner.open_study(xspec, storage, name)
@@ -371,13 +390,12 @@ def experiment(
     )
     if result.interrupted:
         argv = ["experiment", str(target), *[f"--vary={v}" for v in vary], "--study", name]
-        if storage != DEFAULT_STORAGE:
-            argv += ["--storage", storage]
-        console.print(
+        argv += location_options(storage, data_dir)
+        Console(stderr=True).print(
             f"interrupted: variants trained so far are saved. Resume with: {command_line(argv)}"
         )
         return None
-    prepared = data.load_spec(spec, data_dir)
+    prepared = _load_checked(spec, data_dir, result.study, console)
     with RetrainStatus(console, len(wanted) * seeds) as on_run:
         results = exp.retrain_variants(
             result.study, base, wanted, prepared, list(range(seeds)), on_run=on_run
@@ -393,13 +411,13 @@ def load_model(
     model: str | Path | None = None,
 ):
     """The model `hpo analyze` saved for a study (the seeds' ensemble when there is one), with
-    the preparation of its data: an hpo.predict.Predictor (`.predict(rows)`, `.model`)."""
+    the preparation of its data: an hpo.prediction.Predictor (`.predict(rows)`, `.model`)."""
     from hpo import prediction as predict_lib
 
-    spec = studyfile.load(str(target))
-    name = study or spec.name
+    found = studyfile.identity(str(target))
+    name = study or found.name
     return predict_lib.open_predictor(
-        spec, Path(model) if model else None, lambda: load_study(spec, name, storage), name
+        found, Path(model) if model else None, lambda: _open_existing(name, storage), name
     )
 
 

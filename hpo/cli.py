@@ -19,7 +19,7 @@ from rich.table import Table
 import hpo
 from hpo import api, storage, studyfile, summary
 from hpo import workers as hpo_workers
-from hpo.errors import HpoError
+from hpo.errors import HpoError, first_line
 from hpo.retrained import test_metrics
 
 app = typer.Typer(
@@ -128,7 +128,7 @@ def optimize(
             help="Restart a worker process after N trials (Keras keeps memory across trials); "
             "0: never."
         ),
-    ] = 10,
+    ] = hpo_workers.RECYCLE_AFTER,
     heartbeat: Annotated[
         int,
         typer.Option(
@@ -225,6 +225,9 @@ def analyze(
     )
     if (result.folder / "preparation.json").exists():
         again = ["predict", target, "NEW_ROWS.csv", "--out", "predictions.csv"]
+        again += ["--study", study] if study else []
+        again += api.location_options(storage_url, None)
+        again += ["--model", str(result.folder)] if out else []
         console.print(f"predict with: {api.command_line(again)}")
 
 
@@ -404,7 +407,7 @@ def main() -> None:
     except Exception as exc:
         if debug:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, limit=1000) if str(exc).strip() else ""
         err.print(
             f"error: {type(exc).__name__}: {first} (run with HPO_DEBUG=1 for the traceback)",
             markup=False,

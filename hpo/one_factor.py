@@ -156,9 +156,9 @@ class VariantResult:
     retrained: Retrained | None
 
 
-def label(base: dict[str, Any], params: dict[str, Any]) -> str:
+def label(base: dict[str, Any], params: dict[str, Any], own_data: bool = False) -> str:
     changed = [f"{k}={v}" for k, v in params.items() if base[k] != v]
-    return ", ".join(changed) or "book"
+    return ", ".join(changed) or ("default" if own_data else "book")
 
 
 def plot(results: list[VariantResult], spec: StudySpec, path: Path) -> Path:
@@ -273,5 +273,6 @@ def retrain_variants(
             retrained = analysis.retrain_config(
                 params, data, analysis.best_epoch(trial), seeds, trial=trial.number, on_run=on_run
             )
-        results.append(VariantResult(label(base, params), params, trial, retrained))
+        own = data.preparation is not None
+        results.append(VariantResult(label(base, params, own), params, trial, retrained))
     return results

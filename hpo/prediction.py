@@ -19,8 +19,8 @@ import optuna
 import pandas as pd
 
 from hpo import stored, tabular
-from hpo.errors import HpoError
-from hpo.studyfile import StudySpec
+from hpo.errors import HpoError, first_line
+from hpo.studyfile import Identity
 
 MODEL_FILES = ("ensemble.keras", "model.keras")  # the ensemble first: it tests best
 WRITTEN = (".csv", ".parquet", ".npz")
@@ -97,7 +97,11 @@ def write(frame: pd.DataFrame, out: Path) -> None:
         elif out.suffix == ".parquet":
             frame.to_parquet(out, index=False)
         elif out.suffix == ".npz":
-            np.savez(out, **{str(c): frame[c].to_numpy() for c in frame.columns})
+            # Text (labels, categories) as fixed-width strings: object arrays need pickle to load.
+            columns = {str(c): frame[c].to_numpy() for c in frame.columns}
+            np.savez(
+                out, **{c: a.astype(str) if a.dtype == object else a for c, a in columns.items()}
+            )
         else:
             raise HpoError(f"--out {out}: write .csv, .parquet or .npz")
     except ImportError as exc:
@@ -128,13 +132,14 @@ def model_folder(
 
 
 def open_predictor(
-    spec: StudySpec, explicit: Path | None, study: Callable[[], optuna.Study], name: str
+    study_file: Identity, explicit: Path | None, study: Callable[[], optuna.Study], name: str
 ) -> Predictor:
-    """The model `hpo analyze` saved for study `name` of `spec`, and its data's preparation."""
-    if spec.data is None:
+    """The model `hpo analyze` saved for study `name` of `study_file`, and the preparation of
+    its data (beside the model, or stored in the study)."""
+    if not study_file.own_data:
         raise HpoError(
             f"hpo predict needs a study of your own data ([data] in the study file); "
-            f"{spec.dataset} is a built-in dataset"
+            f"{study_file.dataset} is a built-in dataset"
         )
     folder, path = model_folder(explicit, Path("storage/reports") / name, study)
     if path is None:
@@ -156,6 +161,6 @@ def open_predictor(
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise HpoError(f"{path}: cannot load the model ({type(exc).__name__}: {first})") from exc
+        why = f"{type(exc).__name__}: {first_line(exc)}"
+        raise HpoError(f"{path}: cannot load the model ({why})") from exc
     return Predictor(model, tabular.Preparation.from_dict(preparation), path)

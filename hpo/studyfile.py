@@ -101,16 +101,40 @@ def _require(table: dict, key: str, source: str, kind: type | tuple, what: str) 
     return value
 
 
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise HpoError(f"{path}: not valid TOML ({exc})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HpoError(f"{path}: cannot read ({exc})") from exc
+
+
 def load(target: str) -> StudySpec:
     path = resolve(target)
-    source = str(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise HpoError(f"{source}: not valid TOML ({exc})") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HpoError(f"{source}: cannot read ({exc})") from exc
-    return parse(doc, source)
+    return parse(_read(path), str(path))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which study a study file names, and on what data, known without reading the data."""
+
+    name: str
+    dataset: str
+    own_data: bool  # a [data] table: the user's own file
+
+
+def identity(target: str) -> Identity:
+    """The study name and dataset of `target`: what `hpo predict` needs, so it works where the
+    training file is not (the preparation is stored with the study)."""
+    path = resolve(target)
+    doc = _read(path)
+    study, data_table = doc.get("study"), doc.get("data")
+    study = study if isinstance(study, dict) else {}
+    name = study.get("name", path.stem)
+    if isinstance(data_table, dict):
+        return Identity(str(name), Path(str(data_table.get("train", ""))).name, True)
+    return Identity(str(name), str(study.get("dataset", "")), False)
 
 
 def parse(doc: dict[str, Any], source: str) -> StudySpec:

@@ -20,8 +20,16 @@ CHILD_PIDS = "HPO_CHILD_PIDS"
 DEADLINE = "HPO_DEADLINE"
 
 
+RECYCLE_AFTER = 10  # trials a worker runs before it restarts itself (--recycle-after)
+
+
 def with_option(argv: list[str], option: str, value: str) -> list[str]:
     """`argv` with `option` (given as "--x v" or "--x=v", or not at all) set to `value`."""
+    return [*without_option(argv, option), option, value]
+
+
+def without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` without `option` (given as "--x v" or "--x=v") and its value."""
     out, skip = [], False
     for arg in argv:
         if skip:
@@ -33,7 +41,7 @@ def with_option(argv: list[str], option: str, value: str) -> list[str]:
         if arg.startswith(option + "="):
             continue
         out.append(arg)
-    return [*out, option, value]
+    return out
 
 
 def deadline(timeout: float | None) -> float | None:

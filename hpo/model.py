@@ -138,6 +138,13 @@ def build(params: Mapping[str, Any], data: Prepared, folds: int = 1) -> keras.Mo
         outputs = dense(data.n_outputs, activation="softmax")(x)
     else:
         outputs = dense(1)(x)
+        if data.preparation is not None:
+            # Your own targets may be prices in the hundreds: the network learns them
+            # standardized and this fixed layer maps its output back, so losses, metrics and
+            # predictions stay in the target's units. (The book's Boston prices are small.)
+            mean, std = float(np.mean(data.y_train)), float(np.std(data.y_train))
+            rescale = keras.layers.Rescaling(std or 1.0, offset=mean, name="to_target_units")
+            outputs = rescale(outputs)
     model = keras.Model(inputs, outputs)
     _compile(model, params, data.task)
     return model

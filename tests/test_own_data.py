@@ -7,16 +7,17 @@ import os
 import signal
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 import hpo
-from hpo import budget
+from hpo import budget, tabular
 
 SPACE = """
 [space]
@@ -98,6 +99,12 @@ def test_csv_classification_from_python(churn_study, workdir):
     model = hpo.load_model(churn_study)
     again = model.predict(pd.read_csv(workdir / "new.csv"))
     np.testing.assert_allclose(again["probability"], predicted["probability"], rtol=1e-6)
+
+    # Predicting needs neither the training file (the preparation is kept) nor pickles.
+    (workdir / "churn.csv").unlink()
+    hpo.predict(churn_study, workdir / "new.csv", out=workdir / "p.npz")
+    with np.load(workdir / "p.npz") as saved:  # allow_pickle=False
+        assert set(saved["prediction"]) <= {"no", "yes"}
 
 
 def test_cli_and_python_give_the_same_study(churn_study, workdir, capsys):
@@ -205,29 +212,39 @@ def test_changed_data_is_refused_by_a_resuming_worker(churn_study, workdir, caps
     assert "file was changed" in err and len(err.strip().splitlines()) == 1
 
 
+def write_churn(folder: Path, table: pd.DataFrame, test: pd.DataFrame | None = None) -> None:
+    table.to_csv(folder / "churn.csv", index=False)
+    if test is not None:
+        test.to_csv(folder / "test.csv", index=False)
+
+
 @pytest.mark.parametrize(
-    ("setup", "message"),
+    ("setup", "extra", "message"),
     [
-        (lambda d: None, "no such file"),
-        (lambda d: (d / "churn.csv").write_text("a,b\n1,2\n3,4\n"), "target"),
+        (lambda d: None, "", "no such file"),
+        (lambda d: (d / "churn.csv").write_text("a,b\n1,2\n3,4\n"), "", "target"),
         (
-            lambda d: (
-                churn(40)
-                .assign(tenure=[np.nan] * 3 + [1.0] * 37)
-                .to_csv(d / "churn.csv", index=False)
-            ),
-            "tenure",
+            lambda d: write_churn(d, churn(40).assign(tenure=[np.nan] * 3 + [1.0] * 37)),
+            "",
+            "column 'tenure' has 3 missing (NaN) values",
         ),
-        (lambda d: churn(40).assign(left="yes").to_csv(d / "churn.csv", index=False), "one class"),
+        (lambda d: write_churn(d, churn(40).assign(left="yes")), "", "one class"),
+        (
+            lambda d: write_churn(d, churn(40), churn(10).drop(columns="calls")),
+            'test = "test.csv"',
+            "calls",
+        ),
+        (lambda d: write_churn(d, churn(40).groupby("left").head(2)), "", "needs at least"),
     ],
-    ids=["missing file", "missing target", "nan", "one class"],
+    ids=["missing file", "missing target", "nan", "one class", "test columns", "too few rows"],
 )
-def test_bad_data_is_one_line_and_no_study(workdir, capsys, setup, message):
+def test_bad_data_is_one_line_and_no_study(workdir, capsys, setup, extra, message):
     setup(workdir)
     path = study_file(
         workdir,
         "bad",
-        'train = "churn.csv"\ntarget = "left"\ndrop = ["id"]\ncategorical = ["plan"]',
+        'train = "churn.csv"\ntarget = "left"\ndrop = ["id"]\ncategorical = ["plan"]\n' + extra,
+        study='validation = "kfold:4"',
     )
     code, out, err = run_cli(capsys, "optimize", str(path), "--trials", "1")
     assert code == 2, out + err
@@ -288,3 +305,10 @@ def test_a_large_preparation_is_stored_in_chunks(workdir):
     stored.save_or_check(again, preparation, "wide.csv")  # the same data: accepted
     with pytest.raises(hpo.HpoError, match="file was changed"):
         stored.save_or_check(again, {**preparation, "means": [1.0]}, "wide.csv")
+
+
+def test_the_docs_example_study_file_is_valid():
+    text = (REPO / "docs" / "own-data.md").read_text()
+    doc = tomllib.loads(text.split("```toml\n")[1].split("```")[0])
+    spec = tabular.parse_table(doc["data"], "own-data.md", REPO)
+    assert spec.target == "churned" and spec.test is not None

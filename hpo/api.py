@@ -62,8 +62,14 @@ class OptimizeRun:
 
     @property
     def again(self) -> str:
-        """The command that resumes this study, password hidden."""
-        return command_line(hpo_workers.with_option(self.argv, "--workers", self.workers))
+        return resume_line(self.argv, self.workers)
+
+
+def resume_line(argv: list[str], workers: str) -> str:
+    """The command that resumes a study with as many workers, password hidden."""
+    if workers != "1":
+        argv = hpo_workers.with_option(argv, "--workers", workers)
+    return command_line(argv)
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -186,7 +192,7 @@ def run_optimize(
         )
     except storage.StorageUnavailable as exc:
         hpo_workers.interrupt(children, inherited)
-        again = command_line(hpo_workers.with_option(argv, "--workers", str(workers)))
+        again = resume_line(argv, str(workers))
         raise HpoError(
             f"{exc}. Finished trials are saved there; when it is back, resume with: {again}"
         ) from exc

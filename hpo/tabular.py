@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ KEYS = (
     "test_fraction",
     "split_seed",
     "standardize",
+    "scale",
 )
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".csv.zst")
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -87,6 +89,9 @@ class DataSpec:
     test_fraction: float = 0.2  # held out when there is no test file/arrays; 0 < f < 1
     split_seed: int = 0  # seeds the shuffle of rows (always done) and the test split
     standardize: bool = True  # numeric features → (x - train mean) / train std
+    # With standardize = false: the model's first layer multiplies x by this (1/255 for
+    # 0-255 pixels), so uint8 data stays uint8 in memory, as the built-in MNIST does.
+    scale: float = 1.0
     task: str | None = None  # stated task, or None to infer
 
     @property
@@ -105,6 +110,7 @@ class DataSpec:
             "test_fraction": self.test_fraction,
             "split_seed": self.split_seed,
             "standardize": self.standardize,
+            "scale": self.scale,
             "task": self.task,
         }
 
@@ -184,6 +190,14 @@ def parse_table(table: dict, source: str, base_dir: Path) -> DataSpec:
     standardize = table.get("standardize", True)
     if not isinstance(standardize, bool):
         raise HpoError(f"{source}: data.standardize: must be true or false, got {standardize!r}")
+    scale = table.get("scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
+        raise HpoError(f"{source}: data.scale: must be a positive number, got {scale!r}")
+    if scale != 1.0 and standardize:
+        raise HpoError(
+            f"{source}: data.scale: only with standardize = false (standardized features "
+            "need no scale)"
+        )
     return DataSpec(
         train=train,
         test=test,
@@ -193,6 +207,7 @@ def parse_table(table: dict, source: str, base_dir: Path) -> DataSpec:
         test_fraction=float(fraction),
         split_seed=seed,
         standardize=standardize,
+        scale=float(scale),
     )
 
 

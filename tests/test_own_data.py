@@ -312,3 +312,24 @@ def test_the_docs_example_study_file_is_valid():
     doc = tomllib.loads(text.split("```toml\n")[1].split("```")[0])
     spec = tabular.parse_table(doc["data"], "own-data.md", REPO)
     assert spec.target == "churned" and spec.test is not None
+
+
+def test_uint8_pixels_stay_compact_and_are_scaled_in_the_model(workdir):
+    """As the built-in MNIST: 0-255 bytes in memory, x / 255 inside the model."""
+    from hpo import data, studyfile
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(90, 4, 4), dtype=np.uint8)
+    y = (x.reshape(90, -1).mean(axis=1) > 127).astype(np.int64)
+    np.savez(workdir / "pixels.npz", x_train=x[:70], y_train=y[:70], x_test=x[70:], y_test=y[70:])
+    np.savez(workdir / "new.npz", x=x[:3])
+    path = study_file(
+        workdir, "pixels", 'train = "pixels.npz"\nstandardize = false\nscale = 0.00392156862745098'
+    )
+    prepared = data.load_spec(studyfile.load(str(path)))
+    assert prepared.x_train.dtype == np.uint8 and prepared.x_train.shape == (70, 16)
+    assert prepared.input_scale == pytest.approx(1 / 255)
+    hpo.optimize(path, trials=1, seed=0, progress=False)
+    hpo.analyze(path, progress=False)
+    predicted = hpo.predict(path, workdir / "new.npz")
+    assert len(predicted) == 3 and predicted["probability"].between(0.5, 1).all()

@@ -584,3 +584,16 @@ def test_stated_classification_of_fractional_numbers_is_refused():
     s = dataclasses.replace(spec(train="train.csv", drop=["city"]), task="multiclass")
     with pytest.raises(HpoError, match='fractional numbers; use task = "regression"'):
         tabular.load(s)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"scale": 0.5}, "only with standardize = false"),
+        ({"scale": -1, "standardize": False}, "must be a positive number"),
+        ({"scale": "1/255", "standardize": False}, "must be a positive number"),
+    ],
+)
+def test_scale_is_checked(table, message):
+    with pytest.raises(HpoError, match=message):
+        spec(train="train.npz", **table)

@@ -78,7 +78,10 @@ def running_mid_training(study: optuna.Study, epochs: int) -> optuna.trial.Froze
 
 def test_killed_worker_trial_is_failed_and_rerun(workdir, server_url):
     name = f"kill-{uuid.uuid4().hex[:8]}"
-    epochs = 20  # long trials, so the victim is killed mid-trial rather than as it finishes
+    # Long trials, so the victim is caught and killed mid-trial rather than as it finishes:
+    # with the fused loop a tiny epoch takes milliseconds, and 20 of them slipped between two
+    # polls of the study on MariaDB.
+    epochs = 200
     path = tiny_study(workdir, epochs=epochs)
     args = [
         "optimize",

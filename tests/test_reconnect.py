@@ -12,7 +12,9 @@ from sqlalchemy.engine import make_url
 from tcp_proxy import TcpProxy
 from test_distributed import counted, finish, hpo, running_mid_training
 
-EPOCHS = 30
+# Long enough that a poll of the study finds a trial mid-training: with the fused loop a tiny
+# epoch takes milliseconds, and 30 of them slipped between polls on an idle machine.
+EPOCHS = 300
 
 
 def through_proxy(server_url: str) -> tuple[TcpProxy, str]:

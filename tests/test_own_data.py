@@ -338,3 +338,11 @@ def test_uint8_pixels_stay_compact_and_are_scaled_in_the_model(workdir):
     hpo.analyze(path, progress=False)
     predicted = hpo.predict(path, workdir / "new.npz")
     assert len(predicted) == 3 and predicted["probability"].between(0.5, 1).all()
+
+
+def test_workers_from_python_share_the_study(churn_study, workdir):
+    """workers=2 starts one `hpo optimize` child with the command line built from the options."""
+    study = hpo.optimize(churn_study, trials=4, workers=2, seed=0, progress=False)
+    assert budget.finished(study) == 4  # exact, however the two shared it
+    log = (workdir / "storage" / "logs" / "churn-worker1.log").read_text()
+    assert "study churn · churn.csv" in log and "Traceback" not in log, log

@@ -7,12 +7,15 @@ The lowest module of the package: it imports nothing from hpo, so both the backe
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +29,11 @@ def root() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(xdg) / "hpo"
+
+
+def key(*parts: Any) -> str:
+    """A short name for a cache entry: the hash of what it was made from (JSON-ready parts)."""
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def read_arrays(folder: Path, keys: Iterable[str]) -> dict[str, np.ndarray] | None:
@@ -42,9 +50,12 @@ def read_arrays(folder: Path, keys: Iterable[str]) -> dict[str, np.ndarray] | No
         return None
 
 
-def write_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write to a temporary sibling and rename, so a reader never sees half a folder. A failure
-    (a read-only home) is logged, not raised: it only costs time."""
+def write_arrays(
+    folder: Path, arrays: dict[str, np.ndarray], documents: dict[str, Any] | None = None
+) -> None:
+    """Write to a temporary sibling and rename, so a reader never sees half a folder; with
+    `documents`, also NAME.json files of JSON-ready values. A failure (a read-only home) is
+    logged, not raised: it only costs time."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
@@ -53,8 +64,10 @@ def write_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
         return
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     try:
-        for key, array in arrays.items():
-            np.save(tmp / f"{key}.npy", array)
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
+        for name, value in (documents or {}).items():
+            (tmp / f"{name}.json").write_text(json.dumps(value, indent=1))
         with contextlib.suppress(OSError):  # another process won the race: same arrays
             tmp.rename(folder)
     except OSError as exc:

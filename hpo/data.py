@@ -14,8 +14,6 @@ trial neither re-reads keras' files nor re-vectorizes, and workers on one machin
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,10 +230,8 @@ def prepare(raw: datasets.Raw, name: str, num_words: int) -> dict[str, np.ndarra
 
 def _fingerprint(name: str, num_words: int, source: Path | None) -> str:
     stat = source.stat() if source else None
-    key = json.dumps(
-        [FORMAT, name, num_words, str(source), stat and stat.st_size, stat and stat.st_mtime_ns]
-    )
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    size, mtime = (stat.st_size, stat.st_mtime_ns) if stat else (None, None)
+    return cache.key(FORMAT, name, num_words, str(source), size, mtime)
 
 
 def unpacked(prepared: Prepared, x: np.ndarray) -> np.ndarray:

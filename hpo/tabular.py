@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -932,18 +931,7 @@ def _learn_arrays(spec: DataSpec) -> tuple[Preparation, dict[str, np.ndarray], d
 
 
 def _fingerprint(spec: DataSpec, stamps: tuple) -> str:
-    key = json.dumps([FORMAT, spec.record(), [list(s) for s in stamps]])
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(value, indent=1))
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("could not write the cache %s (%s)", path, exc)
-        tmp.unlink(missing_ok=True)
+    return cache.key(FORMAT, spec.record(), [list(s) for s in stamps])
 
 
 def _read_disk(folder: Path) -> OwnData | None:
@@ -970,10 +958,8 @@ def _cached(spec: DataSpec, stamps: tuple, root: Path) -> OwnData:
     learn = _learn_arrays if spec.kind == "arrays" else _learn_table
     prep, arrays, unseen, notes = learn(spec)
     log.info("data %s: prepared, caching in %s", spec.train.name, folder)
-    cache.write_arrays(folder, arrays)
-    if folder.is_dir():
-        _write_json(folder / "preparation.json", prep.to_dict())
-        _write_json(folder / "notes.json", {"unseen": unseen, "notes": notes})
+    documents = {"preparation": prep.to_dict(), "notes": {"unseen": unseen, "notes": notes}}
+    cache.write_arrays(folder, arrays, documents)
     return OwnData(prep, **arrays, unseen=unseen, notes=tuple(notes))
 
 

@@ -297,18 +297,6 @@ def load_study(spec: StudySpec, name: str, storage_url: str) -> optuna.Study:
     return found
 
 
-def _load_checked(spec: StudySpec, data_dir: str | None, study: optuna.Study, console: Console):
-    """The study's data, checked against the preparation its workers stored: a model retrained
-    on an edited file would not be the model of the study's trials."""
-    from hpo import data, stored
-
-    with console.status(f"loading {spec.dataset}…"):
-        prepared = data.load_spec(spec, data_dir)
-    if prepared.preparation is not None:
-        stored.save_or_check(study, prepared.preparation.to_dict(), spec.dataset)
-    return prepared
-
-
 def analyze(
     target: str | Path,
     *,
@@ -333,7 +321,7 @@ def analyze(
     name = study or spec.name
     found = load_study(spec, name, storage)
     console = _console(progress)
-    prepared = _load_checked(spec, data_dir, found, console)
+    prepared = runner.load_data(spec, data_dir, found, console)
     with RetrainStatus(console, seeds * top) as on_run:
         return analysis.analyze_study(
             found,
@@ -401,7 +389,7 @@ def experiment(
             f"interrupted: variants trained so far are saved. Resume with: {command_line(argv)}"
         )
         return None
-    prepared = _load_checked(spec, data_dir, result.study, console)
+    prepared = runner.load_data(spec, data_dir, result.study, console)
     with RetrainStatus(console, len(wanted) * seeds) as on_run:
         results = exp.retrain_variants(
             result.study, base, wanted, prepared, list(range(seeds)), on_run=on_run
@@ -423,7 +411,11 @@ def load_model(
     found = studyfile.identity(str(target))
     name = study or found.name
     return predict_lib.open_predictor(
-        found, Path(model) if model else None, lambda: _open_existing(name, storage), name
+        found,
+        Path(model) if model else None,
+        REPORTS / name,
+        lambda: _open_existing(name, storage),
+        name,
     )
 
 

@@ -85,7 +85,7 @@ def _convert(name: str, text: str) -> Any:
 def base_config(spec: StudySpec) -> dict[str, Any]:
     """The configuration variants vary from: the book's for its datasets; for your own data,
     the defaults a study file's [space] starts from (the book's Dense stack for the task)."""
-    if spec.dataset in BOOK_CONFIGS and spec.data is None:
+    if spec.data is None:
         return dict(BOOK_CONFIGS[spec.dataset])
     return {**BOOK_DEFAULTS, "loss": DEFAULT_LOSS[spec.task]}
 

@@ -132,16 +132,21 @@ def model_folder(
 
 
 def open_predictor(
-    study_file: Identity, explicit: Path | None, study: Callable[[], optuna.Study], name: str
+    study_file: Identity,
+    explicit: Path | None,
+    default: Path,
+    study: Callable[[], optuna.Study],
+    name: str,
 ) -> Predictor:
-    """The model `hpo analyze` saved for study `name` of `study_file`, and the preparation of
-    its data (beside the model, or stored in the study)."""
+    """The model `hpo analyze` saved for study `name` of `study_file` (in `explicit`, else in
+    `default`, analyze's default folder), and the preparation of its data (beside the model,
+    or stored in the study)."""
     if not study_file.own_data:
         raise HpoError(
             f"hpo predict needs a study of your own data ([data] in the study file); "
             f"{study_file.dataset} is a built-in dataset"
         )
-    folder, path = model_folder(explicit, Path("storage/reports") / name, study)
+    folder, path = model_folder(explicit, default, study)
     if path is None:
         path = next((folder / f for f in MODEL_FILES if (folder / f).is_file()), None)
         if path is None:

@@ -75,6 +75,19 @@ def open_study(
     return study
 
 
+def load_data(
+    spec: StudySpec, data_dir: str | None, study: optuna.Study, console: Console
+) -> data.Prepared:
+    """The study's data; your own data checked against the preparation the study's first
+    worker stored (or stored now): trials, or a model retrained on an edited file, would not
+    be the study's."""
+    with console.status(f"loading {spec.dataset}…"):
+        prepared = data.load_spec(spec, data_dir)
+    if prepared.preparation is not None:
+        stored.save_or_check(study, prepared.preparation.to_dict(), spec.dataset)
+    return prepared
+
+
 @dataclass
 class RunResult:
     study: optuna.Study
@@ -106,10 +119,7 @@ def run(
     before = finished(study)
     if before >= trials:
         return RunResult(study, before, before, interrupted=False)
-    with console.status(f"loading {spec.dataset}…"):
-        prepared = data.load_spec(spec, data_dir)
-    if prepared.preparation is not None:
-        stored.save_or_check(study, prepared.preparation.to_dict(), spec.dataset)
+    prepared = load_data(spec, data_dir, study, console)
     for note in prepared.notes:
         console.print(f"data: {note}", highlight=False, markup=False)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar reports each trial

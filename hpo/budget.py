@@ -38,6 +38,25 @@ def finished(study: optuna.Study) -> int:
     return sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
 
 
+def over_budget(trial: FrozenTrial) -> bool:
+    """A trial made after another worker took the last slot: it never ran, it is no failure."""
+    return trial.user_attrs.get("fail_reason") == "over budget"
+
+
+def study_counts(study: optuna.Study) -> dict[str, int]:
+    """The study's trials that count towards its budget ("finished"), and of its trials
+    (over-budget placeholders aside) how many there are, complete, pruned and failed, whichever
+    worker or run made them: the figures of the progress line and of `hpo list`."""
+    trials = [t for t in study.get_trials(deepcopy=False) if not over_budget(t)]
+    return {
+        "finished": sum(counts_toward_budget(t) for t in trials),
+        "trials": len(trials),
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+    }
+
+
 class OverBudget(Exception):
     """This trial was created after the budget was taken; it ends without counting."""
 

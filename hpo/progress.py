@@ -9,7 +9,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hpo.budget import counts_toward_budget
+from hpo.budget import over_budget, study_counts
 
 
 class StudyProgress:
@@ -66,22 +66,6 @@ class StudyProgress:
         if self.epoch_line:
             parts.append(f"[dim]{self.epoch_line}")
         self.progress.update(self.task, status=" · ".join(parts))
-
-
-def over_budget(trial: FrozenTrial) -> bool:
-    """A trial made after another worker took the last slot: it never ran, it is no failure."""
-    return trial.user_attrs.get("fail_reason") == "over budget"
-
-
-def study_counts(study: optuna.Study) -> dict[str, int]:
-    """The study's trials that count towards its budget, and of all its trials those pruned
-    and those failed (over-budget placeholders aside), whichever worker or run made them."""
-    trials = study.get_trials(deepcopy=False)
-    return {
-        "finished": sum(counts_toward_budget(t) for t in trials),
-        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "failed": sum(t.state == TrialState.FAIL and not over_budget(t) for t in trials),
-    }
 
 
 def best_line(study: optuna.Study, metric: str) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
 from rich.table import Table
 
+from hpo.budget import study_counts
 from hpo.studyfile import StudySpec
 
 
@@ -75,17 +75,14 @@ def storage_table(storage: optuna.storages.BaseStorage) -> Table:
         table.add_column(column, justify="left" if column in ("study", "dataset") else "right")
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        states = [t.state for t in study.get_trials(deepcopy=False)]
+        counts = study_counts(study)  # over-budget placeholders of many workers left out
         info = summary.user_attrs.get("hpo", {})
         best = summary.best_trial.value if summary.best_trial else None
         table.add_row(
             summary.study_name,
             info.get("dataset", "?"),
             info.get("metric", "?"),
-            str(len(states)),
-            str(states.count(TrialState.COMPLETE)),
-            str(states.count(TrialState.PRUNED)),
-            str(states.count(TrialState.FAIL)),
+            *(str(counts[key]) for key in ("trials", "complete", "pruned", "failed")),
             "" if best is None else f"{best:.4f}",
         )
     return table

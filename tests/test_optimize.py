@@ -344,3 +344,21 @@ batch_size = 64
     cells = [cell.strip() for cell in row.strip("│ ").split("│")]
     # study, dataset, metric, trials, complete, pruned, failed, best
     assert cells[3:7] == ["6", str(6 - pruned), str(pruned), "0"], row
+
+
+def test_list_leaves_out_over_budget_placeholders(workdir, capsys):
+    """With many workers, trials created after the budget was taken end at once as FAIL
+    "over budget": they never ran, so `hpo list` counts them neither as trials nor as failed
+    (a real failure, NaN here, still counts)."""
+    study = runner.open_study(studyfile.load(str(tiny_study(workdir))), DEFAULT_URL, "tiny")
+    create = optuna.trial.create_trial
+    study.add_trial(create(state=TrialState.COMPLETE, value=0.8))
+    study.add_trial(create(state=TrialState.FAIL, user_attrs={"fail_reason": "NaN loss"}))
+    for _ in range(3):
+        study.add_trial(create(state=TrialState.FAIL, user_attrs={"fail_reason": "over budget"}))
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    row = next(line for line in out.splitlines() if "tiny" in line)
+    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    # study, dataset, metric, trials, complete, pruned, failed, best
+    assert cells[3:8] == ["2", "1", "0", "1", "0.8000"], row

@@ -151,6 +151,7 @@ def run_optimize(
     if recycle_after not in (None, hpo_workers.RECYCLE_AFTER):
         options["recycle_after"] = recycle_after
     argv = optimize_argv(target, name, trials, storage_url, data_dir, options)
+    restarted = hpo_workers.restarted()
     inherited = hpo_workers.inherited_children()  # when this worker restarted itself
     deadline = hpo_workers.deadline(timeout)  # wall clock, kept across restarts
     if spec.data is not None:  # bad data is one line before the study exists, not after
@@ -189,6 +190,7 @@ def run_optimize(
             heartbeat_s=heartbeat,
             reconnect_s=reconnect,
             recycle_after=recycle_after or None,
+            notes=not restarted,  # the data notes were printed before the restart
         )
     except storage.StorageUnavailable as exc:
         hpo_workers.interrupt(children, inherited)

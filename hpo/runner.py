@@ -109,6 +109,7 @@ def run(
     heartbeat_s: int = HEARTBEAT_S,
     reconnect_s: float = RECONNECT_S,
     recycle_after: int | None = None,
+    notes: bool = True,
 ) -> RunResult:
     """Run trials until the study has `trials` finished ones, or, with `recycle_after`, until
     this process has run that many (Keras and TensorFlow keep memory across trials even after
@@ -120,7 +121,7 @@ def run(
     if before >= trials:
         return RunResult(study, before, before, interrupted=False)
     prepared = load_data(spec, data_dir, study, console)
-    for note in prepared.notes:
+    for note in prepared.notes if notes else ():
         console.print(f"data: {note}", highlight=False, markup=False)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar reports each trial
     logging.getLogger("hpo").setLevel(logging.WARNING)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 CHILD_PIDS = "HPO_CHILD_PIDS"
 DEADLINE = "HPO_DEADLINE"
+RESTARTED = "HPO_RESTARTED"
 
 
 RECYCLE_AFTER = 10  # trials a worker runs before it restarts itself (--recycle-after)
@@ -56,11 +57,17 @@ def restart(argv: list[str], children: list[int], ends_at: float | None) -> None
     """Replace this process by a fresh one running `hpo ARGV` (same PID, so the children it
     started stay its children; their PIDs travel in HPO_CHILD_PIDS to be waited for)."""
     os.environ[CHILD_PIDS] = ",".join(map(str, children))
+    os.environ[RESTARTED] = "1"
     if ends_at is not None:
         os.environ[DEADLINE] = repr(ends_at)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "hpo", *argv])
+
+
+def restarted() -> bool:
+    """Whether this process is a worker that restarted itself (it has said its notes once)."""
+    return os.environ.pop(RESTARTED, None) == "1"
 
 
 def inherited_children() -> list[int]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -18,6 +20,7 @@ from conftest import REPO, run_cli
 
 import hpo
 from hpo import budget, tabular
+from hpo.storage import DEFAULT_URL
 
 SPACE = """
 [space]
@@ -346,3 +349,21 @@ def test_workers_from_python_share_the_study(churn_study, workdir):
     assert budget.finished(study) == 4  # exact, however the two shared it
     log = (workdir / "storage" / "logs" / "churn-worker1.log").read_text()
     assert "study churn · churn.csv" in log and "Traceback" not in log, log
+
+
+def test_a_recycled_worker_says_its_data_notes_once(churn_study, workdir):
+    """A worker that restarts itself to free memory goes on with the same study and data: it
+    does not print the data notes (task, test split, columns) a second time."""
+    command = ["optimize", str(churn_study), "--trials", "2", "--recycle-after", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo", *command],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "restarting this worker" in proc.stdout
+    notes = [line for line in proc.stdout.splitlines() if line.startswith("data: ")]
+    assert notes and len(notes) == len(set(notes)), proc.stdout
+    assert budget.finished(optuna.load_study(study_name="churn", storage=DEFAULT_URL)) == 2

@@ -1,7 +1,8 @@
 """Storage load: W worker processes share one study through hpo's budget loop, no training.
 
     python bench/storage_load.py [--trials 200] [--workers 2 4 8 16]
-                                 [--storages sqlite postgresql mariadb pgbouncer journal]
+                                 [--storages sqlite postgresql postgresql300 mariadb
+                                             pgbouncer journal]
                                  [--pool 1] [--growth]
 
 Each worker is a separate process doing what `hpo optimize` does around a trial (wait for a
@@ -23,8 +24,10 @@ the budget's admission check and of the whole trial loop at trials 100-199 again
 Servers at 127.0.0.1, each in a database `hpo_bench` created here (so that nothing else on the
 server is counted): PostgreSQL 5432 (user postgres), MariaDB 3306 (root), PgBouncer 6432 in
 front of that PostgreSQL (deploy/pgbouncer/pgbouncer.ini: there the database is
-`hpo_bench_pgbouncer`, and the server connections counted are PgBouncer's); SQLite and the
-journal file in a temporary folder. --pool: the connections each worker keeps (HPO_DB_POOL).
+`hpo_bench_pgbouncer`, and the server connections counted are PgBouncer's), postgresql300: a
+second PostgreSQL at 5433 (user postgres) with max_connections=300, for more workers than a
+default server takes (docs/cluster.md says how it was started); SQLite and the journal file in
+a temporary folder. --pool: the connections each worker keeps (HPO_DB_POOL).
 """
 
 from __future__ import annotations
@@ -55,11 +58,13 @@ URLS = {
     "postgresql": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}",
     "mariadb": f"mysql+pymysql://root@127.0.0.1:3306/{DATABASE}",
     "pgbouncer": f"postgresql+psycopg://postgres@127.0.0.1:6432/{DATABASE}",
+    "postgresql300": f"postgresql+psycopg://postgres@127.0.0.1:5433/{DATABASE}",
 }
 # Where the server's own count of connections to DATABASE is read (PgBouncer: at PostgreSQL).
 ADMIN = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
     "pgbouncer": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    "postgresql300": "postgresql+psycopg://postgres@127.0.0.1:5433/postgres",
     "mariadb": "mysql+pymysql://root@127.0.0.1:3306/",
 }
 COUNT_SQL = {
@@ -67,6 +72,7 @@ COUNT_SQL = {
     "mariadb": f"SELECT count(*) FROM information_schema.processlist WHERE db = '{DATABASE}'",
 }
 COUNT_SQL["pgbouncer"] = COUNT_SQL["postgresql"].replace(DATABASE, f"{DATABASE}_pgbouncer")
+COUNT_SQL["postgresql300"] = COUNT_SQL["postgresql"]
 GROWTH = {"early": (100, 200), "late": (1000, 1100)}  # trial numbers compared by --growth
 
 
@@ -294,7 +300,7 @@ def main() -> None:
         "--storages",
         nargs="+",
         default=["sqlite", "postgresql", "journal"],
-        choices=["sqlite", "postgresql", "mariadb", "pgbouncer", "journal"],
+        choices=["sqlite", "postgresql", "postgresql300", "mariadb", "pgbouncer", "journal"],
     )
     parser.add_argument("--pool", default="1", help="HPO_DB_POOL of the workers (N or null)")
     parser.add_argument("--growth", action="store_true", help="admission at trial 100 vs 1000")
@@ -312,7 +318,7 @@ def main() -> None:
             "journal": f"journal:{tmp}/load.journal",
         }
         header = (
-            f"{'storage':<10} {'W':>3} {'pool':>4} {'trials/s':>8} {'s/trial':>7} "
+            f"{'storage':<13} {'W':>3} {'pool':>4} {'trials/s':>8} {'s/trial':>7} "
             f"{'counted':>9} {'all':>5} {'errors':>6} {'retries':>7} {'conn/W':>6} "
             f"{'server':>6} {'at open':>7} {'open s':>6}"
         )
@@ -337,7 +343,7 @@ def main() -> None:
                 }
                 rows.append(row)
                 line = (
-                    f"{kind:<10} {workers:>3} {args.pool:>4} {row['trials_per_s']:>8.1f} "
+                    f"{kind:<13} {workers:>3} {args.pool:>4} {row['trials_per_s']:>8.1f} "
                     f"{row['storage_s_per_trial']:>7.3f} "
                     f"{row['counted']:>4}/{args.trials:<4} {row['all_trials']:>5} "
                     f"{row['errors']:>6} {row['retries']:>7} {row['held_per_worker']:>6} "

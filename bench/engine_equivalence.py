@@ -135,8 +135,9 @@ def main() -> None:
                 if key in mine[0][engine]
             ]
             print(f"  {engine:5}  " + "  ".join(cells), flush=True)
+    count = len({r["config"] for r in rows})
     print(
-        f"\n{args.backend}: fused - fit over {len(rows)} pairs ({args.configs} configurations "
+        f"\n{args.backend}: fused - fit over {len(rows)} pairs ({count} configurations "
         f"x {len(seeds)} seeds), mean ± standard error; seed-to-seed std of one loop"
     )
     keys = ("val_mae", "epoch", "test_mae") if args.test else ("val_mae", "epoch")

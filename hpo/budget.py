@@ -22,7 +22,8 @@ import warnings
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-NOT_COUNTED = ("interrupted", "over budget")
+OVER_BUDGET = "over budget"  # the fail_reason of a trial created after the budget was taken
+NOT_COUNTED = ("interrupted", OVER_BUDGET)
 
 
 def counts_toward_budget(trial: FrozenTrial) -> bool:
@@ -40,7 +41,7 @@ def finished(study: optuna.Study) -> int:
 
 def over_budget(trial: FrozenTrial) -> bool:
     """A trial made after another worker took the last slot: it never ran, it is no failure."""
-    return trial.user_attrs.get("fail_reason") == "over budget"
+    return trial.user_attrs.get("fail_reason") == OVER_BUDGET
 
 
 def study_counts(study: optuna.Study) -> dict[str, int]:
@@ -75,7 +76,7 @@ class Budget:
             and (counts_toward_budget(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
         )
         if ahead >= self.total:
-            trial.set_user_attr("fail_reason", "over budget")
+            trial.set_user_attr("fail_reason", OVER_BUDGET)
             raise OverBudget(f"trial {trial.number}: {self.total} trials already hold the budget")
 
     def wait_for_slot(

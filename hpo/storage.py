@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import random
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -104,48 +105,57 @@ def _server_full(exc: BaseException) -> bool:
 
 def _retried(method):
     """Retry `method` while the database is unreachable: 1, 2, 4, … 30 s apart, up to the
-    storage's reconnect window; then StorageUnavailable (and no more waiting after that)."""
+    storage's reconnect window; then StorageUnavailable (and no more waiting after that).
+
+    One call at a time per storage: Optuna's heartbeat thread beats as the trial's first
+    storage calls run, and two calls at once take two server connections. Serialized, a worker
+    keeps one, so a server's connection limit is its worker limit."""
 
     @functools.wraps(method)
     def call(self: ReconnectingRDBStorage, *args, **kwargs):
-        waited, pause = 0.0, 1.0
-        while True:
-            try:
-                result = method(self, *args, **kwargs)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                # A retried write whose first attempt committed before its answer was lost.
-                if waited and method.__name__ == "set_trial_state_values":
-                    trial = self.get_trial(args[0])
-                    if trial.state == kwargs.get("state", args[1] if len(args) > 1 else None):
-                        return True
-                raise
-            except Exception as exc:
-                lost = _lost_connection(exc)
-                if lost is None:
-                    raise
-                if self.gave_up or waited >= self.reconnect_s:
-                    self.gave_up = True
-                    raise StorageUnavailable(
-                        f"storage {self.shown}: lost the connection ({_reason(lost)}) and it did "
-                        f"not come back within {self.reconnect_s:.0f} s"
-                    ) from exc
-                pause = min(pause, 30.0, self.reconnect_s - waited)
-                log.warning(
-                    "storage %s: connection lost (%s); retrying in %.0f s",
-                    self.shown,
-                    _reason(lost),
-                    pause,
-                )
-                time.sleep(pause)
-                waited += pause
-                pause *= 2
-                continue
-            if waited:
-                log.warning("storage %s: reconnected after %.0f s", self.shown, waited)
-            self.gave_up = False
-            return result
+        with self.one_call_at_a_time:
+            return _with_retries(self, method, args, kwargs)
 
     return call
+
+
+def _with_retries(storage: ReconnectingRDBStorage, method, args: tuple, kwargs: dict):
+    waited, pause = 0.0, 1.0
+    while True:
+        try:
+            result = method(storage, *args, **kwargs)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # A retried write whose first attempt committed before its answer was lost.
+            if waited and method.__name__ == "set_trial_state_values":
+                trial = storage.get_trial(args[0])
+                if trial.state == kwargs.get("state", args[1] if len(args) > 1 else None):
+                    return True
+            raise
+        except Exception as exc:
+            lost = _lost_connection(exc)
+            if lost is None:
+                raise
+            if storage.gave_up or waited >= storage.reconnect_s:
+                storage.gave_up = True
+                raise StorageUnavailable(
+                    f"storage {storage.shown}: lost the connection ({_reason(lost)}) and it did "
+                    f"not come back within {storage.reconnect_s:.0f} s"
+                ) from exc
+            pause = min(pause, 30.0, storage.reconnect_s - waited)
+            log.warning(
+                "storage %s: connection lost (%s); retrying in %.0f s",
+                storage.shown,
+                _reason(lost),
+                pause,
+            )
+            time.sleep(pause)
+            waited += pause
+            pause *= 2
+            continue
+        if waited:
+            log.warning("storage %s: reconnected after %.0f s", storage.shown, waited)
+        storage.gave_up = False
+        return result
 
 
 class ReconnectingRDBStorage(optuna.storages.RDBStorage):
@@ -157,6 +167,7 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
     gave_up = False
 
     def __init__(self, *args, **kwargs) -> None:
+        self.one_call_at_a_time = threading.RLock()
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
@@ -166,6 +177,26 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
                 self.engine.dispose()
             raise
         self._silent_since: dict[int, float] = {}
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        del state["one_call_at_a_time"]  # a lock does not pickle
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.one_call_at_a_time = threading.RLock()
+        super().__setstate__(state)
+
+    def check_schema(self) -> None:
+        """Optuna's schema version check, one connection at a time: Optuna's own
+        (check_table_schema_compatibility) holds a session while it opens a second connection,
+        so every worker's start would take two. Optuna's says what to do when they differ."""
+        if self.get_current_version() == self.get_head_version():
+            return
+        try:
+            self._version_manager.check_table_schema_compatibility()
+        except RuntimeError as exc:  # "... Please execute `$ optuna storage upgrade ...`"
+            raise HpoError(f"storage {redact(self.url)}: {exc}") from exc
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's stale trials, plus RUNNING trials that never sent a first heartbeat for a
@@ -261,12 +292,18 @@ def _rdb_storage(
             storage = ReconnectingRDBStorage(
                 url,
                 engine_kwargs=_engine_kwargs(parsed),
+                skip_compatibility_check=True,  # checked below, with one connection
                 heartbeat_interval=heartbeat_s,
                 grace_period=3 * heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=MAX_RETRY
                 ),
             )
+            try:
+                storage.check_schema()
+            except BaseException:
+                storage.engine.dispose()  # its connection would keep a full server full
+                raise
             break
         except (sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError) as exc:
             # Optuna's own sessions (the schema version check) wrap the driver's error.

@@ -236,9 +236,8 @@ for _name in (
 
 
 def pool_setting() -> str:
-    """HPO_DB_POOL: the server connections a worker keeps open (default 1; its heartbeat
-    thread opens one more while it overlaps the trial's own storage call), or `null` for a
-    new connection per storage operation and none kept."""
+    """HPO_DB_POOL: the server connections a worker keeps open (default 1: its storage calls
+    take turns), or `null` for a new connection per storage operation and none kept."""
     value = os.environ.get("HPO_DB_POOL", "1").strip().lower()
     if value == "null" or (value.isdigit() and int(value) >= 1):
         return value
@@ -249,8 +248,9 @@ def _engine_kwargs(url: sqlalchemy.URL) -> dict:
     if url.get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": 60}}
     # A server has a connection limit shared by all workers (PostgreSQL's default is 100,
-    # MariaDB's 151): each worker keeps one connection, and opens a second only while its
-    # heartbeat thread and its trial use the storage at the same instant (closed after).
+    # MariaDB's 151): each worker keeps one connection (its calls take turns: _retried). The
+    # overflow of 1 is for the worker that creates a new database's tables, where Optuna
+    # nests a connection in a session.
     pool = pool_setting()
     kwargs: dict = {}
     if url.get_driver_name() == "psycopg":

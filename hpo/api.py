@@ -159,7 +159,7 @@ def run_optimize(
 
         with console.status(f"loading {spec.dataset}…"):
             data.load_spec(spec, data_dir)
-    runner.open_study(spec, storage_url, name, heartbeat, reconnect)  # once, before any child
+    opened = runner.open_study(spec, storage_url, name, heartbeat, reconnect)  # before any child
     children = []
     if str(workers) == "auto" and not inherited:
         console.print(f"workers auto: {n_workers} (for {os.cpu_count()} cores, {gpus} GPUs)")
@@ -191,6 +191,7 @@ def run_optimize(
             reconnect_s=reconnect,
             recycle_after=recycle_after or None,
             notes=not restarted,  # the data notes were printed before the restart
+            study=opened,
         )
     except storage.StorageUnavailable as exc:
         hpo_workers.interrupt(children, inherited)

@@ -110,13 +110,15 @@ def run(
     reconnect_s: float = RECONNECT_S,
     recycle_after: int | None = None,
     notes: bool = True,
+    study: optuna.Study | None = None,
 ) -> RunResult:
     """Run trials until the study has `trials` finished ones, or, with `recycle_after`, until
     this process has run that many (Keras and TensorFlow keep memory across trials even after
     clear_session, so a long-lived worker is restarted; see the CLI)."""
     if trials < 1:
         raise HpoError(f"--trials must be at least 1, got {trials}")
-    study = open_study(spec, storage_url, study_name, heartbeat_s, reconnect_s)
+    if study is None:  # else the caller's open_study: its storage, not a second connection
+        study = open_study(spec, storage_url, study_name, heartbeat_s, reconnect_s)
     before = finished(study)
     if before >= trials:
         return RunResult(study, before, before, interrupted=False)

@@ -362,3 +362,20 @@ def test_list_leaves_out_over_budget_placeholders(workdir, capsys):
     cells = [cell.strip() for cell in row.strip("│ ").split("│")]
     # study, dataset, metric, trials, complete, pruned, failed, best
     assert cells[3:8] == ["2", "1", "0", "1", "0.8000"], row
+
+
+def test_a_worker_opens_its_storage_once(workdir, capsys, monkeypatch):
+    """`hpo optimize` opens the study before starting any other worker and trains on that
+    same storage: a second one would hold a second server connection until garbage
+    collection, and a full server would refuse workers for it."""
+    opened = []
+    real = runner.open_storage
+
+    def counting(*args, **kwargs):
+        opened.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "open_storage", counting)
+    code, _, err = run_cli(capsys, "optimize", str(tiny_study(workdir)), "--trials", "1")
+    assert code == 0, err
+    assert opened == [DEFAULT_URL]

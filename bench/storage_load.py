@@ -27,7 +27,7 @@ front of that PostgreSQL (deploy/pgbouncer/pgbouncer.ini: there the database is
 `hpo_bench_pgbouncer`, and the server connections counted are PgBouncer's), postgresql300: a
 second PostgreSQL at 5433 (user postgres) with max_connections=300, for more workers than a
 default server takes (docs/cluster.md says how it was started); SQLite and the journal file in
-a temporary folder. --pool: the connections each worker keeps (HPO_DB_POOL).
+a temporary folder. --pool: HPO_DB_POOL of the workers, 1 (one connection kept) or null.
 """
 
 from __future__ import annotations
@@ -68,7 +68,11 @@ ADMIN = {
     "mariadb": "mysql+pymysql://root@127.0.0.1:3306/",
 }
 COUNT_SQL = {
-    "postgresql": f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{DATABASE}'",
+    # Client connections only: an autovacuum worker on the database is the server's own.
+    "postgresql": (
+        f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{DATABASE}' "
+        "AND backend_type = 'client backend'"
+    ),
     "mariadb": f"SELECT count(*) FROM information_schema.processlist WHERE db = '{DATABASE}'",
 }
 COUNT_SQL["pgbouncer"] = COUNT_SQL["postgresql"].replace(DATABASE, f"{DATABASE}_pgbouncer")
@@ -302,7 +306,7 @@ def main() -> None:
         default=["sqlite", "postgresql", "journal"],
         choices=["sqlite", "postgresql", "postgresql300", "mariadb", "pgbouncer", "journal"],
     )
-    parser.add_argument("--pool", default="1", help="HPO_DB_POOL of the workers (N or null)")
+    parser.add_argument("--pool", default="1", help="HPO_DB_POOL of the workers (1 or null)")
     parser.add_argument("--growth", action="store_true", help="admission at trial 100 vs 1000")
     parser.add_argument("--limit", type=float, default=600.0, help="seconds per run at most")
     parser.add_argument(

@@ -236,12 +236,16 @@ for _name in (
 
 
 def pool_setting() -> str:
-    """HPO_DB_POOL: the server connections a worker keeps open (default 1: its storage calls
-    take turns), or `null` for a new connection per storage operation and none kept."""
+    """HPO_DB_POOL: `1` (the default) keeps one server connection per process, which its
+    storage calls share in turn; `null` opens one per storage call and keeps none (for a
+    dashboard or other occasional reader)."""
     value = os.environ.get("HPO_DB_POOL", "1").strip().lower()
-    if value == "null" or (value.isdigit() and int(value) >= 1):
+    if value in ("1", "null"):
         return value
-    raise HpoError(f"HPO_DB_POOL={value!r}: give a number of connections (1, 2, …) or null")
+    raise HpoError(
+        f"HPO_DB_POOL={value!r}: give 1 (one connection kept, the default) or null (none kept); "
+        "a worker's storage calls take turns, so it never uses more than one"
+    )
 
 
 def _engine_kwargs(url: sqlalchemy.URL) -> dict:
@@ -264,7 +268,7 @@ def _engine_kwargs(url: sqlalchemy.URL) -> dict:
     return {
         **kwargs,
         "pool_pre_ping": True,
-        "pool_size": int(pool),
+        "pool_size": 1,
         "max_overflow": 1,
         "pool_recycle": 1800,
     }

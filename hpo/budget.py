@@ -41,7 +41,8 @@ def finished(study: optuna.Study) -> int:
 
 def over_budget(trial: FrozenTrial) -> bool:
     """A trial made after another worker took the last slot: it never ran, it is no failure."""
-    return trial.user_attrs.get("fail_reason") == OVER_BUDGET
+    # The state too: a re-run of a trial (RetryHeartbeatStaleTrialCallback) copies its attrs.
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == OVER_BUDGET
 
 
 def study_counts(study: optuna.Study) -> dict[str, int]:

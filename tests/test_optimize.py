@@ -356,12 +356,15 @@ def test_list_leaves_out_over_budget_placeholders(workdir, capsys):
     study.add_trial(create(state=TrialState.FAIL, user_attrs={"fail_reason": "NaN loss"}))
     for _ in range(3):
         study.add_trial(create(state=TrialState.FAIL, user_attrs={"fail_reason": "over budget"}))
+    # A re-run of a trial carries the first run's attrs: complete, it is a trial like any.
+    rerun = create(state=TrialState.COMPLETE, value=0.7, user_attrs={"fail_reason": "over budget"})
+    study.add_trial(rerun)
     code, out, _ = run_cli(capsys, "list")
     assert code == 0
     row = next(line for line in out.splitlines() if "tiny" in line)
     cells = [cell.strip() for cell in row.strip("│ ").split("│")]
     # study, dataset, metric, trials, complete, pruned, failed, best
-    assert cells[3:8] == ["2", "1", "0", "1", "0.8000"], row
+    assert cells[3:8] == ["3", "2", "0", "1", "0.8000"], row
 
 
 def test_a_worker_opens_its_storage_once(workdir, capsys, monkeypatch):

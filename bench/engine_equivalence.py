@@ -114,6 +114,8 @@ def main() -> None:
     spec = replace(spec, max_epochs=args.epochs or spec.max_epochs)
     prepared = data.load("boston_housing", args.data_dir, spec.num_words)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if len(seeds) < 2:
+        raise SystemExit("give at least 2 --seeds: the spread between seeds is the yardstick")
     rows = []
     for number, params in enumerate(configurations(spec.space, args.configs, args.config)):
         for seed in seeds:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -174,6 +175,18 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
         sys.argv = saved
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def run_hpo_process(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `hpo ARGS` as its own process in `workdir` (for what needs one: a worker that
+    restarts itself with exec); its exit code and text output."""
+    return subprocess.run(
+        [sys.executable, "-m", "hpo", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # The database servers of this machine (.ci/run starts them when they are down).

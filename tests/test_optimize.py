@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, SHARED_DATASETS, run_cli, tiny_study
+from conftest import REPO, SHARED_DATASETS, run_cli, run_hpo_process, tiny_study
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -275,25 +275,12 @@ def test_timeout_ends_the_run_across_restarts(workdir):
     """--timeout is a wall-clock limit that a worker's restarts keep, not reset."""
     path = tiny_study(workdir, epochs=1)
     start = time.monotonic()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hpo",
-            "optimize",
-            str(path),
-            "--trials",
-            "1000",
-            "--timeout",
-            # long enough for 2 trials and a restart on a loaded CI machine (compiling a
-            # trial's fused loop takes seconds there), far below the 1000 trials' time
-            "30",
-            "--recycle-after",
-            "2",
-        ],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
+    proc = run_hpo_process(
+        workdir,
+        *("optimize", str(path), "--trials", "1000", "--recycle-after", "2"),
+        # long enough for 2 trials and a restart on a loaded CI machine (compiling a trial's
+        # fused loop takes seconds there), far below the 1000 trials' time
+        *("--timeout", "30"),
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
@@ -322,13 +309,7 @@ batch_size = 64
     for rate in (0.01, 0.01, 1e-7, 0.01, 1e-7, 1e-7):  # 1e-7 learns nothing: pruned
         study.enqueue_trial({"learning_rate": rate})
     cmd = ["optimize", str(path), "--trials", "6", "--recycle-after", "3"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpo", *cmd],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_hpo_process(workdir, *cmd)
     assert proc.returncode == 0, proc.stderr
     assert "restarting this worker" in proc.stdout  # trials 3-5 ran in a fresh process
     trials = load().get_trials()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import tomllib
@@ -16,7 +14,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_hpo_process
 
 import hpo
 from hpo import budget, tabular
@@ -355,13 +353,7 @@ def test_a_recycled_worker_says_its_data_notes_once(churn_study, workdir):
     """A worker that restarts itself to free memory goes on with the same study and data: it
     does not print the data notes (task, test split, columns) a second time."""
     command = ["optimize", str(churn_study), "--trials", "2", "--recycle-after", "1"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpo", *command],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_hpo_process(workdir, *command)
     assert proc.returncode == 0, proc.stderr
     assert "restarting this worker" in proc.stdout
     notes = [line for line in proc.stdout.splitlines() if line.startswith("data: ")]

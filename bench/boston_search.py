@@ -35,7 +35,7 @@ from pathlib import Path
 import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
-OLD_REV = "5c9f029"  # main as landed on 2026-11-28, before hpo/engine.py
+OLD_REV = "5c9f029"  # main as landed on 2026-11-28, before hpo/train/engine.py
 
 
 def hpo(code: Path, args: list[str], env: dict[str, str]) -> float:

@@ -27,12 +27,13 @@ def child(epochs: int) -> None:
     """One process: each shape's trial, timed; prints a JSON list of seconds."""
     import optuna
 
-    from hpo import data, studyfile
-    from hpo.objective import Objective
-    from hpo.one_factor import BOOK_CONFIGS
+    from hpo.data import builtin
+    from hpo.results.one_factor import BOOK_CONFIGS
+    from hpo.study import studyfile
+    from hpo.train.objective import Objective
 
     spec = studyfile.load("imdb").with_overrides(max_epochs=epochs, seed=0)
-    prepared = data.load("imdb")
+    prepared = builtin.load("imdb")
     seconds = []
     for shape in SHAPES:
         start = time.perf_counter()

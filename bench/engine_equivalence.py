@@ -8,7 +8,7 @@ configuration with `model.fit` for the trial's best epoch whichever loop ran the
 loop can change a search's outcome only through what its trials record, the value (the
 curve's best point) and the best epoch. So this trains the same configurations with the same
 seeds through both loops (HPO_ENGINE=fit: 4 models by model.fit, in chunks of 20 epochs, the
-engine before hpo/engine.py; HPO_ENGINE=fused: the stacked 4-fold model, one compiled call per
+engine before hpo/train/engine.py; HPO_ENGINE=fused: the stacked 4-fold model, one compiled call per
 epoch), with the built-in study file's 200 epochs and no pruning, and prints per configuration
 the mean best val_mae and best epoch of each loop, then the paired differences (fused - fit)
 over all configurations and seeds, against the seed-to-seed spread of one loop. With --test,
@@ -39,7 +39,7 @@ def configurations(space, count: int, extra: list[str]) -> list[dict]:
     """The book's, count - 1 random ones (none for 0), then each --config given."""
     import optuna
 
-    from hpo.one_factor import BOOK_CONFIGS
+    from hpo.results.one_factor import BOOK_CONFIGS
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     drawn = [space.suggest(study.ask()) for _ in range(count - 1)]
@@ -51,7 +51,7 @@ def one_trial(spec, prepared, params: dict, seed: int, engine: str) -> dict:
     """One unpruned trial of `params` with `seed` through `engine`: its value and best epoch."""
     import optuna
 
-    from hpo.objective import Objective
+    from hpo.train.objective import Objective
 
     os.environ["HPO_ENGINE"] = engine
     study = optuna.create_study(direction=spec.direction, pruner=optuna.pruners.NopPruner())
@@ -67,7 +67,7 @@ def one_trial(spec, prepared, params: dict, seed: int, engine: str) -> dict:
 
 
 def test_mae(params: dict, prepared, epochs: int, seed: int) -> float:
-    from hpo import analysis
+    from hpo.results import analysis
 
     return analysis.retrain(params, prepared, epochs, seed)[1]["mae"]
 
@@ -107,12 +107,13 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import optuna
 
-    from hpo import data, studyfile
+    from hpo.data import builtin
+    from hpo.study import studyfile
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = studyfile.load(str(ROOT / "studies" / "boston_housing.toml"))
     spec = replace(spec, max_epochs=args.epochs or spec.max_epochs)
-    prepared = data.load("boston_housing", args.data_dir, spec.num_words)
+    prepared = builtin.load("boston_housing", args.data_dir, spec.num_words)
     seeds = [int(s) for s in args.seeds.split(",")]
     if len(seeds) < 2:
         raise SystemExit("give at least 2 --seeds: the spread between seeds is the yardstick")

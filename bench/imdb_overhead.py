@@ -62,9 +62,9 @@ def bare_fit(prepared, holdout: int, epochs: int) -> float:
     import keras
     import numpy as np
 
-    from hpo import data
+    from hpo.data.prepared import unpacked
 
-    x = data.unpacked(prepared, prepared.x_train).astype(np.float32)
+    x = unpacked(prepared, prepared.x_train).astype(np.float32)
     units, outputs, loss = BOOK_MODELS[prepared.name]
     if outputs == 1:
         y = np.asarray(prepared.y_train, dtype=np.float32)
@@ -95,8 +95,8 @@ def bare_fit(prepared, holdout: int, epochs: int) -> float:
 def hpo_fit(prepared, spec, epochs: int, engine: str | None) -> float:
     import optuna
 
-    from hpo.objective import Objective
-    from hpo.one_factor import BOOK_CONFIGS
+    from hpo.results.one_factor import BOOK_CONFIGS
+    from hpo.train.objective import Objective
 
     if engine:
         os.environ["HPO_ENGINE"] = engine
@@ -114,14 +114,16 @@ def hpo_fit(prepared, spec, epochs: int, engine: str | None) -> float:
 
 def child(data_dir: str | None, epochs: int, datasets: list[str]) -> None:
     """One backend's per-epoch figures, as one JSON line on stdout."""
-    from hpo import data, engine, studyfile
     from hpo.backend import import_keras
+    from hpo.data import builtin
+    from hpo.study import studyfile
+    from hpo.train import engine
 
     keras = import_keras()
     out = {}
     for name in datasets:
         spec = studyfile.load(name)
-        prepared = data.load(name, data_dir, spec.num_words)
+        prepared = builtin.load(name, data_dir, spec.num_words)
         holdout = spec.validation.n
         bare_fit(prepared, holdout, 2)  # warm the backend up so neither side pays for it
         row = {

@@ -27,8 +27,8 @@ MODES = {"TPE + median pruner": ("tpe", "median"), "random, no pruning": ("rando
 def run(mode: str, seed: int, target: float, max_trials: int, prepared) -> dict:
     import optuna
 
-    from hpo import algorithms, studyfile
-    from hpo.objective import Objective, TrialFailed
+    from hpo.study import algorithms, studyfile
+    from hpo.train.objective import Objective, TrialFailed
 
     sampler, pruner = MODES[mode]
     spec = studyfile.load("imdb").with_overrides(sampler=sampler, pruner=pruner, seed=seed)
@@ -70,12 +70,12 @@ def main() -> None:
 
     import optuna
 
-    from hpo import data
     from hpo.backend import import_keras
+    from hpo.data import builtin
 
     keras = import_keras()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    prepared = data.load("imdb", args.data_dir)
+    prepared = builtin.load("imdb", args.data_dir)
     results: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for seed in args.seeds:
         for mode in MODES:

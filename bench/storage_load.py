@@ -50,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # imported once in the fork server, before any worker
 import sqlalchemy
 
-from hpo.budget import Budget, OverBudget, finished
-from hpo.storage import open_storage
+from hpo.search.budget import Budget, OverBudget, finished
+from hpo.search.storage import open_storage
 
 DATABASE = "hpo_bench"
 URLS = {
@@ -125,7 +125,7 @@ class _Held:
 
 
 class _Retries(logging.Handler):
-    """hpo.storage's "connection lost; retrying" warnings: a refused connection shows here."""
+    """hpo's "connection lost; retrying" warnings (hpo.search.storage): a refused connection."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -139,7 +139,7 @@ def worker(url, name, total, pool, limit_s, reconnect_s, ready, go, results) -> 
     os.environ["HPO_DB_POOL"] = pool  # the fork server's environment is not the caller's
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     retries = _Retries()
-    logging.getLogger("hpo.storage").addHandler(retries)
+    logging.getLogger("hpo.search.storage").addHandler(retries)
     result: dict = {"error": None, "timings": []}
     held, started = _Held(), False
     try:

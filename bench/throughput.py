@@ -41,7 +41,7 @@ def naive_loop(trials: int, epochs: int, seed: int) -> dict[str, int]:
     import optuna
     from optuna_integration.keras import KerasPruningCallback
 
-    from hpo import algorithms, studyfile
+    from hpo.study import algorithms, studyfile
 
     spec = studyfile.load("imdb")
 

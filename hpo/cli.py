@@ -17,10 +17,12 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 import hpo
-from hpo import api, storage, studyfile, summary
-from hpo import workers as hpo_workers
+from hpo import api
 from hpo.errors import HpoError, first_line
-from hpo.retrained import test_metrics
+from hpo.results import summary
+from hpo.results.retrained import test_metrics
+from hpo.search import launch, storage
+from hpo.search import workers as hpo_workers
 
 app = typer.Typer(
     add_completion=False,
@@ -145,7 +147,7 @@ def optimize(
     ] = storage.RECONNECT_S,
 ) -> None:
     """Run (or resume) a study until it has --trials finished trials, across all workers."""
-    run = api.run_optimize(
+    run = launch.run_optimize(
         target,
         trials=trials,
         study=study,
@@ -226,9 +228,9 @@ def analyze(
     if (result.folder / "preparation.json").exists():
         again = ["predict", target, "NEW_ROWS.csv", "--out", "predictions.csv"]
         again += ["--study", study] if study else []
-        again += api.location_options(storage_url, None)
+        again += launch.location_options(storage_url, None)
         again += ["--model", str(result.folder)] if out else []
-        console.print(f"predict with: {api.command_line(again)}")
+        console.print(f"predict with: {launch.command_line(again)}")
 
 
 @app.command(epilog="Example: hpo experiment imdb --vary units=16,32,64 --epochs 20 --seeds 3")
@@ -322,48 +324,15 @@ def dashboard(
     study: Annotated[str | None, typer.Option(help="With --screenshot: this study's page.")] = None,
 ) -> None:
     """Browse the studies of a storage in optuna-dashboard."""
-    from hpo import dashboard as board
+    from hpo.results import dashboard as board
 
-    server = board.make_app_server(storage_url, host, port, Path(artifacts))
-    url = f"http://{host}:{server.server_port}"
-    if screenshot is not None:
-        page = url + (board.study_path(storage_url, study) if study else "/dashboard")
-        board.serve_in_thread(server)
-        try:
-            board.screenshot(page, screenshot)
-        finally:
-            server.shutdown()
-            server.server_close()
-        console.print(f"screenshot of {page} saved to {screenshot}")
-        return
-    console.print(
-        f"optuna-dashboard on {storage.redact(storage_url)}: {url}/dashboard (Ctrl-C to stop)"
-    )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    board.run(storage_url, host, port, Path(artifacts), screenshot, study, console)
 
 
 @app.command(epilog="Example: hpo studies")
 def studies() -> None:
     """List the built-in study files."""
-    table = Table(title=f"study files in {studyfile.studies_dir()}")
-    for column in ("name", "dataset", "metric", "epochs", "validation", "searched"):
-        table.add_column(column)
-    for path in studyfile.builtin_studies():
-        spec = studyfile.load(str(path))
-        table.add_row(
-            path.stem,
-            spec.dataset,
-            f"{spec.metric} ({spec.direction})",
-            str(spec.max_epochs),
-            str(spec.validation),
-            ", ".join(spec.space.searched()),
-        )
-    console.print(table)
+    console.print(summary.study_files_table())
 
 
 @app.command("list", epilog="Example: hpo list --storage sqlite:///storage/hpo.db")

@@ -93,9 +93,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))  # never the user's cache
     monkeypatch.delenv("HPO_STORAGE", raising=False)
-    from hpo import data
+    from hpo.data import builtin
 
-    data._load_cached.cache_clear()
+    builtin._load_cached.cache_clear()
     return tmp_path
 
 

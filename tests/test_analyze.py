@@ -7,8 +7,8 @@ import optuna
 import pytest
 from conftest import run_cli, tiny_study
 
-from hpo import data
-from hpo.storage import DEFAULT_URL
+from hpo.data import builtin
+from hpo.search.storage import DEFAULT_URL
 
 
 @pytest.fixture
@@ -36,10 +36,10 @@ def test_analyze_retrains_tests_and_saves(searched, workdir, capsys):
     assert f"{accuracy['mean']:.4f} ± {accuracy['std']:.4f}" in out
 
     # The saved model is the first seed's and reproduces its test accuracy.
-    from hpo import model as model_lib
+    from hpo.train import model as model_lib
 
     model = model_lib.keras.saving.load_model(folder / "model.keras")
-    prepared = data.load("imdb", num_words=100)
+    prepared = builtin.load("imdb", num_words=100)
     y = model_lib.targets(prepared.y_test, "binary", saved["params"]["loss"], 1)
     scores = model.evaluate(prepared.x_test, y, verbose=0, return_dict=True)
     assert scores["accuracy"] == pytest.approx(accuracy["runs"][0], abs=1e-6)
@@ -112,7 +112,8 @@ def test_analyze_bad_input(searched, workdir, capsys):
 
 def test_analyze_needs_a_completed_trial(workdir, capsys):
     path = tiny_study(workdir, epochs=2)
-    from hpo import runner, studyfile
+    from hpo.search import runner
+    from hpo.study import studyfile
 
     runner.open_study(studyfile.load(str(path)), DEFAULT_URL, "tiny")
     code, _, err = run_cli(capsys, "analyze", str(path))
@@ -159,7 +160,7 @@ def test_experiment_bad_vary(workdir, capsys, vary, message):
 
 
 def test_experiment_does_not_queue_a_waiting_variant_twice():
-    from hpo import one_factor as exp
+    from hpo.results import one_factor as exp
 
     study = optuna.create_study()
     wanted = exp.variants(exp.BOOK_CONFIGS["imdb"], {"units": [8]})
@@ -168,7 +169,8 @@ def test_experiment_does_not_queue_a_waiting_variant_twice():
 
 
 def test_factor_effects_name_float_bins_by_the_values_drawn(workdir):
-    from hpo import report, studyfile
+    from hpo.results import report
+    from hpo.study import studyfile
 
     spec = studyfile.load(str(tiny_study(workdir)))  # learning_rate: float [0.003, 0.01], log
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
@@ -191,7 +193,7 @@ def test_factor_effects_name_float_bins_by_the_values_drawn(workdir):
 
 
 def test_long_curves_are_zoomed_past_their_first_epochs():
-    from hpo.report import curve_y_range
+    from hpo.results.report import curve_y_range
 
     falling = [20.0, 14.0, 8.0, 5.0, 4.0, 3.5, 3.2, 3.0, 2.9, 2.8] + [
         2.5 + 0.01 * i for i in range(50)
@@ -202,7 +204,7 @@ def test_long_curves_are_zoomed_past_their_first_epochs():
 
 
 def test_curves_figure_shows_the_moving_mean_that_chose_the_epoch(tmp_path, monkeypatch):
-    from hpo import report
+    from hpo.results import report
 
     curve = [5.0, 3.0, 1.0, 3.0, 2.0, 2.0, 2.0, 3.0]
     history = {"loss": curve, "val_loss": curve, "mae": curve, "val_mae": curve}

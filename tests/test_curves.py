@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from hpo.curves import best_point, smoothed
+from hpo.train.curves import best_point, smoothed
 
 # A lucky dip at epoch 3 before the curve settles lower for good from epoch 7.
 CURVE = [9.0, 6.0, 2.0, 6.0, 5.0, 4.0, 2.6, 2.5, 2.4, 2.5, 2.6]

@@ -12,8 +12,8 @@ import optuna
 import pytest
 from conftest import run_cli, tiny_study
 
-from hpo import dashboard
-from hpo.storage import DEFAULT_URL
+from hpo.results import dashboard
+from hpo.search.storage import DEFAULT_URL
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATASETS, write_tiny_datasets
 
-from hpo import data, datasets
+from hpo.data import builtin, keras_files
+from hpo.data.prepared import unpacked
+from hpo.data.spec import Validation
 from hpo.errors import HpoError
 
 
@@ -32,26 +34,26 @@ def book_imdb(path, num_words):
 
 
 def test_imdb_matches_keras_and_the_book(workdir):
-    prepared = data.load("imdb", num_words=100)
+    prepared = builtin.load("imdb", num_words=100)
     x_train, y_train, x_test = book_imdb(workdir / "datasets" / "imdb.npz", 100)
     assert prepared.packed and prepared.n_features == 100
     assert prepared.x_train.shape == (400, 13)  # 100 bits in 13 bytes: 1/64 of float64
-    np.testing.assert_array_equal(data.unpacked(prepared, prepared.x_train), x_train)
+    np.testing.assert_array_equal(unpacked(prepared, prepared.x_train), x_train)
     np.testing.assert_array_equal(prepared.y_train, y_train)
-    np.testing.assert_array_equal(data.unpacked(prepared, prepared.x_test), x_test)
+    np.testing.assert_array_equal(unpacked(prepared, prepared.x_test), x_test)
     assert prepared.task == "binary" and prepared.input_scale == 1.0
 
 
 def test_reuters_split_and_classes(workdir):
-    prepared = data.load("reuters", num_words=100)
-    x_train = data.unpacked(prepared, prepared.x_train)
+    prepared = builtin.load("reuters", num_words=100)
+    x_train = unpacked(prepared, prepared.x_train)
     assert x_train.shape == (400, 100) and prepared.x_test.shape == (100, 13)
     assert prepared.n_outputs == 46
     assert set(x_train[:, 1]) == {1}  # every wire starts with the start character
 
 
 def test_boston_standardized_with_training_statistics_only(workdir):
-    prepared = data.load("boston_housing")
+    prepared = builtin.load("boston_housing")
     f = np.load(workdir / "datasets" / "boston_housing.npz")
     idx = np.arange(120)
     np.random.RandomState(113).shuffle(idx)
@@ -65,76 +67,76 @@ def test_boston_standardized_with_training_statistics_only(workdir):
 
 
 def test_mnist_flat_pixels_scaled_by_the_model(workdir):
-    prepared = data.load("mnist")
+    prepared = builtin.load("mnist")
     assert prepared.x_train.shape == (300, 784) and prepared.x_train.dtype == np.uint8
     assert prepared.input_scale == pytest.approx(1 / 255)
 
 
 def test_cache_is_written_once_and_reused(workdir):
-    before = dict(data.stats)
-    first = data.load("imdb", num_words=100)
-    assert data.stats["prepared"] == before["prepared"] + 1
-    assert data.load("imdb", num_words=100) is first  # same process: no work at all
-    assert data.stats["memory_hits"] == before["memory_hits"] + 1
-    data._load_cached.cache_clear()  # as a new process would
-    again = data.load("imdb", num_words=100)
-    assert data.stats["disk_hits"] == before["disk_hits"] + 1
-    assert data.stats["prepared"] == before["prepared"] + 1
+    before = dict(builtin.stats)
+    first = builtin.load("imdb", num_words=100)
+    assert builtin.stats["prepared"] == before["prepared"] + 1
+    assert builtin.load("imdb", num_words=100) is first  # same process: no work at all
+    assert builtin.stats["memory_hits"] == before["memory_hits"] + 1
+    builtin._load_cached.cache_clear()  # as a new process would
+    again = builtin.load("imdb", num_words=100)
+    assert builtin.stats["disk_hits"] == before["disk_hits"] + 1
+    assert builtin.stats["prepared"] == before["prepared"] + 1
     assert isinstance(again.x_train, np.memmap)  # workers share pages instead of copying
     np.testing.assert_array_equal(again.x_train, first.x_train)
 
 
 def test_changed_source_file_invalidates_the_cache(workdir):
-    data.load("mnist")
+    builtin.load("mnist")
     write_tiny_datasets(workdir / "datasets", seed=1)
-    data._load_cached.cache_clear()
-    before = data.stats["prepared"]
-    data.load("mnist")
-    assert data.stats["prepared"] == before + 1
+    builtin._load_cached.cache_clear()
+    before = builtin.stats["prepared"]
+    builtin.load("mnist")
+    assert builtin.stats["prepared"] == before + 1
 
 
 def test_validation_splits():
     x, y = np.arange(10)[:, None], np.arange(10)
-    (((xt, _), (xv, _)),) = data.Validation.parse("first:3").splits(x, y)
+    (((xt, _), (xv, _)),) = Validation.parse("first:3").splits(x, y)
     assert xv[:, 0].tolist() == [0, 1, 2] and xt[:, 0].tolist() == list(range(3, 10))
-    (((xt, _), (xv, _)),) = data.Validation.parse("last:3").splits(x, y)
+    (((xt, _), (xv, _)),) = Validation.parse("last:3").splits(x, y)
     assert xv[:, 0].tolist() == [7, 8, 9]
-    folds = list(data.Validation.parse("kfold:4").splits(x, y))
+    folds = list(Validation.parse("kfold:4").splits(x, y))
     assert [len(v[0]) for _, v in folds] == [2, 2, 2, 2]
     assert sorted(int(i) for _, v in folds for i in v[0][:, 0]) == list(range(8))
     with pytest.raises(HpoError, match="leaves no training data"):
-        list(data.Validation.parse("first:10").splits(x, y))
+        list(Validation.parse("first:10").splits(x, y))
     # A holdout may be a share of the training samples: 20% of 10 is 2.
-    (((xt, _), (xv, _)),) = data.Validation.parse("last:20%").splits(x, y)
+    (((xt, _), (xv, _)),) = Validation.parse("last:20%").splits(x, y)
     assert xv[:, 0].tolist() == [8, 9] and len(xt) == 8
-    assert str(data.Validation.parse("first:20%")) == "first:20%"
-    assert data.Validation.parse("kfold:4").minimum_rows() == 4
+    assert str(Validation.parse("first:20%")) == "first:20%"
+    assert Validation.parse("kfold:4").minimum_rows() == 4
     for bad in ("first:100%", "first:0%", "kfold:20%", "first:x%"):
         with pytest.raises(ValueError):
-            data.Validation.parse(bad)
+            Validation.parse(bad)
 
 
 def test_missing_data_is_one_clear_line(workdir, monkeypatch):
     with pytest.raises(HpoError, match="unknown dataset 'cifar'"):
-        data.load("cifar")
+        builtin.load("cifar")
     with pytest.raises(HpoError, match="--data-dir /nowhere: no such directory"):
-        data.load("imdb", data_dir="/nowhere")
+        builtin.load("imdb", data_dir="/nowhere")
     (workdir / "datasets" / "imdb.npz").write_bytes(b"not a zip file")
     with pytest.raises(HpoError, match="not a readable keras imdb file"):
-        data.load("imdb", num_words=100)
+        builtin.load("imdb", num_words=100)
 
 
 def test_download_failure_says_how_to_fix(workdir, monkeypatch):
     import keras
 
-    monkeypatch.setattr(datasets, "find_local", lambda name, data_dir: None)
+    monkeypatch.setattr(keras_files, "find_local", lambda name, data_dir: None)
 
     def offline(**kwargs):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(keras.datasets.imdb, "load_data", offline)
     with pytest.raises(HpoError, match=r"keras download failed.*HPO_DATA_DIR"):
-        data.load("imdb", num_words=100)
+        builtin.load("imdb", num_words=100)
 
 
 real = pytest.mark.skipif(
@@ -149,7 +151,7 @@ def test_real_datasets_known_shapes_and_statistics(tmp_path, monkeypatch):
     """Figures from ../shared/datasets/README.md, computed there with keras' own loaders."""
     monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("HPO_DATA_DIR", str(SHARED_DATASETS))
-    raw = datasets.load_raw("imdb", None, 10000)
+    raw = keras_files.load_raw("imdb", None, 10000)
     raw_imdb_first = raw.x_train.row(0).tolist()
     assert raw.x_train.row(0)[:12].tolist() == [
         1,
@@ -167,15 +169,15 @@ def test_real_datasets_known_shapes_and_statistics(tmp_path, monkeypatch):
     ]
     assert len(raw.x_train.row(0)) == 218
     assert raw.y_train[:10].tolist() == [1, 0, 0, 1, 0, 0, 1, 0, 1, 0]
-    raw = datasets.load_raw("reuters", None, 10000)
+    raw = keras_files.load_raw("reuters", None, 10000)
     assert (len(raw.x_train), len(raw.x_test)) == (8982, 2246)
     assert raw.x_train.row(0)[:13].tolist() == [1, 2, 2, 8, 43, 10, 447, 5, 25, 207, 270, 5, 3095]
     assert raw.y_train[:12].tolist() == [3, 4, 3, 4, 4, 4, 4, 3, 3, 16, 3, 3]
-    raw = datasets.load_raw("boston_housing", None)
+    raw = keras_files.load_raw("boston_housing", None)
     assert raw.x_train.shape == (404, 13) and raw.x_test.shape == (102, 13)
     assert raw.y_train[:5].tolist() == [15.2, 42.3, 50.0, 21.1, 17.7]
     assert raw.y_train.mean() == pytest.approx(22.3950, abs=1e-4)
-    mnist = data.load("mnist")
+    mnist = builtin.load("mnist")
     assert mnist.x_train.shape == (60000, 784)
     assert np.bincount(mnist.y_test).tolist() == [
         980,
@@ -189,19 +191,19 @@ def test_real_datasets_known_shapes_and_statistics(tmp_path, monkeypatch):
         974,
         1009,
     ]
-    imdb = data.load("imdb")
+    imdb = builtin.load("imdb")
     assert imdb.x_train.shape == (25000, 1250) and imdb.x_train.dtype == np.uint8
     assert imdb.x_train.nbytes == 31_250_000  # the book's float64 copy is 2 GB
-    first = data.unpacked(imdb, imdb.x_train[:1])[0]
+    first = unpacked(imdb, imdb.x_train[:1])[0]
     assert first.sum() == len(set(raw_imdb_first))
     assert imdb.y_train.sum() == 12500
 
 
 def test_damaged_cache_is_rebuilt(workdir):
-    data.load("mnist")
+    builtin.load("mnist")
     (cached,) = [p for p in (workdir / "cache").iterdir() if p.name.startswith("mnist-")]
     (cached / "x_train.npy").write_bytes((cached / "x_train.npy").read_bytes()[:1000])
-    data._load_cached.cache_clear()
-    before = data.stats["prepared"]
-    assert data.load("mnist").x_train.shape == (300, 784)
-    assert data.stats["prepared"] == before + 1
+    builtin._load_cached.cache_clear()
+    before = builtin.stats["prepared"]
+    assert builtin.load("mnist").x_train.shape == (300, 784)
+    assert builtin.stats["prepared"] == before + 1

@@ -15,7 +15,7 @@ import optuna
 from conftest import rdb, tiny_study
 from optuna.trial import TrialState
 
-from hpo.budget import counts_toward_budget
+from hpo.search.budget import counts_toward_budget
 
 
 def hpo(workdir, *args: str) -> subprocess.Popen:

@@ -120,3 +120,20 @@ def test_help_and_version():
     from importlib.metadata import version
 
     assert proc.stdout.strip() == f"hpo {version('hpo')}" == f"hpo {hpo.__version__}"
+
+
+def test_the_code_map_lists_every_module_and_only_those():
+    """docs/development.md's code map is where a newcomer finds each module's job."""
+    page = (REPO / "docs" / "development.md").read_text(encoding="utf-8")
+    code_map = page.split("## Code map", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(hpo/[\w/]+\.py)` \| \S", code_map, re.M))
+    on_disk = {
+        str(path.relative_to(REPO))
+        for path in (REPO / "hpo").rglob("*.py")
+        if path.name != "__init__.py" or path.parent.name == "hpo"
+    }
+    assert on_disk - listed == set(), "modules missing from the code map"
+    assert listed - on_disk == set(), "the code map lists modules that do not exist"
+    packages = {p.parent.name for p in (REPO / "hpo").glob("*/__init__.py")}
+    assert packages == {"data", "study", "train", "search", "results"}
+    assert all(f"hpo/{name}/" in code_map for name in packages)  # each stage in the picture

@@ -1,4 +1,4 @@
-"""The fused training loop (hpo/engine.py) and the stacked k-fold model: same training as
+"""The fused training loop (hpo/train/engine.py) and the stacked k-fold model: same training as
 Keras' fit and as k separate models, with pruning, NaN, Ctrl-C and seeds as on the fit path."""
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ import pytest
 from conftest import tiny_study
 from optuna.trial import TrialState
 
-from hpo import data, engine, studyfile
-from hpo import model as model_lib
 from hpo.backend import import_keras, set_random_seed
-from hpo.objective import Objective
+from hpo.data import builtin
+from hpo.data.prepared import Prepared
+from hpo.data.spec import Validation
+from hpo.study import studyfile
+from hpo.train import engine
+from hpo.train import model as model_lib
+from hpo.train.objective import Objective
 
 keras = import_keras()
 PARAMS = {
@@ -29,17 +33,17 @@ PARAMS = {
 }
 
 
-def regression_data(rows: int = 90, features: int = 5) -> data.Prepared:
+def regression_data(rows: int = 90, features: int = 5) -> Prepared:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(rows, features)).astype(np.float32)
     y = (x @ rng.normal(size=features) + rng.normal(0, 0.1, rows)).astype(np.float32)
-    return data.Prepared("synthetic", "regression", 1, 1.0, features, False, x, y, x[:5], y[:5])
+    return Prepared("synthetic", "regression", 1, 1.0, features, False, x, y, x[:5], y[:5])
 
 
 def test_stacked_folds_train_exactly_as_separate_models():
     """Fold f's weights of the stacked model get the gradient fold f's model gets alone."""
     prepared = regression_data()
-    folds = list(data.Validation.parse("kfold:3").splits(prepared.x_train, prepared.y_train))
+    folds = list(Validation.parse("kfold:3").splits(prepared.x_train, prepared.y_train))
     (x, y), (x_val, y_val) = model_lib.stack_folds(folds)
     to_targets = lambda v: model_lib.targets(v, "regression", "mse", 1)  # noqa: E731
     set_random_seed(1)
@@ -152,7 +156,7 @@ def test_fused_and_fit_learn_the_same_curves(workdir, monkeypatch, dataset, vali
         workdir, dataset, epochs=epochs, validation=validation, space=FIXED_SPACES[dataset]
     )
     spec = replace(studyfile.load(str(path)), seed=3)
-    prepared = data.load(dataset, None, spec.num_words)
+    prepared = builtin.load(dataset, None, spec.num_words)
     fit = run_trial(spec, prepared, {}, monkeypatch, "fit")
     fused = run_trial(spec, prepared, {}, monkeypatch, "fused")
     assert fit.user_attrs["worker"]["engine"] == "fit"
@@ -173,7 +177,7 @@ def test_fused_and_fit_learn_the_same_curves(workdir, monkeypatch, dataset, vali
 def test_fused_trial_is_pruned_per_epoch(workdir, monkeypatch):
     path = tiny_study(workdir, epochs=8)
     spec = studyfile.load(str(path))
-    prepared = data.load("imdb", None, spec.num_words)
+    prepared = builtin.load("imdb", None, spec.num_words)
     monkeypatch.setenv("HPO_ENGINE", "fused")
     study = optuna.create_study(
         direction="maximize", pruner=optuna.pruners.ThresholdPruner(upper=-1.0)
@@ -191,9 +195,9 @@ def test_fused_nan_fails_the_trial_with_its_reason(workdir, monkeypatch):
     space = space.replace('"adam"', '"sgd"')
     path = tiny_study(workdir, "boston_housing", epochs=5, validation="kfold:2", space=space)
     spec = studyfile.load(str(path))
-    prepared = data.load("boston_housing", None, spec.num_words)
+    prepared = builtin.load("boston_housing", None, spec.num_words)
     monkeypatch.setenv("HPO_ENGINE", "fused")
-    from hpo.objective import TrialFailed
+    from hpo.train.objective import TrialFailed
 
     study = optuna.create_study()
     study.enqueue_trial({"learning_rate": 10.0})
@@ -206,7 +210,7 @@ def test_fused_nan_fails_the_trial_with_its_reason(workdir, monkeypatch):
 def test_fused_ctrl_c_stops_at_the_end_of_an_epoch(workdir, monkeypatch):
     path = tiny_study(workdir, "boston_housing", epochs=10, validation="kfold:2")
     spec = studyfile.load(str(path))
-    prepared = data.load("boston_housing", None, spec.num_words)
+    prepared = builtin.load("boston_housing", None, spec.num_words)
     monkeypatch.setenv("HPO_ENGINE", "fused")
     epochs_seen = []
 
@@ -227,7 +231,7 @@ def test_fused_trials_reproduce_with_a_seed(workdir, monkeypatch):
     space = FIXED_SPACES["boston_housing"] + "dropout = 0.2\n"  # dropout draws are seeded too
     path = tiny_study(workdir, "boston_housing", epochs=4, validation="kfold:2", space=space)
     spec = replace(studyfile.load(str(path)), seed=11)
-    prepared = data.load("boston_housing", None, spec.num_words)
+    prepared = builtin.load("boston_housing", None, spec.num_words)
     first = run_trial(spec, prepared, {}, monkeypatch, "fused")
     again = run_trial(spec, prepared, {}, monkeypatch, "fused")
     assert first.user_attrs["history"] == again.user_attrs["history"]
@@ -239,7 +243,7 @@ def test_kfold_on_packed_text_and_pixels(workdir, monkeypatch, dataset):
     space = "layers = 1\nunits = 16\nbatch_size = 32\nlearning_rate = 0.01\n"
     path = tiny_study(workdir, dataset, epochs=3, validation="kfold:2", space=space)
     spec = studyfile.load(str(path))
-    trial = run_trial(spec, data.load(dataset, None, spec.num_words), {}, monkeypatch, "fused")
+    trial = run_trial(spec, builtin.load(dataset, None, spec.num_words), {}, monkeypatch, "fused")
     assert trial.state == TrialState.COMPLETE
     assert len(trial.user_attrs["history"]["val_accuracy"]) == 3
     assert trial.value > 0.5  # the tiny data is learnable in 3 epochs

@@ -18,8 +18,9 @@ from conftest import REPO, SHARED_DATASETS, run_cli, run_hpo_process, tiny_study
 from optuna.trial import TrialState
 from rich.console import Console
 
-from hpo import budget, runner, studyfile
-from hpo.storage import DEFAULT_URL
+from hpo.search import budget, runner
+from hpo.search.storage import DEFAULT_URL
+from hpo.study import studyfile
 
 
 def load(name="tiny", url=DEFAULT_URL):

@@ -17,8 +17,9 @@ import pytest
 from conftest import REPO, run_cli, run_hpo_process
 
 import hpo
-from hpo import budget, tabular
-from hpo.storage import DEFAULT_URL
+from hpo.data.spec import parse_table
+from hpo.search import budget
+from hpo.search.storage import DEFAULT_URL
 
 SPACE = """
 [space]
@@ -299,7 +300,7 @@ def test_interrupt_from_python_leaves_a_resumable_study(churn_study):
 
 def test_a_large_preparation_is_stored_in_chunks(workdir):
     """MySQL keeps a user attr in 64 KB: a wide table's preparation is split and joined."""
-    from hpo import stored
+    from hpo.data import stored
 
     study = optuna.create_study(storage="sqlite:///chunks.db", study_name="wide")
     preparation = {"means": [0.123456789] * 12_000, "columns": [f"c{i}" for i in range(12_000)]}
@@ -316,13 +317,14 @@ def test_a_large_preparation_is_stored_in_chunks(workdir):
 def test_the_docs_example_study_file_is_valid():
     text = (REPO / "docs" / "own-data.md").read_text()
     doc = tomllib.loads(text.split("```toml\n")[1].split("```")[0])
-    spec = tabular.parse_table(doc["data"], "own-data.md", REPO)
+    spec = parse_table(doc["data"], "own-data.md", REPO)
     assert spec.target == "churned" and spec.test is not None
 
 
 def test_uint8_pixels_stay_compact_and_are_scaled_in_the_model(workdir):
     """As the built-in MNIST: 0-255 bytes in memory, x / 255 inside the model."""
-    from hpo import data, studyfile
+    from hpo.data.load import load_source
+    from hpo.study import studyfile
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(90, 4, 4), dtype=np.uint8)
@@ -332,7 +334,7 @@ def test_uint8_pixels_stay_compact_and_are_scaled_in_the_model(workdir):
     path = study_file(
         workdir, "pixels", 'train = "pixels.npz"\nstandardize = false\nscale = 0.00392156862745098'
     )
-    prepared = data.load_spec(studyfile.load(str(path)))
+    prepared = load_source(studyfile.load(str(path)).source)
     assert prepared.x_train.dtype == np.uint8 and prepared.x_train.shape == (70, 16)
     assert prepared.input_scale == pytest.approx(1 / 255)
     hpo.optimize(path, trials=1, seed=0, progress=False)

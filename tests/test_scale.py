@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy
 from conftest import REPO, SERVERS, reachable, run_cli
 
-from hpo import storage
 from hpo.errors import HpoError
+from hpo.search import storage
 
 sys.path.insert(0, str(REPO / "bench"))
 import storage_load
@@ -97,7 +97,7 @@ def test_a_full_server_at_start_is_waited_for(monkeypatch, caplog, message, wrap
 
     monkeypatch.setattr(storage.ReconnectingRDBStorage, "__init__", refuse_once)
     monkeypatch.setattr(storage.time, "sleep", lambda s: None)
-    with caplog.at_level(logging.WARNING, logger="hpo.storage"):
+    with caplog.at_level(logging.WARNING, logger="hpo.search.storage"):
         store = storage.open_storage("sqlite:///:memory:", reconnect_s=5)
     assert len(calls) == 2 and store.get_all_studies() == []
     assert "no free connection" in caplog.text

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from hpo.errors import HpoError
-from hpo.space import BOOK_DEFAULTS, Choice, FloatRange, IntRange, parse_space
+from hpo.study.space import BOOK_DEFAULTS, Choice, FloatRange, IntRange, parse_space
 
 
 def test_forms_and_defaults():

@@ -13,7 +13,7 @@ from conftest import rdb, run_cli, tiny_study
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
-from hpo.storage import open_storage, redact
+from hpo.search.storage import open_storage, redact
 
 
 def test_optimize_on_a_server(workdir, capsys, server_url):

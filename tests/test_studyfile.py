@@ -2,8 +2,8 @@
 
 import pytest
 
-from hpo import studyfile
 from hpo.errors import HpoError
+from hpo.study import studyfile
 
 
 @pytest.mark.parametrize("name", ["imdb", "reuters", "boston_housing", "mnist"])

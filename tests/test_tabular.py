@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpo import tabular
+from hpo.data import files
+from hpo.data import own as own_data
+from hpo.data.preparation import Preparation
+from hpo.data.spec import DataSpec, parse_table
 from hpo.errors import HpoError
-from hpo.tabular import DataSpec, Preparation
 
 
 @pytest.fixture(autouse=True)
@@ -21,9 +23,9 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Files in tmp_path, the cache inside it, nothing remembered from another test."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
-    tabular.clear_caches()
+    own_data.clear_caches()
     yield tmp_path
-    tabular.clear_caches()
+    own_data.clear_caches()
 
 
 def houses(n: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -50,12 +52,12 @@ def write(df: pd.DataFrame, name: str) -> Path:
 
 
 def spec(**table) -> DataSpec:
-    return tabular.parse_table(table, "study.toml", Path.cwd())
+    return parse_table(table, "study.toml", Path.cwd())
 
 
 def fails(match: str, **table) -> None:
     with pytest.raises(HpoError, match=match) as info:
-        tabular.load(spec(**table))
+        own_data.load(spec(**table))
     assert "\n" not in str(info.value)
 
 
@@ -64,11 +66,11 @@ def fails(match: str, **table) -> None:
 
 def test_parse_table_defaults_and_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    s = tabular.parse_table({"train": "data/train.csv"}, "s.toml", tmp_path / "studies")
+    s = parse_table({"train": "data/train.csv"}, "s.toml", tmp_path / "studies")
     assert s.train == tmp_path / "studies" / "data" / "train.csv" and s.train.is_absolute()
     assert (s.test, s.target, s.drop, s.categorical) == (None, "target", (), ())
     assert (s.test_fraction, s.split_seed, s.standardize, s.task) == (0.2, 0, True, None)
-    s = tabular.parse_table(
+    s = parse_table(
         {"train": "~/a.parquet", "test": "/abs/b.csv", "drop": ["id"], "categorical": ["c"]},
         "s.toml",
         tmp_path,
@@ -105,7 +107,7 @@ def test_parse_table_defaults_and_paths(tmp_path, monkeypatch):
 )
 def test_parse_table_refuses(table, message):
     with pytest.raises(HpoError, match=message) as info:
-        tabular.parse_table(table, "s.toml", Path("/base"))
+        parse_table(table, "s.toml", Path("/base"))
     assert str(info.value).startswith("s.toml: ") and "\n" not in str(info.value)
 
 
@@ -114,7 +116,7 @@ def test_parse_table_refuses(table, message):
 
 def test_table_prepared_as_the_book_does():
     write(houses(), "train.csv")
-    own = tabular.load(spec(train="train.csv", drop=["id"], categorical=["city"]))
+    own = own_data.load(spec(train="train.csv", drop=["id"], categorical=["city"]))
     prep = own.preparation
     assert (prep.kind, prep.task, prep.labels, prep.n_outputs) == (
         "table",
@@ -142,7 +144,7 @@ def test_standardized_with_the_training_rows_only():
     test["area"] = test["area"] * 100 + 5000  # a very different test set
     write(train, "train.csv")
     write(test, "test.csv")
-    own = tabular.load(spec(train="train.csv", test="test.csv", drop=["id"], categorical=["city"]))
+    own = own_data.load(spec(train="train.csv", test="test.csv", drop=["id"], categorical=["city"]))
     prep = own.preparation
     assert prep.means[1] == pytest.approx(train["area"].mean())
     assert prep.stds[1] == pytest.approx(train["area"].std(ddof=0))
@@ -154,10 +156,10 @@ def test_standardized_with_the_training_rows_only():
 def test_constant_column_has_std_one_and_standardize_false_keeps_values():
     df = houses(20).assign(const=7.0)
     write(df, "train.csv")
-    own = tabular.load(spec(train="train.csv", drop=["id", "city"]))
+    own = own_data.load(spec(train="train.csv", drop=["id", "city"]))
     i = own.preparation.numeric.index("const")
     assert own.preparation.stds[i] == 1.0 and np.all(own.x_train[:, i] == 0)
-    raw = tabular.load(spec(train="train.csv", drop=["id", "city"], standardize=False))
+    raw = own_data.load(spec(train="train.csv", drop=["id", "city"], standardize=False))
     assert np.all(raw.x_train[:, i] == 7.0) and set(raw.x_train[:, 0]) <= {1, 2, 3, 4, 5}
 
 
@@ -166,7 +168,7 @@ def test_unseen_test_category_is_an_all_zero_row_counted_not_an_error():
     test.loc[[0, 3, 5], "city"] = "Berlin"
     write(train, "train.csv")
     write(test, "test.csv")
-    own = tabular.load(spec(train="train.csv", test="test.csv", drop=["id"], categorical=["city"]))
+    own = own_data.load(spec(train="train.csv", test="test.csv", drop=["id"], categorical=["city"]))
     assert own.unseen == {"city": 3}
     np.testing.assert_array_equal(own.x_test[[0, 3, 5], 3:], 0)
     assert own.x_test[1, 3:].sum() == 1
@@ -178,7 +180,7 @@ def test_integer_categories_and_category_dtype_from_parquet():
     df["zone"] = np.tile([10, 2, 33], 8)
     df["kind"] = pd.Categorical(np.tile(["b", "a"], 12))
     write(df, "train.parquet")
-    prep = tabular.load(spec(train="train.parquet", categorical=["zone"], drop=["id"])).preparation
+    prep = own_data.load(spec(train="train.parquet", categorical=["zone"], drop=["id"])).preparation
     assert prep.categories == {"zone": [2, 10, 33], "kind": ["a", "b"]}
     assert json.loads(json.dumps(prep.to_dict()))["categories"]["zone"] == [2, 10, 33]
 
@@ -187,7 +189,7 @@ def test_text_column_of_numbers_is_converted():
     df = houses(20).drop(columns="city")
     df["price"] = [str(v) for v in np.linspace(1.5, 9, 20)]
     write(df, "train.parquet")  # parquet keeps it as text
-    own = tabular.load(spec(train="train.parquet", drop=["id"], standardize=False))
+    own = own_data.load(spec(train="train.parquet", drop=["id"], standardize=False))
     i = own.preparation.numeric.index("price")
     assert sorted(np.r_[own.x_train[:, i], own.x_test[:, i]]) == pytest.approx(
         np.linspace(1.5, 9, 20)
@@ -197,13 +199,13 @@ def test_text_column_of_numbers_is_converted():
 def test_rows_are_shuffled_once_with_the_seed():
     df = houses(40).sort_values("target")  # sorted by class, as files often are
     write(df, "train.csv")
-    a = tabular.load(spec(train="train.csv", drop=["city"]))
-    b = tabular.load(spec(train="train.csv", drop=["city"], split_seed=1))
+    a = own_data.load(spec(train="train.csv", drop=["city"]))
+    b = own_data.load(spec(train="train.csv", drop=["city"], split_seed=1))
     ids = a.x_train[:, a.preparation.numeric.index("id")]
     assert not np.all(np.diff(a.y_train) >= 0)  # not sorted by class any more
     assert set(a.y_test) == {0, 1}
     assert not np.array_equal(a.x_train, b.x_train) and len(set(ids)) == 32
-    again = tabular.load(spec(train="train.csv", drop=["city"]))
+    again = own_data.load(spec(train="train.csv", drop=["city"]))
     np.testing.assert_array_equal(again.x_train, a.x_train)
 
 
@@ -211,8 +213,8 @@ def test_transform_of_the_training_rows_reproduces_x_train():
     df = houses(30)
     write(df, "train.csv")
     write(houses(10, seed=3), "test.csv")
-    own = tabular.load(spec(train="train.csv", test="test.csv", drop=["id"], categorical=["city"]))
-    rows, x, unseen = tabular.read_rows(Path("train.csv"), own.preparation)
+    own = own_data.load(spec(train="train.csv", test="test.csv", drop=["id"], categorical=["city"]))
+    rows, x, unseen = own_data.read_rows(Path("train.csv"), own.preparation)
     perm = np.random.default_rng(0).permutation(30)  # the shuffle: split_seed 0
     np.testing.assert_array_equal(x[perm], own.x_train)
     np.testing.assert_array_equal(own.preparation.encode_labels(rows["target"])[perm], own.y_train)
@@ -221,7 +223,7 @@ def test_transform_of_the_training_rows_reproduces_x_train():
 
 def test_preparation_round_trips_through_json():
     write(houses(30), "train.csv")
-    own = tabular.load(spec(train="train.csv", drop=["id"], categorical=["city"]))
+    own = own_data.load(spec(train="train.csv", drop=["id"], categorical=["city"]))
     text = json.dumps(own.preparation.to_dict())
     back = Preparation.from_dict(json.loads(text))
     assert back == own.preparation
@@ -233,7 +235,7 @@ def test_preparation_round_trips_through_json():
 
 def test_transform_checks_new_rows():
     write(houses(30), "train.csv")
-    prep = tabular.load(spec(train="train.csv", drop=["id"], categorical=["city"])).preparation
+    prep = own_data.load(spec(train="train.csv", drop=["id"], categorical=["city"])).preparation
     new = houses(5, seed=4).drop(columns=["id", "target"]).assign(extra=1)  # extra: ignored
     x, unseen = prep.transform(new, "new.csv")
     assert x.shape == (5, 6) and unseen == {}
@@ -251,7 +253,7 @@ def test_transform_checks_new_rows():
 def test_labels_mapped_in_sorted_order_and_decoded():
     df = houses(30).assign(target=np.tile([2, 1], 15))
     write(df, "train.csv")
-    prep = tabular.load(spec(train="train.csv", drop=["city"])).preparation
+    prep = own_data.load(spec(train="train.csv", drop=["city"])).preparation
     assert prep.task == "binary" and prep.labels == [1, 2]  # labels[1] is the positive class
     np.testing.assert_array_equal(prep.encode_labels([1, 2, 2.0]), [0, 1, 1])
     np.testing.assert_array_equal(prep.decode_labels(np.array([1, 0])), [2, 1])
@@ -262,7 +264,7 @@ def test_labels_mapped_in_sorted_order_and_decoded():
 def test_a_class_only_in_the_test_file_is_an_output_and_a_note():
     write(houses(30), "train.csv")
     write(houses(10, seed=1).assign(target=["maybe"] * 2 + ["no"] * 8), "test.csv")
-    own = tabular.load(spec(train="train.csv", test="test.csv", categorical=["city"]))
+    own = own_data.load(spec(train="train.csv", test="test.csv", categorical=["city"]))
     assert own.preparation.task == "multiclass" and own.preparation.labels == ["maybe", "no", "yes"]
     note = "1 class(es) occur only in the test rows ('maybe': 2 rows), never in training"
     assert note in own.notes
@@ -287,8 +289,8 @@ def test_a_class_only_in_the_test_file_is_an_output_and_a_note():
 def test_task_inferred_from_the_target(target, task, labels):
     write(houses(30).assign(target=target), "train.csv")
     s = spec(train="train.csv", drop=["city"])
-    assert tabular.infer_task(s) == task
-    own = tabular.load(s)
+    assert own_data.infer_task(s) == task
+    own = own_data.load(s)
     assert own.preparation.labels == labels
     assert own.notes[0].startswith(f"task inferred: {task}")
     expected = np.float32 if task == "regression" else np.int64
@@ -303,15 +305,15 @@ def test_task_inferred_from_the_target(target, task, labels):
 def test_stated_task_checked_and_shared_with_inference():
     write(houses(30), "train.csv")
     s = spec(train="train.csv", drop=["city"])
-    read = tabular.stats["files_read"]
-    tabular.load(s)
-    stated = tabular.load(dataclasses.replace(s, task="binary"))
+    read = files.stats["files_read"]
+    own_data.load(s)
+    stated = own_data.load(dataclasses.replace(s, task="binary"))
     assert stated.notes[0] == "task: binary (2 classes: 'no', 'yes') (stated in the study file)"
-    assert tabular.stats["files_read"] == read + 1  # one reading, one preparation
-    multi = tabular.load(dataclasses.replace(s, task="multiclass"))  # 2 classes: allowed
+    assert files.stats["files_read"] == read + 1  # one reading, one preparation
+    multi = own_data.load(dataclasses.replace(s, task="multiclass"))  # 2 classes: allowed
     assert multi.preparation.n_outputs == 2 and multi.preparation.task == "multiclass"
     write(houses(30).assign(target=np.tile([1, 2, 3], 10)), "ints.csv")
-    reg = tabular.load(
+    reg = own_data.load(
         dataclasses.replace(spec(train="ints.csv", drop=["city"]), task="regression")
     )
     assert reg.y_train.dtype == np.float32 and reg.preparation.labels is None
@@ -328,7 +330,7 @@ def test_stated_task_checked_and_shared_with_inference():
 def test_bad_targets(target, task, message):
     write(houses(30).assign(target=target), "train.csv")
     with pytest.raises(HpoError, match=message):
-        tabular.load(dataclasses.replace(spec(train="train.csv", drop=["city"]), task=task))
+        own_data.load(dataclasses.replace(spec(train="train.csv", drop=["city"]), task=task))
 
 
 # --- bad data ------------------------------------------------------------------------------
@@ -396,7 +398,7 @@ def test_bad_test_file(change, message):
     write(change(houses(10, seed=5)), "test.csv")
     table = {"train": "train.csv", "test": "test.csv", "categorical": ["city"], "drop": ["id"]}
     if message is None:
-        assert len(tabular.load(spec(**table)).x_test) == 10
+        assert len(own_data.load(spec(**table)).x_test) == 10
     else:
         fails(message, **table)
 
@@ -407,7 +409,7 @@ def test_missing_file_and_unknown_extension(tmp_path):
     fails(r"^data\.test: .*/nope\.csv: no such file$", train="train.csv", test="nope.csv")
     (tmp_path / "data.xlsx").write_text("x")
     with pytest.raises(HpoError, match=r"^data\.train: data\.xlsx: unknown file type \.xlsx"):
-        tabular.load(DataSpec(train=tmp_path / "data.xlsx"))
+        own_data.load(DataSpec(train=tmp_path / "data.xlsx"))
 
 
 @pytest.mark.parametrize(
@@ -426,6 +428,18 @@ def test_unreadable_files(tmp_path, name, content, message):
     fails(message, train=name)
 
 
+def test_a_column_named_twice_is_refused(tmp_path):
+    """pandas would rename the second `area` to `area.1` and hpo would train on it."""
+    (tmp_path / "train.csv").write_text("area,rooms,area,target\n" + "1,2,3,0\n4,5,6,1\n" * 10)
+    fails(
+        r"^train\.csv: the header names column 'area' twice; rename or remove one$",
+        train="train.csv",
+    )
+    # A column that is really called `area.1` is no copy of anything.
+    (tmp_path / "ok.csv").write_text("area,rooms,area.1,target\n" + "1,2,3,0\n4,5,6,1\n" * 10)
+    assert own_data.load(spec(train="ok.csv")).preparation.numeric == ["area", "rooms", "area.1"]
+
+
 def test_parquet_without_pyarrow(monkeypatch):
     write(houses(), "train.parquet")
     monkeypatch.setitem(sys.modules, "pyarrow", None)
@@ -438,12 +452,12 @@ def test_too_few_rows():
     s = spec(train="train.csv", categorical=["city"])
     message = r"^train\.csv: 4 training rows, validation kfold:4 needs at least 8$"
     with pytest.raises(HpoError, match=message):
-        tabular.load(s, min_train_rows=8, why="validation kfold:4")
+        own_data.load(s, min_train_rows=8, why="validation kfold:4")
     with pytest.raises(HpoError, match=message):
-        tabular.load(s, min_train_rows=8, why="validation kfold:4 needs at least 8")
+        own_data.load(s, min_train_rows=8, why="validation kfold:4 needs at least 8")
     with pytest.raises(HpoError, match=r"^train\.csv: 4 training rows, hpo needs at least 5$"):
-        tabular.load(s, min_train_rows=5)
-    assert len(tabular.load(s, min_train_rows=4).x_train) == 4
+        own_data.load(s, min_train_rows=5)
+    assert len(own_data.load(s, min_train_rows=4).x_train) == 4
     write(houses(1), "one.csv")
     fails(r"^one\.csv: 1 rows are too few to hold out a test set", train="one.csv", drop=["city"])
 
@@ -460,7 +474,7 @@ def test_npz_keras_layout_standardized_per_feature():
     x, y = images(40)
     xt, yt = images(10, seed=1)
     np.savez("train.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
-    own = tabular.load(spec(train="train.npz"))
+    own = own_data.load(spec(train="train.npz"))
     prep = own.preparation
     assert (prep.kind, prep.task, prep.labels, prep.dtype) == (
         "arrays",
@@ -479,19 +493,19 @@ def test_npz_keras_layout_standardized_per_feature():
     np.testing.assert_array_equal(own.y_train, y[perm])
     assert own.notes[1] == "test: x_test/y_test of train.npz, 10 rows"
     np.savez("new.npz", x=xt)
-    _, again, _ = tabular.read_rows(Path("new.npz"), Preparation.from_dict(prep.to_dict()))
+    _, again, _ = own_data.read_rows(Path("new.npz"), Preparation.from_dict(prep.to_dict()))
     np.testing.assert_array_equal(again, own.x_test)
 
 
 def test_npz_unstandardized_keeps_uint8_and_splits_without_test_arrays():
     x, y = images(40)
     np.savez("train.npz", x_train=x, y_train=y)
-    own = tabular.load(spec(train="train.npz", standardize=False, test_fraction=0.25))
+    own = own_data.load(spec(train="train.npz", standardize=False, test_fraction=0.25))
     assert own.x_train.dtype == np.uint8 and own.preparation.dtype == "uint8"
     assert own.x_train.shape == (30, 12) and own.x_test.shape == (10, 12)
     assert own.notes[1] == "test: 25% of train.npz (split_seed 0), 10 rows"
     np.savez("f.npz", x_train=x.astype(np.float64) / 255, y_train=y + 0.5)
-    f = tabular.load(spec(train="f.npz", standardize=False))
+    f = own_data.load(spec(train="f.npz", standardize=False))
     assert f.x_train.dtype == np.float32 and f.preparation.task == "regression"
 
 
@@ -500,7 +514,7 @@ def test_npz_separate_test_file():
     xt, yt = images(10, seed=1)
     np.savez("train.npz", x_train=x, y_train=y)
     np.savez("test.npz", x_test=xt, y_test=yt)
-    own = tabular.load(spec(train="train.npz", test="test.npz"))
+    own = own_data.load(spec(train="train.npz", test="test.npz"))
     assert own.x_test.shape == (10, 12) and own.notes[1] == "test: test.npz, 10 rows"
 
 
@@ -555,35 +569,35 @@ def test_npz_with_python_objects_is_refused():
 def test_cached_in_memory_then_on_disk(tmp_path, monkeypatch):
     write(houses(30), "train.csv")
     s = spec(train="train.csv", categorical=["city"])
-    before = dict(tabular.stats)
-    first = tabular.load(s)
-    assert tabular.load(s) is first and tabular.stats["memory_hits"] == before["memory_hits"] + 1
+    before = dict(own_data.stats)
+    first = own_data.load(s)
+    assert own_data.load(s) is first and own_data.stats["memory_hits"] == before["memory_hits"] + 1
     folders = list((tmp_path / "cache").glob("own-*"))
     assert len(folders) == 1 and (folders[0] / "preparation.json").is_file()
 
-    tabular.clear_caches()  # as a new worker process would start
+    own_data.clear_caches()  # as a new worker process would start
 
     def no_reading(*args, **kwargs):
         raise AssertionError("read the CSV again")
 
     with monkeypatch.context() as patch:
         patch.setattr(pd, "read_csv", no_reading)
-        again = tabular.load(s)
-        assert tabular.infer_task(s) == "binary"
-    assert tabular.stats["disk_hits"] == before["disk_hits"] + 1
+        again = own_data.load(s)
+        assert own_data.infer_task(s) == "binary"
+    assert own_data.stats["disk_hits"] == before["disk_hits"] + 1
     assert again.preparation == first.preparation and again.notes == first.notes
     np.testing.assert_array_equal(again.x_train, first.x_train)
     np.testing.assert_array_equal(again.y_test, first.y_test)
 
     write(houses(31), "train.csv")  # a changed file is prepared again
-    assert len(tabular.load(s).x_train) + len(tabular.load(s).x_test) == 31
+    assert len(own_data.load(s).x_train) + len(own_data.load(s).x_test) == 31
 
 
 def test_stated_classification_of_fractional_numbers_is_refused():
     write(houses(30).assign(target=np.linspace(0, 3, 30)), "train.csv")
     s = dataclasses.replace(spec(train="train.csv", drop=["city"]), task="multiclass")
     with pytest.raises(HpoError, match='fractional numbers; use task = "regression"'):
-        tabular.load(s)
+        own_data.load(s)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The preparation of a study's own data, kept in the study itself.
 
 What hpo learned from the training rows (means, stds, categories, label mapping; see
-hpo.tabular.Preparation) is written into the study's user attrs when its first worker loads
+hpo.data.preparation.Preparation) is written into the study's user attrs when its first worker loads
 the data, so `analyze` and `predict` on any machine prepare new rows exactly the same way, and
 a later worker that finds different data (the file was edited) stops instead of mixing trials
 of two datasets. The JSON is split into chunks: MySQL stores a user attr as TEXT (64 KB).

@@ -10,7 +10,7 @@ What a finished (or pruned, or failed) trial holds:
 - user attr `worker`: host, pid, backend, training loop (`engine`), input layout (`input`), GPU
   memory share and the process' data-load counts.
 
-Trials train through hpo.engine's fused loop (one compiled call per epoch) on TensorFlow and
+Trials train through hpo.train.engine's fused loop (one compiled call per epoch) on TensorFlow and
 JAX, through model.fit otherwise; either way the reporter below sees every epoch's logs.
 
 Why not optuna_integration's KerasPruningCallback: k-fold trials must report the metric averaged
@@ -26,14 +26,15 @@ from typing import Any
 import numpy as np
 import optuna
 
-from hpo import data as data_lib
-from hpo import engine, resources
-from hpo import model as model_lib
+from hpo import resources
 from hpo.backend import import_keras, set_random_seed
-from hpo.curves import best_point
-from hpo.data import Prepared
+from hpo.data import builtin, own
+from hpo.data.prepared import Prepared
 from hpo.errors import HpoError
-from hpo.studyfile import StudySpec
+from hpo.study.studyfile import StudySpec
+from hpo.train import engine
+from hpo.train import model as model_lib
+from hpo.train.curves import best_point
 
 keras = import_keras()  # through hpo.backend, which keeps the backend's start-up quiet
 
@@ -139,7 +140,8 @@ class Objective:
             self.admit(trial)
         # Which process ran it, and how often that process has read or vectorized the data
         # (once per worker: every later trial finds it in memory).
-        trial.set_user_attr("worker", {**self.worker, "data_loads": dict(data_lib.stats)})
+        loads = (builtin if self.data.preparation is None else own).stats
+        trial.set_user_attr("worker", {**self.worker, "data_loads": dict(loads)})
         keras.backend.clear_session()  # drop the previous trial's graphs and layer names
         params = self.spec.space.suggest(trial)
         seed = None if self.spec.seed is None else self.spec.seed + trial.number
@@ -200,7 +202,7 @@ class Objective:
     def _fit_folds(self, params: dict[str, Any], reporter: EpochReporter, seed: int | None) -> None:
         """Train the k fold models of a k-fold trial and report their averaged metric.
 
-        Fused: the k models stacked into one (hpo.model.FoldDense), one compiled call per
+        Fused: the k models stacked into one (hpo.train.model.FoldDense), one compiled call per
         epoch. With model.fit (torch, or HPO_ENGINE=fit): k models side by side, a chunk of
         epochs at a time, the pruner checked after every chunk: one fit() call per fold and
         epoch would cost more than the epochs themselves on small data."""
@@ -227,7 +229,7 @@ class Objective:
     def _train_fused(
         self, params: dict[str, Any], model, train, val, reporter: EpochReporter, seed: int | None
     ) -> None:
-        """hpo.engine's loop: one compiled call per epoch, each epoch's logs to the reporter."""
+        """The fused loop (hpo.train.engine): one compiled call per epoch, logs to the reporter."""
         to_targets = self._targets(params)
         trainer = engine.FusedTrainer(
             model,

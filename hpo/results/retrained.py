@@ -1,7 +1,7 @@
 """What retraining a configuration yields: its test metrics per seed and of their ensemble.
 
-The type sits below both modules that use it: hpo.analysis makes these results, hpo.report
-and hpo.one_factor write them up.
+The type sits below the modules that use it: analysis makes these results, report and one_factor
+write them up.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ DRIVERS = {
     "mysqldb": "mysqlclient",
 }
 
-log = logging.getLogger("hpo.storage")
+log = logging.getLogger("hpo.search.storage")
 # When the server goes away, SQLAlchemy's pool logs a traceback for each connection it fails to
 # roll back on return ("Exception during reset or similar"); the retry below reports the outage
 # in one line and replaces the connection, so that traceback is noise on the user's terminal.

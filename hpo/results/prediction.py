@@ -1,7 +1,7 @@
 """Predictions of a tuned model on new rows, prepared exactly as the study's training rows were.
 
 `hpo analyze` saves the model (model.keras, and ensemble.keras when it retrained several seeds)
-with preparation.json, what hpo learned from the training rows (hpo.tabular.Preparation). Here
+with preparation.json, what hpo learned from the training rows (a Preparation). Here
 new rows go through that preparation and the model, and come out as the value (regression) or
 the class with its probability (classification), with the original class labels.
 """
@@ -18,9 +18,11 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from hpo import stored, tabular
+from hpo.data import stored
+from hpo.data.own import read_rows
+from hpo.data.preparation import Preparation
 from hpo.errors import HpoError, first_line
-from hpo.studyfile import Identity
+from hpo.study.studyfile import Identity
 
 MODEL_FILES = ("ensemble.keras", "model.keras")  # the ensemble first: it tests best
 WRITTEN = (".csv", ".parquet", ".npz")
@@ -31,7 +33,7 @@ class Predictor:
     """A saved model with the preparation of its data."""
 
     model: Any  # a keras.Model
-    preparation: tabular.Preparation
+    preparation: Preparation
     path: Path  # the .keras file
 
     def predict(self, rows: pd.DataFrame | np.ndarray, probabilities: bool = False) -> pd.DataFrame:
@@ -52,7 +54,7 @@ class Predictor:
         if out is not None and out.suffix not in WRITTEN:
             raise HpoError(f"--out {out}: write .csv, .parquet or .npz")
         if isinstance(rows, str | Path):
-            frame, x, unseen = tabular.read_rows(Path(rows), self.preparation)
+            frame, x, unseen = read_rows(Path(rows), self.preparation)
             predicted = self._frame(x, unseen, probabilities)
         else:
             frame = rows if isinstance(rows, pd.DataFrame) else None
@@ -161,11 +163,11 @@ def open_predictor(
     from hpo.backend import import_keras
 
     keras = import_keras()
-    import hpo.model  # noqa: F401  (registers hpo's layers, so saved models load)
+    import hpo.train.model  # noqa: F401  (registers hpo's layers, so saved models load)
 
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:
         why = f"{type(exc).__name__}: {first_line(exc)}"
         raise HpoError(f"{path}: cannot load the model ({why})") from exc
-    return Predictor(model, tabular.Preparation.from_dict(preparation), path)
+    return Predictor(model, Preparation.from_dict(preparation), path)

@@ -15,7 +15,7 @@ losses are the same weighted means Keras computes.
 
 Keras' logs are reproduced: `loss` (the loss over the epoch's samples), the task's metrics
 (`accuracy`, or `mae` and `mse`) and their `val_` twins. A model whose output has a fold axis
-(hpo.model's stacked k-fold models: one batch row carries a sample of each fold) gets one
+(hpo.train.model's stacked k-fold models: one batch row carries a sample of each fold) gets one
 loss per fold, summed so that each fold's weights receive exactly the gradient they would get
 alone; its logs are the folds' mean.
 """
@@ -63,7 +63,7 @@ def per_sample_loss(name: str) -> Callable:
 
 
 def task_metrics(task: str, loss: str) -> dict[str, Callable]:
-    """Keras' per-sample metric functions, under the names hpo.model gives its metric objects."""
+    """Keras' per-sample metric functions, named as hpo.train.model names its metric objects."""
     metrics = keras.metrics
     if task == "regression":
         return {"mae": metrics.mean_absolute_error, "mse": metrics.mean_squared_error}
@@ -87,7 +87,7 @@ def batch_plan(n: int, batch_size: int, rng: np.random.Generator | None) -> tupl
 
 
 class FusedTrainer:
-    """Trains a compiled Keras model (hpo.model.build) one compiled call per epoch."""
+    """Trains a compiled Keras model (hpo.train.model.build) one compiled call per epoch."""
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hpo.budget import over_budget, study_counts
+from hpo.search.budget import over_budget, study_counts
 
 
 class StudyProgress:

@@ -20,13 +20,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import model as model_lib
-from hpo import report as report_lib
 from hpo.backend import import_keras, set_random_seed
-from hpo.data import Prepared
+from hpo.data.prepared import Prepared
 from hpo.errors import HpoError
-from hpo.retrained import Retrained, test_metrics
-from hpo.studyfile import StudySpec
+from hpo.results import report as report_lib
+from hpo.results.retrained import Retrained, test_metrics
+from hpo.study.studyfile import StudySpec
+from hpo.train import model as model_lib
 
 
 def ranked_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:

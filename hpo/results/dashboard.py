@@ -15,9 +15,10 @@ from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from optuna.artifacts import FileSystemArtifactStore
+from rich.console import Console
 
 from hpo.errors import HpoError
-from hpo.storage import open_storage
+from hpo.search.storage import open_storage, redact
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -97,3 +98,35 @@ def serve_in_thread(server: WSGIServer) -> threading.Thread:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return thread
+
+
+def run(
+    storage_url: str,
+    host: str,
+    port: int,
+    artifact_dir: Path,
+    screenshot_to: Path | None,
+    study: str | None,
+    console: Console,
+) -> None:
+    """`hpo dashboard`: serve until Ctrl-C, or, with `screenshot_to`, save a PNG of the page
+    (the study's page with `study`) and stop."""
+    server = make_app_server(storage_url, host, port, artifact_dir)
+    url = f"http://{host}:{server.server_port}"
+    if screenshot_to is not None:
+        page = url + (study_path(storage_url, study) if study else "/dashboard")
+        serve_in_thread(server)
+        try:
+            screenshot(page, screenshot_to)
+        finally:
+            server.shutdown()
+            server.server_close()
+        console.print(f"screenshot of {page} saved to {screenshot_to}")
+        return
+    console.print(f"optuna-dashboard on {redact(storage_url)}: {url}/dashboard (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

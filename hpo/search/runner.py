@@ -11,14 +11,17 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
-from hpo import algorithms, data, stored
 from hpo.backend import import_keras
-from hpo.budget import Budget, OverBudget, finished
+from hpo.data import stored
+from hpo.data.load import load_source
+from hpo.data.prepared import Prepared
 from hpo.errors import HpoError
-from hpo.interrupt import GracefulInterrupt
-from hpo.progress import StudyProgress
-from hpo.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
-from hpo.studyfile import StudySpec
+from hpo.search.budget import Budget, OverBudget, finished
+from hpo.search.interrupt import GracefulInterrupt
+from hpo.search.progress import StudyProgress
+from hpo.search.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
+from hpo.study import algorithms
+from hpo.study.studyfile import StudySpec
 
 SPEC_ATTR = "hpo"  # study user attr holding what analyze needs to rebuild the objective
 
@@ -77,12 +80,12 @@ def open_study(
 
 def load_data(
     spec: StudySpec, data_dir: str | None, study: optuna.Study, console: Console
-) -> data.Prepared:
+) -> Prepared:
     """The study's data; your own data checked against the preparation the study's first
     worker stored (or stored now): trials, or a model retrained on an edited file, would not
     be the study's."""
     with console.status(f"loading {spec.dataset}…"):
-        prepared = data.load_spec(spec, data_dir)
+        prepared = load_source(spec.source, data_dir)
     if prepared.preparation is not None:
         stored.save_or_check(study, prepared.preparation.to_dict(), spec.dataset)
     return prepared
@@ -129,7 +132,7 @@ def run(
     logging.getLogger("hpo").setLevel(logging.WARNING)
     interrupted = False
     import_keras()
-    from hpo.objective import Objective, TrialFailed  # imports keras: only when training
+    from hpo.train.objective import Objective, TrialFailed  # imports keras: only when training
 
     budget = Budget(trials)
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -25,10 +25,10 @@ import optuna
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from hpo.curves import smoothed
-from hpo.retrained import Retrained, test_metrics
-from hpo.studyfile import StudySpec
-from hpo.summary import trials_frame
+from hpo.results.retrained import Retrained, test_metrics
+from hpo.results.summary import trials_frame
+from hpo.study.studyfile import StudySpec
+from hpo.train.curves import smoothed
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

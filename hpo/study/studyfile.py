@@ -12,10 +12,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hpo import algorithms, data, tabular
-from hpo.datasets import BUILTIN
+from hpo.data.builtin import DATASET_TASKS
+from hpo.data.keras_files import BUILTIN
+from hpo.data.own import infer_task
+from hpo.data.spec import TASKS, DataSpec, Source, Validation, parse_table
 from hpo.errors import HpoError
-from hpo.space import TASKS, Space, parse_space
+from hpo.study import algorithms
+from hpo.study.space import Space, parse_space
 
 METRICS = {
     "binary": {"val_accuracy": "maximize", "val_loss": "minimize"},
@@ -44,7 +47,7 @@ class StudySpec:
     metric: str
     direction: str
     max_epochs: int
-    validation: data.Validation
+    validation: Validation
     space: Space
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
@@ -52,7 +55,12 @@ class StudySpec:
     seed: int | None = None
     smooth_epochs: int = 1  # rank trials by their validation curve averaged over this many epochs
     path: str = ""
-    data: tabular.DataSpec | None = None  # the user's own file ([data]); None: a built-in dataset
+    data: DataSpec | None = None  # the user's own file ([data]); None: a built-in dataset
+
+    @property
+    def source(self) -> Source:
+        """What the data stage needs to know of this study."""
+        return Source(self.dataset, self.validation, self.num_words, self.data)
 
     def with_overrides(self, **changes: Any) -> StudySpec:
         """A copy with CLI options applied; None means 'keep the file's value'."""
@@ -71,7 +79,7 @@ class StudySpec:
 
 def studies_dir() -> Path:
     env = os.environ.get("HPO_STUDIES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "studies"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "studies"
 
 
 def builtin_studies() -> list[Path]:
@@ -154,10 +162,10 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
             f"(allowed: {', '.join(sorted(STUDY_KEYS))})"
         )
 
-    own = None
+    table = None
     if "data" in doc:
-        own = _own_data(doc["data"], study, source)
-        dataset, task = own.train.name, tabular.infer_task(own)
+        table = _own_data(doc["data"], study, source)
+        dataset, task = table.train.name, infer_task(table)
     else:
         dataset, task = _builtin(study, source)
 
@@ -184,8 +192,8 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
             f"{source}: study.max_epochs: must be a positive integer, got {max_epochs!r}"
         )
     try:
-        default = "first:20%" if own else "first:10000"
-        validation = data.Validation.parse(study.get("validation", default))
+        default = "first:20%" if table else "first:10000"
+        validation = Validation.parse(study.get("validation", default))
     except ValueError as exc:
         raise HpoError(f"{source}: study.validation: {exc}") from exc
     num_words = study.get("num_words", 10000)
@@ -233,7 +241,7 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
         seed=seed,
         smooth_epochs=smooth_epochs,
         path=source,
-        data=own,
+        data=table,
     )
 
 
@@ -246,17 +254,17 @@ def _builtin(study: dict, source: str) -> tuple[str, str]:
             f"{source}: study.dataset: unknown dataset {dataset!r} (built in: {builtin}; "
             "for your own file, a [data] table)"
         )
-    task = study.get("task", data.TASKS[dataset])
+    task = study.get("task", DATASET_TASKS[dataset])
     if task not in TASKS:
         raise HpoError(f"{source}: study.task: must be one of {', '.join(TASKS)}, got {task!r}")
-    if task != data.TASKS[dataset]:
+    if task != DATASET_TASKS[dataset]:
         raise HpoError(
-            f"{source}: study.task: {dataset} is a {data.TASKS[dataset]} dataset, not {task}"
+            f"{source}: study.task: {dataset} is a {DATASET_TASKS[dataset]} dataset, not {task}"
         )
     return dataset, task
 
 
-def _own_data(table: Any, study: dict, source: str) -> tabular.DataSpec:
+def _own_data(table: Any, study: dict, source: str) -> DataSpec:
     """The [data] table of a study on the user's own file; the task stated in [study], if any."""
     if not isinstance(table, dict):
         raise HpoError(f"{source}: [data] must be a table")
@@ -268,7 +276,7 @@ def _own_data(table: Any, study: dict, source: str) -> tabular.DataSpec:
     task = study.get("task")
     if task is not None and task not in TASKS:
         raise HpoError(f"{source}: study.task: must be one of {', '.join(TASKS)}, got {task!r}")
-    spec = tabular.parse_table(table, source, Path(source).resolve().parent)
+    spec = parse_table(table, source, Path(source).resolve().parent)
     return replace(spec, task=task)
 
 

@@ -6,8 +6,9 @@ import optuna
 import pandas as pd
 from rich.table import Table
 
-from hpo.budget import study_counts
-from hpo.studyfile import StudySpec
+from hpo.search.budget import study_counts
+from hpo.study import studyfile
+from hpo.study.studyfile import StudySpec
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -84,5 +85,23 @@ def storage_table(storage: optuna.storages.BaseStorage) -> Table:
             info.get("metric", "?"),
             *(str(counts[key]) for key in ("trials", "complete", "pruned", "failed")),
             "" if best is None else f"{best:.4f}",
+        )
+    return table
+
+
+def study_files_table() -> Table:
+    """`hpo studies`: the built-in study files and what each searches."""
+    table = Table(title=f"study files in {studyfile.studies_dir()}")
+    for column in ("name", "dataset", "metric", "epochs", "validation", "searched"):
+        table.add_column(column)
+    for path in studyfile.builtin_studies():
+        spec = studyfile.load(str(path))
+        table.add_row(
+            path.stem,
+            spec.dataset,
+            f"{spec.metric} ({spec.direction})",
+            str(spec.max_epochs),
+            str(spec.validation),
+            ", ".join(spec.space.searched()),
         )
     return table

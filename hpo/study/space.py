@@ -17,8 +17,6 @@ import optuna
 
 from hpo.errors import HpoError
 
-TASKS = ("binary", "multiclass", "regression")
-
 LOSSES: dict[str, tuple[str, ...]] = {
     "binary": ("binary_crossentropy", "mse", "mae", "hinge"),
     "multiclass": ("categorical_crossentropy", "sparse_categorical_crossentropy"),

@@ -1,4 +1,4 @@
-"""`hpo experiment` (hpo.one_factor): the book's one-factor-at-a-time homework, made exact.
+"""`hpo experiment` (hpo.results.one_factor): the book's one-factor-at-a-time homework, made exact.
 
 Every parameter stays at the book's configuration for the dataset except one factor at a
 time, which takes each of the values asked for. Each variant is trained with its learning
@@ -21,13 +21,13 @@ import matplotlib.pyplot as plt
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import analysis
-from hpo.budget import counts_toward_budget
 from hpo.errors import HpoError
-from hpo.report import markdown_table
-from hpo.retrained import Retrained, test_metrics
-from hpo.space import BOOK_DEFAULTS, DEFAULT_LOSS, PARAMS, Choice, Space, parse_space
-from hpo.studyfile import StudySpec
+from hpo.results import analysis
+from hpo.results.report import markdown_table
+from hpo.results.retrained import Retrained, test_metrics
+from hpo.search.budget import counts_toward_budget
+from hpo.study.space import BOOK_DEFAULTS, DEFAULT_LOSS, PARAMS, Choice, Space, parse_space
+from hpo.study.studyfile import StudySpec
 
 BOOK_CONFIGS: dict[str, dict[str, Any]] = {
     "imdb": {

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from hpo.backend import import_keras
-from hpo.data import Prepared
+from hpo.data.prepared import Prepared
 
 keras = import_keras()  # through hpo.backend, which keeps the backend's start-up quiet
 
@@ -199,7 +199,7 @@ def stack_folds(
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """k folds' ((x_train, y_train), (x_val, y_val)) → the same with a fold axis after the
     sample axis, for a model built with `folds=k`. Needs equal-sized folds, which
-    hpo.data.Validation's k-fold splits are."""
+    hpo.data.spec.Validation's k-fold splits are."""
     train = tuple(np.stack([fold[0][i] for fold in splits], axis=1) for i in (0, 1))
     val = tuple(np.stack([fold[1][i] for fold in splits], axis=1) for i in (0, 1))
     return train, val

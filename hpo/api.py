@@ -20,7 +20,9 @@ from typing import Any
 import optuna
 from rich.console import Console
 
+from hpo import artifacts as artifact_stores
 from hpo.errors import HpoError
+from hpo.results import handover as handover_lib
 from hpo.results import summary
 from hpo.search import launch, runner, storage
 from hpo.search import workers as hpo_workers
@@ -29,7 +31,7 @@ from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
 
 DEFAULT_STORAGE = storage.DEFAULT_URL
-DEFAULT_ARTIFACTS = "storage/artifacts"
+DEFAULT_ARTIFACTS = artifact_stores.DEFAULT
 REPORTS = Path("storage/reports")
 
 
@@ -78,14 +80,16 @@ def optimize(
     timeout: float | None = None,
     data_dir: str | None = None,
     workers: int | str = 1,
+    artifacts: str = DEFAULT_ARTIFACTS,
     progress: bool | Console = True,
 ) -> optuna.Study:
     """Run (or resume) the study of `target` until it has `trials` finished trials.
 
     `target` is a built-in dataset (imdb, reuters, boston_housing, mnist) or a STUDY.toml
     path; the other arguments are those of `hpo optimize`. `workers` > 1 starts that many
-    worker processes on this machine. Returns the optuna.Study (an interrupted one included:
-    call optimize again to resume it)."""
+    worker processes on this machine; each trial keeps its validation predictions in the
+    artifact store `artifacts` (a folder, or s3://BUCKET). Returns the optuna.Study (an
+    interrupted one included: call optimize again to resume it)."""
     console = _console(progress)
     run = launch.run_optimize(
         target,
@@ -96,6 +100,7 @@ def optimize(
         console=console,
         timeout=timeout,
         workers=workers,
+        artifacts=artifacts,
         sampler=sampler,
         pruner=pruner,
         max_epochs=max_epochs,
@@ -131,25 +136,35 @@ def analyze(
     storage: str = DEFAULT_STORAGE,
     seeds: int = 1,
     top: int = 1,
+    candidates: int = handover_lib.CANDIDATES,
+    handover: str = handover_lib.DEFAULT,
     out: str | Path | None = None,
     artifacts: str | Path | None = DEFAULT_ARTIFACTS,
     data_dir: str | None = None,
     progress: bool | Console = True,
 ):
-    """Retrain the best trial(s) for their best epoch on all training data and test them.
+    """Retrain the best trial(s) for their best epoch on all training data and test them, and
+    the ensemble chosen from the top `candidates` trials' validation predictions; hand over
+    `handover` (best, seeds or selected: the model predict uses).
 
     Returns hpo.results.analysis.AnalysisResult: `.results` (per trial: `.mean("mae")`, `.std(…)`,
-    `.ensemble`, `.model`), `.report` (report.md), `.folder`, `.model_path`."""
+    `.ensemble`, `.model`), `.handed` (`.name`, `.selection`, `.selected_test`), `.report`
+    (report.md), `.folder`, `.model_path` (the handed-over model)."""
     from hpo.backend import import_keras
     from hpo.results import analysis
+    from hpo.train import predictions
 
     import_keras()
     spec = studyfile.load(str(target))
     name = study or spec.name
     found = load_study(spec, name, storage)
     console = _console(progress)
+    # A study whose trials kept predictions needs the store they are in; one that never
+    # stored anything there may start it now (for the report's figures).
+    kept = any(predictions.ATTR in t.user_attrs for t in found.get_trials(deepcopy=False))
+    store = artifact_stores.open_store(artifacts, create=not kept) if artifacts else None
     prepared = runner.load_data(spec, data_dir, found, console)
-    with RetrainStatus(console, seeds * top) as on_run:
+    with RetrainStatus(console, seeds * top) as status:
         return analysis.analyze_study(
             found,
             spec,
@@ -157,8 +172,10 @@ def analyze(
             seeds=seeds,
             top=top,
             folder=Path(out) if out else REPORTS / name,
-            artifact_dir=Path(artifacts) if artifacts else None,
-            on_run=on_run,
+            store=store,
+            candidates=candidates,
+            handover=handover,
+            progress=status,
         )
 
 
@@ -208,6 +225,7 @@ def experiment(
         timeout=None,
         data_dir=data_dir,
         console=console,
+        artifacts=None,  # one factor at a time hands over no ensemble of its variants
     )
     if result.interrupted:
         argv = ["experiment", str(target), *[f"--vary={v}" for v in vary], "--study", name]

@@ -19,6 +19,7 @@ from rich.table import Table
 import hpo
 from hpo import api
 from hpo.errors import HpoError, first_line
+from hpo.results import handover as handover_lib
 from hpo.results import summary
 from hpo.results.retrained import test_metrics
 from hpo.search import launch, storage
@@ -62,6 +63,15 @@ class SamplerName(StrEnum):
     qmc = "qmc"
 
 
+class Handover(StrEnum):
+    best = "best"
+    seeds = "seeds"
+    selected = "selected"
+
+
+DEFAULT_HANDOVER = Handover(handover_lib.DEFAULT)
+
+
 class PrunerName(StrEnum):
     median = "median"
     hyperband = "hyperband"
@@ -76,6 +86,16 @@ StorageOpt = Annotated[
         envvar="HPO_STORAGE",
         show_default=True,
         help="SQLAlchemy URL of the study database (sqlite, postgresql+psycopg, mysql+pymysql).",
+    ),
+]
+ArtifactsOpt = Annotated[
+    str,
+    typer.Option(
+        "--artifacts",
+        envvar="HPO_ARTIFACTS",
+        show_default=True,
+        help="Artifact store beside the study: a folder, or s3://BUCKET (trials' validation "
+        "predictions, the report's figures).",
     ),
 ]
 DataDirOpt = Annotated[
@@ -117,6 +137,7 @@ def optimize(
         int | None, typer.Option(help="Seed the sampler and each trial's weights.")
     ] = None,
     data_dir: DataDirOpt = None,
+    artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
     workers: Annotated[
         str,
         typer.Option(
@@ -159,6 +180,7 @@ def optimize(
         heartbeat=heartbeat,
         reconnect=reconnect,
         recycle_after=recycle_after,
+        artifacts=artifacts,
         sampler=sampler and sampler.value,
         pruner=pruner and pruner.value,
         max_epochs=max_epochs,
@@ -188,19 +210,26 @@ def analyze(
     storage_url: StorageOpt = storage.DEFAULT_URL,
     seeds: Annotated[int, typer.Option(help="Retrain each configuration with K seeds.")] = 1,
     top: Annotated[int, typer.Option(help="Retrain the T best trials.")] = 1,
+    candidates: Annotated[
+        int, typer.Option(help="Choose the ensemble of trials from the N best trials.")
+    ] = handover_lib.CANDIDATES,
+    handover: Annotated[
+        Handover, typer.Option(help="The model hpo predict uses.")
+    ] = DEFAULT_HANDOVER,
     out: Annotated[Path | None, typer.Option(help="Report folder [storage/reports/STUDY].")] = None,
-    artifacts: Annotated[str, typer.Option(help="Optuna artifact folder for the figures.")] = (
-        api.DEFAULT_ARTIFACTS
-    ),
+    artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Retrain the best trial(s) for their best epoch on all training data and test them."""
+    """Retrain the best trial(s) for their best epoch on all training data and test them, with
+    the ensemble chosen from the search's trials; hand over one of them."""
     result = api.analyze(
         target,
         study=study,
         storage=storage_url,
         seeds=seeds,
         top=top,
+        candidates=candidates,
+        handover=handover.value,
         out=out,
         artifacts=artifacts,
         data_dir=data_dir,
@@ -220,10 +249,22 @@ def analyze(
     console.print(table)
     if ensembles:
         console.print(f"ensemble: the mean prediction of the {seeds} seeds' models")
+    handed = result.handed
+    for note in handed.notes:
+        console.print(f"note: {note}", highlight=False)
+    if handed.selection is not None and handed.selected_test is not None:
+        chosen = handed.selection
+        members = ", ".join(f"{t.number} ({w:.2f})" for t, w in chosen.members())
+        tested = ", ".join(f"test {m} {handed.selected_test[m]:.4f}" for m in metrics)
+        console.print(
+            f"ensemble of trials {members}: {tested}; validation {chosen.metric} scored nested "
+            f"{chosen.nested.ensemble:.4f} against the best single trial's "
+            f"{chosen.nested.best_single:.4f}",
+            highlight=False,
+        )
     console.print(
-        f"report {result.report}\nmodel  {result.folder / 'model.keras'}\n"
-        + (f"ensemble {result.folder / 'ensemble.keras'}\n" if ensembles else "")
-        + f"params {result.folder / 'params.json'}"
+        f"report {result.report}\nhanded over ({handed.name}) {result.model_path}\n"
+        f"params {result.folder / 'params.json'}"
     )
     if (result.folder / "preparation.json").exists():
         again = ["predict", target, "NEW_ROWS.csv", "--out", "predictions.csv"]
@@ -317,7 +358,7 @@ def dashboard(
     storage_url: StorageOpt = storage.DEFAULT_URL,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
-    artifacts: Annotated[str, typer.Option(help="Optuna artifact folder.")] = api.DEFAULT_ARTIFACTS,
+    artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
     screenshot: Annotated[
         Path | None, typer.Option(help="Save a PNG of the page with headless Chromium, then exit.")
     ] = None,
@@ -326,7 +367,7 @@ def dashboard(
     """Browse the studies of a storage in optuna-dashboard."""
     from hpo.results import dashboard as board
 
-    board.run(storage_url, host, port, Path(artifacts), screenshot, study, console)
+    board.run(storage_url, host, port, artifacts, screenshot, study, console)
 
 
 @app.command(epilog="Example: hpo studies")

@@ -63,8 +63,12 @@ def test_analyze_retrains_tests_and_saves(searched, workdir, capsys):
     assert "## Effect of each factor" in report and "keras" in report
     assert study.user_attrs["analysis"]["best"]["test"]["accuracy"]["runs"] == accuracy["runs"]
     assert not list(folder.parent.glob(".tiny.*"))  # no staging folder left behind
-    artifacts = list((workdir / "storage" / "artifacts").iterdir())
-    assert len(artifacts) == 4  # three figures and the report
+    # Three figures and the report for the study, and each trial's validation predictions.
+    assert len(optuna.artifacts.get_all_artifact_meta(study)) == 4
+    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    store = workdir / "storage" / "artifacts"
+    assert all((store / t.user_attrs["val_predictions"]["artifact_id"]).is_file() for t in trials)
+    assert len(list(store.iterdir())) == 4 + len(trials)
     from optuna_dashboard import get_note
 
     assert "Best configuration" in get_note(study)

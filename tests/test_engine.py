@@ -16,7 +16,7 @@ from hpo.data import builtin
 from hpo.data.prepared import Prepared
 from hpo.data.spec import Validation
 from hpo.study import studyfile
-from hpo.train import engine
+from hpo.train import engine, predictions
 from hpo.train import model as model_lib
 from hpo.train.objective import Objective
 
@@ -82,6 +82,22 @@ def test_stacked_folds_train_exactly_as_separate_models():
     for f, model in enumerate(alone):
         for w_stacked, w_alone in zip(stacked.get_weights(), model.get_weights(), strict=True):
             np.testing.assert_allclose(w_stacked[f], w_alone, rtol=1e-4, atol=1e-5)
+
+    # The kept validation predictions are out of fold: row r is predicted by the model of the
+    # fold that held r out (and never trained on it), in the order of the training rows.
+    kept = predictions.rows_in_order(together.val_predictions)
+    rows = Validation.parse("kfold:3").kept_rows(len(prepared.y_train))
+    assert kept.shape == (90, 1) and rows == slice(0, 90)
+    held_out = np.concatenate([t.val_predictions for t in apart])
+    np.testing.assert_allclose(kept, held_out, rtol=1e-4, atol=1e-5)
+    pairs = zip(alone, folds, strict=True)
+    by_fold = np.concatenate([m.predict(vx, verbose=0) for m, (_, (vx, _)) in pairs])
+    np.testing.assert_allclose(kept, by_fold, rtol=1e-4, atol=1e-5)
+    targets = np.concatenate([vy for _, (_, vy) in folds])
+    np.testing.assert_array_equal(prepared.y_train[rows], targets)
+    for f, ((fx, _), _) in enumerate(folds):  # fold f's model never saw fold f's rows
+        held = prepared.x_train[f * 30 : (f + 1) * 30]
+        assert not (fx[:, None, :] == held[None]).all(axis=-1).any()
 
 
 @pytest.mark.parametrize(("optimizer", "loss"), [("adam", "mae"), ("rmsprop", "mse")])

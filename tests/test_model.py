@@ -6,6 +6,7 @@ from conftest import REPO
 
 from hpo.backend import import_keras
 from hpo.data import builtin
+from hpo.data.prepared import Prepared
 
 keras = import_keras()
 from hpo.train import model as model_lib  # noqa: E402
@@ -74,3 +75,20 @@ def test_a_model_saved_by_an_earlier_hpo_loads_and_predicts_the_same(name):
     expected = np.load(fixtures / "packed_text_expected.npz")
     loaded = keras.saving.load_model(fixtures / f"packed_text_{name}.keras")
     np.testing.assert_allclose(loaded.predict(expected["x"], verbose=0), expected[name], atol=1e-6)
+
+
+def test_a_weighted_ensemble_saves_loads_and_predicts_its_members_weighted_mean(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    prepared = Prepared("toy", "multiclass", 3, 1.0, 4, False, x, y, x, y)
+    params = {"layers": 1, "units": 5, "activation": "relu", "dropout": 0.0, "batch_size": 8}
+    params |= {"loss": "sparse_categorical_crossentropy", "optimizer": "adam"}
+    members = [model_lib.build({**params, "learning_rate": 0.01}, prepared) for _ in range(3)]
+    weights = [0.5, 0.3, 0.2]
+    ensemble = model_lib.ensemble(members, weights, {**params, "learning_rate": 0.01}, prepared)
+    ensemble.save(tmp_path / "e.keras")
+    loaded = keras.saving.load_model(tmp_path / "e.keras")
+    expected = sum(w * m.predict(x, verbose=0) for w, m in zip(weights, members, strict=True))
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+    assert loaded.predict(x, verbose=0).sum(axis=1) == pytest.approx(np.ones(20), abs=1e-5)

@@ -66,6 +66,15 @@ class Validation:
             return self.n
         return 2 if self.percent else self.n + 1
 
+    def kept_rows(self, total: int) -> slice:
+        """The training rows a trial predicts while it validates, in the order it predicts
+        them: the holdout, or the k folds' held-out rows one after another (the last
+        `total % k` rows are in no fold's holdout)."""
+        if self.kind == "kfold":
+            return slice(0, (total // self.n) * self.n)
+        n = self.holdout(total)
+        return slice(0, n) if self.kind == "first" else slice(total - n, total)
+
     def splits(self, x: np.ndarray, y: np.ndarray):
         """Yield ((x_train, y_train), (x_val, y_val)) for each fold; holdouts are views."""
         total = len(x)

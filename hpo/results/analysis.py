@@ -23,8 +23,10 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.backend import import_keras, set_random_seed
 from hpo.data.prepared import Prepared
 from hpo.errors import HpoError
+from hpo.results import handover as handover_lib
 from hpo.results import report as report_lib
 from hpo.results.retrained import Retrained, test_metrics
+from hpo.search.progress import RetrainStatus
 from hpo.study.studyfile import StudySpec
 from hpo.train import model as model_lib
 
@@ -90,6 +92,7 @@ def retrain_config(
         if on_run:
             on_run(seed)
     result.model = members[0] if members else None
+    result.models = members
     if ensemble and len(members) > 1:
         result.ensemble_model = model_lib.average(members, params, data)
         result.ensemble = evaluate(result.ensemble_model, params, data)
@@ -109,7 +112,8 @@ class AnalysisResult:
     results: list[Retrained]  # the retrained trials, best first
     folder: Path
     report: Path
-    model_path: Path  # the model to predict with: the seeds' ensemble when there are several
+    model_path: Path  # the handed-over model, the one hpo predict uses
+    handed: handover_lib.Handed  # which it is, and the ensemble of trials if one was built
 
     @property
     def best(self) -> Retrained:
@@ -146,41 +150,81 @@ def analyze_study(
     seeds: int,
     top: int,
     folder: Path,
-    artifact_dir: Path | None,
-    on_run: Callable[[int], None] | None = None,
+    store: Any = None,
+    candidates: int = handover_lib.CANDIDATES,
+    handover: str = handover_lib.DEFAULT,
+    progress: RetrainStatus | None = None,
 ) -> AnalysisResult:
-    """Retrain the top trials, save the best model, write the report and the study attrs."""
-    if seeds < 1 or top < 1:
-        raise HpoError("--seeds and --top must be at least 1")
-    trials = ranked_trials(study, top)
-    for trial in trials:
+    """Retrain the top trials and the members of the ensemble chosen from the candidates'
+    kept predictions (with an artifact store), save the models, write the report and the
+    study attrs; the model handed over is `handover`'s, or the next one that exists."""
+    if seeds < 1 or top < 1 or candidates < 1:
+        raise HpoError("--seeds, --top and --candidates must be at least 1")
+    if handover not in handover_lib.HANDOVERS:
+        raise HpoError(f"--handover must be one of {', '.join(handover_lib.HANDOVERS)}")
+    ranked = ranked_trials(study, max(top, candidates))
+    trials = ranked[:top]
+    notes: list[str] = []
+    chosen = None
+    if store is not None:
+        chosen, note = handover_lib.select(ranked[:candidates], spec, data, store)
+        notes += [note] if note else []
+    members = chosen.members() if chosen else []
+    extra = [t for t, _ in members if t.number not in {x.number for x in trials}]
+    for trial in [*trials, *extra]:
         check_fits(spec, trial)
         best_epoch(trial)
+    if progress is not None:
+        progress.expect(seeds * (len(trials) + len(extra)))
+    on_run = progress
     staging = _staging_dir(folder)
     try:
         base = spec.seed or 0
+        seed_list = list(range(base, base + seeds))
         results = [
             retrain_config(
-                t.params,
-                data,
-                best_epoch(t),
-                list(range(base, base + seeds)),
-                trial=t.number,
-                on_run=on_run,
-                ensemble=True,
+                t.params, data, best_epoch(t), seed_list, t.number, on_run, ensemble=True
             )
             for t in trials
         ]
+        retrained = {r.trial: r for r in results}
+        for t in extra:
+            retrained[t.number] = retrain_config(
+                t.params, data, best_epoch(t), seed_list, t.number, on_run
+            )
         best = results[0]
-        best.model.save(staging / "model.keras")
+        best.model.save(staging / handover_lib.FILES["best"])
         if best.ensemble_model is not None:
-            best.ensemble_model.save(staging / "ensemble.keras")
-        (staging / "params.json").write_text(json.dumps(best.summary(), indent=2))
+            best.ensemble_model.save(staging / handover_lib.FILES["seeds"])
+        selected_test = None
+        if chosen is not None:
+            selected, selected_test = _selected_model(
+                [(retrained[t.number], w) for t, w in members], data
+            )
+            selected.save(staging / handover_lib.FILES["selected"])
+        name, note = _handed_over(handover, chosen is not None, best.ensemble_model is not None)
+        notes += [note] if note else []
+        handed = handover_lib.Handed(name, chosen, selected_test, notes)
+        (staging / "params.json").write_text(
+            json.dumps({**best.summary(), **handed.summary()}, indent=2)
+        )
+        (staging / "handover.json").write_text(
+            json.dumps({"handover": name, "model": handed.file}, indent=2)
+        )
         if data.preparation is not None:  # new rows are prepared from it: hpo predict
             (staging / "preparation.json").write_text(
                 json.dumps(data.preparation.to_dict(), indent=2)
             )
-        report_lib.write(study, spec, results, staging, data.notes)
+        result = AnalysisResult(
+            study.study_name,
+            spec.task,
+            results,
+            folder,
+            folder / "report.md",
+            folder / handed.file,
+            handed,
+        )
+        report_lib.write(study, spec, results, staging, data.notes, handed)
         _replace_dir(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -189,43 +233,79 @@ def analyze_study(
         {
             "best": best.summary(),
             "top": [r.summary() for r in results[1:]],
+            **handed.summary(),
             "report": str(folder / "report.md"),
         },
     )
-    if artifact_dir is not None:
-        _upload(study, folder, artifact_dir)
-    _save_note(study, spec, best)
-    model = "ensemble.keras" if best.ensemble_model is not None else "model.keras"
-    return AnalysisResult(
-        study.study_name, spec.task, results, folder, folder / "report.md", folder / model
-    )
+    if store is not None:
+        _upload(study, folder, store)
+    _save_note(study, spec, result)
+    return result
 
 
-def _upload(study: optuna.Study, folder: Path, artifact_dir: Path) -> None:
+def _selected_model(members: list[tuple[Retrained, float]], data: Prepared):
+    """The weighted ensemble of the selected trials' retrained models (each trial's weight
+    shared by its seeds' models), and its test metrics."""
+    models, weights = [], []
+    for retrained, weight in members:
+        models += retrained.models
+        weights += [weight / len(retrained.models)] * len(retrained.models)
+    params = members[0][0].params  # the heaviest member's: the loss its test loss is in
+    model = model_lib.ensemble(models, weights, params, data)
+    return model, evaluate(model, params, data)
+
+
+def _handed_over(wanted: str, selected: bool, seeds: bool) -> tuple[str, str | None]:
+    """The handover that exists, nearest to `wanted`, and a note when it is not `wanted`."""
+    exists = {"selected": selected, "seeds": seeds, "best": True}
+    for name in handover_lib.HANDOVERS[handover_lib.HANDOVERS.index(wanted) :: -1]:
+        if exists[name]:
+            if name == wanted:
+                return name, None
+            why = "no ensemble of trials was built" if wanted == "selected" else "one seed"
+            return name, f"handover {wanted} not available ({why}): handing over {name}"
+    raise AssertionError("best always exists")
+
+
+def _upload(study: optuna.Study, folder: Path, store: Any) -> None:
     """Figures and report as Optuna artifacts, so optuna-dashboard shows them with the study."""
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+    from optuna.artifacts import upload_artifact
 
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    store = FileSystemArtifactStore(str(artifact_dir))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for path in [*sorted(folder.glob("*.png")), folder / "report.md"]:
             upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
 
 
-def _save_note(study: optuna.Study, spec: StudySpec, best: Retrained) -> None:
-    """A study note for optuna-dashboard: the best configuration and its test result."""
+def _save_note(study: optuna.Study, spec: StudySpec, result: AnalysisResult) -> None:
+    """A study note for optuna-dashboard: the best configuration, the handed-over model and
+    their test results."""
     from optuna_dashboard import save_note
 
+    best = result.best
     metrics = test_metrics(spec.task)
-    params = ", ".join(
-        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()
-    )
     tested = ", ".join(f"test {m} {best.mean(m):.4f} ± {best.std(m):.4f}" for m in metrics)
     retrained = f"Retrained for {best.epochs} epochs on train+validation, {len(best.seeds)} seed(s)"
-    body = f"## Best configuration (trial {best.trial})\n\n{params}\n\n{retrained}: {tested}"
+    body = (
+        f"## Best configuration (trial {best.trial})\n\n{_params_text(best.params)}\n\n"
+        f"{retrained}: {tested}"
+    )
     if best.ensemble is not None:
         body += "\n\nTheir ensemble (mean prediction): " + ", ".join(
             f"test {m} {best.ensemble[m]:.4f}" for m in metrics
         )
+    handed = result.handed
+    if handed.selection is not None and handed.selected_test is not None:
+        body += "\n\n## Ensemble of trials\n\n" + ", ".join(
+            f"test {m} {handed.selected_test[m]:.4f}" for m in metrics
+        )
+        for trial, weight in handed.selection.members():
+            body += f"\n- trial {trial.number}, weight {weight:.2f}: {_params_text(trial.params)}"
+    body += f"\n\nHanded over: **{handed.name}** (`{handed.file}`)"
     save_note(study, body)
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )

@@ -14,9 +14,9 @@ import threading
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from optuna.artifacts import FileSystemArtifactStore
 from rich.console import Console
 
+from hpo.artifacts import open_store
 from hpo.errors import HpoError
 from hpo.search.storage import open_storage, redact
 
@@ -38,12 +38,11 @@ class _QuietHandler(WSGIRequestHandler):
         """One line per request would bury the URL; errors still reach the app's log."""
 
 
-def make_app_server(storage_url: str, host: str, port: int, artifact_dir: Path) -> WSGIServer:
+def make_app_server(storage_url: str, host: str, port: int, artifacts: str) -> WSGIServer:
     import optuna_dashboard
 
     storage = open_storage(storage_url)
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    app = optuna_dashboard.wsgi(storage, artifact_store=FileSystemArtifactStore(str(artifact_dir)))
+    app = optuna_dashboard.wsgi(storage, artifact_store=open_store(artifacts))
     try:
         return make_server(host, port, app, handler_class=_QuietHandler)
     except OSError as exc:
@@ -104,14 +103,14 @@ def run(
     storage_url: str,
     host: str,
     port: int,
-    artifact_dir: Path,
+    artifacts: str,
     screenshot_to: Path | None,
     study: str | None,
     console: Console,
 ) -> None:
     """`hpo dashboard`: serve until Ctrl-C, or, with `screenshot_to`, save a PNG of the page
     (the study's page with `study`) and stop."""
-    server = make_app_server(storage_url, host, port, artifact_dir)
+    server = make_app_server(storage_url, host, port, artifacts)
     url = f"http://{host}:{server.server_port}"
     if screenshot_to is not None:
         page = url + (study_path(storage_url, study) if study else "/dashboard")

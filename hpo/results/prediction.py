@@ -1,7 +1,8 @@
 """Predictions of a tuned model on new rows, prepared exactly as the study's training rows were.
 
-`hpo analyze` saves the model (model.keras, and ensemble.keras when it retrained several seeds)
-with preparation.json, what hpo learned from the training rows (a Preparation). Here
+`hpo analyze` saves the models (model.keras; ensemble.keras when it retrained several seeds;
+selected.keras, the ensemble of trials), handover.json naming the one to use, and
+preparation.json, what hpo learned from the training rows (a Preparation). Here
 new rows go through that preparation and the model, and come out as the value (regression) or
 the class with its probability (classification), with the original class labels.
 """
@@ -24,7 +25,7 @@ from hpo.data.preparation import Preparation
 from hpo.errors import HpoError, first_line
 from hpo.study.studyfile import Identity
 
-MODEL_FILES = ("ensemble.keras", "model.keras")  # the ensemble first: it tests best
+MODEL_FILES = ("ensemble.keras", "model.keras")  # before handover.json: the ensemble first
 WRITTEN = (".csv", ".parquet", ".npz")
 
 
@@ -133,6 +134,21 @@ def model_folder(
     raise HpoError(f"no saved model in {default}: run hpo analyze first (or pass --model DIR)")
 
 
+def handed_over(folder: Path) -> Path:
+    """The model analyze handed over in `folder` (handover.json names it); in a folder of an
+    earlier hpo, the seeds' ensemble, else the model."""
+    record = folder / "handover.json"
+    if record.is_file():
+        path = folder / json.loads(record.read_text(encoding="utf-8"))["model"]
+        if not path.is_file():
+            raise HpoError(f"{path}: the handed-over model is missing; run hpo analyze again")
+        return path
+    path = next((folder / f for f in MODEL_FILES if (folder / f).is_file()), None)
+    if path is None:
+        raise HpoError(f"no model.keras in {folder}: run hpo analyze first")
+    return path
+
+
 def open_predictor(
     study_file: Identity,
     explicit: Path | None,
@@ -150,9 +166,7 @@ def open_predictor(
         )
     folder, path = model_folder(explicit, default, study)
     if path is None:
-        path = next((folder / f for f in MODEL_FILES if (folder / f).is_file()), None)
-        if path is None:
-            raise HpoError(f"no model.keras in {folder}: run hpo analyze first")
+        path = handed_over(folder)
     saved = folder / "preparation.json"
     if saved.is_file():
         preparation = json.loads(saved.read_text(encoding="utf-8"))

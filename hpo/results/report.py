@@ -25,6 +25,7 @@ import optuna
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from hpo.results.handover import FILES, Handed
 from hpo.results.retrained import Retrained, test_metrics
 from hpo.results.summary import trials_frame
 from hpo.study.studyfile import StudySpec
@@ -167,15 +168,80 @@ def versions(seeds: Sequence[int]) -> dict[str, str]:
     }
 
 
+def handover_section(
+    study: optuna.Study, spec: StudySpec, best: Retrained, handed: Handed
+) -> list[str]:
+    """The three handovers side by side, which one `hpo predict` uses, and the ensemble of
+    trials: its members and its nested validation score beside the best single trial's."""
+    metrics = test_metrics(spec.task)
+    seeds = len(best.seeds)
+    rows = [
+        [
+            f"best trial {best.trial}, retrained ({seeds} seed(s), mean ± std)",
+            *[f"{best.mean(m):.4f} ± {best.std(m):.4f}" for m in metrics],
+            f"`{FILES['best']}` (first seed)",
+        ]
+    ]
+    if best.ensemble is not None:
+        rows.append(
+            [
+                f"the {seeds} seeds' ensemble",
+                *[f"{best.ensemble[m]:.4f}" for m in metrics],
+                f"`{FILES['seeds']}`",
+            ]
+        )
+    chosen = handed.selection
+    if chosen is not None and handed.selected_test is not None:
+        rows.append(
+            [
+                f"ensemble of {len(chosen.members())} trials (Caruana selection)",
+                *[f"{handed.selected_test[m]:.4f}" for m in metrics],
+                f"`{FILES['selected']}`",
+            ]
+        )
+    lines = [
+        "## Handover",
+        "",
+        markdown_table(["model", *[f"test {m}" for m in metrics], "file"], rows),
+        "",
+        f"Handed over: **{handed.name}** (`{handed.file}`), the model `hpo predict` uses.",
+        "",
+        *[f"- {note}" for note in handed.notes],
+    ]
+    if chosen is None:
+        return [*lines, ""]
+    nested = chosen.nested
+    lines += [
+        "",
+        f"The ensemble of trials was chosen from the top {len(chosen.candidates)} trials' "
+        f"predictions of {chosen.rows} validation rows, by greedy selection with replacement "
+        f"on {chosen.metric}. Scored nested (weights chosen on 4/5 of the rows, scored on the "
+        f"other 1/5, rotating): ensemble **{nested.ensemble:.4f}**, best single trial "
+        f"{nested.best_single:.4f}, under the same protocol (on the rows that chose it: "
+        f"{nested.in_sample:.4f}, optimistic).",
+        "",
+    ]
+    searched = spec.space.searched()
+    members = [
+        [t.number, f"{w:.2f}", t.user_attrs["best_epoch"], f"{t.value:.4f}"]
+        + [t.params.get(p, "") for p in searched]
+        for t, w in chosen.members()
+    ]
+    header = ["trial", "weight", "epochs", spec.metric, *searched]
+    return [*lines, markdown_table(header, members), ""]
+
+
 def write(
     study: optuna.Study,
     spec: StudySpec,
     results: list[Retrained],
     folder: Path,
     data_notes: tuple[str, ...] = (),
+    handed: Handed | None = None,
 ) -> Path:
     """Write report.md and its figures into `folder`; returns the Markdown file's path.
-    `data_notes`: how your own data was read (task, test split, unseen categories)."""
+    `data_notes`: how your own data was read (task, test split, unseen categories); `handed`:
+    the model handed over, compared with the other handovers."""
     best = study.trials[results[0].trial] if results[0].trial is not None else None
     figures: dict[str, Path | None] = {}
     if best is not None and "history" in best.user_attrs:
@@ -209,6 +275,8 @@ def write(
             f"`ensemble.keras`): test {together}.",
             "",
         ]
+    if handed is not None:
+        lines += handover_section(study, spec, head, handed)
     lines += [
         "## Test results",
         "",

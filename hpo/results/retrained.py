@@ -26,6 +26,7 @@ class Retrained:
     seeds: list[int]
     runs: list[dict[str, float]] = field(default_factory=list)  # test metrics per seed
     model: Any = None  # the first seed's model, kept for saving
+    models: list[Any] = field(default_factory=list)  # every seed's model, for an ensemble
     ensemble: dict[str, float] | None = None  # test metrics of the seeds' mean prediction
     ensemble_model: Any = None
 

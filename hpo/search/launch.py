@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from rich.console import Console
 
+from hpo import artifacts as artifact_stores
 from hpo import resources
 from hpo.errors import HpoError
 from hpo.search import runner, storage
@@ -66,10 +67,14 @@ def command_line(argv: Sequence[str]) -> str:
     return shlex.join(["hpo", *shown])
 
 
-def location_options(storage_url: str, data_dir: str | None) -> list[str]:
-    """--storage and --data-dir as a command line repeats them (when not the defaults)."""
+def location_options(
+    storage_url: str, data_dir: str | None, artifacts: str | None = artifact_stores.DEFAULT
+) -> list[str]:
+    """--storage, --data-dir and --artifacts as a command line repeats them (when not the
+    defaults)."""
     argv = ["--storage", storage_url] if storage_url != storage.DEFAULT_URL else []
-    return argv + (["--data-dir", str(data_dir)] if data_dir else [])
+    argv += ["--data-dir", str(data_dir)] if data_dir else []
+    return argv + (["--artifacts", str(artifacts)] if artifacts != artifact_stores.DEFAULT else [])
 
 
 def optimize_argv(
@@ -79,11 +84,12 @@ def optimize_argv(
     storage_url: str,
     data_dir: str | None,
     options: dict[str, Any],
+    artifacts: str = artifact_stores.DEFAULT,
 ) -> list[str]:
     """The command line of a worker on this study: children run it, and resume lines show it.
     The data folder is spelt out: it may have come from an HPO_DATA_DIR of this process only."""
     argv = ["optimize", str(target), "--trials", str(trials), "--study", name]
-    argv += location_options(storage_url, data_dir)
+    argv += location_options(storage_url, data_dir, artifacts)
     for option, value in options.items():
         if value is not None:
             argv += [f"--{option.replace('_', '-')}", str(value)]
@@ -104,6 +110,7 @@ def run_optimize(
     reconnect: float = storage.RECONNECT_S,
     recycle_after: int | None = None,  # restart this process after N trials (CLI); None, 0: never
     log_dir: Path = Path("storage/logs"),
+    artifacts: str = artifact_stores.DEFAULT,
     **overrides: Any,
 ) -> OptimizeRun:
     """Open (or resume) the study, start `workers - 1` more worker processes, run trials here
@@ -135,7 +142,7 @@ def run_optimize(
         options["reconnect"] = reconnect
     if recycle_after not in (None, hpo_workers.RECYCLE_AFTER):
         options["recycle_after"] = recycle_after
-    argv = optimize_argv(target, name, trials, storage_url, data_dir, options)
+    argv = optimize_argv(target, name, trials, storage_url, data_dir, options, artifacts)
     restarted = hpo_workers.restarted()
     inherited = hpo_workers.inherited_children()  # when this worker restarted itself
     deadline = hpo_workers.deadline(timeout)  # wall clock, kept across restarts
@@ -177,6 +184,7 @@ def run_optimize(
             recycle_after=recycle_after or None,
             notes=not restarted,  # the data notes were printed before the restart
             study=opened,
+            artifacts=artifacts,
         )
     except storage.StorageUnavailable as exc:
         hpo_workers.interrupt(children, inherited)
@@ -196,5 +204,5 @@ def run_optimize(
         inherited,
         workers=str(workers),
         deadline=deadline,
-        location=location_options(storage_url, data_dir),
+        location=location_options(storage_url, data_dir, artifacts),
     )

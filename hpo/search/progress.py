@@ -93,6 +93,11 @@ class RetrainStatus:
     def __exit__(self, *exc: object) -> None:
         self.status.stop()
 
+    def expect(self, runs: int) -> None:
+        """The number of runs, once known (analyze knows it after choosing an ensemble)."""
+        self.runs = runs
+        self.status.update(self._text())
+
     def __call__(self, seed: int) -> None:
         self.done += 1
         self.status.update(self._text())

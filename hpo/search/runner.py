@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
+from hpo import artifacts as artifact_stores
 from hpo.backend import import_keras
 from hpo.data import stored
 from hpo.data.load import load_source
@@ -114,10 +115,12 @@ def run(
     recycle_after: int | None = None,
     notes: bool = True,
     study: optuna.Study | None = None,
+    artifacts: str | None = artifact_stores.DEFAULT,
 ) -> RunResult:
     """Run trials until the study has `trials` finished ones, or, with `recycle_after`, until
     this process has run that many (Keras and TensorFlow keep memory across trials even after
-    clear_session, so a long-lived worker is restarted; see the CLI)."""
+    clear_session, so a long-lived worker is restarted; see the CLI). Each trial keeps its
+    validation predictions in the artifact store at `artifacts` (None: not kept)."""
     if trials < 1:
         raise HpoError(f"--trials must be at least 1, got {trials}")
     if study is None:  # else the caller's open_study: its storage, not a second connection
@@ -126,6 +129,7 @@ def run(
     if before >= trials:
         return RunResult(study, before, before, interrupted=False)
     prepared = load_data(spec, data_dir, study, console)
+    store = None if artifacts is None else artifact_stores.open_store(artifacts)
     for note in prepared.notes if notes else ():
         console.print(f"data: {note}", highlight=False, markup=False)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar reports each trial
@@ -146,6 +150,7 @@ def run(
             on_epoch=progress.on_epoch,
             check_interrupt=ctrl_c.check,
             admit=budget.admit,
+            artifact_store=store,
         )
         try:
             # One trial per optimize() call, each only after the study-wide budget admits it.

@@ -14,10 +14,11 @@ last, partial batch is padded with zero-weight rows, so every batch has one shap
 losses are the same weighted means Keras computes.
 
 Keras' logs are reproduced: `loss` (the loss over the epoch's samples), the task's metrics
-(`accuracy`, or `mae` and `mse`) and their `val_` twins. A model whose output has a fold axis
-(hpo.train.model's stacked k-fold models: one batch row carries a sample of each fold) gets one
-loss per fold, summed so that each fold's weights receive exactly the gradient they would get
-alone; its logs are the folds' mean.
+(`accuracy`, or `mae` and `mse`) and their `val_` twins. The validation pass also returns its
+predictions, so a trial can keep those of its best epoch (hpo.train.predictions) at no extra
+cost. A model whose output has a fold axis (hpo.train.model's stacked k-fold models: one batch
+row carries a sample of each fold) gets one loss per fold, summed so that each fold's weights
+receive exactly the gradient they would get alone; its logs are the folds' mean.
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ class FusedTrainer:
             ops.convert_to_tensor(a)
             for a in batch_plan(self.n_val, min(validation_batch_size, self.n_val), None)
         )
+        # (validation batch, [folds,] outputs): one validation batch's predictions
+        self.prediction_shape = (self.val_plan[0].shape[1], *model.output.shape[1:])
+        self.val_predictions: np.ndarray | None = None  # the last epoch's, in validation order
         model.optimizer.build(model.trainable_variables)
         # JAX traces pure functions: the variables' values travel through the compiled call.
         # TensorFlow's graph updates the variables in place (Keras' optimizer has no stateless
@@ -209,15 +213,23 @@ class FusedTrainer:
 
         state, sums = ops.fori_loop(0, indices.shape[0], step, (state, self._zero_sums()))
 
-        def val_step(i, sums):
+        def val_step(i, carry):
+            sums, predictions = carry
             x = ops.take(x_val, val_indices[i], axis=0)
             y = ops.take(y_val, val_indices[i], axis=0)
             y_pred = self._predict(state, x)
             batch = self._sums(y, y_pred, val_weights[i], self.loss_fn(y, y_pred))
-            return {k: sums[k] + batch[k] for k in sums}
+            start = (i,) + (0,) * len(self.prediction_shape)
+            predictions = ops.slice_update(
+                predictions, start, ops.expand_dims(ops.cast(y_pred, predictions.dtype), 0)
+            )
+            return {k: sums[k] + batch[k] for k in sums}, predictions
 
-        val_sums = ops.fori_loop(0, val_indices.shape[0], val_step, self._zero_sums())
-        return state, sums, val_sums
+        predictions = ops.zeros((val_indices.shape[0], *self.prediction_shape))
+        val_sums, predictions = ops.fori_loop(
+            0, val_indices.shape[0], val_step, (self._zero_sums(), predictions)
+        )
+        return state, sums, val_sums, predictions
 
     def _zero_sums(self) -> dict[str, Any]:
         folds = self.model.output.shape[1:-1]  # () for a plain model, (k,) for stacked folds
@@ -226,11 +238,14 @@ class FusedTrainer:
     # --- the host side --------------------------------------------------------------------------
 
     def run_epoch(self) -> dict[str, float]:
-        """Train one epoch; its logs as Keras' fit would write them (fold means)."""
+        """Train one epoch; its logs as Keras' fit would write them (fold means). Its validation
+        predictions are left in `val_predictions`: (validation rows, [folds,] outputs)."""
         indices, weights = batch_plan(self.n_train, self.batch_size, self.rng)
-        self.state, sums, val_sums = self._epoch(
+        self.state, sums, val_sums, predictions = self._epoch(
             self.state, self.arrays, indices, weights, *self.val_plan
         )
+        flat = ops.convert_to_numpy(predictions).reshape(-1, *self.prediction_shape[1:])
+        self.val_predictions = flat[: self.n_val]
         logs = {k: float(np.mean(ops.convert_to_numpy(v))) / self.n_train for k, v in sums.items()}
         for k, v in val_sums.items():
             logs[f"val_{k}"] = float(np.mean(ops.convert_to_numpy(v))) / self.n_val

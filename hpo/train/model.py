@@ -155,15 +155,31 @@ def average(
 ) -> keras.Model:
     """One model whose output is the mean of the trained members' outputs (probabilities, or
     prices): the ensemble of a configuration retrained with several seeds."""
+    return ensemble(members, [1.0] * len(members), params, data)
+
+
+def ensemble(
+    members: Sequence[keras.Model],
+    weights: Sequence[float],
+    params: Mapping[str, Any],
+    data: Prepared,
+) -> keras.Model:
+    """One model whose output is the weighted mean of the trained members' outputs, the weights
+    fixed (Rescaling layers, then Add): it saves, loads and predicts as any Keras model.
+    Compiled with `params` (the loss its test loss is reported in)."""
+    total = float(sum(weights))
+    if not members or len(members) != len(weights) or not total > 0:
+        raise ValueError("an ensemble needs members and as many positive weights")
     inputs = keras.Input(shape=data.x_train.shape[1:], dtype=str(data.x_train.dtype))
-    copies = []
-    for number, member in enumerate(members):
+    outputs = []
+    for number, (member, weight) in enumerate(zip(members, weights, strict=True)):
         copy = keras.models.clone_model(member)  # uncompiled: one optimizer for the whole
         copy.set_weights(member.get_weights())
         copy.name = f"member_{number}"  # each retrained member is named "functional"
-        copies.append(copy)
-    outputs = keras.layers.Average(name="mean")([copy(inputs) for copy in copies])
-    model = keras.Model(inputs, outputs, name="ensemble")
+        scale = keras.layers.Rescaling(float(weight) / total, name=f"weight_{number}")
+        outputs.append(scale(copy(inputs)))
+    combined = keras.layers.Add(name="weighted_mean")(outputs) if len(outputs) > 1 else outputs[0]
+    model = keras.Model(inputs, combined, name="ensemble")
     _compile(model, params, data.task)
     # Built now, so the saved file loads without Keras' optimizer-variables mismatch warning.
     model.optimizer.build(model.trainable_variables)

@@ -7,6 +7,8 @@ What a finished (or pruned, or failed) trial holds:
   is the metric at that epoch, not at the last one (with `smooth_epochs` > 1 in the study file:
   the best mean over that many consecutive epochs, centred on `best_epoch`);
 - user attr `fail_reason` when the trial failed (e.g. the loss became NaN);
+- user attr `val_predictions` when the study keeps them (an artifact store): the best epoch's
+  validation predictions, an artifact of the trial (hpo.train.predictions; fused loop only);
 - user attr `worker`: host, pid, backend, training loop (`engine`), input layout (`input`), GPU
   memory share and the process' data-load counts.
 
@@ -32,7 +34,7 @@ from hpo.data import builtin, own
 from hpo.data.prepared import Prepared
 from hpo.errors import HpoError
 from hpo.study.studyfile import StudySpec
-from hpo.train import engine
+from hpo.train import engine, predictions
 from hpo.train import model as model_lib
 from hpo.train.curves import best_point
 
@@ -119,10 +121,14 @@ class Objective:
         on_epoch: Callable[[int, int, float], None] | None = None,
         check_interrupt: Callable[[], None] | None = None,
         admit: Callable[[optuna.Trial], None] | None = None,
+        artifact_store: Any = None,
     ) -> None:
         self.spec = spec
         self.data = data
         self.admit = admit  # raises when the study's trial budget is already taken
+        # Where each trial keeps its best epoch's validation predictions (None: nowhere).
+        self.artifact_store = artifact_store
+        self._epoch_predictions: list[np.ndarray] = []  # this trial's, one array an epoch
         self.verbose = verbose
         self.on_epoch = on_epoch  # (trial number, epoch, monitored value), for progress display
         self.check_interrupt = check_interrupt  # raises KeyboardInterrupt after Ctrl-C
@@ -143,6 +149,7 @@ class Objective:
         loads = (builtin if self.data.preparation is None else own).stats
         trial.set_user_attr("worker", {**self.worker, "data_loads": dict(loads)})
         keras.backend.clear_session()  # drop the previous trial's graphs and layer names
+        self._epoch_predictions = []
         params = self.spec.space.suggest(trial)
         seed = None if self.spec.seed is None else self.spec.seed + trial.number
         if seed is not None:
@@ -170,6 +177,10 @@ class Objective:
         reporter.save()
         best = reporter.best()
         assert best is not None  # record() fails the trial at its first non-finite value
+        if self._epoch_predictions:
+            predictions.keep(
+                trial, self.artifact_store, self._epoch_predictions[best[0] - 1], best[0]
+            )
         return best[1]
 
     def _fit_args(self, params: dict[str, Any], x, y, validation) -> dict[str, Any]:
@@ -243,4 +254,7 @@ class Objective:
             tensors=self._tensors,
         )
         for epoch in range(1, self.spec.max_epochs + 1):
-            reporter.record(epoch, trainer.run_epoch())
+            logs = trainer.run_epoch()
+            if self.artifact_store is not None:
+                self._epoch_predictions.append(trainer.val_predictions.astype(predictions.DTYPE))
+            reporter.record(epoch, logs)

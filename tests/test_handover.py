@@ -1,0 +1,122 @@
+"""The model a search hands over: each trial's kept validation predictions, the ensemble of
+trials chosen from them, its file, its fallbacks and its bad inputs (tiny data)."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+from conftest import run_cli, tiny_study
+
+from hpo.data import builtin
+from hpo.data.spec import Validation
+from hpo.search.storage import DEFAULT_URL
+from hpo.train import predictions
+
+
+@pytest.fixture
+def boston(workdir, capsys):
+    """A tiny 2-fold Boston search of 4 trials: k-fold trials keep out-of-fold predictions."""
+    path = tiny_study(workdir, "boston_housing", epochs=5, validation="kfold:2")
+    code, _, err = run_cli(capsys, "optimize", str(path), "--trials", "4", "--seed", "0")
+    assert code == 0, err
+    return path
+
+
+def test_trials_keep_their_best_epochs_out_of_fold_predictions(boston, workdir):
+    study = optuna.load_study(study_name="tiny", storage=DEFAULT_URL)
+    store = optuna.artifacts.FileSystemArtifactStore(str(workdir / "storage" / "artifacts"))
+    prepared = builtin.load("boston_housing")
+    rows = Validation.parse("kfold:2").kept_rows(len(prepared.y_train))
+    for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        kept = predictions.fetch(trial, store)
+        meta = trial.user_attrs[predictions.ATTR]
+        assert kept.shape == (rows.stop, 1) and meta["rows"] == rows.stop
+        assert meta["epoch"] == trial.user_attrs["best_epoch"]
+        # The trial's value is the fold-averaged MAE at its best epoch: the kept predictions'
+        # MAE over both folds (float16 storage: 3 significant digits).
+        mae = np.abs(kept[:, 0] - prepared.y_train[rows]).mean()
+        assert mae == pytest.approx(trial.value, rel=2e-3)
+
+
+def test_analyze_hands_over_the_ensemble_of_trials(boston, workdir, capsys):
+    code, out, err = run_cli(capsys, "analyze", str(boston), "--seeds", "2")
+    assert code == 0, err
+    folder = workdir / "storage" / "reports" / "tiny"
+    saved = json.loads((folder / "params.json").read_text())
+    assert json.loads((folder / "handover.json").read_text()) == {
+        "handover": "selected",
+        "model": "selected.keras",
+    }
+    selected = saved["selected"]
+    weights = [m["weight"] for m in selected["members"]]
+    assert sum(weights) == pytest.approx(1) and all(w > 0 for w in weights)
+    assert all(round(w * 25) == pytest.approx(w * 25) for w in weights)  # 25 steps
+    assert selected["metric"] == "mae" and set(selected["nested"]) == {"ensemble", "best_single"}
+    # The saved ensemble is the members' seeds' models with their weights, and it tests as
+    # analyze reported.
+    from hpo.train import model as model_lib
+
+    ensemble = model_lib.keras.saving.load_model(folder / "selected.keras")
+    prepared = builtin.load("boston_housing")
+    y = prepared.y_test[:, None]
+    scores = ensemble.evaluate(prepared.x_test, y, verbose=0, return_dict=True)
+    assert scores["mae"] == pytest.approx(selected["test"]["mae"], rel=1e-5)
+    assert len([layer for layer in ensemble.layers if layer.name.startswith("member_")]) == (
+        2 * len(weights)
+    )
+    report = (folder / "report.md").read_text()
+    assert "## Handover" in report and "Handed over: **selected**" in report
+    assert f"{selected['test']['mae']:.4f}" in out and "scored nested" in out
+    study = optuna.load_study(study_name="tiny", storage=DEFAULT_URL)
+    assert study.user_attrs["analysis"]["handover"] == "selected"
+    from optuna_dashboard import get_note
+
+    assert "Ensemble of trials" in get_note(study)
+
+    # Each handover can be chosen; predict's model is the one handover.json names.
+    code, _, err = run_cli(capsys, "analyze", str(boston), "--handover", "best")
+    assert code == 0, err
+    assert json.loads((folder / "handover.json").read_text())["model"] == "model.keras"
+    code, out, err = run_cli(capsys, "analyze", str(boston), "--handover", "seeds")
+    assert code == 0, err  # one seed: no seeds' ensemble, so the best trial, with a note
+    assert json.loads((folder / "handover.json").read_text())["model"] == "model.keras"
+    assert "handover seeds not available (one seed): handing over best" in out
+
+
+def test_analyze_holds_at_most_the_candidates_predictions(boston, workdir, capsys, monkeypatch):
+    fetched = []
+    real = predictions.fetch
+    monkeypatch.setattr(predictions, "fetch", lambda t, s: fetched.append(t.number) or real(t, s))
+    code, _, err = run_cli(capsys, "analyze", str(boston), "--candidates", "2")
+    assert code == 0, err
+    study = optuna.load_study(study_name="tiny", storage=DEFAULT_URL)
+    ranked = sorted(
+        study.get_trials(states=[optuna.trial.TrialState.COMPLETE]), key=lambda t: t.value
+    )
+    assert fetched == [t.number for t in ranked[:2]]
+
+
+def test_handover_bad_input_is_one_line(boston, workdir, capsys):
+    code, _, err = run_cli(capsys, "analyze", str(boston), "--candidates", "0")
+    assert code == 2 and "--candidates must be at least 1" in err
+    code, _, err = run_cli(capsys, "analyze", str(boston), "--artifacts", str(workdir / "nowhere"))
+    assert code == 2 and "no such folder" in err and len(err.strip().splitlines()) == 1
+    other = workdir / "other"
+    other.mkdir()
+    code, _, err = run_cli(capsys, "analyze", str(boston), "--artifacts", str(other))
+    assert code == 2 and "not in the artifact store" in err and len(err.strip().splitlines()) == 1
+
+
+def test_trials_without_kept_predictions_fall_back_with_a_note(workdir, capsys, monkeypatch):
+    """Trials run by an earlier hpo, or through model.fit, kept no predictions."""
+    monkeypatch.setenv("HPO_ENGINE", "fit")
+    path = tiny_study(workdir, epochs=2)
+    code, _, err = run_cli(capsys, "optimize", str(path), "--trials", "2", "--seed", "0")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "analyze", str(path))
+    assert code == 0, err
+    assert "kept its validation predictions" in out
+    assert "handover selected not available" in out
+    handover = json.loads((workdir / "storage" / "reports" / "tiny" / "handover.json").read_text())
+    assert handover == {"handover": "best", "model": "model.keras"}

@@ -249,10 +249,11 @@ def load_model(
     study: str | None = None,
     storage: str = DEFAULT_STORAGE,
     model: str | Path | None = None,
+    artifacts: str = DEFAULT_ARTIFACTS,
 ):
-    """The model `hpo analyze` saved for a study (the seeds' ensemble when there is one), with
-    the preparation of its data: a Predictor (hpo.results.prediction; `.predict(rows)`,
-    `.model`)."""
+    """The model `hpo analyze` handed over for a study, with the preparation of its data: a
+    Predictor (hpo.results.prediction; `.predict(rows)`, `.model`). Found in analyze's folder
+    (`model`, else storage/reports/STUDY), else fetched from the artifact store `artifacts`."""
     from hpo.results import prediction as predict_lib
 
     found = studyfile.identity(str(target))
@@ -263,6 +264,7 @@ def load_model(
         REPORTS / name,
         lambda: _open_existing(name, storage),
         name,
+        lambda: artifact_stores.open_store(artifacts, create=False),
     )
 
 
@@ -274,11 +276,12 @@ def predict(
     study: str | None = None,
     storage: str = DEFAULT_STORAGE,
     model: str | Path | None = None,
+    artifacts: str = DEFAULT_ARTIFACTS,
     probabilities: bool = False,
 ):
     """Predictions of the tuned model for `rows` (a .csv/.parquet/.npz path, a DataFrame or an
     array), prepared as the study's training rows were; written to `out` when given. Returns a
     pandas DataFrame: the value for regression; the class and its probability (and each class'
     probability with `probabilities=True`) for classification."""
-    predictor = load_model(target, study=study, storage=storage, model=model)
+    predictor = load_model(target, study=study, storage=storage, model=model, artifacts=artifacts)
     return predictor.predict_file(rows, out=Path(out) if out else None, probabilities=probabilities)

@@ -330,6 +330,7 @@ def predict(
         Path | None,
         typer.Option(help="hpo analyze's folder or a .keras file [storage/reports/STUDY]."),
     ] = None,
+    artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
 ) -> None:
     """Predict new rows with the model hpo analyze saved, prepared as the training rows were."""
     predicted = api.predict(
@@ -339,6 +340,7 @@ def predict(
         study=study,
         storage=storage_url,
         model=model,
+        artifacts=artifacts,
         probabilities=probabilities,
     )
     for column, count in predicted.attrs.get("unseen", {}).items():

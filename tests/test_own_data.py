@@ -82,7 +82,8 @@ def test_csv_classification_from_python(churn_study, workdir):
     assert study.best_trial.user_attrs["best_epoch"] >= 1
     result = hpo.analyze(churn_study, seeds=2, progress=False)
     assert 0.0 <= result.best.mean("accuracy") <= 1.0
-    assert result.model_path.name == "ensemble.keras"
+    assert result.model_path.name == "selected.keras"  # the default handover
+    assert result.handed.name == "selected" and result.handed.selection is not None
     assert (result.folder / "preparation.json").is_file()
 
     predicted = hpo.predict(churn_study, workdir / "new.csv", probabilities=True)
@@ -107,6 +108,26 @@ def test_csv_classification_from_python(churn_study, workdir):
     hpo.predict(churn_study, workdir / "new.csv", out=workdir / "p.npz")
     with np.load(workdir / "p.npz") as saved:  # allow_pickle=False
         assert set(saved["prediction"]) <= {"no", "yes"}
+
+    # On another machine: a folder with the study file and new rows only, the storage and the
+    # artifact store reached by their URLs. The handed-over model comes from the store.
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "churn.toml").write_text(churn_study.read_text())
+    os.chdir(elsewhere)
+    remote = hpo.predict(
+        "churn.toml",
+        workdir / "new.csv",
+        storage=f"sqlite:///{workdir}/storage/hpo.db",
+        artifacts=str(workdir / "storage" / "artifacts"),
+        probabilities=True,
+    )
+    np.testing.assert_allclose(remote["probability"], predicted["probability"], rtol=1e-6)
+    assert not (elsewhere / "storage" / "reports").exists()
+    with pytest.raises(hpo.HpoError, match="no such folder"):
+        hpo.predict(
+            "churn.toml", workdir / "new.csv", storage=f"sqlite:///{workdir}/storage/hpo.db"
+        )
 
 
 def test_cli_and_python_give_the_same_study(churn_study, workdir, capsys):

@@ -238,7 +238,7 @@ def analyze_study(
         },
     )
     if store is not None:
-        _upload(study, folder, store)
+        _upload(study, folder, store, handed)
     _save_note(study, spec, result)
     return result
 
@@ -267,14 +267,24 @@ def _handed_over(wanted: str, selected: bool, seeds: bool) -> tuple[str, str | N
     raise AssertionError("best always exists")
 
 
-def _upload(study: optuna.Study, folder: Path, store: Any) -> None:
-    """Figures and report as Optuna artifacts, so optuna-dashboard shows them with the study."""
+def _upload(study: optuna.Study, folder: Path, store: Any, handed: handover_lib.Handed) -> None:
+    """Figures and report as Optuna artifacts, so optuna-dashboard shows them with the study;
+    the handed-over model and its data's preparation too, so `hpo predict` finds them on any
+    machine that reaches the storage and the artifact store (prediction.fetch_handover)."""
     from optuna.artifacts import upload_artifact
+
+    def upload(path: Path) -> str:
+        return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for path in [*sorted(folder.glob("*.png")), folder / "report.md"]:
-            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+            upload(path)
+        files = {"model": handed.file, "preparation": "preparation.json"}
+        kept = {
+            key: upload(folder / name) for key, name in files.items() if (folder / name).is_file()
+        }
+    study.set_user_attr(handover_lib.ATTR, {"file": handed.file, **kept})
 
 
 def _save_note(study: optuna.Study, spec: StudySpec, result: AnalysisResult) -> None:

@@ -25,6 +25,7 @@ HANDOVERS = ("best", "seeds", "selected")
 DEFAULT = "selected"
 CANDIDATES = 25  # AutoGluon's ensemble size; TabRepo saw no gain above 25
 STEPS = 25
+ATTR = "handover_artifacts"  # study user attr: the artifact ids of the handed-over files
 FILES = {"best": "model.keras", "seeds": "ensemble.keras", "selected": "selected.keras"}
 
 

@@ -19,10 +19,12 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from hpo import cache
 from hpo.data import stored
 from hpo.data.own import read_rows
 from hpo.data.preparation import Preparation
 from hpo.errors import HpoError, first_line
+from hpo.results.handover import ATTR
 from hpo.study.studyfile import Identity
 
 MODEL_FILES = ("ensemble.keras", "model.keras")  # before handover.json: the ensemble first
@@ -114,10 +116,14 @@ def write(frame: pd.DataFrame, out: Path) -> None:
 
 
 def model_folder(
-    explicit: Path | None, default: Path, study: Callable[[], optuna.Study]
+    explicit: Path | None,
+    default: Path,
+    study: Callable[[], optuna.Study],
+    store: Callable[[], Any] | None = None,
 ) -> tuple[Path, Path | None]:
     """(the folder of analyze's output, the .keras file asked for if any): --model, the default
-    report folder, or the folder the study's analysis recorded."""
+    report folder, the folder the study's analysis recorded, or the handed-over files fetched
+    from the artifact store."""
     if explicit is not None:
         if explicit.suffix == ".keras":
             if not explicit.is_file():
@@ -128,10 +134,38 @@ def model_folder(
         return explicit, None
     if default.is_dir():
         return default, None
-    report = study().user_attrs.get("analysis", {}).get("report")
+    found = study()
+    report = found.user_attrs.get("analysis", {}).get("report")
     if report and Path(report).parent.is_dir():
         return Path(report).parent, None
+    if store is not None and ATTR in found.user_attrs:
+        return fetch_handover(found, store()), None
     raise HpoError(f"no saved model in {default}: run hpo analyze first (or pass --model DIR)")
+
+
+def fetch_handover(study: optuna.Study, store: Any) -> Path:
+    """The handed-over model and its data's preparation, fetched from the artifact store into
+    hpo's cache folder (once: artifacts never change), for a machine without analyze's folder."""
+    from optuna.artifacts import download_artifact
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    record = study.user_attrs[ATTR]
+    folder = cache.root() / "models" / f"{study.study_name}-{record['model'][:8]}"
+    files = {"model": record["file"], "preparation": "preparation.json"}
+    try:
+        for key, name in files.items():
+            if key in record and not (folder / name).is_file():
+                folder.mkdir(parents=True, exist_ok=True)
+                download_artifact(
+                    artifact_store=store, file_path=str(folder / name), artifact_id=record[key]
+                )
+    except ArtifactNotFound as exc:
+        raise HpoError(
+            f"study {study.study_name!r}'s model is not in the artifact store (is --artifacts "
+            "the store analyze wrote to?)"
+        ) from exc
+    (folder / "handover.json").write_text(json.dumps({"model": record["file"]}))
+    return folder
 
 
 def handed_over(folder: Path) -> Path:
@@ -155,6 +189,7 @@ def open_predictor(
     default: Path,
     study: Callable[[], optuna.Study],
     name: str,
+    store: Callable[[], Any] | None = None,
 ) -> Predictor:
     """The model `hpo analyze` saved for study `name` of `study_file` (in `explicit`, else in
     `default`, analyze's default folder), and the preparation of its data (beside the model,
@@ -164,7 +199,7 @@ def open_predictor(
             f"hpo predict needs a study of your own data ([data] in the study file); "
             f"{study_file.dataset} is a built-in dataset"
         )
-    folder, path = model_folder(explicit, default, study)
+    folder, path = model_folder(explicit, default, study, store)
     if path is None:
         path = handed_over(folder)
     saved = folder / "preparation.json"

@@ -21,7 +21,10 @@ COPY hpo ./hpo
 COPY studies ./studies
 RUN pip install ".[postgres,mysql]" \
     && if [ -n "$GPU" ]; then pip install "jax[$GPU]"; fi \
-    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin hpo
+    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin hpo \
+    && mkdir /artifacts && chown hpo /artifacts
+# /artifacts: where compose mounts the artifact store all workers share (HPO_ARTIFACTS), owned
+# by hpo so that a fresh named volume, which copies it, is writable.
 
 # The built-in study files (hpo studies, hpo optimize imdb) live beside the package's source.
 ENV HPO_STUDIES_DIR=/opt/hpo/studies

@@ -246,6 +246,13 @@ def test_compose_runs_workers_and_a_local_dashboard_on_one_database():
         assert interpolate(port, env).startswith("127.0.0.1:")  # this machine only
     [volume] = services["db"]["volumes"]
     assert volume.split(":")[0] in compose["volumes"]  # a named volume, not the container
+    # One artifact store for the workers and the dashboard: the trials' predictions that
+    # analyze's ensemble of trials is chosen from, on a named volume the image lets hpo write.
+    for service in ("worker", "dashboard"):
+        store = services[service]["environment"]["HPO_ARTIFACTS"]
+        assert f"artifacts:{store}" in services[service]["volumes"]
+    assert "artifacts" in compose["volumes"]
+    assert "chown hpo /artifacts" in (REPO / "Dockerfile").read_text()
 
 
 def test_the_password_file_is_not_committed():

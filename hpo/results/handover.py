@@ -17,6 +17,7 @@ import numpy as np
 from optuna.trial import FrozenTrial
 
 from hpo.data.prepared import Prepared
+from hpo.errors import HpoError
 from hpo.results import selection
 from hpo.study.studyfile import StudySpec
 from hpo.train import predictions
@@ -93,26 +94,40 @@ def select(
     """The ensemble chosen from `candidates` (best first), or None and why not."""
     rows = spec.validation.kept_rows(len(data.y_train))
     y = np.asarray(data.y_train[rows])
-    kept, trials, missing = [], [], 0
+    kept, trials, missing, elsewhere = [], [], 0, 0
     for trial in candidates:
-        found = predictions.fetch(trial, store)
+        try:
+            found = predictions.fetch(trial, store)
+        except HpoError:  # kept in another store: a worker's local folder on another machine
+            elsewhere += 1
+            continue
         if found is None or len(found) != len(y):
             missing += 1
             continue
         kept.append(found)
         trials.append(trial)
+    away = (
+        f"{elsewhere} of the top {len(candidates)} trials' predictions are not in this "
+        "artifact store (kept on another machine? give every worker one shared --artifacts)"
+    )
     if not kept:
-        return None, (
-            f"none of the top {len(candidates)} trials kept its validation predictions "
-            "(run before hpo kept them, or trained with model.fit): handing over without "
-            "an ensemble of trials"
+        why = (
+            away
+            if elsewhere
+            else (
+                f"none of the top {len(candidates)} trials kept its validation predictions (run "
+                "before hpo kept them, or trained with model.fit)"
+            )
         )
+        return None, f"{why}: no ensemble of trials"
     metric = selection_metric(spec, trials[0].params.get("loss", ""))
     score, maximize = selection.scorer(spec.task, metric)
     stacked = np.stack(kept)
     del kept  # at most the candidates' predictions are held, once
     nested = selection.nested_scores(stacked, y, score, maximize, steps=STEPS)
-    note = None
+    notes = [away] if elsewhere else []
     if missing:
-        note = f"{missing} of the top {len(candidates)} trials kept no validation predictions"
-    return Selection(trials, nested.weights, metric, nested, len(y)), note
+        notes.append(
+            f"{missing} of the top {len(candidates)} trials kept no validation predictions"
+        )
+    return Selection(trials, nested.weights, metric, nested, len(y)), "; ".join(notes) or None

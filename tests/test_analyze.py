@@ -63,12 +63,23 @@ def test_analyze_retrains_tests_and_saves(searched, workdir, capsys):
     assert "## Effect of each factor" in report and "keras" in report
     assert study.user_attrs["analysis"]["best"]["test"]["accuracy"]["runs"] == accuracy["runs"]
     assert not list(folder.parent.glob(".tiny.*"))  # no staging folder left behind
-    # Three figures and the report for the study, and each trial's validation predictions.
-    assert len(optuna.artifacts.get_all_artifact_meta(study)) == 4
+    # Three figures, the report and the handed-over model for the study, and each trial's
+    # validation predictions.
+    names = sorted(m.filename for m in optuna.artifacts.get_all_artifact_meta(study))
+    assert names == ["curves.png", "history.png", "importances.png", "report.md", "selected.keras"]
     trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     store = workdir / "storage" / "artifacts"
     assert all((store / t.user_attrs["val_predictions"]["artifact_id"]).is_file() for t in trials)
-    assert len(list(store.iterdir())) == 4 + len(trials)
+    assert len(list(store.iterdir())) == 5 + len(trials)
+    # A holdout trial's kept predictions are of its validation rows (the first 100), at its
+    # best epoch: their accuracy is the trial's value (float16 may move one row across 0.5).
+    from hpo.train import predictions
+
+    y_val = prepared.y_train[:100]
+    for trial in trials:
+        kept = predictions.fetch(trial, optuna.artifacts.FileSystemArtifactStore(str(store)))
+        assert kept.shape == (100, 1)
+        assert ((kept[:, 0] >= 0.5) == y_val).mean() == pytest.approx(trial.value, abs=0.011)
     from optuna_dashboard import get_note
 
     assert "Best configuration" in get_note(study)

@@ -382,3 +382,34 @@ def test_a_recycled_worker_says_its_data_notes_once(churn_study, workdir):
     notes = [line for line in proc.stdout.splitlines() if line.startswith("data: ")]
     assert notes and len(notes) == len(set(notes)), proc.stdout
     assert budget.finished(optuna.load_study(study_name="churn", storage=DEFAULT_URL)) == 2
+
+
+FIXED = """
+[space]
+layers = 1
+units = 8
+activation = "relu"
+optimizer = "adam"
+learning_rate = 0.01
+batch_size = 16
+dropout = 0.0
+"""
+
+
+def test_a_space_that_searches_nothing_is_said_once(workdir, capsys):
+    churn(60).to_csv(workdir / "churn.csv", index=False)
+    data = 'train = "churn.csv"\ntarget = "left"\ndrop = ["id"]\ncategorical = ["plan"]'
+    fixed = study_file(workdir, "fixed", data, space=FIXED)
+    note = "note: this study's space searches nothing: every trial trains the same configuration"
+    code, out, err = run_cli(capsys, "optimize", str(fixed), "--trials", "2", "--study", "s")
+    assert code == 0, err
+    assert out.count(note) == 1 and "add a [space] table" in out
+    # One trial asked for (the two are done: nothing trains): nothing to say.
+    code, out, err = run_cli(capsys, "optimize", str(fixed), "--trials", "1", "--study", "s")
+    assert code == 0, err
+    assert note not in out
+    # The same table without [space]: the default space searches, so no note.
+    default = study_file(workdir, "default", data, space="")
+    code, out, err = run_cli(capsys, "optimize", str(default), "--trials", "2", "--study", "s")
+    assert code == 0, err
+    assert note not in out and "study s" in out

@@ -109,3 +109,118 @@ def test_own_data_study_infers_its_task_and_a_percent_holdout(tmp_path):
     (tmp_path / "t.csv").unlink()
     with pytest.raises(HpoError, match=f"data.train: {tmp_path / 't.csv'}: no such file"):
         studyfile.load(str(tmp_path / "my.toml"))
+
+
+# --- your own table without [space]: a default space scaled to its rows -------------------
+
+SEARCHED = {"layers", "units", "activation", "optimizer", "learning_rate", "batch_size", "dropout"}
+
+
+def own_table(tmp_path, monkeypatch, rows: int, study: str = "", space: str = "") -> str:
+    """A 3-class table of `rows` rows and a study file with [study] and [data] (and `space`)."""
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    i = range(rows)
+    table = "a,b,target\n" + "".join(f"{k % 7},{k % 5 * 0.5},{k % 3}\n" for k in i)
+    (tmp_path / "t.csv").write_text(table)
+    data = '[data]\ntrain = "t.csv"\ntest_fraction = 0.2\nsplit_seed = 0\n'
+    return write(tmp_path, f"[study]\n{study}{data}{space}")
+
+
+def test_own_table_without_space_searches_a_default_space(tmp_path, monkeypatch):
+    spec = studyfile.load(own_table(tmp_path, monkeypatch, 200))
+    assert spec.task == "multiclass"
+    assert set(spec.space.searched()) == SEARCHED  # not the book's one fixed configuration
+    dims = spec.space.dims
+    assert (dims["layers"].low, dims["layers"].high) == (1, 3)
+    assert dims["units"].values == (16, 32, 64, 128)
+    assert (
+        dims["learning_rate"].log and dims["learning_rate"].low < 1e-3 < dims["learning_rate"].high
+    )
+    assert dims["loss"].values == ("sparse_categorical_crossentropy",)  # val_loss comparable
+    # 160 training rows, 128 fit each trial (first:20% validates): batch 512 would be one step.
+    assert dims["batch_size"].values == (8, 16, 32)
+    assert spec.max_epochs == 200
+    # The metric may be val_loss: the loss is not searched.
+    spec = studyfile.load(own_table(tmp_path, monkeypatch, 200, 'metric = "val_loss"\n'))
+    assert spec.metric == "val_loss" and "loss" not in spec.space.searched()
+
+
+@pytest.mark.parametrize(
+    ("rows", "validation", "batches", "epochs"),
+    [
+        (200, "first:20%", (8, 16, 32), 200),  # 128 fitting rows
+        (1000, "first:20%", (16, 32, 64), 100),  # 640: 10 steps an epoch at batch 64
+        (1000, "kfold:4", (16, 32, 64), 100),  # 600
+        (1000, "kfold:2", (8, 16, 32), 77),  # 400: 13 steps at batch 32
+        (6000, "first:20%", (64, 128, 256), 67),  # 3,840
+        (40000, "first:20%", (128, 256, 512), 20),  # 25,600
+    ],
+)
+def test_default_batch_sizes_and_epochs_scale_with_the_rows(
+    tmp_path, monkeypatch, rows, validation, batches, epochs
+):
+    spec = studyfile.load(own_table(tmp_path, monkeypatch, rows, f'validation = "{validation}"\n'))
+    assert spec.space.dims["batch_size"].values == batches
+    assert spec.max_epochs == epochs
+
+
+def test_the_scaling_rule():
+    from hpo.study.space import table_batch_sizes, table_max_epochs
+
+    for rows in range(1, 60000, 37):
+        batches = table_batch_sizes(rows)
+        largest = batches[-1]
+        assert batches == [largest // 4, largest // 2, largest] and 32 <= largest <= 512
+        if largest > 32:  # at least 8 steps an epoch at the largest batch, when it can
+            assert rows // largest >= 8
+        if largest < 512:  # and the largest batch that gives them
+            assert rows // (2 * largest) < 8
+        epochs = table_max_epochs(rows)
+        assert 20 <= epochs <= 200
+        steps = -(-rows // largest) * epochs  # optimizer steps at the largest batch
+        assert steps >= 1000 or epochs == 200
+
+
+def test_own_space_and_max_epochs_win(tmp_path, monkeypatch):
+    space = "[space]\nbatch_size = 512\nunits = { choices = [8, 12] }\n"
+    path = own_table(tmp_path, monkeypatch, 200, "max_epochs = 7\n", space)
+    spec = studyfile.load(path)
+    assert spec.max_epochs == 7
+    assert spec.space.dims["batch_size"].values == (512,)
+    assert spec.space.dims["units"].values == (8, 12)
+    assert set(spec.space.searched()) == SEARCHED - {"batch_size"}  # the rest: the defaults
+    assert spec.with_overrides(max_epochs=3).max_epochs == 3  # --max-epochs wins too
+    # Everything written out: the book's configuration, nothing searched.
+    book = (
+        "[space]\nlayers = 2\nunits = 16\nactivation = 'relu'\noptimizer = 'rmsprop'\n"
+        "learning_rate = 1e-3\nbatch_size = 512\ndropout = 0.0\n"
+    )
+    assert studyfile.load(own_table(tmp_path, monkeypatch, 200, space=book)).space.searched() == []
+
+
+def test_builtin_studies_keep_the_books_defaults(tmp_path):
+    # A built-in dataset's file that leaves [space] and max_epochs out: the book's model.
+    spec = studyfile.load(write(tmp_path, '[study]\ndataset = "boston_housing"\n'))
+    assert spec.space.searched() == [] and spec.max_epochs == 20
+    assert {name: dim.values[0] for name, dim in spec.space.dims.items()} == {
+        "layers": 2,
+        "units": 16,
+        "activation": "relu",
+        "loss": "mse",
+        "optimizer": "rmsprop",
+        "learning_rate": 1e-3,
+        "batch_size": 512,
+        "dropout": 0.0,
+    }
+    # The built-in study files: their own epochs and batch sizes, as written.
+    epochs = {"imdb": 20, "reuters": 20, "boston_housing": 200, "mnist": 15}
+    batches = {
+        "imdb": (128, 256, 512),
+        "reuters": (128, 256, 512),
+        "boston_housing": (8, 16, 32, 64),
+        "mnist": (64, 128, 256),
+    }
+    for name in epochs:
+        spec = studyfile.load(name)
+        assert spec.max_epochs == epochs[name]
+        assert spec.space.dims["batch_size"].values == batches[name]

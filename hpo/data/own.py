@@ -138,6 +138,12 @@ def infer_task(spec: DataSpec) -> str:
     return _own(spec).preparation.task
 
 
+def training_rows(spec: DataSpec) -> int:
+    """How many training rows the file has after the test rows are held out (shares load's
+    caches, as infer_task does)."""
+    return len(_own(spec).x_train)
+
+
 def clear_caches() -> None:
     """Forget everything read and prepared in this process (as a new process would)."""
     _cached.cache_clear()

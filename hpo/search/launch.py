@@ -123,6 +123,13 @@ def run_optimize(
         f"{spec.sampler['name']} sampler · {spec.pruner['name']} pruner · "
         f"storage {storage.redact(storage_url)}"
     )
+    if trials > 1 and not spec.space.searched() and os.environ.get(hpo_workers.RESTARTED) != "1":
+        console.print(
+            "note: this study's space searches nothing: every trial trains the same "
+            "configuration; add a [space] table (docs/studies.md)",
+            highlight=False,
+            markup=False,
+        )
     if heartbeat < 1 or (recycle_after or 0) < 0 or reconnect < 0:
         raise HpoError("--heartbeat must be at least 1, --recycle-after and --reconnect at least 0")
     gpus = resources.gpu_count() if str(workers) != "1" else 0  # asks nvidia-smi: only if needed

@@ -14,11 +14,11 @@ from typing import Any
 
 from hpo.data.builtin import DATASET_TASKS
 from hpo.data.keras_files import BUILTIN
-from hpo.data.own import infer_task
+from hpo.data.own import infer_task, training_rows
 from hpo.data.spec import TASKS, DataSpec, Source, Validation, parse_table
 from hpo.errors import HpoError
 from hpo.study import algorithms
-from hpo.study.space import Space, parse_space
+from hpo.study.space import Space, parse_space, table_max_epochs, table_space
 
 METRICS = {
     "binary": {"val_accuracy": "maximize", "val_loss": "minimize"},
@@ -186,16 +186,18 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
             f"{source}: study.direction: {metric} must be {metrics[metric]}d, not {direction}d"
         )
 
-    max_epochs = study.get("max_epochs", 20)
-    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
-        raise HpoError(
-            f"{source}: study.max_epochs: must be a positive integer, got {max_epochs!r}"
-        )
     try:
         default = "first:20%" if table else "first:10000"
         validation = Validation.parse(study.get("validation", default))
     except ValueError as exc:
         raise HpoError(f"{source}: study.validation: {exc}") from exc
+    # Your own table: what the file leaves out of [space] and max_epochs is scaled to its rows.
+    rows = _fitting_rows(training_rows(table), validation) if table else None
+    max_epochs = study.get("max_epochs", 20 if rows is None else table_max_epochs(rows))
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise HpoError(
+            f"{source}: study.max_epochs: must be a positive integer, got {max_epochs!r}"
+        )
     num_words = study.get("num_words", 10000)
     if isinstance(num_words, bool) or not isinstance(num_words, int) or num_words < 4:
         raise HpoError(f"{source}: study.num_words: must be an integer ≥ 4, got {num_words!r}")
@@ -216,7 +218,8 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
     if not isinstance(name, str) or not name.strip():
         raise HpoError(f"{source}: study.name: must be a non-empty string, got {name!r}")
 
-    space = parse_space(doc.get("space", {}), task, source)
+    defaults = None if rows is None else table_space(rows)
+    space = parse_space(doc.get("space", {}), task, source, defaults)
     if metric == "val_loss" and "loss" in space.searched():
         raise HpoError(
             f"{source}: study.metric: val_loss is not comparable across trials when "
@@ -243,6 +246,12 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
         path=source,
         data=table,
     )
+
+
+def _fitting_rows(total: int, validation: Validation) -> int:
+    """The rows one trial fits its model on: the training rows less the validation ones."""
+    held = total // validation.n if validation.kind == "kfold" else validation.holdout(total)
+    return max(1, total - held)
 
 
 def _builtin(study: dict, source: str) -> tuple[str, str]:

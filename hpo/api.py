@@ -154,6 +154,7 @@ def analyze(
     from hpo.results import analysis
     from hpo.train import predictions
 
+    analysis.check_options(seeds, top, candidates, handover)
     import_keras()
     spec = studyfile.load(str(target))
     name = study or spec.name

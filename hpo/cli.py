@@ -94,8 +94,8 @@ ArtifactsOpt = Annotated[
         "--artifacts",
         envvar="HPO_ARTIFACTS",
         show_default=True,
-        help="Artifact store beside the study: a folder, or s3://BUCKET (trials' validation "
-        "predictions, the report's figures).",
+        help="Artifact store beside the study: a folder, s3://BUCKET or gs://BUCKET (trials' "
+        "validation predictions, the report's figures, the handed-over model).",
     ),
 ]
 DataDirOpt = Annotated[

@@ -207,3 +207,13 @@ def test_damaged_cache_is_rebuilt(workdir):
     before = builtin.stats["prepared"]
     assert builtin.load("mnist").x_train.shape == (300, 784)
     assert builtin.stats["prepared"] == before + 1
+
+
+def test_kept_rows_are_the_rows_a_trial_predicts_in_its_order():
+    x, y = np.arange(11)[:, None], np.arange(11)
+    for text in ("first:3", "last:3", "last:20%", "kfold:3", "kfold:4"):
+        validation = Validation.parse(text)
+        held = np.concatenate([vy for _, (_, vy) in validation.splits(x, y)])
+        np.testing.assert_array_equal(y[validation.kept_rows(len(y))], held)
+    assert Validation.parse("kfold:4").kept_rows(11) == slice(0, 8)  # 3 rows in no holdout
+    assert Validation.parse("last:3").kept_rows(11) == slice(8, 11)

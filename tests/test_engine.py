@@ -3,6 +3,7 @@ Keras' fit and as k separate models, with pruning, NaN, Ctrl-C and seeds as on t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -274,3 +275,40 @@ def test_engine_choice(monkeypatch):
     monkeypatch.setenv("HPO_ENGINE", "fast")
     with pytest.raises(Exception, match="expected auto, fused or fit"):
         engine.choose()
+
+
+def test_kept_predictions_are_the_smoothed_best_epochs_and_a_failing_store_costs_only_them(
+    workdir, monkeypatch, caplog
+):
+    """A multiclass holdout trial ranked on a 3-epoch mean keeps the predictions of the epoch
+    its best window centres on (K outputs a row); a store that cannot write is a warning."""
+    space = "layers = 1\nunits = 16\nbatch_size = 32\nlearning_rate = 0.01\n"
+    path = tiny_study(workdir, "mnist", epochs=6, space=space)
+    spec = replace(studyfile.load(str(path)), smooth_epochs=3, seed=0)
+    prepared = builtin.load("mnist", None, spec.num_words)
+    store = optuna.artifacts.FileSystemArtifactStore(str(workdir / "artifacts"))
+    (workdir / "artifacts").mkdir()
+    trial = run_trial(spec, prepared, {}, monkeypatch, "fused", artifact_store=store)
+    meta = trial.user_attrs[predictions.ATTR]
+    assert meta["epoch"] == trial.user_attrs["best_epoch"] and meta["validation"] == "first:100"
+    kept = predictions.fetch(trial, store)
+    assert kept.shape == (100, 10)
+    accuracy = (kept.argmax(axis=1) == prepared.y_train[:100]).mean()
+    raw = trial.user_attrs["history"]["val_accuracy"][meta["epoch"] - 1]
+    assert accuracy == pytest.approx(raw, abs=0.011)  # float16 may move one row
+
+    class FullDisk:
+        def write(self, artifact_id, content):
+            raise OSError(28, "No space left on device")
+
+    with caplog.at_level(logging.WARNING, logger="hpo.objective"):
+        failed = run_trial(spec, prepared, {}, monkeypatch, "fused", artifact_store=FullDisk())
+    assert failed.state == TrialState.COMPLETE and predictions.ATTR not in failed.user_attrs
+    assert "could not be kept (OSError" in caplog.text
+
+
+def test_best_epochs_keeps_only_what_can_still_be_best():
+    kept = predictions.BestEpochs(window=3)
+    for epoch, best in [(1, None), (2, 1), (3, 1), (4, 1), (5, 4), (6, 4), (7, 4), (8, 4)]:
+        kept.add(epoch, np.full(2, epoch), best)
+    assert sorted(kept.by_epoch) == [4, 6, 7, 8]  # the best so far, and the last three

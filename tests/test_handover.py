@@ -108,8 +108,31 @@ def test_handover_bad_input_is_one_line(boston, workdir, capsys):
     other.mkdir()
     code, out, err = run_cli(capsys, "analyze", str(boston), "--artifacts", str(other))
     assert code == 0, err
-    assert "predictions are not in this artifact store" in out and "shared --artifacts" in out
+    assert "kept their predictions in another artifact store" in out and "shared --artifacts" in out
     assert "handing over best" in out
+    # The study file's validation changed since the search: the kept predictions are of other
+    # rows, and are not scored against these.
+    boston.write_text(boston.read_text().replace('"kfold:2"', '"kfold:3"'))
+    code, out, err = run_cli(capsys, "analyze", str(boston))
+    assert code == 0, err
+    assert "4 of the top 4 trials kept predictions of other rows" in out
+
+
+def test_kept_predictions_round_trip_exactly_for_large_regression_values(tmp_path):
+    """Prices above float16's 65,504 (and its 3 digits) are kept as float32."""
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path))
+    study = optuna.create_study()
+    y = np.array([1250.75, 70000.5, 3.25], dtype=np.float32)
+    rows = {"validation": "first:3", "targets": predictions.rows_digest(y)}
+    trial = study.ask()
+    predictions.keep(trial, store, predictions.compact(y[:, None], "regression"), 4, rows)
+    study.tell(trial, 1.0)
+    (done,) = study.trials
+    np.testing.assert_array_equal(predictions.fetch(done, store)[:, 0], y)
+    assert predictions.of_rows(done, rows)
+    assert not predictions.of_rows(done, {**rows, "validation": "last:3"})
+    assert not predictions.of_rows(done, {**rows, "targets": predictions.rows_digest(y[::-1])})
+    assert predictions.compact(np.array([0.5]), "binary").dtype == np.float16
 
 
 def test_trials_without_kept_predictions_fall_back_with_a_note(workdir, capsys, monkeypatch):
@@ -120,7 +143,7 @@ def test_trials_without_kept_predictions_fall_back_with_a_note(workdir, capsys, 
     assert code == 0, err
     code, out, err = run_cli(capsys, "analyze", str(path))
     assert code == 0, err
-    assert "kept its validation predictions" in out
+    assert "2 of the top 2 trials kept no validation predictions" in out
     assert "handover selected not available" in out
     handover = json.loads((workdir / "storage" / "reports" / "tiny" / "handover.json").read_text())
     assert handover == {"handover": "best", "model": "model.keras"}

@@ -27,6 +27,7 @@ from hpo.results import handover as handover_lib
 from hpo.results import report as report_lib
 from hpo.results.retrained import Retrained, test_metrics
 from hpo.search.progress import RetrainStatus
+from hpo.study.space import DEFAULT_LOSS
 from hpo.study.studyfile import StudySpec
 from hpo.train import model as model_lib
 
@@ -142,6 +143,14 @@ def _staging_dir(folder: Path) -> Path:
         raise HpoError(f"--out {folder}: cannot write there ({exc.strerror})") from exc
 
 
+def check_options(seeds: int, top: int, candidates: int, handover: str) -> None:
+    """analyze's options, checked before anything is opened or loaded."""
+    if seeds < 1 or top < 1 or candidates < 1:
+        raise HpoError("--seeds, --top and --candidates must be at least 1")
+    if handover not in handover_lib.HANDOVERS:
+        raise HpoError(f"--handover must be one of {', '.join(handover_lib.HANDOVERS)}")
+
+
 def analyze_study(
     study: optuna.Study,
     spec: StudySpec,
@@ -158,16 +167,13 @@ def analyze_study(
     """Retrain the top trials and the members of the ensemble chosen from the candidates'
     kept predictions (with an artifact store), save the models, write the report and the
     study attrs; the model handed over is `handover`'s, or the next one that exists."""
-    if seeds < 1 or top < 1 or candidates < 1:
-        raise HpoError("--seeds, --top and --candidates must be at least 1")
-    if handover not in handover_lib.HANDOVERS:
-        raise HpoError(f"--handover must be one of {', '.join(handover_lib.HANDOVERS)}")
+    check_options(seeds, top, candidates, handover)
     ranked = ranked_trials(study, max(top, candidates))
     trials = ranked[:top]
     notes: list[str] = []
     chosen = None
     if store is not None:
-        chosen, note = handover_lib.select(ranked[:candidates], spec, data, store)
+        chosen, note = handover_lib.choose_ensemble(ranked[:candidates], spec, data, store)
         notes += [note] if note else []
     members = chosen.members() if chosen else []
     extra = [t for t, _ in members if t.number not in {x.number for x in trials}]
@@ -250,7 +256,9 @@ def _selected_model(members: list[tuple[Retrained, float]], data: Prepared):
     for retrained, weight in members:
         models += retrained.models
         weights += [weight / len(retrained.models)] * len(retrained.models)
-    params = members[0][0].params  # the heaviest member's: the loss its test loss is in
+    # Members may have trained on different losses: the ensemble's test loss is the task's
+    # usual one (cross-entropy for classes), whatever its members'.
+    params = {**members[0][0].params, "loss": DEFAULT_LOSS[data.task]}
     model = model_lib.ensemble(models, weights, params, data)
     return model, evaluate(model, params, data)
 

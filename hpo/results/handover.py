@@ -88,46 +88,46 @@ def selection_metric(spec: StudySpec, loss: str) -> str:
     return name
 
 
-def select(
+def choose_ensemble(
     candidates: list[FrozenTrial], spec: StudySpec, data: Prepared, store: Any
 ) -> tuple[Selection | None, str | None]:
-    """The ensemble chosen from `candidates` (best first), or None and why not."""
+    """The ensemble chosen from `candidates` (best first), or None; and a note on the trials
+    left out (no predictions kept, kept of other rows, kept in another store)."""
     rows = spec.validation.kept_rows(len(data.y_train))
     y = np.asarray(data.y_train[rows])
-    kept, trials, missing, elsewhere = [], [], 0, 0
+    of_rows = {"validation": str(spec.validation), "targets": predictions.rows_digest(y)}
+    kept, trials = [], []
+    left_out = {"none": 0, "other rows": 0, "elsewhere": 0}
     for trial in candidates:
-        try:
-            found = predictions.fetch(trial, store)
-        except HpoError:  # kept in another store: a worker's local folder on another machine
-            elsewhere += 1
-            continue
-        if found is None or len(found) != len(y):
-            missing += 1
-            continue
-        kept.append(found)
-        trials.append(trial)
-    away = (
-        f"{elsewhere} of the top {len(candidates)} trials' predictions are not in this "
-        "artifact store (kept on another machine? give every worker one shared --artifacts)"
-    )
+        if predictions.ATTR not in trial.user_attrs:
+            left_out["none"] += 1
+        elif not predictions.of_rows(trial, of_rows):
+            left_out["other rows"] += 1
+        else:
+            try:
+                kept.append(predictions.fetch(trial, store))
+                trials.append(trial)
+            except HpoError:  # kept in another store: a worker's own folder on another machine
+                left_out["elsewhere"] += 1
+    notes = [
+        f"{count} of the top {len(candidates)} trials {WHY[reason]}"
+        for reason, count in left_out.items()
+        if count
+    ]
     if not kept:
-        why = (
-            away
-            if elsewhere
-            else (
-                f"none of the top {len(candidates)} trials kept its validation predictions (run "
-                "before hpo kept them, or trained with model.fit)"
-            )
-        )
-        return None, f"{why}: no ensemble of trials"
+        return None, "; ".join(notes) + ": no ensemble of trials"
     metric = selection_metric(spec, trials[0].params.get("loss", ""))
     score, maximize = selection.scorer(spec.task, metric)
-    stacked = np.stack(kept)
-    del kept  # at most the candidates' predictions are held, once
-    nested = selection.nested_scores(stacked, y, score, maximize, steps=STEPS)
-    notes = [away] if elsewhere else []
-    if missing:
-        notes.append(
-            f"{missing} of the top {len(candidates)} trials kept no validation predictions"
-        )
+    try:
+        nested = selection.nested_scores(np.stack(kept), y, score, maximize, steps=STEPS)
+    except HpoError as exc:  # e.g. fewer validation rows than the nested score's 5 parts
+        return None, f"{exc}: no ensemble of trials"
     return Selection(trials, nested.weights, metric, nested, len(y)), "; ".join(notes) or None
+
+
+WHY = {
+    "none": "kept no validation predictions (run before hpo kept them, or through model.fit)",
+    "other rows": "kept predictions of other rows (the study's validation or data changed since)",
+    "elsewhere": "kept their predictions in another artifact store (on another machine? give "
+    "every worker one shared --artifacts)",
+}

@@ -10,6 +10,7 @@ the class with its probability (classification), with the original class labels.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,14 +157,18 @@ def fetch_handover(study: optuna.Study, store: Any) -> Path:
         for key, name in files.items():
             if key in record and not (folder / name).is_file():
                 folder.mkdir(parents=True, exist_ok=True)
+                partial = folder / f".{name}.part"  # renamed once whole: no truncated model
                 download_artifact(
-                    artifact_store=store, file_path=str(folder / name), artifact_id=record[key]
+                    artifact_store=store, file_path=str(partial), artifact_id=record[key]
                 )
+                os.replace(partial, folder / name)
     except ArtifactNotFound as exc:
         raise HpoError(
             f"study {study.study_name!r}'s model is not in the artifact store (is --artifacts "
             "the store analyze wrote to?)"
         ) from exc
+    except OSError as exc:
+        raise HpoError(f"cannot fetch study {study.study_name!r}'s model ({exc})") from exc
     (folder / "handover.json").write_text(json.dumps({"model": record["file"]}))
     return folder
 

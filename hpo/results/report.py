@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 from hpo.results.handover import FILES, Handed
 from hpo.results.retrained import Retrained, test_metrics
 from hpo.results.summary import trials_frame
+from hpo.study.space import DEFAULT_LOSS
 from hpo.study.studyfile import StudySpec
 from hpo.train.curves import smoothed
 
@@ -194,7 +195,9 @@ def handover_section(
     if chosen is not None and handed.selected_test is not None:
         rows.append(
             [
-                f"ensemble of {len(chosen.members())} trials (Caruana selection)",
+                f"ensemble of {len(chosen.members())} trials (Caruana selection"
+                + ("" if spec.task == "regression" else f"; loss: {DEFAULT_LOSS[spec.task]}")
+                + ")",
                 *[f"{handed.selected_test[m]:.4f}" for m in metrics],
                 f"`{FILES['selected']}`",
             ]

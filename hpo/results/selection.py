@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hpo.data.spec import TASKS
 from hpo.errors import HpoError
 
 # Keras clips probabilities to [EPSILON, 1 - EPSILON] before taking logarithms.
@@ -30,8 +31,6 @@ Score = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 Batched over leading axes so that `select` scores every candidate of a step in one call.
 """
-
-TASKS = ("binary", "multiclass", "regression")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ over folds, and a mistyped monitor must stop the study, not warn and silently ne
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -32,13 +33,14 @@ from hpo import resources
 from hpo.backend import import_keras, set_random_seed
 from hpo.data import builtin, own
 from hpo.data.prepared import Prepared
-from hpo.errors import HpoError
+from hpo.errors import HpoError, first_line
 from hpo.study.studyfile import StudySpec
 from hpo.train import engine, predictions
 from hpo.train import model as model_lib
 from hpo.train.curves import best_point
 
 keras = import_keras()  # through hpo.backend, which keeps the backend's start-up quiet
+log = logging.getLogger("hpo.objective")
 
 
 class TrialFailed(Exception):
@@ -128,7 +130,13 @@ class Objective:
         self.admit = admit  # raises when the study's trial budget is already taken
         # Where each trial keeps its best epoch's validation predictions (None: nowhere).
         self.artifact_store = artifact_store
-        self._epoch_predictions: list[np.ndarray] = []  # this trial's, one array an epoch
+        self._kept: predictions.BestEpochs | None = None  # the running trial's predictions
+        # Which rows the kept predictions are of, so analyze scores them on those rows only.
+        rows = spec.validation.kept_rows(len(data.y_train))
+        self._rows = {
+            "validation": str(spec.validation),
+            "targets": predictions.rows_digest(data.y_train[rows]),
+        }
         self.verbose = verbose
         self.on_epoch = on_epoch  # (trial number, epoch, monitored value), for progress display
         self.check_interrupt = check_interrupt  # raises KeyboardInterrupt after Ctrl-C
@@ -149,7 +157,6 @@ class Objective:
         loads = (builtin if self.data.preparation is None else own).stats
         trial.set_user_attr("worker", {**self.worker, "data_loads": dict(loads)})
         keras.backend.clear_session()  # drop the previous trial's graphs and layer names
-        self._epoch_predictions = []
         params = self.spec.space.suggest(trial)
         seed = None if self.spec.seed is None else self.spec.seed + trial.number
         if seed is not None:
@@ -165,23 +172,41 @@ class Objective:
             self.check_interrupt,
             smooth_epochs=self.spec.smooth_epochs,
         )
+        if self.artifact_store is not None:
+            self._kept = predictions.BestEpochs(self.spec.smooth_epochs)
         try:
             if self.spec.validation.kind == "kfold":
                 self._fit_folds(params, reporter, seed)
             else:
                 self._fit_holdout(params, reporter, seed)
+            reporter.save()
+            best = reporter.best()
+            assert best is not None  # record() fails the trial at its first non-finite value
+            self._keep_predictions(trial, best[0])
         except KeyboardInterrupt:
             reporter.save()
             trial.set_user_attr("fail_reason", "interrupted")
             raise
-        reporter.save()
-        best = reporter.best()
-        assert best is not None  # record() fails the trial at its first non-finite value
-        if self._epoch_predictions:
-            predictions.keep(
-                trial, self.artifact_store, self._epoch_predictions[best[0] - 1], best[0]
-            )
+        finally:
+            self._kept = None
         return best[1]
+
+    def _keep_predictions(self, trial: optuna.Trial, epoch: int) -> None:
+        """Keep the best epoch's validation predictions; a store that fails (a full disk, a
+        bucket's credentials) costs the trial its kept predictions, not its result."""
+        if self._kept is None or epoch not in self._kept.by_epoch:
+            return  # no store, or model.fit (torch, HPO_ENGINE=fit): nothing to keep
+        try:
+            predictions.keep(
+                trial, self.artifact_store, self._kept.by_epoch[epoch], epoch, self._rows
+            )
+        except Exception as exc:
+            log.warning(
+                "trial %d: its validation predictions could not be kept (%s: %s)",
+                trial.number,
+                type(exc).__name__,
+                first_line(exc),
+            )
 
     def _fit_args(self, params: dict[str, Any], x, y, validation) -> dict[str, Any]:
         to_targets = self._targets(params)
@@ -255,6 +280,8 @@ class Objective:
         )
         for epoch in range(1, self.spec.max_epochs + 1):
             logs = trainer.run_epoch()
-            if self.artifact_store is not None:
-                self._epoch_predictions.append(trainer.val_predictions.astype(predictions.DTYPE))
+            if self._kept is not None:
+                best = reporter.best()
+                kept = predictions.compact(trainer.val_predictions, self.data.task)
+                self._kept.add(epoch, kept, best and best[0])
             reporter.record(epoch, logs)

@@ -7,12 +7,16 @@ no model retrained: each trial already predicted every validation row at every e
 - k-fold trial: out-of-fold predictions, each row predicted by the fold model that did not
   train on it, in the order of the training rows (Validation.kept_rows says which).
 
-Stored as float16 in a compressed .npz (IMDB's 10,000 validation rows: about 20 KB), with the
-artifact's id in the trial's user attr `val_predictions`.
+Stored in a compressed .npz: probabilities as float16 (IMDB's 10,000 validation rows: about
+20 KB), regression values as float32 (float16 ends at 65,504 and keeps 3 digits: prices would
+not survive it). The trial's user attr `val_predictions` holds the artifact's id and which
+rows they are of (the validation scheme and a digest of the rows' targets), so analyze never
+scores them against other rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,10 +27,14 @@ import optuna
 from optuna.artifacts import download_artifact, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from hpo.errors import HpoError
+from hpo.errors import HpoError, first_line
 
 ATTR = "val_predictions"
-DTYPE = np.float16
+
+
+def compact(predictions: np.ndarray, task: str) -> np.ndarray:
+    """The stored form: float16 probabilities, float32 regression values."""
+    return predictions.astype(np.float32 if task == "regression" else np.float16)
 
 
 def rows_in_order(predictions: np.ndarray) -> np.ndarray:
@@ -37,21 +45,51 @@ def rows_in_order(predictions: np.ndarray) -> np.ndarray:
     return predictions
 
 
-def keep(trial: optuna.Trial, store: Any, predictions: np.ndarray, epoch: int) -> None:
-    """Upload one epoch's validation predictions as an artifact of `trial`."""
-    rows = rows_in_order(predictions).astype(DTYPE)
+def rows_digest(y: np.ndarray) -> str:
+    """Which rows predictions are of, as the digest of their targets in order."""
+    values = np.ascontiguousarray(np.asarray(y, dtype=np.float64))
+    return hashlib.sha256(values.tobytes()).hexdigest()[:16]
+
+
+class BestEpochs:
+    """Each epoch's predictions while a trial trains, only as many as can still turn out to be
+    its best epoch's: the best so far, and the last `window` (a later epoch's smoothed window,
+    hpo.train.curves, may still centre on one of them)."""
+
+    def __init__(self, window: int) -> None:
+        self.window = max(1, window)
+        self.by_epoch: dict[int, np.ndarray] = {}
+
+    def add(self, epoch: int, predictions: np.ndarray, best: int | None) -> None:
+        self.by_epoch[epoch] = predictions
+        for old in [e for e in self.by_epoch if e != best and e <= epoch - self.window]:
+            del self.by_epoch[old]
+
+
+def keep(
+    trial: optuna.Trial, store: Any, predictions: np.ndarray, epoch: int, rows: dict[str, Any]
+) -> None:
+    """Upload one epoch's validation predictions as an artifact of `trial`; `rows` says which
+    rows they are of ({"validation": …, "targets": rows_digest(…)})."""
+    ordered = rows_in_order(predictions)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"val_predictions_trial{trial.number}.npz"
-        np.savez_compressed(path, predictions=rows)
+        np.savez_compressed(path, predictions=ordered)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             artifact_id = upload_artifact(
                 artifact_store=store, file_path=str(path), study_or_trial=trial
             )
         size = path.stat().st_size
-    trial.set_user_attr(
-        ATTR, {"artifact_id": artifact_id, "rows": len(rows), "epoch": epoch, "bytes": size}
-    )
+    meta = {"artifact_id": artifact_id, "rows": len(ordered), "epoch": epoch, "bytes": size}
+    trial.set_user_attr(ATTR, {**meta, **rows})
+
+
+def of_rows(trial: optuna.trial.FrozenTrial, rows: dict[str, Any]) -> bool:
+    """Whether `trial` kept predictions, and of these rows (a study whose validation scheme or
+    data changed since has others)."""
+    meta = trial.user_attrs.get(ATTR)
+    return bool(meta) and all(meta.get(key) == value for key, value in rows.items())
 
 
 def fetch(trial: optuna.trial.FrozenTrial, store: Any) -> np.ndarray | None:
@@ -65,10 +103,15 @@ def fetch(trial: optuna.trial.FrozenTrial, store: Any) -> np.ndarray | None:
             download_artifact(
                 artifact_store=store, file_path=str(path), artifact_id=meta["artifact_id"]
             )
+            with np.load(path) as saved:
+                return saved["predictions"].astype(np.float32)
         except ArtifactNotFound as exc:
             raise HpoError(
                 f"trial {trial.number}'s validation predictions are not in the artifact store "
                 "(is --artifacts the store the study was run with?)"
             ) from exc
-        with np.load(path) as saved:
-            return saved["predictions"].astype(np.float32)
+        except Exception as exc:  # a bucket's credentials, a damaged file: one line, not a trace
+            raise HpoError(
+                f"trial {trial.number}'s validation predictions could not be read "
+                f"({type(exc).__name__}: {first_line(exc)})"
+            ) from exc

@@ -44,9 +44,9 @@ def test_analyze_hands_over_the_ensemble_of_trials(boston, workdir, capsys):
     assert code == 0, err
     folder = workdir / "storage" / "reports" / "tiny"
     saved = json.loads((folder / "params.json").read_text())
-    assert json.loads((folder / "handover.json").read_text()) == {
-        "handover": "selected",
-        "model": "selected.keras",
+    assert json.loads((folder / "handover.json").read_text()) == {  # the default handover
+        "handover": "seeds",
+        "model": "ensemble.keras",
     }
     selected = saved["selected"]
     weights = [m["weight"] for m in selected["members"]]
@@ -66,22 +66,25 @@ def test_analyze_hands_over_the_ensemble_of_trials(boston, workdir, capsys):
         2 * len(weights)
     )
     report = (folder / "report.md").read_text()
-    assert "## Handover" in report and "Handed over: **selected**" in report
+    assert "## Handover" in report and "Handed over: **seeds**" in report
     assert f"{selected['test']['mae']:.4f}" in out and "scored nested" in out
     study = optuna.load_study(study_name="tiny", storage=DEFAULT_URL)
-    assert study.user_attrs["analysis"]["handover"] == "selected"
+    assert study.user_attrs["analysis"]["handover"] == "seeds"
     from optuna_dashboard import get_note
 
     assert "Ensemble of trials" in get_note(study)
 
     # Each handover can be chosen; predict's model is the one handover.json names.
+    code, _, err = run_cli(capsys, "analyze", str(boston), "--handover", "selected")
+    assert code == 0, err
+    assert json.loads((folder / "handover.json").read_text())["model"] == "selected.keras"
     code, _, err = run_cli(capsys, "analyze", str(boston), "--handover", "best")
     assert code == 0, err
     assert json.loads((folder / "handover.json").read_text())["model"] == "model.keras"
-    code, out, err = run_cli(capsys, "analyze", str(boston), "--handover", "seeds")
-    assert code == 0, err  # one seed: no seeds' ensemble, so the best trial, with a note
+    code, out, err = run_cli(capsys, "analyze", str(boston))
+    assert code == 0, err  # one seed: its ensemble is the best trial's model, no note
     assert json.loads((folder / "handover.json").read_text())["model"] == "model.keras"
-    assert "handover seeds not available (one seed): handing over best" in out
+    assert "not available" not in out
 
 
 def test_analyze_holds_at_most_the_candidates_predictions(boston, workdir, capsys, monkeypatch):
@@ -109,7 +112,7 @@ def test_handover_bad_input_is_one_line(boston, workdir, capsys):
     code, out, err = run_cli(capsys, "analyze", str(boston), "--artifacts", str(other))
     assert code == 0, err
     assert "kept their predictions in another artifact store" in out and "shared --artifacts" in out
-    assert "handing over best" in out
+    assert "handed over (best)" in out
     # The study file's validation changed since the search: the kept predictions are of other
     # rows, and are not scored against these.
     boston.write_text(boston.read_text().replace('"kfold:2"', '"kfold:3"'))
@@ -141,7 +144,7 @@ def test_trials_without_kept_predictions_fall_back_with_a_note(workdir, capsys, 
     path = tiny_study(workdir, epochs=2)
     code, _, err = run_cli(capsys, "optimize", str(path), "--trials", "2", "--seed", "0")
     assert code == 0, err
-    code, out, err = run_cli(capsys, "analyze", str(path))
+    code, out, err = run_cli(capsys, "analyze", str(path), "--handover", "selected")
     assert code == 0, err
     assert "2 of the top 2 trials kept no validation predictions" in out
     assert "handover selected not available" in out

@@ -268,9 +268,9 @@ def _handed_over(wanted: str, selected: bool, seeds: bool) -> tuple[str, str | N
     exists = {"selected": selected, "seeds": seeds, "best": True}
     for name in handover_lib.HANDOVERS[handover_lib.HANDOVERS.index(wanted) :: -1]:
         if exists[name]:
-            if name == wanted:
+            if name == wanted or wanted == "seeds":  # one seed's ensemble is its model
                 return name, None
-            why = "no ensemble of trials was built" if wanted == "selected" else "one seed"
+            why = "no ensemble of trials was built"
             return name, f"handover {wanted} not available ({why}): handing over {name}"
     raise AssertionError("best always exists")
 

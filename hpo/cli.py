@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 import threading
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +18,17 @@ from rich.table import Table
 import hpo
 from hpo import api
 from hpo.errors import HpoError, first_line
-from hpo.results import handover as handover_lib
+from hpo.options import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_HANDOVER,
+    ArtifactsOpt,
+    CandidatesOpt,
+    DataDirOpt,
+    HandoverOpt,
+    PrunerName,
+    SamplerName,
+    StorageOpt,
+)
 from hpo.results import summary
 from hpo.results.retrained import test_metrics
 from hpo.search import launch, storage
@@ -54,58 +63,6 @@ def _options(
     ] = False,
 ) -> None:
     """Options of hpo itself, before the command (its help is the Typer app's)."""
-
-
-class SamplerName(StrEnum):
-    tpe = "tpe"
-    random = "random"
-    cmaes = "cmaes"
-    qmc = "qmc"
-
-
-class Handover(StrEnum):
-    best = "best"
-    seeds = "seeds"
-    selected = "selected"
-
-
-DEFAULT_HANDOVER = Handover(handover_lib.DEFAULT)
-
-
-class PrunerName(StrEnum):
-    median = "median"
-    hyperband = "hyperband"
-    successive_halving = "successive-halving"
-    none = "none"
-
-
-StorageOpt = Annotated[
-    str,
-    typer.Option(
-        "--storage",
-        envvar="HPO_STORAGE",
-        show_default=True,
-        help="SQLAlchemy URL of the study database (sqlite, postgresql+psycopg, mysql+pymysql).",
-    ),
-]
-ArtifactsOpt = Annotated[
-    str,
-    typer.Option(
-        "--artifacts",
-        envvar="HPO_ARTIFACTS",
-        show_default=True,
-        help="Artifact store beside the study: a folder, s3://BUCKET or gs://BUCKET (trials' "
-        "validation predictions, the report's figures, the handed-over model).",
-    ),
-]
-DataDirOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--data-dir",
-        envvar="HPO_DATA_DIR",
-        help="Folder with keras' dataset files (imdb.npz, …); searched before downloading.",
-    ),
-]
 
 
 @app.command(epilog="Example: hpo optimize imdb --trials 50 --seed 0")
@@ -210,12 +167,8 @@ def analyze(
     storage_url: StorageOpt = storage.DEFAULT_URL,
     seeds: Annotated[int, typer.Option(help="Retrain each configuration with K seeds.")] = 1,
     top: Annotated[int, typer.Option(help="Retrain the T best trials.")] = 1,
-    candidates: Annotated[
-        int, typer.Option(help="Choose the ensemble of trials from the N best trials.")
-    ] = handover_lib.CANDIDATES,
-    handover: Annotated[
-        Handover, typer.Option(help="The model hpo predict uses.")
-    ] = DEFAULT_HANDOVER,
+    candidates: CandidatesOpt = DEFAULT_CANDIDATES,
+    handover: HandoverOpt = DEFAULT_HANDOVER,
     out: Annotated[Path | None, typer.Option(help="Report folder [storage/reports/STUDY].")] = None,
     artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
     data_dir: DataDirOpt = None,

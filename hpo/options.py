@@ -1,0 +1,68 @@
+"""The command line's shared options: their types, environment variables and help texts, one
+place for every command that takes them (hpo.cli)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from hpo.results import handover as handover_lib
+
+
+class SamplerName(StrEnum):
+    tpe = "tpe"
+    random = "random"
+    cmaes = "cmaes"
+    qmc = "qmc"
+
+
+class Handover(StrEnum):
+    best = "best"
+    seeds = "seeds"
+    selected = "selected"
+
+
+DEFAULT_HANDOVER = Handover(handover_lib.DEFAULT)
+HandoverOpt = Annotated[Handover, typer.Option(help="The model hpo predict uses.")]
+DEFAULT_CANDIDATES = handover_lib.CANDIDATES
+CandidatesOpt = Annotated[
+    int, typer.Option(help="Choose the ensemble of trials from the N best trials.")
+]
+
+
+class PrunerName(StrEnum):
+    median = "median"
+    hyperband = "hyperband"
+    successive_halving = "successive-halving"
+    none = "none"
+
+
+StorageOpt = Annotated[
+    str,
+    typer.Option(
+        "--storage",
+        envvar="HPO_STORAGE",
+        show_default=True,
+        help="SQLAlchemy URL of the study database (sqlite, postgresql+psycopg, mysql+pymysql).",
+    ),
+]
+ArtifactsOpt = Annotated[
+    str,
+    typer.Option(
+        "--artifacts",
+        envvar="HPO_ARTIFACTS",
+        show_default=True,
+        help="Artifact store beside the study: a folder, s3://BUCKET or gs://BUCKET (trials' "
+        "validation predictions, the report's figures, the handed-over model).",
+    ),
+]
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data-dir",
+        envvar="HPO_DATA_DIR",
+        help="Folder with keras' dataset files (imdb.npz, …); searched before downloading.",
+    ),
+]

@@ -50,7 +50,9 @@ def test_api_serves_studies_trials_and_curves(served):
         attrs = {a["key"] for a in served_trial["user_attrs"]}
         assert {"history", "best_epoch"} <= attrs
     assert "Best configuration" in detail["note"]["body"]  # written by hpo analyze
-    assert len(detail["artifacts"]) == 4  # analyze's figures and report
+    # analyze's figures, report and handed-over model
+    names = sorted(artifact["filename"] for artifact in detail["artifacts"])
+    assert names == ["curves.png", "history.png", "importances.png", "model.keras", "report.md"]
     assert {a["key"] for a in detail["user_attrs"]} >= {"hpo", "analysis"}
 
 

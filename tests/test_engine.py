@@ -101,10 +101,14 @@ def test_stacked_folds_train_exactly_as_separate_models():
         assert not (fx[:, None, :] == held[None]).all(axis=-1).any()
 
 
-@pytest.mark.parametrize(("optimizer", "loss"), [("adam", "mae"), ("rmsprop", "mse")])
-def test_fused_steps_are_keras_fit_steps(optimizer, loss):
+@pytest.mark.parametrize(
+    ("optimizer", "loss", "validating"),
+    [("adam", "mae", True), ("rmsprop", "mse", True), ("adam", "mse", False)],
+)
+def test_fused_steps_are_keras_fit_steps(optimizer, loss, validating):
     """Given the same batches, one fused epoch updates the weights exactly as model.fit does
-    (the last, partial batch included): the loops differ only in their random streams."""
+    (the last, partial batch included): the loops differ only in their random streams.
+    Without validation rows (analyze's retrain) the same, with no validation logs."""
     prepared = regression_data(rows=90)
     params = {**PARAMS, "optimizer": optimizer, "loss": loss}
     x, y = prepared.x_train[:70], model_lib.targets(prepared.y_train[:70], "regression", loss, 1)
@@ -119,14 +123,14 @@ def test_fused_steps_are_keras_fit_steps(optimizer, loss):
         loss=loss,
         task="regression",
         train=(x, y),
-        validation=(x_val, y_val),
+        validation=(x_val, y_val) if validating else None,
         batch_size=16,
         validation_batch_size=256,
         shuffle=False,
     )
-    for _ in range(3):
-        trainer.run_epoch()
-    trainer.write_back()
+    logs = trainer.run_epoch()
+    assert ("val_loss" in logs) == validating
+    trainer.fit(2)
     for a, b in zip(by_fit.get_weights(), fused.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -29,6 +29,7 @@ from hpo.results.retrained import Retrained, test_metrics
 from hpo.search.progress import RetrainStatus
 from hpo.study.space import DEFAULT_LOSS
 from hpo.study.studyfile import StudySpec
+from hpo.train import engine
 from hpo.train import model as model_lib
 
 
@@ -48,19 +49,34 @@ def best_epoch(trial: FrozenTrial) -> int:
     return epoch
 
 
-def retrain(params: Mapping[str, Any], data: Prepared, epochs: int, seed: int):
-    """A fresh model trained on the whole training set; (model, test metrics)."""
+def retrain(
+    params: Mapping[str, Any], data: Prepared, epochs: int, seed: int, tensors: dict | None = None
+):
+    """A fresh model trained on the whole training set; (model, test metrics).
+
+    It trains in the loop the search trained in (engine.choose()): the fused loop takes the
+    same optimizer steps as model.fit (tests/test_engine.py) at a fraction of the per-epoch
+    cost, which is most of a small network's retrain. `tensors` keeps the training arrays on
+    the device from one retrain to the next."""
     keras = import_keras()
     keras.backend.clear_session()
     set_random_seed(seed)
     model = model_lib.build(params, data)
-    model.fit(
-        data.x_train,
-        model_lib.targets(data.y_train, data.task, params["loss"], data.n_outputs),
-        epochs=epochs,
-        batch_size=params["batch_size"],
-        verbose=0,
-    )
+    y = model_lib.targets(data.y_train, data.task, params["loss"], data.n_outputs)
+    if engine.choose() == "fused":
+        trainer = engine.FusedTrainer(
+            model,
+            loss=params["loss"],
+            task=data.task,
+            train=(data.x_train, y),
+            validation=None,
+            batch_size=params["batch_size"],
+            seed=seed,
+            tensors=tensors,
+        )
+        trainer.fit(epochs)
+    else:
+        model.fit(data.x_train, y, epochs=epochs, batch_size=params["batch_size"], verbose=0)
     return model, evaluate(model, params, data)
 
 
@@ -81,13 +97,14 @@ def retrain_config(
     trial: int | None = None,
     on_run: Callable[[int], None] | None = None,
     ensemble: bool = False,
+    tensors: dict | None = None,
 ) -> Retrained:
     """Retrain with each seed; with `ensemble` and several seeds, also test their mean prediction
     (by convexity its MAE is never above the seeds' mean MAE: it is the model to deploy)."""
     result = Retrained(trial, dict(params), epochs, list(seeds))
     members = []
     for seed in seeds:
-        model, metrics = retrain(params, data, epochs, seed)
+        model, metrics = retrain(params, data, epochs, seed, tensors)
         result.runs.append(metrics)
         members.append(model)
         if on_run:
@@ -187,16 +204,17 @@ def analyze_study(
     try:
         base = spec.seed or 0
         seed_list = list(range(base, base + seeds))
+        tensors: dict = {}  # the training arrays, converted once for every retrain
         results = [
             retrain_config(
-                t.params, data, best_epoch(t), seed_list, t.number, on_run, ensemble=True
+                t.params, data, best_epoch(t), seed_list, t.number, on_run, True, tensors
             )
             for t in trials
         ]
         retrained = {r.trial: r for r in results}
         for t in extra:
             retrained[t.number] = retrain_config(
-                t.params, data, best_epoch(t), seed_list, t.number, on_run
+                t.params, data, best_epoch(t), seed_list, t.number, on_run, tensors=tensors
             )
         best = results[0]
         best.model.save(staging / handover_lib.FILES["best"])

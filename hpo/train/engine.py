@@ -97,9 +97,9 @@ class FusedTrainer:
         loss: str,
         task: str,
         train: tuple[np.ndarray, np.ndarray],
-        validation: tuple[np.ndarray, np.ndarray],
+        validation: tuple[np.ndarray, np.ndarray] | None,
         batch_size: int,
-        validation_batch_size: int,
+        validation_batch_size: int = 0,
         seed: int | None = None,
         tensors: dict[Any, Any] | None = None,
         shuffle: bool = True,
@@ -109,6 +109,10 @@ class FusedTrainer:
         self.rng = np.random.default_rng(seed) if shuffle else None
         self.loss_fn = per_sample_loss(loss)
         self.metrics = task_metrics(task, loss)
+        # No validation (analyze's retrain on all rows): the epoch has no validation pass.
+        self.validating = validation is not None
+        if validation is None:
+            validation = (train[0][:1], train[1][:1])  # shapes only: never computed on
         self.n_train, self.n_val = len(train[0]), len(validation[0])
         # The inputs are the big arrays: converted (on a GPU: copied to it) once per `tensors`
         # dict, which an Objective keeps across its trials, all on the same data; the targets
@@ -129,7 +133,7 @@ class FusedTrainer:
         )
         self.val_plan = tuple(
             ops.convert_to_tensor(a)
-            for a in batch_plan(self.n_val, min(validation_batch_size, self.n_val), None)
+            for a in batch_plan(self.n_val, min(validation_batch_size or 1, self.n_val), None)
         )
         # (validation batch, [folds,] outputs): one validation batch's predictions
         self.prediction_shape = (self.val_plan[0].shape[1], *model.output.shape[1:])
@@ -212,6 +216,8 @@ class FusedTrainer:
             return state, {k: sums[k] + batch[k] for k in sums}
 
         state, sums = ops.fori_loop(0, indices.shape[0], step, (state, self._zero_sums()))
+        if not self.validating:
+            return state, sums, None, None
 
         def val_step(i, carry):
             sums, predictions = carry
@@ -244,12 +250,20 @@ class FusedTrainer:
         self.state, sums, val_sums, predictions = self._epoch(
             self.state, self.arrays, indices, weights, *self.val_plan
         )
+        logs = {k: float(np.mean(ops.convert_to_numpy(v))) / self.n_train for k, v in sums.items()}
+        if not self.validating:
+            return logs
         flat = ops.convert_to_numpy(predictions).reshape(-1, *self.prediction_shape[1:])
         self.val_predictions = flat[: self.n_val]
-        logs = {k: float(np.mean(ops.convert_to_numpy(v))) / self.n_train for k, v in sums.items()}
         for k, v in val_sums.items():
             logs[f"val_{k}"] = float(np.mean(ops.convert_to_numpy(v))) / self.n_val
         return logs
+
+    def fit(self, epochs: int) -> None:
+        """Train `epochs` epochs and leave the result in the model's variables."""
+        for _ in range(epochs):
+            self.run_epoch()
+        self.write_back()
 
     def write_back(self) -> None:
         """Copy the trained values into the model's variables (for saving or predicting)."""

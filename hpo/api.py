@@ -24,7 +24,7 @@ from hpo import artifacts as artifact_stores
 from hpo.errors import HpoError
 from hpo.results import handover as handover_lib
 from hpo.results import summary
-from hpo.search import launch, runner, storage
+from hpo.search import launch, queue, runner, storage
 from hpo.search import workers as hpo_workers
 from hpo.search.progress import RetrainStatus
 from hpo.study import studyfile
@@ -44,7 +44,7 @@ def _console(progress: bool | Console) -> Console:
 def finish_optimize(run: launch.OptimizeRun, trials: int, console: Console, err: Console) -> None:
     """Wait for the workers started, then say how the study stands and what to type next."""
     codes = hpo_workers.wait(run.children) + hpo_workers.wait_pids(run.inherited)
-    failed = [code for code in codes if code not in (0, 130)]
+    failed = [code for code in codes if code not in (0, 130, 143)]  # 130, 143: interrupted
     if failed:
         err.print(f"{len(failed)} worker(s) failed: see storage/logs/{run.name}-worker*.log")
     result = run.result
@@ -108,6 +108,41 @@ def optimize(
     )
     finish_optimize(run, trials, console, Console(stderr=True))
     return run.result.study
+
+
+def submit(
+    target: str | Path,
+    *,
+    trials: int = 50,
+    priority: float = 1.0,
+    study: str | None = None,
+    storage: str = DEFAULT_STORAGE,
+    sampler: str | None = None,
+    pruner: str | None = None,
+    max_epochs: int | None = None,
+    seed: int | None = None,
+    data_dir: str | None = None,
+    artifacts: str = DEFAULT_ARTIFACTS,
+    progress: bool | Console = True,
+) -> str:
+    """Queue the study of `target` for the workers of `storage` (`hpo worker`) with a budget of
+    `trials` and a `priority` (a share of the workers: 2 gets twice 1's), and return its name
+    at once. Own data is uploaded to the artifact store `artifacts`, which the workers share;
+    submitting an existing study sets its budget (and queues it again if it was paused)."""
+    return queue.submit(
+        str(target),
+        trials=trials,
+        priority=priority,
+        study=study,
+        storage_url=storage,
+        artifacts=artifacts,
+        data_dir=data_dir,
+        console=_console(progress),
+        sampler=sampler,
+        pruner=pruner,
+        max_epochs=max_epochs,
+        seed=seed,
+    )
 
 
 def _open_existing(name: str, storage_url: str) -> optuna.Study:

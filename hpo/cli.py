@@ -25,14 +25,23 @@ from hpo.options import (
     CandidatesOpt,
     DataDirOpt,
     HandoverOpt,
-    PrunerName,
-    SamplerName,
+    HeartbeatOpt,
+    MaxEpochsOpt,
+    PrunerOpt,
+    ReconnectOpt,
+    RecycleOpt,
+    SamplerOpt,
+    SeedOpt,
     StorageOpt,
+    StudyOpt,
+    TargetArg,
+    TrialsOpt,
 )
 from hpo.results import summary
 from hpo.results.retrained import test_metrics
-from hpo.search import launch, storage
+from hpo.search import launch, pool, queue, storage
 from hpo.search import workers as hpo_workers
+from hpo.search.interrupt import exit_code
 
 app = typer.Typer(
     add_completion=False,
@@ -67,32 +76,17 @@ def _options(
 
 @app.command(epilog="Example: hpo optimize imdb --trials 50 --seed 0")
 def optimize(
-    target: Annotated[
-        str,
-        typer.Argument(
-            help="A built-in dataset (imdb, reuters, boston_housing, mnist) or a STUDY.toml file."
-        ),
-    ],
-    trials: Annotated[
-        int, typer.Option("--trials", "-n", help="Finished trials the study should have in all.")
-    ] = 50,
+    target: TargetArg,
+    trials: TrialsOpt = 50,
     timeout: Annotated[
         float | None, typer.Option(help="Stop starting trials after S seconds.")
     ] = None,
     storage_url: StorageOpt = storage.DEFAULT_URL,
-    study: Annotated[
-        str | None, typer.Option(help="Study name (default: the study file's).")
-    ] = None,
-    sampler: Annotated[
-        SamplerName | None, typer.Option(help="Override the file's sampler.")
-    ] = None,
-    pruner: Annotated[PrunerName | None, typer.Option(help="Override the file's pruner.")] = None,
-    max_epochs: Annotated[
-        int | None, typer.Option(help="Override the epoch budget per trial.")
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed the sampler and each trial's weights.")
-    ] = None,
+    study: StudyOpt = None,
+    sampler: SamplerOpt = None,
+    pruner: PrunerOpt = None,
+    max_epochs: MaxEpochsOpt = None,
+    seed: SeedOpt = None,
     data_dir: DataDirOpt = None,
     artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
     workers: Annotated[
@@ -102,27 +96,9 @@ def optimize(
             "(8 per GPU, else one per core, at most 8)."
         ),
     ] = "1",
-    recycle_after: Annotated[
-        int,
-        typer.Option(
-            help="Restart a worker process after N trials (Keras keeps memory across trials); "
-            "0: never."
-        ),
-    ] = hpo_workers.RECYCLE_AFTER,
-    heartbeat: Annotated[
-        int,
-        typer.Option(
-            help="Seconds between a running trial's heartbeats; a trial silent for 3 times "
-            "that is failed and re-run."
-        ),
-    ] = storage.HEARTBEAT_S,
-    reconnect: Annotated[
-        float,
-        typer.Option(
-            envvar="HPO_RECONNECT_S",
-            help="Seconds to wait for a database that went away before giving up.",
-        ),
-    ] = storage.RECONNECT_S,
+    recycle_after: RecycleOpt = hpo_workers.RECYCLE_AFTER,
+    heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
+    reconnect: ReconnectOpt = storage.RECONNECT_S,
 ) -> None:
     """Run (or resume) a study until it has --trials finished trials, across all workers."""
     run = launch.run_optimize(
@@ -153,7 +129,7 @@ def optimize(
         hpo_workers.restart(argv, children, run.deadline)
     api.finish_optimize(run, trials, console, err)
     if run.result.interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(exit_code(run.result.signum))
 
 
 @app.command(epilog="Example: hpo analyze imdb --seeds 3")
@@ -161,9 +137,7 @@ def analyze(
     target: Annotated[
         str, typer.Argument(help="The dataset or STUDY.toml the study was run with.")
     ],
-    study: Annotated[
-        str | None, typer.Option(help="Study name (default: the study file's).")
-    ] = None,
+    study: StudyOpt = None,
     storage_url: StorageOpt = storage.DEFAULT_URL,
     seeds: Annotated[int, typer.Option(help="Retrain each configuration with K seeds.")] = 1,
     top: Annotated[int, typer.Option(help="Retrain the T best trials.")] = 1,
@@ -275,9 +249,7 @@ def predict(
     probabilities: Annotated[
         bool, typer.Option(help="Also write each class' probability (classification).")
     ] = False,
-    study: Annotated[
-        str | None, typer.Option(help="Study name (default: the study file's).")
-    ] = None,
+    study: StudyOpt = None,
     storage_url: StorageOpt = storage.DEFAULT_URL,
     model: Annotated[
         Path | None,
@@ -333,8 +305,111 @@ def studies() -> None:
 
 @app.command("list", epilog="Example: hpo list --storage sqlite:///storage/hpo.db")
 def list_studies(storage_url: StorageOpt = storage.DEFAULT_URL) -> None:
-    """List the studies in a storage with their trial counts and best values."""
+    """List the studies in a storage: trial counts, best values, and the queue's state."""
     console.print(summary.storage_table(storage.open_storage(storage_url)))
+
+
+@app.command(epilog="Example: hpo submit imdb --trials 50 --priority 2")
+def submit(
+    target: TargetArg,
+    trials: TrialsOpt = 50,
+    priority: Annotated[
+        float, typer.Option(help="Share of the workers against other studies (2: twice 1's).")
+    ] = 1.0,
+    storage_url: StorageOpt = storage.DEFAULT_URL,
+    study: StudyOpt = None,
+    sampler: SamplerOpt = None,
+    pruner: PrunerOpt = None,
+    max_epochs: MaxEpochsOpt = None,
+    seed: SeedOpt = None,
+    data_dir: DataDirOpt = None,
+    artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
+) -> None:
+    """Queue a study (or extend its budget) for the workers of a storage, and return."""
+    name = api.submit(
+        target,
+        trials=trials,
+        priority=priority,
+        study=study,
+        storage=storage_url,
+        sampler=sampler and sampler.value,
+        pruner=pruner and pruner.value,
+        max_epochs=max_epochs,
+        seed=seed,
+        data_dir=data_dir,
+        artifacts=artifacts,
+        progress=console,
+    )
+    where = launch.location_options(storage_url, None, artifacts)
+    console.print(
+        f"queued study {name}: {trials} trials, priority {priority:g}. Watch it with: "
+        f"{launch.command_line(['list', *where[:2]])}; serve it with: "
+        f"{launch.command_line(['worker', *where])}",
+        highlight=False,
+    )
+
+
+@app.command(epilog="Example: hpo worker --slots auto")
+def worker(
+    storage_url: StorageOpt = storage.DEFAULT_URL,
+    artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
+    data_dir: DataDirOpt = None,
+    slots: Annotated[
+        str,
+        typer.Option(
+            help="Trials trained at once on this machine: a number, or auto (as --workers)."
+        ),
+    ] = "1",
+    studies: Annotated[
+        str, typer.Option(help="Serve only the studies whose names match this glob.")
+    ] = "*",
+    poll: Annotated[
+        float, typer.Option(help="Seconds between reads of an idle queue.")
+    ] = pool.POLL_S,
+    recycle_after: RecycleOpt = hpo_workers.RECYCLE_AFTER,
+    heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
+    reconnect: ReconnectOpt = storage.RECONNECT_S,
+) -> None:
+    """Serve every queued study of a storage, fairly by priority, until stopped (SIGTERM or
+    Ctrl-C: the trials in flight end their epoch and are queued again)."""
+    code = pool.start(
+        storage_url,
+        slots=slots,
+        argv=sys.argv[1:],
+        console=console,
+        recycle_after=recycle_after or None,
+        artifacts=artifacts,
+        data_dir=data_dir,
+        pattern=studies,
+        poll_s=poll,
+        heartbeat_s=heartbeat,
+        reconnect_s=reconnect,
+    )
+    raise typer.Exit(code)
+
+
+@app.command(epilog="Example: hpo stop imdb")
+def stop(
+    name: Annotated[str, typer.Argument(help="The study.")],
+    storage_url: StorageOpt = storage.DEFAULT_URL,
+) -> None:
+    """Pause a queued study: its running trials end at their next epoch and run again on resume."""
+    queue.set_state(name, storage_url, queue.PAUSED, reason="stopped by hpo stop")
+    console.print(
+        f"study {name} paused; its running trials end within seconds. "
+        f"hpo resume {name} queues it again.",
+        highlight=False,
+    )
+
+
+@app.command(epilog="Example: hpo resume imdb")
+def resume(
+    name: Annotated[str, typer.Argument(help="The study.")],
+    storage_url: StorageOpt = storage.DEFAULT_URL,
+) -> None:
+    """Put a paused study back in the queue."""
+    queue.set_state(name, storage_url, queue.QUEUED)
+    console.print(f"study {name} queued again", highlight=False)
 
 
 def _thread_error(hook: threading.ExceptHookArgs) -> None:

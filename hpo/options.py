@@ -66,3 +66,37 @@ DataDirOpt = Annotated[
         help="Folder with keras' dataset files (imdb.npz, …); searched before downloading.",
     ),
 ]
+TargetArg = Annotated[
+    str,
+    typer.Argument(
+        help="A built-in dataset (imdb, reuters, boston_housing, mnist) or a STUDY.toml file."
+    ),
+]
+TrialsOpt = Annotated[
+    int, typer.Option("--trials", "-n", help="Finished trials the study should have in all.")
+]
+StudyOpt = Annotated[str | None, typer.Option(help="Study name (default: the study file's).")]
+SamplerOpt = Annotated[SamplerName | None, typer.Option(help="Override the file's sampler.")]
+PrunerOpt = Annotated[PrunerName | None, typer.Option(help="Override the file's pruner.")]
+MaxEpochsOpt = Annotated[int | None, typer.Option(help="Override the epoch budget per trial.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed the sampler and each trial's weights.")]
+RecycleOpt = Annotated[
+    int,
+    typer.Option(
+        help="Restart a worker process after N trials (Keras keeps memory across trials); 0: never."
+    ),
+]
+HeartbeatOpt = Annotated[
+    int,
+    typer.Option(
+        help="Seconds between a running trial's heartbeats; a trial silent for 3 times "
+        "that is failed and re-run."
+    ),
+]
+ReconnectOpt = Annotated[
+    float,
+    typer.Option(
+        envvar="HPO_RECONNECT_S",
+        help="Seconds to wait for a database that went away before giving up.",
+    ),
+]

@@ -3,13 +3,16 @@
 The manifests are rendered with `kubectl kustomize` when kubectl is installed, and always by
 the small renderer here (resources, labels, images, strategic-merge patches: what
 deploy/k8s uses), whose output is compared with kubectl's. Every hpo command line in them is
-parsed against hpo's own CLI, so a renamed option fails here, not in a cluster.
+parsed against hpo's own CLI, so a renamed option fails here, not in a cluster; so are the
+`docker compose` and `kubectl exec` command lines of docs/cluster.md and the pool's `hpo`
+commands in docs/cluster.md and docs/distributed.md.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -22,6 +25,7 @@ from sqlalchemy.engine import make_url
 from hpo.cli import app
 
 K8S = REPO / "deploy" / "k8s"
+COMPONENT = "app.kubernetes.io/component"  # kubectl apply -k … -l COMPONENT!=study (or !=pool)
 
 
 # --- rendering -----------------------------------------------------------------------------
@@ -178,6 +182,104 @@ def test_dashboard_reads_the_same_database(rendered):
     assert service["spec"]["ports"][0]["targetPort"] == parsed["port"]
 
 
+def test_the_pool_runs_hpo_worker_with_the_jobs_database_data_and_resources(rendered, monkeypatch):
+    """The pool's Deployment: `hpo worker`, one trial per pod, and everything else the Job's
+    workers have (the Secret's URL, the data folder, the resources and, on GPUs, the GPU)."""
+    variant, docs = rendered
+    pool = one(docs, "Deployment", "hpo-pool")
+    assert pool["spec"]["replicas"] >= 1
+    template = pool["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    assert pool["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    pod = template["spec"]
+    assert pod.get("restartPolicy", "Always") == "Always"  # a Deployment's only choice
+    job = one(docs, "Job", "hpo-worker")
+    job_pod = job["spec"]["template"]["spec"]
+    # Their pods are told apart (kubectl get pods -l app=…, kubectl logs -l app=…).
+    assert labels["app"] != job["spec"]["template"]["metadata"]["labels"]["app"]
+    # Stopped, a pool worker ends its epoch first: at least the Job's time for that.
+    assert pod["terminationGracePeriodSeconds"] >= job_pod["terminationGracePeriodSeconds"]
+    assert pod["initContainers"] == job_pod["initContainers"]  # waits for the database
+    assert pod["volumes"] == job_pod["volumes"]
+    assert pod.get("tolerations") == job_pod.get("tolerations")
+    [worker] = pod["containers"]
+    [job_worker] = job_pod["containers"]
+    assert worker["image"] == job_worker["image"]
+    assert worker["image"] == ("hpo:gpu" if variant == "gpu" else "hpo:latest")
+    assert env_from_secret(worker, "HPO_STORAGE") == ("hpo-db", "HPO_STORAGE")
+    env = {item["name"]: item for item in worker["env"]}
+    for item in job_worker["env"]:
+        assert env[item["name"]] == item, item["name"]  # the Secret's URL, HPO_DATA_DIR
+    assert worker["volumeMounts"] == job_worker["volumeMounts"]
+    assert worker["resources"] == job_worker["resources"]  # one GPU each on the GPU variant
+    if variant == "gpu":
+        assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+        # A rollout must not need a GPU more than the pool holds.
+        assert pool["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    # The command, parsed by hpo's CLI with the pod's environment, as the pod would run it.
+    for name, item in env.items():
+        if "value" in item:
+            monkeypatch.setenv(name, item["value"])
+    parsed = hpo_args(worker["args"])
+    assert parsed["command"] == "worker"
+    assert parsed["slots"] == "1"  # one trial per pod: replicas count trials, requests fit
+    assert parsed["data_dir"] == "/data" == worker["volumeMounts"][0]["mountPath"]
+    # A database pod rescheduled is waited for as long as the Job's workers wait.
+    assert parsed["reconnect"] == hpo_args(job_worker["args"])["reconnect"]
+
+
+def test_gpu_pool_runs_the_same_command_as_the_cpu_one():
+    base, gpu = (one(render(K8S / v), "Deployment", "hpo-pool") for v in ("base", "gpu"))
+    pods = [d["spec"]["template"]["spec"]["containers"][0] for d in (base, gpu)]
+    assert pods[0]["args"] == pods[1]["args"] and pods[0]["env"] == pods[1]["env"]
+
+
+def select(docs: list[dict], selector: str) -> set[tuple[str, str]]:
+    """What `kubectl apply -k … -l KEY!=VALUE` applies: the objects without that label value."""
+    key, _, value = selector.partition("!=")
+    return {
+        (d["kind"], d["metadata"]["name"])
+        for d in docs
+        if d["metadata"].get("labels", {}).get(key) != value
+    }
+
+
+def test_either_kind_of_workers_can_be_left_out_with_a_label_selector(rendered):
+    _, docs = rendered
+    everything = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    job, pool = ("Job", "hpo-worker"), ("Deployment", "hpo-pool")
+    assert select(docs, f"{COMPONENT}!=study") == everything - {job}
+    assert select(docs, f"{COMPONENT}!=pool") == everything - {pool}
+    for folder, selector in re.findall(r"kubectl apply -k (\S+) -l (\S+)", apply_texts()):
+        assert folder == "…" or (REPO / folder / "kustomization.yaml").exists(), folder
+        assert selector in (f"{COMPONENT}!=study", f"{COMPONENT}!=pool"), selector
+
+
+def apply_texts() -> str:
+    """Where the manifests say how to apply them: docs/cluster.md and their own comments."""
+    files = [REPO / "docs" / "cluster.md", *sorted(K8S.rglob("*.yaml"))]
+    return "\n".join(f.read_text(encoding="utf-8") for f in files)
+
+
+def test_the_optional_autoscaler_scales_the_pool_on_cpu_alone():
+    """deploy/k8s/optional/pool-hpa.yaml: no metrics adapter, only metrics-server's CPU use,
+    which is relative to the pods' CPU request."""
+    hpa = yaml.safe_load((K8S / "optional" / "pool-hpa.yaml").read_text())
+    assert hpa["kind"] == "HorizontalPodAutoscaler"
+    target = hpa["spec"]["scaleTargetRef"]
+    docs = render(K8S / "base")
+    pool = one(docs, target["kind"], target["name"])
+    assert target["apiVersion"] == pool["apiVersion"]
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Resource"]
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    [worker] = pool["spec"]["template"]["spec"]["containers"]
+    assert worker["resources"]["requests"]["cpu"]
+    # Not applied with the kustomizations: it is an option.
+    for variant in ("base", "gpu"):
+        assert "HorizontalPodAutoscaler" not in {d["kind"] for d in render(K8S / variant)}
+
+
 @pytest.mark.parametrize("variant", ["base", "gpu"])
 def test_kubectl_renders_what_the_tests_check(variant):
     """kubectl's own kustomize (when installed) renders the manifests, to the same workers."""
@@ -201,6 +303,10 @@ def test_kubectl_renders_what_the_tests_check(variant):
             mine, real = one(ours, kind, name), one(theirs, kind, name)
             assert containers([real]) == containers([mine]), (kind, name)
             assert real["spec"].get("parallelism") == mine["spec"].get("parallelism")
+            assert real["spec"].get("replicas") == mine["spec"].get("replicas")
+            assert real["spec"].get("strategy") == mine["spec"].get("strategy")
+        labels = [one(d, kind, name)["metadata"].get("labels") for d in (theirs, ours)]
+        assert labels[0] == labels[1], (kind, name)  # what kubectl apply -l selects on
 
 
 # --- compose -------------------------------------------------------------------------------
@@ -253,6 +359,127 @@ def test_compose_runs_workers_and_a_local_dashboard_on_one_database():
         assert f"artifacts:{store}" in services[service]["volumes"]
     assert "artifacts" in compose["volumes"]
     assert "chown hpo /artifacts" in (REPO / "Dockerfile").read_text()
+
+
+def seconds(duration: str) -> float:
+    """Compose's durations: 2m, 90s, 1m30s, 1h."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_compose_runs_a_pool_by_default_and_one_study_behind_a_profile():
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    services = compose["services"]
+    env = {"POSTGRES_PASSWORD": "pw"}
+    # `docker compose up` starts what has no profile: the database, the dashboard, the pool.
+    assert {name for name, s in services.items() if not s.get("profiles")} == {
+        "db",
+        "dashboard",
+        "pool",
+    }
+    assert services["worker"]["profiles"] == ["study"]  # docker compose --profile study up
+    pool, worker = services["pool"], services["worker"]
+    parsed = hpo_args([interpolate(str(a), env) for a in pool["command"]])
+    assert parsed["command"] == "worker"
+    assert parsed["slots"] == "1"  # by default; more containers: --scale pool=N
+    # The same database, data folder and artifact store as the workers on one study: what
+    # `docker compose run --rm pool submit …` uploads, the pool's workers read.
+    assert pool["environment"] == worker["environment"]
+    assert pool["volumes"] == worker["volumes"]
+    store = pool["environment"]["HPO_ARTIFACTS"]
+    assert f"artifacts:{store}" in pool["volumes"]
+    assert pool["depends_on"] == {"db": {"condition": "service_healthy"}}
+    assert pool["image"] == worker["image"]
+    # It never exits by itself: restarted after an error, not after `docker compose stop`.
+    assert pool["restart"] == "unless-stopped"
+    # Stopped, it ends its epoch first (the image's STOPSIGNAL, SIGINT: exit 130).
+    assert "stop_signal" not in pool
+    assert seconds(pool["stop_grace_period"]) >= seconds(worker["stop_grace_period"]) >= 60
+    assert "deploy" not in pool and "scale" not in pool  # the count is --scale pool=N
+    assert "ports" not in pool
+    for service in services.values():  # nothing published beyond this machine
+        for port in service.get("ports", []):
+            assert interpolate(port, env).startswith("127.0.0.1:")
+    example = (REPO / ".env.example").read_text()
+    for name in re.findall(r"\$\{(\w+)", " ".join(pool["command"])):  # each one documented
+        assert f"\n{name}=" in example, name
+
+
+def doc_compose_commands() -> list[list[str]]:
+    """Each `docker compose …` that docs/cluster.md and compose.yaml's comments give, as its
+    words (without those that elide their arguments with …)."""
+    texts = [(REPO / "docs" / "cluster.md").read_text(encoding="utf-8")]
+    texts.append((REPO / "compose.yaml").read_text(encoding="utf-8"))
+    found = []
+    for text in texts:
+        for line in text.splitlines():
+            for match in re.finditer(r"docker compose [^`\n]*", line):
+                command = re.split(r"\s#", match.group(0))[0].strip().rstrip(".,;:)")
+                if "…" not in command:
+                    found.append(shlex.split(command))
+    return found
+
+
+def test_the_documented_compose_commands_name_real_services_and_hpo_commands():
+    services = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]
+    profiles = {p for s in services.values() for p in s.get("profiles", [])}
+    commands = doc_compose_commands()
+    verbs = {words[2:][0] for words in commands if words[2:] and not words[2].startswith("-")}
+    assert {"up", "run", "exec"} <= verbs
+    hpo_commands = set()
+    for words in commands:
+        words = words[2:]
+        active = set()
+        while words and words[0] == "--profile":
+            active.add(words[1])
+            words = words[2:]
+        assert active <= profiles, active
+        if not words:
+            continue
+        verb, rest = words[0], words[1:]
+        scaled = [m.group(1) for w in rest if (m := re.match(r"(\w+)=(?:\d+|N)$", w))]
+        for name in scaled:  # --scale NAME=N: a service that this command starts
+            assert name in services, name
+            needs = services[name].get("profiles")
+            assert not needs or set(needs) & active, f"--scale {name} needs --profile {needs}"
+        if verb in ("run", "exec"):
+            while rest and rest[0].startswith("-"):  # --rm, -v SRC:DST, -e X=Y
+                rest = rest[2:] if rest[0] in ("-v", "--volume", "-e", "--env") else rest[1:]
+            if not rest:  # prose: "submit those with `docker compose run`"
+                continue
+            service, argv = rest[0], rest[1:]
+            assert service in services, service
+            if verb == "exec":  # a command in the running container, no entry point
+                assert argv[0] == "hpo", argv
+                argv = argv[1:]
+            if argv:  # run: the image's entry point is hpo
+                hpo_commands.add(hpo_args(argv)["command"])
+    assert {"submit", "list"} <= hpo_commands
+
+
+def pool_hpo_calls(page) -> list[list[str]]:
+    """The pool's hpo command lines in a page's code blocks (continuation lines joined)."""
+    text = page.read_text(encoding="utf-8")
+    calls = []
+    for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, re.S | re.M):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line = line.split(" #")[0].strip()
+            pool_command = r"(?:kubectl exec deploy/\S+ -- )?hpo (worker|submit|list|stop|resume)\b"
+            if re.match(pool_command, line) and "…" not in line:
+                calls.append(shlex.split(line[line.index("hpo ") :])[1:])
+    return calls
+
+
+@pytest.mark.parametrize("page", ["cluster.md", "distributed.md"])
+def test_the_pools_documented_commands_parse(page):
+    calls = pool_hpo_calls(REPO / "docs" / page)
+    assert {"worker", "submit", "list", "stop", "resume"} <= {c[0] for c in calls}
+    for argv in calls:
+        assert hpo_args(argv)["command"] == argv[0]
+    for name in re.findall(r"kubectl exec deploy/([\w-]+)", (REPO / "docs" / page).read_text()):
+        assert one(render(K8S / "base"), "Deployment", name)
 
 
 def test_the_password_file_is_not_committed():

@@ -6,6 +6,7 @@ import optuna
 import pandas as pd
 from rich.table import Table
 
+from hpo.search import queue
 from hpo.search.budget import study_counts
 from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
@@ -71,20 +72,36 @@ def _cell(column: str, value: object) -> str:
 
 
 def storage_table(storage: optuna.storages.BaseStorage) -> Table:
+    """`hpo list`: every study's trial counts and best value; for a submitted study (hpo
+    submit) also its queue state, budget, workers on it now, and trials finished a minute."""
     table = Table(title="studies")
-    for column in ("study", "dataset", "metric", "trials", "complete", "pruned", "failed", "best"):
+    columns = ("study", "dataset", "metric", "trials", "complete", "pruned", "failed", "best")
+    for column in (*columns, "state", "of", "now", "/min", "prio"):  # the queue's, if submitted
         table.add_column(column, justify="left" if column in ("study", "dataset") else "right")
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
         counts = study_counts(study)  # over-budget placeholders of many workers left out
         info = summary.user_attrs.get("hpo", {})
         best = summary.best_trial.value if summary.best_trial else None
+        entry = queue.Entry.of(summary.study_name, summary._study_id, summary.user_attrs)
+        queued = ["", "", "", "", ""]
+        if entry is not None:
+            standing = queue.Standing.of(trials)
+            queued = [
+                queue.state(entry, standing),
+                str(entry.trials),
+                str(standing.running),
+                f"{standing.per_minute:.1f}",
+                f"{entry.priority:g}",
+            ]
         table.add_row(
             summary.study_name,
             info.get("dataset", "?"),
             info.get("metric", "?"),
             *(str(counts[key]) for key in ("trials", "complete", "pruned", "failed")),
             "" if best is None else f"{best:.4f}",
+            *queued,
         )
     return table
 

@@ -23,7 +23,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 OVER_BUDGET = "over budget"  # the fail_reason of a trial created after the budget was taken
-NOT_COUNTED = ("interrupted", OVER_BUDGET)
+STOPPED = "stopped"  # the fail_reason of a trial ended by `hpo stop`: run again on resume
+NOT_COUNTED = ("interrupted", OVER_BUDGET, STOPPED)
 
 
 def counts_toward_budget(trial: FrozenTrial) -> bool:

@@ -1,10 +1,12 @@
-"""Ctrl-C during a study: the first press stops after the current epoch, a second at once.
+"""Ctrl-C or SIGTERM during a study: the first stops after the current epoch, a second at once.
 
 A KeyboardInterrupt raised at an arbitrary point can land inside a weakref callback or a
 finalizer of Keras' objects, where Python prints "Exception ignored" and carries on, so a
-single Ctrl-C could be lost. Instead the first press only sets a flag, which the objective
+single Ctrl-C could be lost. Instead the first signal only sets a flag, which the objective
 checks after each epoch (raising KeyboardInterrupt at a known, safe point) and the worker loop
-checks before starting a trial.
+checks before starting a trial. SIGTERM (what `docker stop`, Kubernetes and systemd send) is
+handled the same way; the process then exits 128 + the signal's number, as shells expect:
+130 after SIGINT, 143 after SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,28 +15,43 @@ import signal
 import threading
 from types import FrameType
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def exit_code(signum: int | None) -> int:
+    """The Unix exit status after `signum` (130 when none was recorded: an interrupt)."""
+    return 128 + (signum or signal.SIGINT)
+
 
 class GracefulInterrupt:
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.signum: int | None = None  # the signal that asked to stop
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> GracefulInterrupt:
         # Only take over a default handler: a job started with SIGINT ignored stays so.
-        in_main = threading.current_thread() is threading.main_thread()
-        if in_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for signum in SIGNALS:
+            default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+            if signal.getsignal(signum) is default:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second press is immediate
+        self.signum = self.signum or signum
+        # A second signal is immediate: Ctrl-C raises KeyboardInterrupt, SIGTERM terminates.
+        for each in SIGNALS:
+            if each in self._previous:
+                signal.signal(each, self._previous[each])
 
     def check(self) -> None:
-        """Raise KeyboardInterrupt here if Ctrl-C was pressed."""
+        """Raise KeyboardInterrupt here if Ctrl-C (or SIGTERM) was received."""
         if self.requested:
             raise KeyboardInterrupt

@@ -48,8 +48,11 @@ def open_study(
     study_name: str,
     heartbeat_s: int = HEARTBEAT_S,
     reconnect_s: float = RECONNECT_S,
+    storage: optuna.storages.BaseStorage | None = None,
 ) -> optuna.Study:
-    storage = open_storage(storage_url, heartbeat_s, reconnect_s)
+    """The study `study_name` in the storage (`storage`, else opened at `storage_url`),
+    created for `spec` or checked to be of it."""
+    storage = storage or open_storage(storage_url, heartbeat_s, reconnect_s)
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
@@ -99,6 +102,7 @@ class RunResult:
     finished_after: int
     interrupted: bool
     recycle: bool = False  # this worker ran its share of trials; restart it to free memory
+    signum: int | None = None  # the signal that interrupted it (SIGINT, SIGTERM), if one did
 
 
 def run(
@@ -181,4 +185,4 @@ def run(
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or ctrl_c.requested
-    return RunResult(study, before, finished(study), interrupted)
+    return RunResult(study, before, finished(study), interrupted, signum=ctrl_c.signum)

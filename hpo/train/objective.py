@@ -148,8 +148,10 @@ class Objective:
             "input": data.layout,
         }
         self._tensors: dict = {}  # training arrays already on the device, for the fused loop
+        self.trial_number: int | None = None  # the trial running, or run last
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.trial_number = trial.number
         if self.admit:
             self.admit(trial)
         # Which process ran it, and how often that process has read or vectorized the data
@@ -183,9 +185,9 @@ class Objective:
             best = reporter.best()
             assert best is not None  # record() fails the trial at its first non-finite value
             self._keep_predictions(trial, best[0])
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, or `hpo stop` (its own reason)
             reporter.save()
-            trial.set_user_attr("fail_reason", "interrupted")
+            trial.set_user_attr("fail_reason", getattr(exc, "reason", "interrupted"))
             raise
         finally:
             self._kept = None

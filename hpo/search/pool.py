@@ -1,0 +1,341 @@
+"""`hpo worker`: a long-running process that serves every queued study of a storage.
+
+Each round it reads the queue (hpo.search.queue: the studies and their attrs) and the trials
+of the queued studies, and picks the study furthest below its share of the trials
+(`Worker.choose`: trials started for its priority, stride scheduling). It runs one trial
+there, with the options the study was submitted with and under the study's exact budget
+(hpo.search.budget), then reads the queue again, so a study submitted a moment ago is served
+from the next trial on. With nothing to run it sleeps `poll_s` between reads, each a few
+queries (docs/distributed.md#a-pool-of-workers).
+
+`hpo stop` is seen within STOP_CHECK_S seconds at the end of an epoch: the trial ends, failed
+with reason "stopped" (it does not count), and its parameters are queued again to run first
+on resume. SIGTERM or Ctrl-C: the epoch ends, the trial is failed and queued again the same
+way, and the worker exits 143 or 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from rich.console import Console
+
+from hpo import artifacts as artifact_stores
+from hpo import resources
+from hpo.errors import HpoError, first_line
+from hpo.search import queue, runner
+from hpo.search import workers as hpo_workers
+from hpo.search.budget import STOPPED, Budget, OverBudget
+from hpo.search.interrupt import GracefulInterrupt, exit_code
+from hpo.search.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
+
+POLL_S = 2.0  # seconds between reads of an idle queue
+# A running trial looks for `hpo stop` at an epoch's end, this often at most (seconds).
+STOP_CHECK_S = float(os.environ.get("HPO_STOP_CHECK_S", 5.0))
+KEEP = 3  # studies whose data, sampler and compiled arrays a worker keeps between trials
+
+
+class Stopped(KeyboardInterrupt):
+    """The study was paused (`hpo stop`): the running trial ends at this epoch."""
+
+    reason = STOPPED
+
+
+@dataclass
+class Served:
+    """What a worker keeps of one study between its trials."""
+
+    study: optuna.Study
+    objective: Any  # hpo.train.objective.Objective: imported only when training
+    budget: Budget
+
+
+class StopCheck:
+    """Raises Stopped at an epoch's end once the study is paused; reads its state at most
+    every STOP_CHECK_S seconds (one query), so a fast epoch costs the database nothing."""
+
+    def __init__(self, store: Any, study_id: int, every_s: float = STOP_CHECK_S) -> None:
+        self.store, self.study_id, self.every_s = store, study_id, every_s
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last < self.every_s:
+            return
+        self.last = time.monotonic()
+        record = self.store.get_study_user_attrs(self.study_id).get(queue.ATTR) or {}
+        if record.get("state") == queue.PAUSED:
+            raise Stopped
+
+
+class Worker:
+    def __init__(
+        self,
+        storage_url: str,
+        *,
+        console: Console,
+        artifacts: str = artifact_stores.DEFAULT,
+        data_dir: str | None = None,
+        pattern: str = "*",
+        poll_s: float = POLL_S,
+        heartbeat_s: int = HEARTBEAT_S,
+        reconnect_s: float = RECONNECT_S,
+    ) -> None:
+        self.url = storage_url
+        self.store = open_storage(storage_url, heartbeat_s, reconnect_s)
+        self.artifacts = artifacts
+        self.data_dir = data_dir
+        self.pattern = pattern
+        self.poll_s = poll_s
+        self.console = console
+        self.served: OrderedDict[str, Served] = OrderedDict()
+        self.left: set[str] = set()  # studies this worker cannot serve (said once)
+        self.signals: GracefulInterrupt | None = None
+        self.ran = 0  # trials this process ran
+
+    # --- choosing -------------------------------------------------------------------------
+
+    def choose(self) -> queue.Entry | None:
+        """The queued study with an open slot that has started the fewest trials for its
+        priority since the newest of them joined the queue; None when there is none.
+
+        Counting from the newest arrival puts every study on an equal footing from then on
+        (stride scheduling): over time each gets trials in proportion to its priority, and a
+        study submitted late neither waits for the others nor takes every worker to catch up.
+        Running trials are counted too, so workers that choose at once spread out."""
+        open_slots = []
+        for entry in queue.entries(self.store, self.pattern):
+            if entry.state != queue.QUEUED or entry.name in self.left:
+                continue
+            trials = self.store.get_all_trials(entry.study_id, deepcopy=False)
+            standing = queue.Standing.of(trials)
+            if standing.finished >= entry.trials:
+                if not standing.running:
+                    self._mark_done(entry)
+                continue
+            if standing.finished + standing.running >= entry.trials:
+                self._fail_stale(entry)  # a dead worker's slot is re-run
+                continue
+            open_slots.append((entry, trials))
+        if not open_slots:
+            return None
+        newest = max(entry.since for entry, _ in open_slots)
+
+        def share(item: tuple[queue.Entry, list]) -> tuple[float, str]:
+            entry, trials = item
+            return queue.started_since(trials, newest) / entry.priority, entry.name
+
+        return min(open_slots, key=share)[0]
+
+    def _mark_done(self, entry: queue.Entry) -> None:
+        """Record the study as done, so idle reads skip its trials until it is extended."""
+        record = self.store.get_study_user_attrs(entry.study_id).get(queue.ATTR) or {}
+        if record.get("state") == queue.QUEUED and record.get("trials") == entry.trials:
+            self.store.set_study_user_attr(entry.study_id, queue.ATTR, {**record, "state": "done"})
+            self.console.print(f"{entry.name}: done ({entry.trials} trials)", highlight=False)
+
+    def _fail_stale(self, entry: queue.Entry) -> None:
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(
+                optuna.load_study(study_name=entry.name, storage=self.store)
+            )
+
+    # --- serving --------------------------------------------------------------------------
+
+    def serve(self, recycle_after: int | None = None) -> int | None:
+        """Serve the queue until a signal (returns its exit status) or, with `recycle_after`,
+        until this process has run that many trials (returns None: restart it)."""
+        said_idle = False
+        with GracefulInterrupt() as signals:
+            self.signals = signals
+            while not signals.requested:
+                if recycle_after and self.ran >= recycle_after:
+                    return None
+                entry = self.choose()
+                if entry is None:
+                    if not said_idle:
+                        self.console.print(
+                            f"waiting for studies in {redact(self.url)} (hpo submit …)",
+                            highlight=False,
+                        )
+                        said_idle = True
+                    self._sleep(self.poll_s)
+                    continue
+                said_idle = False
+                self.run_one(entry)
+        return exit_code(signals.signum)
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not (self.signals and self.signals.requested):
+            time.sleep(min(0.2, end - time.monotonic()))
+
+    def run_one(self, entry: queue.Entry) -> None:
+        """One trial of `entry`'s study."""
+        served = self._serve(entry)
+        if served is None:
+            return
+        served.budget.total = entry.trials  # hpo submit may have extended it
+        from hpo.train.objective import TrialFailed
+
+        objective = served.objective
+        stop = StopCheck(self.store, entry.study_id)
+        objective.check_interrupt = self._checks(stop)
+        self.ran += 1
+        try:
+            served.study.optimize(
+                objective,
+                n_trials=1,
+                catch=(TrialFailed, OverBudget),
+                callbacks=[self._said],
+                gc_after_trial=True,
+            )
+        except KeyboardInterrupt as exc:  # paused, or this worker was asked to stop
+            self._requeue(served.study, entry, objective.trial_number)
+            why = "stopped (hpo stop)" if isinstance(exc, Stopped) else "interrupted"
+            self.console.print(
+                f"{entry.name}: trial {objective.trial_number} {why}; its parameters run "
+                "again first",
+                highlight=False,
+            )
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+            if "FAIL" not in str(exc) and "finished" not in str(exc):
+                raise
+            self.console.print(f"[yellow]{entry.name}: a trial was failed as stale: {exc}")
+        except Exception as exc:
+            lost = unavailable_in(exc)
+            if lost is not None:
+                raise lost from None
+            self._leave(entry, f"a trial failed ({type(exc).__name__}: {first_line(exc)})")
+
+    def _checks(self, stop: StopCheck) -> Callable[[], None]:
+        signals = self.signals
+
+        def check() -> None:
+            if signals is not None:
+                signals.check()
+            stop()
+
+        return check
+
+    def _said(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = "" if trial.value is None else f" {trial.value:.4f}"
+        self.console.print(
+            f"{study.study_name}: trial {trial.number} {trial.state.name.lower()}{value}",
+            highlight=False,
+        )
+
+    def _requeue(self, study: optuna.Study, entry: queue.Entry, number: int | None) -> None:
+        """Queue the ended trial's parameters again: they run next, first in its budget."""
+        if number is None:
+            return
+        trial_id = self.store.get_trial_id_from_study_id_trial_number(entry.study_id, number)
+        params = self.store.get_trial(trial_id).params
+        if params:
+            study.enqueue_trial(params, user_attrs={"requeued_from": number})
+
+    def _leave(self, entry: queue.Entry, why: str) -> None:
+        self.left.add(entry.name)
+        self.served.pop(entry.name, None)
+        self.console.print(f"{entry.name}: this worker leaves the study: {why}", highlight=False)
+
+    def _serve(self, entry: queue.Entry) -> Served | None:
+        """The study's data, sampler and objective: kept for the KEEP studies served last."""
+        if entry.name in self.served:
+            self.served.move_to_end(entry.name)
+            return self.served[entry.name]
+        try:
+            served = self._open(entry)
+        except HpoError as exc:
+            self._leave(entry, str(exc))
+            return None
+        self.served[entry.name] = served
+        while len(self.served) > KEEP:
+            self.served.popitem(last=False)
+        return served
+
+    def _open(self, entry: queue.Entry) -> Served:
+        loaded = optuna.load_study(study_name=entry.name, storage=self.store)
+        spec = queue.spec_of(loaded, entry)
+        study = runner.open_study(spec, self.url, entry.name, storage=self.store)
+        store = artifact_stores.open_store(self.artifacts)
+        if entry.data is not None:
+            from hpo.data import shipped
+
+            with self.console.status(f"{entry.name}: fetching its data…"):
+                prepared = shipped.fetch(entry.data, store)
+        else:
+            prepared = runner.load_data(spec, self.data_dir, study, self.console)
+        from hpo.train.objective import Objective
+
+        budget = Budget(entry.trials)
+        objective = Objective(spec, prepared, admit=budget.admit, artifact_store=store)
+        self.console.print(
+            f"{entry.name}: serving ({spec.dataset}, {spec.metric}, budget {entry.trials}, "
+            f"priority {entry.priority:g})",
+            highlight=False,
+        )
+        return Served(study, objective, budget)
+
+
+def start(
+    storage_url: str,
+    *,
+    slots: str,
+    argv: list[str],
+    console: Console,
+    recycle_after: int | None = None,
+    log_dir: Path = Path("storage/logs"),
+    **options: Any,
+) -> int:
+    """`hpo worker`: serve the queue here and in `slots - 1` more processes (`hpo ARGV --slots
+    1`, logging to `log_dir`); restart this process after `recycle_after` trials (Keras keeps
+    memory across trials). Returns the exit status after a signal, the children ended."""
+    inherited = hpo_workers.inherited_children()  # when this worker restarted itself
+    restarted = hpo_workers.restarted()
+    gpus = resources.gpu_count() if slots != "1" else 0  # asks nvidia-smi: only if needed
+    try:
+        count = resources.parse_workers(slots, gpus)
+    except ValueError as exc:
+        raise HpoError(str(exc).replace("--workers", "--slots")) from exc
+    if (recycle_after or 0) < 0 or options.get("poll_s", POLL_S) <= 0:
+        raise HpoError("--recycle-after must be at least 0, --poll above 0")
+    children: list[subprocess.Popen] = []
+    if not restarted:
+        console.print(
+            f"worker on {redact(storage_url)} · {count} slot(s) · studies "
+            f"{options.get('pattern', '*')} · reads the queue every "
+            f"{options.get('poll_s', POLL_S):g} s when idle",
+            highlight=False,
+        )
+        if count > 1:
+            resources.share_gpu_memory(count, gpus)
+            child = hpo_workers.with_option(argv, "--slots", "1")
+            children = hpo_workers.spawn(count - 1, log_dir, "pool", child)
+            console.print(f"{count - 1} more worker processes; their logs: {log_dir}/")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the worker says each trial itself
+    logging.getLogger("hpo").setLevel(logging.WARNING)
+    try:
+        code = Worker(storage_url, console=console, **options).serve(recycle_after)
+    except BaseException:
+        hpo_workers.interrupt(children, inherited)  # they end their epoch and re-queue
+        raise
+    if code is None:
+        console.print(
+            f"restarting this worker after {recycle_after} trials to release the memory "
+            "Keras keeps across trials",
+            highlight=False,
+        )
+        hpo_workers.restart(argv, [c.pid for c in children] + inherited, None)
+    hpo_workers.interrupt(children, inherited)
+    return code

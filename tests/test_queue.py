@@ -1,0 +1,283 @@
+"""The study queue and the worker pool (`hpo submit`, `hpo worker`, `hpo stop`, `hpo resume`,
+`hpo list`), against the real PostgreSQL and MariaDB servers.
+
+Workers are real `hpo worker` processes on the tiny studies (a trial takes about a second), so
+what is tested is the queue: budgets, fairness, signals, the heartbeat, data that travels.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import SERVERS, rdb, reachable, run_cli, tiny_study
+from optuna.trial import TrialState
+from rich.console import Console
+
+from hpo.search import budget, pool, queue
+
+POSTGRES = SERVERS["postgresql"]
+
+
+def worker(folder: Path, url: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo", "worker", "--storage", url, "--poll", "0.5", *args],
+        cwd=folder,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def load(name: str, url: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=rdb(url))
+
+
+def counted(name: str, url: str) -> int:
+    return budget.finished(load(name, url))
+
+
+def wait_for(condition, timeout: float = 120, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def stop_worker(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, out
+    assert "Traceback" not in out, out
+    return out
+
+
+def delete(url: str, *names: str) -> None:
+    for name in names:
+        optuna.delete_study(study_name=name, storage=rdb(url))
+
+
+def test_two_workers_serve_the_queue_to_exact_budgets(workdir, server_url, capsys):
+    """Two studies submitted, two workers: each study ends with exactly its budget. A study
+    submitted while the workers idle is picked up; SIGTERM ends a worker with 143."""
+    names = [f"q{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    path = tiny_study(workdir, epochs=2)
+    for name, trials, priority in ((names[0], 4, 1), (names[1], 3, 2)):
+        code, out, _ = run_cli(
+            capsys, "submit", str(path), "--trials", str(trials), "--study", name,
+            "--priority", str(priority), "--storage", server_url,
+        )  # fmt: skip
+        assert code == 0 and f"queued study {name}" in out
+    workers = [worker(workdir, server_url, "--recycle-after", "3") for _ in range(2)]
+    try:
+        wait_for(lambda: counted(names[0], server_url) == 4, what="the first study")
+        wait_for(lambda: counted(names[1], server_url) == 3, what="the second study")
+        time.sleep(1.5)  # both idle now
+        code, _, _ = run_cli(
+            capsys, "submit", str(path), "--trials", "2", "--study", names[2],
+            "--storage", server_url,
+        )  # fmt: skip
+        assert code == 0
+        wait_for(lambda: counted(names[2], server_url) == 2, what="the late study")
+        time.sleep(1.5)
+    finally:
+        outs = [stop_worker(w) for w in workers]
+    for name, trials in zip(names, (4, 3, 2), strict=True):
+        assert counted(name, server_url) == trials  # exact: not one over with two workers
+        assert not [t for t in load(name, server_url).trials if t.state == TrialState.RUNNING]
+    assert all("waiting for studies" in out for out in outs)
+    assert any("restarting this worker after 3 trials" in out for out in outs)
+    code, out, _ = run_cli(capsys, "list", "--storage", server_url)
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if "│" in line}
+    for name in names:
+        assert "done" in rows[name]
+    delete(server_url, *names)
+
+
+def test_stop_resume_and_sigterm_requeue_the_trial_in_flight(workdir, capsys):
+    """`hpo stop` ends the running trial at an epoch ("stopped", not counted) and queues its
+    parameters again; `hpo resume` runs them first. SIGTERM does the same ("interrupted")
+    and the worker exits 143. No trial is lost: the study ends with exactly its budget."""
+    if not reachable(POSTGRES):
+        pytest.skip("postgresql is not reachable")
+    name = f"stop-{uuid.uuid4().hex[:6]}"
+    epochs = 400
+    path = tiny_study(workdir, epochs=epochs)
+    assert run_cli(capsys, "submit", str(path), "--trials", "2", "--study", name,
+                   "--storage", POSTGRES)[0] == 0  # fmt: skip
+    env = {"HPO_STOP_CHECK_S": "0.2"}
+
+    def running() -> optuna.trial.FrozenTrial | None:
+        return next((t for t in load(name, POSTGRES).trials if t.state == TrialState.RUNNING
+                     and 1 <= len(t.intermediate_values) < epochs // 2), None)  # fmt: skip
+
+    proc = worker(workdir, POSTGRES, "--recycle-after", "0", env=env)
+    try:
+        wait_for(lambda: running() is not None, what="a trial in training")
+        first = running()
+        code, out, _ = run_cli(capsys, "stop", name, "--storage", POSTGRES)
+        assert code == 0 and "paused" in out
+        wait_for(lambda: load(name, POSTGRES).trials[-1].state == TrialState.WAITING)
+        trials = load(name, POSTGRES).trials
+        assert trials[first.number].state == TrialState.FAIL
+        assert trials[first.number].user_attrs["fail_reason"] == budget.STOPPED
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        assert [t.system_attrs["fixed_params"] for t in waiting] == [first.params]
+        time.sleep(1.0)  # paused: nothing starts
+        assert not [t for t in load(name, POSTGRES).trials if t.state == TrialState.RUNNING]
+        code, out, _ = run_cli(capsys, "list", "--storage", POSTGRES)
+        assert "paused" in next(line for line in out.splitlines() if name in line)
+        assert run_cli(capsys, "resume", name, "--storage", POSTGRES)[0] == 0
+        wait_for(lambda: running() is not None, what="the resumed trial")
+        again = running()
+        assert again.number == waiting[0].number and again.params == first.params
+    finally:
+        out = stop_worker(proc)
+    assert "stopped (hpo stop)" in out and "interrupted" in out
+    trials = load(name, POSTGRES).trials
+    assert trials[again.number].state == TrialState.FAIL
+    assert trials[again.number].user_attrs["fail_reason"] == "interrupted"
+    assert trials[-1].state == TrialState.WAITING
+    assert trials[-1].system_attrs["fixed_params"] == first.params
+    assert budget.finished(load(name, POSTGRES)) == 0
+    delete(POSTGRES, name)
+
+
+def test_own_data_reaches_a_worker_without_the_file(workdir, tmp_path_factory, capsys):
+    """The prepared arrays travel through the shared artifact store: a worker in another
+    folder, with neither the study file nor the CSV, trains the study; its cache is reused."""
+    if not reachable(POSTGRES):
+        pytest.skip("postgresql is not reachable")
+    from test_own_data import churn, study_file
+
+    name = f"own-{uuid.uuid4().hex[:6]}"
+    churn(160).to_csv(workdir / "churn.csv", index=False)
+    data = 'train = "churn.csv"\ntarget = "left"\ndrop = ["id"]\ncategorical = ["plan"]'
+    path = study_file(workdir, name, data)
+    shared = workdir / "shared-artifacts"
+    args = ["--storage", POSTGRES, "--artifacts", str(shared)]
+    assert run_cli(capsys, "submit", str(path), "--trials", "3", *args)[0] == 0
+    assert run_cli(capsys, "submit", str(path), "--trials", "4", *args)[0] == 0  # extended
+    assert len(list(shared.rglob("*"))) == 1  # the same arrays: uploaded once
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    proc = worker(elsewhere, POSTGRES, "--artifacts", str(shared), "--recycle-after", "0",
+                  env={"HPO_CACHE_DIR": str(elsewhere / "cache")})  # fmt: skip
+    try:
+        wait_for(lambda: counted(name, POSTGRES) == 4, what="the own-data study")
+    finally:
+        out = stop_worker(proc)
+    assert f"{name}: serving" in out and "leaves the study" not in out
+    assert len(list((elsewhere / "cache" / "shipped").glob("*.npz"))) == 1
+    assert not (elsewhere / "churn.csv").exists()
+    delete(POSTGRES, name)
+
+
+def test_a_killed_worker_is_recovered_through_the_heartbeat(workdir, capsys):
+    if not reachable(POSTGRES):
+        pytest.skip("postgresql is not reachable")
+    name = f"kill-{uuid.uuid4().hex[:6]}"
+    epochs = 300
+    path = tiny_study(workdir, epochs=epochs)
+    assert run_cli(capsys, "submit", str(path), "--trials", "2", "--study", name,
+                   "--storage", POSTGRES)[0] == 0  # fmt: skip
+    victim = worker(workdir, POSTGRES, "--heartbeat", "1", "--recycle-after", "0")
+
+    def running() -> optuna.trial.FrozenTrial | None:
+        return next((t for t in load(name, POSTGRES).trials if t.state == TrialState.RUNNING
+                     and 1 <= len(t.intermediate_values) < epochs // 2), None)  # fmt: skip
+
+    wait_for(lambda: running() is not None, what="a trial in training")
+    dead = running()
+    victim.kill()
+    victim.communicate()
+    rescuer = worker(workdir, POSTGRES, "--heartbeat", "1", "--recycle-after", "0")
+    try:
+        wait_for(lambda: counted(name, POSTGRES) == 2, what="the rescued study")
+    finally:
+        stop_worker(rescuer)
+    trials = load(name, POSTGRES).trials
+    assert trials[dead.number].state == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].params == dead.params
+    delete(POSTGRES, name)
+
+
+def test_priorities_share_the_trials_and_a_late_study_joins_fairly(workdir, capsys):
+    """Worker.choose on real queue records: trials started in proportion to the priorities;
+    a study submitted later is not served alone until it catches up."""
+    url = f"sqlite:///{workdir}/queue.db"
+    path = tiny_study(workdir, epochs=1)
+    for name, priority in (("high", "2"), ("low", "1")):
+        assert run_cli(capsys, "submit", str(path), "--trials", "100", "--study", name,
+                       "--priority", priority, "--storage", url)[0] == 0  # fmt: skip
+    chooser = pool.Worker(url, console=Console(quiet=True))
+
+    def serve(picks: int) -> list[str]:
+        order = []
+        for _ in range(picks):
+            entry = chooser.choose()
+            study = optuna.load_study(study_name=entry.name, storage=chooser.store)
+            study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5))
+            order.append(entry.name)
+        return order
+
+    first = serve(30)
+    assert first.count("high") == 20 and first.count("low") == 10
+    assert run_cli(capsys, "submit", str(path), "--trials", "100", "--study", "late",
+                   "--storage", url)[0] == 0  # fmt: skip
+    then = serve(20)
+    assert (then.count("high"), then.count("low"), then.count("late")) == (10, 5, 5)
+    assert run_cli(capsys, "stop", "high", "--storage", url)[0] == 0
+    assert "high" not in serve(6)
+
+
+def test_bad_queue_input_is_one_line(workdir, capsys):
+    path = tiny_study(workdir, epochs=1)
+    unreachable = "postgresql+psycopg://postgres@127.0.0.1:1/none"
+    cases = [
+        (["submit", str(path), "--storage", unreachable], "cannot connect"),
+        (["submit", str(path), "--priority", "0"], "--priority must be above 0"),
+        (["submit", str(path), "--trials", "0"], "--trials must be at least 1"),
+        (["stop", "nosuch"], "no study named 'nosuch'"),
+        (["resume", "nosuch"], "no study named 'nosuch'"),
+        (["worker", "--slots", "x"], "--slots must be a positive number or auto"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert run_cli(capsys, "optimize", str(path), "--trials", "1")[0] == 0
+    code, _, err = run_cli(capsys, "stop", "tiny")
+    assert code == 2 and "was not submitted to the queue" in err
+
+
+def test_an_idle_worker_says_so_once(workdir):
+    """On a storage with no study it waits, says so once, reads the queue cheaply, and a
+    SIGINT ends it with 130."""
+    url = f"sqlite:///{workdir}/empty.db"
+    proc = worker(workdir, url, "--recycle-after", "0")
+    time.sleep(6)
+    out = stop_worker(proc, signal.SIGINT)
+    assert out.count("waiting for studies") == 1, out
+
+
+def test_started_since_counts_only_real_trials():
+    moment = datetime(2026, 1, 1, 12)
+    trials = [
+        optuna.trial.create_trial(state=TrialState.COMPLETE, value=1.0),
+        optuna.trial.create_trial(
+            state=TrialState.FAIL, user_attrs={"fail_reason": budget.OVER_BUDGET}
+        ),
+    ]
+    for t in trials:
+        t.datetime_start = moment
+    assert queue.started_since(trials, moment.timestamp()) == 1
+    assert queue.started_since(trials, moment.timestamp() + 1) == 0

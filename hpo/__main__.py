@@ -1,3 +1,33 @@
-from hpo.cli import main
+"""`python -m hpo`: the hpo command, and how a worker that restarts itself (exec) starts again.
+
+A worker restarting itself holds Ctrl-C and SIGTERM across the exec (hpo.search.workers); here
+they are let through, and one that arrived then or lands while the new process is still
+importing (seconds: TensorFlow) ends it with the resume line, not a traceback or silence.
+"""
+
+import re
+import shlex
+import signal
+import sys
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signum)
+
+
+signal.signal(signal.SIGTERM, _stop)
+try:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    from hpo.cli import main
+except KeyboardInterrupt as exc:
+    signum = exc.args[0] if exc.args else signal.SIGINT
+    # The database password is hidden, as in every resume line (hpo.search.launch).
+    shown = [re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", arg) for arg in sys.argv[1:]]
+    print(
+        f"interrupted while starting: resume with: {shlex.join(['hpo', *shown])}",
+        file=sys.stderr,
+    )
+    sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the command takes it over (hpo.search.interrupt)
 
 main()

@@ -41,7 +41,9 @@ def silenced_stderr() -> Iterator[None]:
         os.dup2(sink.fileno(), 2)
         try:
             yield
-        except BaseException:
+        except KeyboardInterrupt:  # the user's Ctrl-C: the notices would only hide it
+            raise
+        except BaseException:  # a real error: show what the backend said
             os.dup2(saved, 2)
             sink.seek(0)
             os.write(2, sink.read()[-4000:])

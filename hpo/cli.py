@@ -436,8 +436,15 @@ def main() -> None:
         threading.excepthook = _thread_error
     try:
         app()
-    except KeyboardInterrupt:
-        err.print("interrupted")
+    except KeyboardInterrupt:  # before the study's own Ctrl-C handling began, or after it
+        again = sys.argv[1:2] == ["optimize"]
+        err.print(
+            f"interrupted: resume with: {launch.command_line(sys.argv[1:])}"
+            if again
+            else "interrupted",
+            markup=False,
+            highlight=False,
+        )
         sys.exit(130)
     except HpoError as exc:
         if debug:

@@ -230,6 +230,36 @@ def test_ctrl_c_leaves_a_resumable_study(workdir, sig):
     assert budget.finished(load()) == done + 1
 
 
+@pytest.mark.parametrize("moment", ["start", "restart"])
+def test_ctrl_c_while_starting_says_how_to_resume(workdir, moment):
+    """A Ctrl-C while the process starts (TensorFlow's import, seconds) or while a worker
+    restarts itself (exec: the imports again) is neither lost nor a traceback, and shows
+    none of TensorFlow's start-up notices: exit 130 and the resume line."""
+    path = tiny_study(workdir, epochs=1)
+    cmd = [sys.executable, "-m", "hpo", "optimize", str(path), "--trials", "50"]
+    cmd += ["--recycle-after", "1"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
+    wanted = "study tiny" if moment == "start" else "restarting this worker"
+    for line in proc.stdout:
+        if wanted in line:
+            break
+    time.sleep(0.3)  # into the imports (of the new process, after a restart)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "resume with: hpo optimize" in err.lower(), err
+    assert "Traceback" not in out + err and "oneDNN" not in err and "absl" not in err, err
+    assert budget.finished(load()) <= 2
+
+
 def test_studies_lists_the_builtin_files(capsys):
     code, out, _ = run_cli(capsys, "studies")
     assert code == 0

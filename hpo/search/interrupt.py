@@ -24,15 +24,24 @@ def exit_code(signum: int | None) -> int:
 
 
 class GracefulInterrupt:
+    """Entered once around a whole command (start-up included: a signal while TensorFlow is
+    imported is not lost), and again by the loops inside it, which then share the outer one."""
+
+    _active: GracefulInterrupt | None = None
+
     def __init__(self) -> None:
         self.requested = False
         self.signum: int | None = None  # the signal that asked to stop
         self._previous: dict[int, object] = {}
+        self._outer = False
 
     def __enter__(self) -> GracefulInterrupt:
+        if GracefulInterrupt._active is not None:
+            return GracefulInterrupt._active
         # Only take over a default handler: a job started with SIGINT ignored stays so.
         if threading.current_thread() is not threading.main_thread():
             return self
+        GracefulInterrupt._active, self._outer = self, True
         for signum in SIGNALS:
             default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
             if signal.getsignal(signum) is default:
@@ -40,6 +49,9 @@ class GracefulInterrupt:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self._outer:
+            return
+        GracefulInterrupt._active = None
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
 

@@ -23,6 +23,7 @@ from hpo import resources
 from hpo.errors import HpoError
 from hpo.search import runner, storage
 from hpo.search import workers as hpo_workers
+from hpo.search.interrupt import GracefulInterrupt
 from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
 
@@ -96,7 +97,17 @@ def optimize_argv(
     return argv
 
 
-def run_optimize(
+def run_optimize(target: str | Path, **options: Any) -> OptimizeRun:
+    """Open (or resume) the study, start `workers - 1` more worker processes, run trials here
+    until the study's budget is met (`_run_optimize`'s options); the workers started are
+    returned still running. From the start, a first Ctrl-C or SIGTERM only asks to stop: one
+    that lands while TensorFlow is imported or the data is loaded is not lost, and the study
+    says how to resume."""
+    with GracefulInterrupt():
+        return _run_optimize(target, **options)
+
+
+def _run_optimize(
     target: str | Path,
     *,
     trials: int,
@@ -113,8 +124,6 @@ def run_optimize(
     artifacts: str = artifact_stores.DEFAULT,
     **overrides: Any,
 ) -> OptimizeRun:
-    """Open (or resume) the study, start `workers - 1` more worker processes, run trials here
-    until the study's budget is met; the workers started are returned still running."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # hpo reports the study itself
     spec = study_spec(target, **overrides)
     name = study or spec.name

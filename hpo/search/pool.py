@@ -300,7 +300,8 @@ def start(
 ) -> int:
     """`hpo worker`: serve the queue here and in `slots - 1` more processes (`hpo ARGV --slots
     1`, logging to `log_dir`); restart this process after `recycle_after` trials (Keras keeps
-    memory across trials). Returns the exit status after a signal, the children ended."""
+    memory across trials). Returns the exit status after a signal, the children ended. (The
+    backend is imported inside `Worker.serve`, where a first signal only asks to stop.)"""
     inherited = hpo_workers.inherited_children()  # when this worker restarted itself
     restarted = hpo_workers.restarted()
     gpus = resources.gpu_count() if slots != "1" else 0  # asks nvidia-smi: only if needed

@@ -22,6 +22,7 @@ RESTARTED = "HPO_RESTARTED"
 
 
 RECYCLE_AFTER = 10  # trials a worker runs before it restarts itself (--recycle-after)
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def with_option(argv: list[str], option: str, value: str) -> list[str]:
@@ -62,6 +63,9 @@ def restart(argv: list[str], children: list[int], ends_at: float | None) -> None
         os.environ[DEADLINE] = repr(ends_at)
     sys.stdout.flush()
     sys.stderr.flush()
+    # Held, not lost, across the exec: until the new process can handle them (hpo.__main__),
+    # a Ctrl-C or SIGTERM would kill it silently.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     os.execv(sys.executable, [sys.executable, "-m", "hpo", *argv])
 
 

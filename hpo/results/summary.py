@@ -75,10 +75,17 @@ def storage_table(storage: optuna.storages.BaseStorage) -> Table:
     """`hpo list`: every study's trial counts and best value; for a submitted study (hpo
     submit) also its queue state, budget, workers on it now, and trials finished a minute."""
     table = Table(title="studies")
-    columns = ("study", "dataset", "metric", "trials", "complete", "pruned", "failed", "best")
-    for column in (*columns, "state", "of", "now", "/min", "prio"):  # the queue's, if submitted
-        table.add_column(column, justify="left" if column in ("study", "dataset") else "right")
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
+    # A study's name is never cut short: it is what the other commands take.
+    longest = max((len(s.study_name) for s in summaries), default=5)
+    table.add_column("study", no_wrap=True, min_width=longest)
+    columns = ("dataset", "metric", "trials", "complete", "pruned", "failed", "best")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "dataset" else "right")
+    table.add_column("state", no_wrap=True, min_width=7)  # the queue's, for a submitted study
+    for column in ("of", "now", "/min", "prio"):
+        table.add_column(column, justify="right")
+    for summary in summaries:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
         counts = study_counts(study)  # over-budget placeholders of many workers left out

@@ -28,11 +28,15 @@ NOT_COUNTED = ("interrupted", OVER_BUDGET, STOPPED)
 
 
 def counts_toward_budget(trial: FrozenTrial) -> bool:
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+    return counts(trial.state, trial.user_attrs.get("fail_reason"))
+
+
+def counts(state: TrialState, fail_reason: object) -> bool:
+    """Whether a trial in `state`, failed with `fail_reason` (or None), counts."""
+    if state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    if trial.state == TrialState.FAIL:
-        reason = trial.user_attrs.get("fail_reason")
-        return reason is not None and reason not in NOT_COUNTED
+    if state == TrialState.FAIL:
+        return fail_reason is not None and fail_reason not in NOT_COUNTED
     return False
 
 

@@ -38,11 +38,14 @@ from hpo.search import workers as hpo_workers
 from hpo.search.budget import STOPPED, Budget, OverBudget
 from hpo.search.interrupt import GracefulInterrupt, exit_code
 from hpo.search.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
+from hpo.study import algorithms
+from hpo.study.studyfile import StudySpec
 
 POLL_S = 2.0  # seconds between reads of an idle queue
 # A running trial looks for `hpo stop` at an epoch's end, this often at most (seconds).
 STOP_CHECK_S = float(os.environ.get("HPO_STOP_CHECK_S", 5.0))
-KEEP = 3  # studies whose data, sampler and compiled arrays a worker keeps between trials
+KEEP = 3  # studies whose data and compiled arrays a worker keeps between trials
+STALE_CHECK_S = 5.0  # how often a worker waiting on a study's last trials seeks dead ones
 
 
 class Stopped(KeyboardInterrupt):
@@ -58,6 +61,7 @@ class Served:
     study: optuna.Study
     objective: Any  # hpo.train.objective.Objective: imported only when training
     budget: Budget
+    catch: tuple[type[Exception], ...]  # a trial's own failures (NaN): recorded, not raised
 
 
 class StopCheck:
@@ -98,6 +102,8 @@ class Worker:
         self.poll_s = poll_s
         self.console = console
         self.served: OrderedDict[str, Served] = OrderedDict()
+        self.studies: dict[str, tuple[optuna.Study, StudySpec]] = {}
+        self.stale_checked: dict[str, float] = {}  # when each study's dead trials were sought
         self.left: set[str] = set()  # studies this worker cannot serve (said once)
         self.signals: GracefulInterrupt | None = None
         self.ran = 0  # trials this process ran
@@ -112,29 +118,26 @@ class Worker:
         (stride scheduling): over time each gets trials in proportion to its priority, and a
         study submitted late neither waits for the others nor takes every worker to catch up.
         Running trials are counted too, so workers that choose at once spread out."""
-        open_slots = []
-        for entry in queue.entries(self.store, self.pattern):
-            if entry.state != queue.QUEUED or entry.name in self.left:
-                continue
-            trials = self.store.get_all_trials(entry.study_id, deepcopy=False)
-            standing = queue.Standing.of(trials)
-            if standing.finished >= entry.trials:
-                if not standing.running:
-                    self._mark_done(entry)
-                continue
-            if standing.finished + standing.running >= entry.trials:
-                self._fail_stale(entry)  # a dead worker's slot is re-run
-                continue
-            open_slots.append((entry, trials))
-        if not open_slots:
+        queued = [
+            entry
+            for entry in queue.entries(self.store, self.pattern)
+            if entry.state == queue.QUEUED and entry.name not in self.left
+        ]
+        if not queued:
             return None
-        newest = max(entry.since for entry, _ in open_slots)
-
-        def share(item: tuple[queue.Entry, list]) -> tuple[float, str]:
-            entry, trials = item
-            return queue.started_since(trials, newest) / entry.priority, entry.name
-
-        return min(open_slots, key=share)[0]
+        newest = max(entry.since for entry in queued)
+        tallies = queue.tallies(self.store, queued, newest)
+        open_slots = []
+        for entry in queued:
+            tally = tallies[entry.study_id]
+            if tally.finished >= entry.trials:
+                if not tally.running:
+                    self._mark_done(entry)
+            elif tally.finished + tally.running >= entry.trials:
+                self._fail_stale(entry)  # a dead worker's slot is re-run
+            else:
+                open_slots.append((tally.started_since / entry.priority, entry.name, entry))
+        return min(open_slots)[-1] if open_slots else None
 
     def _mark_done(self, entry: queue.Entry) -> None:
         """Record the study as done, so idle reads skip its trials until it is extended."""
@@ -144,11 +147,18 @@ class Worker:
             self.console.print(f"{entry.name}: done ({entry.trials} trials)", highlight=False)
 
     def _fail_stale(self, entry: queue.Entry) -> None:
+        """Fail the trials of dead workers (their heartbeat stopped), so they are re-run; at
+        most every STALE_CHECK_S per study: a study's last running trials are waited for by
+        every idle worker, and a death is rare."""
+        now = time.monotonic()
+        if now - self.stale_checked.get(entry.name, -STALE_CHECK_S) < STALE_CHECK_S:
+            return
+        self.stale_checked[entry.name] = now
+        known = self.studies.get(entry.name)
+        study = known[0] if known else optuna.load_study(study_name=entry.name, storage=self.store)
         with warnings.catch_warnings():  # "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(
-                optuna.load_study(study_name=entry.name, storage=self.store)
-            )
+            optuna.storages.fail_stale_trials(study)
 
     # --- serving --------------------------------------------------------------------------
 
@@ -186,8 +196,6 @@ class Worker:
         if served is None:
             return
         served.budget.total = entry.trials  # hpo submit may have extended it
-        from hpo.train.objective import TrialFailed
-
         objective = served.objective
         stop = StopCheck(self.store, entry.study_id)
         objective.check_interrupt = self._checks(stop)
@@ -196,7 +204,7 @@ class Worker:
             served.study.optimize(
                 objective,
                 n_trials=1,
-                catch=(TrialFailed, OverBudget),
+                catch=served.catch,
                 callbacks=[self._said],
                 gc_after_trial=True,
             )
@@ -247,15 +255,19 @@ class Worker:
     def _leave(self, entry: queue.Entry, why: str) -> None:
         self.left.add(entry.name)
         self.served.pop(entry.name, None)
+        self.studies.pop(entry.name, None)
         self.console.print(f"{entry.name}: this worker leaves the study: {why}", highlight=False)
 
     def _serve(self, entry: queue.Entry) -> Served | None:
-        """The study's data, sampler and objective: kept for the KEEP studies served last."""
+        """The study's objective and data, kept for the KEEP studies served last (each holds
+        its training arrays); its Optuna study and sampler, kept for every study served."""
         if entry.name in self.served:
             self.served.move_to_end(entry.name)
             return self.served[entry.name]
         try:
-            served = self._open(entry)
+            if entry.name not in self.studies:
+                self.studies[entry.name] = self._study(entry)
+            served = self._open(entry, *self.studies[entry.name])
         except HpoError as exc:
             self._leave(entry, str(exc))
             return None
@@ -264,10 +276,24 @@ class Worker:
             self.served.popitem(last=False)
         return served
 
-    def _open(self, entry: queue.Entry) -> Served:
-        loaded = optuna.load_study(study_name=entry.name, storage=self.store)
-        spec = queue.spec_of(loaded, entry)
-        study = runner.open_study(spec, self.url, entry.name, storage=self.store)
+    def _study(self, entry: queue.Entry) -> tuple[optuna.Study, StudySpec]:
+        """The study with the sampler and pruner of the study file it was submitted with."""
+        spec = queue.spec_of(entry)
+        study = optuna.load_study(  # made by hpo submit (runner.open_study): only loaded here
+            study_name=entry.name,
+            storage=self.store,
+            sampler=algorithms.make_sampler(spec.sampler, spec.seed),
+            pruner=algorithms.make_pruner(spec.pruner, spec.max_epochs),
+        )
+        self.console.print(
+            f"{entry.name}: serving ({spec.dataset}, {spec.metric}, budget {entry.trials}, "
+            f"priority {entry.priority:g})",
+            highlight=False,
+        )
+        return study, spec
+
+    def _open(self, entry: queue.Entry, study: optuna.Study, spec: StudySpec) -> Served:
+        """The study's data, and the objective that trains its trials on it."""
         store = artifact_stores.open_store(self.artifacts)
         if entry.data is not None:
             from hpo.data import shipped
@@ -276,16 +302,11 @@ class Worker:
                 prepared = shipped.fetch(entry.data, store)
         else:
             prepared = runner.load_data(spec, self.data_dir, study, self.console)
-        from hpo.train.objective import Objective
+        from hpo.train.objective import Objective, TrialFailed
 
         budget = Budget(entry.trials)
         objective = Objective(spec, prepared, admit=budget.admit, artifact_store=store)
-        self.console.print(
-            f"{entry.name}: serving ({spec.dataset}, {spec.metric}, budget {entry.trials}, "
-            f"priority {entry.priority:g})",
-            highlight=False,
-        )
-        return Served(study, objective, budget)
+        return Served(study, objective, budget, (TrialFailed, OverBudget))
 
 
 def start(

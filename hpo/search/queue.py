@@ -11,6 +11,7 @@ second server, no new protocol. The state stored is "queued" or "paused"; `hpo l
 from __future__ import annotations
 
 import fnmatch
+import json
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from rich.console import Console
 from hpo import artifacts as artifact_stores
 from hpo.errors import HpoError
 from hpo.search import runner, storage
-from hpo.search.budget import counts_toward_budget, over_budget
+from hpo.search.budget import OVER_BUDGET, counts, counts_toward_budget, over_budget
 from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
 
@@ -47,6 +48,7 @@ class Entry:
     data: dict[str, Any] | None = None  # own data: its arrays in the artifact store
     reason: str | None = None  # why it was paused
     since: float = 0.0  # when it was last submitted or resumed (time.time())
+    recorded: dict[str, Any] = field(default_factory=dict)  # its runner.SPEC_ATTR
 
     @classmethod
     def of(cls, name: str, study_id: int, attrs: dict[str, Any]) -> Entry | None:
@@ -63,6 +65,7 @@ class Entry:
             record.get("data"),
             record.get("reason"),
             float(record.get("since") or record.get("submitted") or 0.0),
+            attrs.get(runner.SPEC_ATTR) or {},
         )
 
 
@@ -77,10 +80,10 @@ def entries(store: optuna.storages.BaseStorage, pattern: str = "*") -> list[Entr
     return found
 
 
-def spec_of(study: optuna.Study, entry: Entry) -> StudySpec:
+def spec_of(entry: Entry) -> StudySpec:
     """The study file the study was submitted with, as recorded in it, and its options: a
     worker trains what the submitter asked for, whatever study files its own machine has."""
-    recorded = study.user_attrs.get(runner.SPEC_ATTR) or {}
+    recorded = entry.recorded
     text = recorded.get("study_file_text")
     if not text:
         raise HpoError(f"study {entry.name!r} records no study file (it was not submitted by hpo)")
@@ -221,6 +224,32 @@ def started_since(trials: list[optuna.trial.FrozenTrial], since: float) -> int:
     trial is counted when it starts."""
     moment = datetime.fromtimestamp(since)
     return sum(t.datetime_start is not None and t.datetime_start >= moment for t in real(trials))
+
+
+@dataclass
+class Tally:
+    """What a worker needs of a queued study to choose its next trial (one query for all)."""
+
+    finished: int = 0  # trials that count towards the budget
+    running: int = 0
+    started_since: int = 0  # trials (placeholders aside) started since the given moment
+
+
+def tallies(store: Any, entries: list[Entry], since: float) -> dict[int, Tally]:
+    """Each entry's Tally, by study id, from one grouped query (storage.trial_tally)."""
+    found = {entry.study_id: Tally() for entry in entries}
+    rows = store.trial_tally(list(found), datetime.fromtimestamp(since))
+    for study_id, state, reason_json, count, recent in rows:
+        state = TrialState(state) if not isinstance(state, TrialState) else state
+        reason = json.loads(reason_json) if reason_json is not None else None
+        tally = found[study_id]
+        if counts(state, reason):
+            tally.finished += count
+        if state == TrialState.RUNNING:
+            tally.running += count
+        if not (state == TrialState.FAIL and reason == OVER_BUDGET):
+            tally.started_since += int(recent or 0)
+    return found
 
 
 def state(entry: Entry, standing: Standing) -> str:

@@ -136,6 +136,9 @@ def test_stop_resume_and_sigterm_requeue_the_trial_in_flight(workdir, capsys):
         assert not [t for t in load(name, POSTGRES).trials if t.state == TrialState.RUNNING]
         code, out, _ = run_cli(capsys, "list", "--storage", POSTGRES)
         assert "paused" in next(line for line in out.splitlines() if name in line)
+        from optuna_dashboard import get_note
+
+        assert "**Queue:** paused" in get_note(load(name, POSTGRES))  # on the dashboard
         assert run_cli(capsys, "resume", name, "--storage", POSTGRES)[0] == 0
         wait_for(lambda: running() is not None, what="the resumed trial")
         again = running()

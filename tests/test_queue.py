@@ -284,3 +284,29 @@ def test_started_since_counts_only_real_trials():
         t.datetime_start = moment
     assert queue.started_since(trials, moment.timestamp()) == 1
     assert queue.started_since(trials, moment.timestamp() + 1) == 0
+
+
+def test_an_idle_worker_waits_out_a_database_outage(workdir, capsys):
+    """The queue reads are retried as optimize's storage calls are: a worker idling through
+    a cut connection reconnects and serves what is submitted after it."""
+    if not reachable(POSTGRES):
+        pytest.skip("postgresql is not reachable")
+    from test_reconnect import through_proxy
+
+    proxy, url = through_proxy(POSTGRES)
+    name = f"outage-{uuid.uuid4().hex[:6]}"
+    proc = worker(workdir, url, "--recycle-after", "0", env={"HPO_RECONNECT_S": "60"})
+    try:
+        time.sleep(4)  # idle, reading the queue
+        proxy.cut()
+        time.sleep(5)
+        proxy.start()
+        path = tiny_study(workdir, epochs=1)
+        assert run_cli(capsys, "submit", str(path), "--trials", "2", "--study", name,
+                       "--storage", POSTGRES)[0] == 0  # fmt: skip
+        wait_for(lambda: counted(name, POSTGRES) == 2, what="the study after the outage")
+    finally:
+        out = stop_worker(proc)
+        proxy.cut()
+    assert "connection lost" in out and "reconnected after" in out, out
+    delete(POSTGRES, name)

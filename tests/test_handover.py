@@ -45,8 +45,8 @@ def test_analyze_hands_over_the_ensemble_of_trials(boston, workdir, capsys):
     folder = workdir / "storage" / "reports" / "tiny"
     saved = json.loads((folder / "params.json").read_text())
     assert json.loads((folder / "handover.json").read_text()) == {  # the default handover
-        "handover": "seeds",
-        "model": "ensemble.keras",
+        "handover": "selected",
+        "model": "selected.keras",
     }
     selected = saved["selected"]
     weights = [m["weight"] for m in selected["members"]]
@@ -66,22 +66,22 @@ def test_analyze_hands_over_the_ensemble_of_trials(boston, workdir, capsys):
         2 * len(weights)
     )
     report = (folder / "report.md").read_text()
-    assert "## Handover" in report and "Handed over: **seeds**" in report
+    assert "## Handover" in report and "Handed over: **selected**" in report
     assert f"{selected['test']['mae']:.4f}" in out and "scored nested" in out
     study = optuna.load_study(study_name="tiny", storage=DEFAULT_URL)
-    assert study.user_attrs["analysis"]["handover"] == "seeds"
+    assert study.user_attrs["analysis"]["handover"] == "selected"
     from optuna_dashboard import get_note
 
     assert "Ensemble of trials" in get_note(study)
 
     # Each handover can be chosen; predict's model is the one handover.json names.
-    code, _, err = run_cli(capsys, "analyze", str(boston), "--handover", "selected")
+    code, _, err = run_cli(capsys, "analyze", str(boston), "--handover", "seeds", "--seeds", "2")
     assert code == 0, err
-    assert json.loads((folder / "handover.json").read_text())["model"] == "selected.keras"
+    assert json.loads((folder / "handover.json").read_text())["model"] == "ensemble.keras"
     code, _, err = run_cli(capsys, "analyze", str(boston), "--handover", "best")
     assert code == 0, err
     assert json.loads((folder / "handover.json").read_text())["model"] == "model.keras"
-    code, out, err = run_cli(capsys, "analyze", str(boston))
+    code, out, err = run_cli(capsys, "analyze", str(boston), "--handover", "seeds")
     assert code == 0, err  # one seed: its ensemble is the best trial's model, no note
     assert json.loads((folder / "handover.json").read_text())["model"] == "model.keras"
     assert "not available" not in out

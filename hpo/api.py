@@ -114,7 +114,7 @@ def submit(
     target: str | Path,
     *,
     trials: int = 50,
-    priority: float = 1.0,
+    priority: float | None = None,
     study: str | None = None,
     storage: str = DEFAULT_STORAGE,
     sampler: str | None = None,
@@ -126,7 +126,8 @@ def submit(
     progress: bool | Console = True,
 ) -> str:
     """Queue the study of `target` for the workers of `storage` (`hpo worker`) with a budget of
-    `trials` and a `priority` (a share of the workers: 2 gets twice 1's), and return its name
+    `trials` and a `priority` (a share of the trials: 2 gets twice 1's; default 1, or what it
+    was submitted with before), and return its name
     at once. Own data is uploaded to the artifact store `artifacts`, which the workers share;
     submitting an existing study sets its budget (and queues it again if it was paused)."""
     return queue.submit(

@@ -41,7 +41,7 @@ from hpo.results import summary
 from hpo.results.retrained import test_metrics
 from hpo.search import launch, pool, queue, storage
 from hpo.search import workers as hpo_workers
-from hpo.search.interrupt import exit_code
+from hpo.search.interrupt import GracefulInterrupt, exit_code
 
 app = typer.Typer(
     add_completion=False,
@@ -314,8 +314,12 @@ def submit(
     target: TargetArg,
     trials: TrialsOpt = 50,
     priority: Annotated[
-        float, typer.Option(help="Share of the workers against other studies (2: twice 1's).")
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            help="Its share of the trials against other studies (2: twice 1's) [1, or as "
+            "submitted before]."
+        ),
+    ] = None,
     storage_url: StorageOpt = storage.DEFAULT_URL,
     study: StudyOpt = None,
     sampler: SamplerOpt = None,
@@ -342,7 +346,7 @@ def submit(
     )
     where = launch.location_options(storage_url, None, artifacts)
     console.print(
-        f"queued study {name}: {trials} trials, priority {priority:g}. Watch it with: "
+        f"queued study {name}: {trials} trials. Watch it with: "
         f"{launch.command_line(['list', *where[:2]])}; serve it with: "
         f"{launch.command_line(['worker', *where])}",
         highlight=False,
@@ -372,19 +376,20 @@ def worker(
 ) -> None:
     """Serve every queued study of a storage, fairly by priority, until stopped (SIGTERM or
     Ctrl-C: the trials in flight end their epoch and are queued again)."""
-    code = pool.start(
-        storage_url,
-        slots=slots,
-        argv=sys.argv[1:],
-        console=console,
-        recycle_after=recycle_after or None,
-        artifacts=artifacts,
-        data_dir=data_dir,
-        pattern=studies,
-        poll_s=poll,
-        heartbeat_s=heartbeat,
-        reconnect_s=reconnect,
-    )
+    with GracefulInterrupt():  # a signal while it starts (the storage, its slots) is not lost
+        code = pool.start(
+            storage_url,
+            slots=slots,
+            argv=sys.argv[1:],
+            console=console,
+            recycle_after=recycle_after or None,
+            artifacts=artifacts,
+            data_dir=data_dir,
+            pattern=studies,
+            poll_s=poll,
+            heartbeat_s=heartbeat,
+            reconnect_s=reconnect,
+        )
     raise typer.Exit(code)
 
 

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -272,20 +271,6 @@ def test_an_idle_worker_says_so_once(workdir):
     assert out.count("waiting for studies") == 1, out
 
 
-def test_started_since_counts_only_real_trials():
-    moment = datetime(2026, 1, 1, 12)
-    trials = [
-        optuna.trial.create_trial(state=TrialState.COMPLETE, value=1.0),
-        optuna.trial.create_trial(
-            state=TrialState.FAIL, user_attrs={"fail_reason": budget.OVER_BUDGET}
-        ),
-    ]
-    for t in trials:
-        t.datetime_start = moment
-    assert queue.started_since(trials, moment.timestamp()) == 1
-    assert queue.started_since(trials, moment.timestamp() + 1) == 0
-
-
 def test_an_idle_worker_waits_out_a_database_outage(workdir, capsys):
     """The queue reads are retried as optimize's storage calls are: a worker idling through
     a cut connection reconnects and serves what is submitted after it."""
@@ -310,3 +295,53 @@ def test_an_idle_worker_waits_out_a_database_outage(workdir, capsys):
         proxy.cut()
     assert "connection lost" in out and "reconnected after" in out, out
     delete(POSTGRES, name)
+
+
+def test_a_failing_study_is_left_after_three_trials_not_the_worker(workdir, capsys):
+    """A trial that raises (not a NaN loss) fails and is not counted; three in a row and the
+    worker leaves that study, saying why in one line, and serves the others."""
+    url = f"sqlite:///{workdir}/fail.db"
+    path = tiny_study(workdir, epochs=1)
+    assert run_cli(capsys, "submit", str(path), "--trials", "5", "--study", "bad",
+                   "--storage", url)[0] == 0  # fmt: skip
+
+    class Broken:
+        trial_number = None
+        check_interrupt = None
+
+        def __call__(self, trial):
+            raise ValueError("a shape that does not fit")
+
+    class BrokenWorker(pool.Worker):
+        def _open(self, entry, study, spec):
+            return pool.Served(study, Broken(), budget.Budget(entry.trials), ())
+
+    out = Console(record=True, width=200)
+    chooser = BrokenWorker(url, console=out)
+    for _ in range(pool.FAILURES_TO_LEAVE):
+        chooser.run_one(chooser.choose())
+    assert chooser.choose() is None  # left: no other study to serve
+    text = out.export_text()
+    assert text.count("trial failed (ValueError: a shape that does not fit)") == 3
+    assert "bad: this worker leaves the study: 3 trials in a row failed" in text
+    assert budget.finished(optuna.load_study(study_name="bad", storage=url)) == 0
+
+
+def test_submit_keeps_the_dashboard_note_and_what_was_submitted(workdir, capsys):
+    """Submitting again extends the budget and keeps the priority and options given before;
+    the queue's note never replaces one that analyze or a user wrote."""
+    from optuna_dashboard import get_note, save_note
+
+    url = f"sqlite:///{workdir}/note.db"
+    path = tiny_study(workdir, epochs=1)
+    args = ["--study", "s", "--storage", url]
+    assert run_cli(capsys, "submit", str(path), "--trials", "3", "--priority", "2",
+                   "--max-epochs", "2", *args)[0] == 0  # fmt: skip
+    study = optuna.load_study(study_name="s", storage=url)
+    assert get_note(study).startswith(queue.NOTE)
+    save_note(study, "## Best configuration (written by hpo analyze)")
+    assert run_cli(capsys, "submit", str(path), "--trials", "6", *args)[0] == 0
+    study = optuna.load_study(study_name="s", storage=url)
+    assert get_note(study) == "## Best configuration (written by hpo analyze)"
+    record = study.user_attrs[queue.ATTR]
+    assert (record["trials"], record["priority"], record["options"]) == (6, 2, {"max_epochs": 2})

@@ -95,11 +95,12 @@ def storage_table(storage: optuna.storages.BaseStorage) -> Table:
         queued = ["", "", "", "", ""]
         if entry is not None:
             standing = queue.Standing.of(trials)
+            state = queue.state(entry, standing)
             queued = [
-                queue.state(entry, standing),
+                state,
                 str(entry.trials),
                 str(standing.running),
-                f"{standing.per_minute:.1f}",
+                f"{standing.per_minute:.1f}" if state == "running" else "",
                 f"{entry.priority:g}",
             ]
         table.add_row(

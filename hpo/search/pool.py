@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import time
 import warnings
@@ -46,6 +47,7 @@ POLL_S = 2.0  # seconds between reads of an idle queue
 STOP_CHECK_S = float(os.environ.get("HPO_STOP_CHECK_S", 5.0))
 KEEP = 3  # studies whose data and compiled arrays a worker keeps between trials
 STALE_CHECK_S = 5.0  # how often a worker waiting on a study's last trials seeks dead ones
+FAILURES_TO_LEAVE = 3  # trials that raise in a row before a worker leaves their study
 
 
 class Stopped(KeyboardInterrupt):
@@ -104,6 +106,7 @@ class Worker:
         self.served: OrderedDict[str, Served] = OrderedDict()
         self.studies: dict[str, tuple[optuna.Study, StudySpec]] = {}
         self.stale_checked: dict[str, float] = {}  # when each study's dead trials were sought
+        self.failures: dict[str, int] = {}  # trials that raised in a row, by study
         self.left: set[str] = set()  # studies this worker cannot serve (said once)
         self.signals: GracefulInterrupt | None = None
         self.ran = 0  # trials this process ran
@@ -172,6 +175,8 @@ class Worker:
                 if recycle_after and self.ran >= recycle_after:
                     return None
                 entry = self.choose()
+                if signals.requested:  # while the queue was read: start no trial
+                    break
                 if entry is None:
                     if not said_idle:
                         self.console.print(
@@ -199,6 +204,7 @@ class Worker:
         objective = served.objective
         stop = StopCheck(self.store, entry.study_id)
         objective.check_interrupt = self._checks(stop)
+        objective.trial_number = None  # set by the objective once the trial exists
         self.ran += 1
         try:
             served.study.optimize(
@@ -216,15 +222,29 @@ class Worker:
                 "again first",
                 highlight=False,
             )
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
-            if "FAIL" not in str(exc) and "finished" not in str(exc):
-                raise
-            self.console.print(f"[yellow]{entry.name}: a trial was failed as stale: {exc}")
         except Exception as exc:
             lost = unavailable_in(exc)
             if lost is not None:
                 raise lost from None
-            self._leave(entry, f"a trial failed ({type(exc).__name__}: {first_line(exc)})")
+            self._failed(entry, exc)
+        else:
+            self.failures.pop(entry.name, None)
+
+    def _failed(self, entry: queue.Entry, exc: Exception) -> None:
+        """A trial that raised (not a NaN loss, which the objective records): failed, and not
+        counted, so the study runs another. After FAILURES_TO_LEAVE in a row the study is
+        broken for this worker (its data, its space): it leaves it rather than loop."""
+        why = f"{type(exc).__name__}: {first_line(exc)}"
+        stale = isinstance(exc, ValueError) and ("FAIL" in str(exc) or "finished" in str(exc))
+        if stale or isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+            # Another worker's heartbeat check failed this trial while it was alive (a
+            # stalled heartbeat); its re-run is queued.
+            self.console.print(f"{entry.name}: a trial was failed as stale ({why})")
+            return
+        count = self.failures[entry.name] = self.failures.get(entry.name, 0) + 1
+        self.console.print(f"{entry.name}: trial failed ({why})", highlight=False)
+        if count >= FAILURES_TO_LEAVE:
+            self._leave(entry, f"{count} trials in a row failed")
 
     def _checks(self, stop: StopCheck) -> Callable[[], None]:
         signals = self.signals
@@ -268,8 +288,12 @@ class Worker:
             if entry.name not in self.studies:
                 self.studies[entry.name] = self._study(entry)
             served = self._open(entry, *self.studies[entry.name])
-        except HpoError as exc:
-            self._leave(entry, str(exc))
+        except Exception as exc:  # its data or its study file: one line, and the next study
+            lost = unavailable_in(exc)
+            if lost is not None:
+                raise lost from None
+            why = str(exc) if isinstance(exc, HpoError) else f"{type(exc).__name__}: {exc}"
+            self._leave(entry, first_line(why))
             return None
         self.served[entry.name] = served
         while len(self.served) > KEEP:
@@ -321,8 +345,8 @@ def start(
 ) -> int:
     """`hpo worker`: serve the queue here and in `slots - 1` more processes (`hpo ARGV --slots
     1`, logging to `log_dir`); restart this process after `recycle_after` trials (Keras keeps
-    memory across trials). Returns the exit status after a signal, the children ended. (The
-    backend is imported inside `Worker.serve`, where a first signal only asks to stop.)"""
+    memory across trials). Returns the exit status after a signal, the children ended. Run
+    it inside a GracefulInterrupt (the command does), so a first signal only asks to stop."""
     inherited = hpo_workers.inherited_children()  # when this worker restarted itself
     restarted = hpo_workers.restarted()
     gpus = resources.gpu_count() if slots != "1" else 0  # asks nvidia-smi: only if needed
@@ -359,5 +383,9 @@ def start(
             highlight=False,
         )
         hpo_workers.restart(argv, [c.pid for c in children] + inherited, None)
-    hpo_workers.interrupt(children, inherited)
+    if code == exit_code(signal.SIGINT):  # Ctrl-C reached the whole process group
+        hpo_workers.wait(children)
+        hpo_workers.wait_pids(inherited)
+    else:  # SIGTERM (docker stop, Kubernetes) reached this process only: pass it on
+        hpo_workers.interrupt(children, inherited)
     return code

@@ -30,6 +30,7 @@ from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
 
 ATTR = "hpo_queue"
+NOTE = "**Queue:**"  # how the queue's note on the study (optuna-dashboard) begins
 QUEUED, PAUSED = "queued", "paused"
 OPTIONS = ("sampler", "pruner", "max_epochs", "seed")  # what a worker applies to the study file
 RATE_WINDOW = timedelta(minutes=10)  # `hpo list`'s trials per minute: over the last 10 minutes
@@ -96,7 +97,7 @@ def submit(
     target: str,
     *,
     trials: int,
-    priority: float = 1.0,
+    priority: float | None = None,
     study: str | None = None,
     storage_url: str,
     artifacts: str = artifact_stores.DEFAULT,
@@ -105,10 +106,11 @@ def submit(
     **overrides: Any,
 ) -> str:
     """Create (or extend) the study of `target` in the storage, queued for workers with a budget
-    of `trials`; returns its name. Own data is checked and uploaded to the artifact store."""
+    of `trials`; returns its name. Own data is checked and uploaded to the artifact store. A
+    study submitted before keeps its priority (1 for a new one) and options unless given."""
     if trials < 1:
         raise HpoError(f"--trials must be at least 1, got {trials}")
-    if not priority > 0:
+    if priority is not None and not priority > 0:
         raise HpoError(f"--priority must be above 0, got {priority}")
     spec = studyfile.load(str(target)).with_overrides(**overrides)
     name = study or spec.name
@@ -128,11 +130,12 @@ def submit(
         with console.status("uploading the prepared data to the artifact store…"):
             store = artifact_stores.open_store(artifacts)
             data_record = shipped.upload(prepared, store, opened, old.get("data"))
+    given = {k: overrides.get(k) for k in OPTIONS if overrides.get(k) is not None}
     record = {
         "state": QUEUED,
         "trials": trials,
-        "priority": priority,
-        "options": {k: overrides.get(k) for k in OPTIONS if overrides.get(k) is not None},
+        "priority": priority if priority is not None else old.get("priority", 1.0),
+        "options": {**(old.get("options") or {}), **given},
         "data": data_record,
         "submitted": time.time(),
         "since": time.time(),
@@ -169,11 +172,14 @@ def set_state(name: str, storage_url: str, state: str, reason: str | None = None
 
 def _note(study: optuna.Study, record: dict[str, Any]) -> None:
     """The queue state on the study's note, where optuna-dashboard shows it."""
-    from optuna_dashboard import save_note
+    from optuna_dashboard import get_note, save_note
 
+    existing = get_note(study)
+    if existing and not existing.startswith(NOTE):
+        return  # the study's note is analyze's or the user's: the queue's must not erase it
     when = datetime.fromtimestamp(record["submitted"]).strftime("%Y-%m-%d %H:%M")
     line = (
-        f"**Queue:** {record['state']} · budget {record['trials']} trials · priority "
+        f"{NOTE} {record['state']} · budget {record['trials']} trials · priority "
         f"{record['priority']:g} · submitted {when}"
     )
     if record.get("reason"):
@@ -185,45 +191,31 @@ def _note(study: optuna.Study, record: dict[str, Any]) -> None:
 
 @dataclass
 class Standing:
-    """How a study stands, for `hpo list` and for a worker choosing its next study."""
+    """How a study stands, for `hpo list`."""
 
     finished: int  # trials that count towards the budget
     running: int  # trials in flight now: the workers on it
-    started: int  # trials ever started (over-budget placeholders aside)
-    per_minute: float  # trials finished per minute over the last RATE_WINDOW
+    per_minute: float  # trials finished a minute, over its last RATE_WINDOW of activity
 
     @classmethod
     def of(cls, trials: list[optuna.trial.FrozenTrial]) -> Standing:
-        trials = real(trials)
-        now = datetime.now()
-        recent = [
-            t.datetime_complete
-            for t in trials
-            if counts_toward_budget(t)
-            and t.datetime_complete is not None
-            and now - t.datetime_complete <= RATE_WINDOW
-        ]
+        trials = [t for t in trials if not over_budget(t)]
+        # Measured on the trials' own timestamps (the workers' clocks), not this machine's:
+        # Optuna writes them in the workers' local time.
+        done = [t.datetime_complete for t in trials if counts_toward_budget(t)]
+        done = [d for d in done if d is not None]
         starts = [t.datetime_start for t in trials if t.datetime_start is not None]
-        span = min(RATE_WINDOW, now - min(starts)) if starts else RATE_WINDOW
-        minutes = max(span.total_seconds() / 60, 1.0)
+        per_minute = 0.0
+        if done:
+            latest = max(done)
+            recent = sum(latest - d <= RATE_WINDOW for d in done)
+            span = min(RATE_WINDOW, latest - min(starts))
+            per_minute = recent / max(span.total_seconds() / 60, 1.0)
         return cls(
             sum(counts_toward_budget(t) for t in trials),
             sum(t.state == TrialState.RUNNING for t in trials),
-            len(trials),
-            len(recent) / minutes,
+            per_minute,
         )
-
-
-def real(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """The trials that ran or run: over-budget placeholders (which never did) left out."""
-    return [t for t in trials if not over_budget(t)]
-
-
-def started_since(trials: list[optuna.trial.FrozenTrial], since: float) -> int:
-    """How many of `trials` started at or after `since` (time.time()); a queued re-run of a
-    trial is counted when it starts."""
-    moment = datetime.fromtimestamp(since)
-    return sum(t.datetime_start is not None and t.datetime_start >= moment for t in real(trials))
 
 
 @dataclass
@@ -240,7 +232,8 @@ def tallies(store: Any, entries: list[Entry], since: float) -> dict[int, Tally]:
     found = {entry.study_id: Tally() for entry in entries}
     rows = store.trial_tally(list(found), datetime.fromtimestamp(since))
     for study_id, state, reason_json, count, recent in rows:
-        state = TrialState(state) if not isinstance(state, TrialState) else state
+        if not isinstance(state, TrialState):  # a driver that gives the stored name
+            state = TrialState[state] if isinstance(state, str) else TrialState(state)
         reason = json.loads(reason_json) if reason_json is not None else None
         tally = found[study_id]
         if counts(state, reason):

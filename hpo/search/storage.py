@@ -222,7 +222,7 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
         return stale + [t for t, since in self._silent_since.items() if now - since > grace]
 
     def trial_tally(self, study_ids: list[int], since: datetime) -> list[tuple]:
-        """For the queue (hpo.search.queue.standings): the trials of `study_ids` grouped by
+        """For the queue (hpo.search.queue.tallies): the trials of `study_ids` grouped by
         study, state and fail_reason (JSON), each group's count and how many of it started at
         or after `since`. One query, whatever the number of studies: a worker choosing among
         many queued studies costs the database no more than one study."""

@@ -12,7 +12,7 @@ try:  # the installed distribution's version, so it is stated in one place: pypr
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["HpoError", "analyze", "experiment", "load_model", "optimize", "predict"]
+__all__ = ["HpoError", "analyze", "experiment", "load_model", "optimize", "predict", "submit"]
 
 
 def __getattr__(name: str):

@@ -4,6 +4,7 @@
     study = hpo.optimize("boston_housing", trials=20, seed=0)   # an optuna.Study
     result = hpo.analyze("boston_housing")                      # test figures, report, model
     hpo.predict("my_study.toml", "new_rows.csv")                # a pandas DataFrame
+    hpo.submit("imdb", trials=50, storage=URL)                  # queued for `hpo worker`s
 
 Errors are raised as hpo.HpoError with a one-line message. Progress is drawn with rich (in a
 terminal, or as a notebook cell's output); `progress=False` keeps quiet. An interrupt (Ctrl-C,

@@ -340,7 +340,9 @@ def test_submit_keeps_the_dashboard_note_and_what_was_submitted(workdir, capsys)
     study = optuna.load_study(study_name="s", storage=url)
     assert get_note(study).startswith(queue.NOTE)
     save_note(study, "## Best configuration (written by hpo analyze)")
-    assert run_cli(capsys, "submit", str(path), "--trials", "6", *args)[0] == 0
+    import hpo  # from Python, as from the shell
+
+    assert hpo.submit(path, trials=6, study="s", storage=url, progress=False) == "s"
     study = optuna.load_study(study_name="s", storage=url)
     assert get_note(study) == "## Best configuration (written by hpo analyze)"
     record = study.user_attrs[queue.ATTR]

@@ -99,6 +99,9 @@ def test_two_workers_serve_the_queue_to_exact_budgets(workdir, server_url, capsy
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if "│" in line}
     for name in names:
         assert "done" in rows[name]
+    from optuna_dashboard import get_note
+
+    assert get_note(load(names[0], server_url)).startswith("**Queue:** done")
     delete(server_url, *names)
 
 

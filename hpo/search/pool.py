@@ -146,7 +146,9 @@ class Worker:
         """Record the study as done, so idle reads skip its trials until it is extended."""
         record = self.store.get_study_user_attrs(entry.study_id).get(queue.ATTR) or {}
         if record.get("state") == queue.QUEUED and record.get("trials") == entry.trials:
-            self.store.set_study_user_attr(entry.study_id, queue.ATTR, {**record, "state": "done"})
+            record = {**record, "state": "done"}
+            self.store.set_study_user_attr(entry.study_id, queue.ATTR, record)
+            queue.note(optuna.load_study(study_name=entry.name, storage=self.store), record)
             self.console.print(f"{entry.name}: done ({entry.trials} trials)", highlight=False)
 
     def _fail_stale(self, entry: queue.Entry) -> None:

@@ -141,7 +141,7 @@ def submit(
         "since": time.time(),
     }
     opened.set_user_attr(ATTR, record)
-    _note(opened, record)
+    note(opened, record)
     return name
 
 
@@ -166,11 +166,11 @@ def set_state(name: str, storage_url: str, state: str, reason: str | None = None
     if state == QUEUED:  # it joins the queue's fair shares from now (hpo.search.pool)
         record["since"] = time.time()
     study.set_user_attr(ATTR, record)
-    _note(study, record)
+    note(study, record)
     return Entry.of(name, study_id, {ATTR: record})
 
 
-def _note(study: optuna.Study, record: dict[str, Any]) -> None:
+def note(study: optuna.Study, record: dict[str, Any]) -> None:
     """The queue state on the study's note, where optuna-dashboard shows it."""
     from optuna_dashboard import get_note, save_note
 

@@ -7,7 +7,7 @@ import pandas as pd
 from rich.table import Table
 
 from hpo.search import queue
-from hpo.search.budget import study_counts
+from hpo.search.budget import trial_counts
 from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
 
@@ -88,7 +88,7 @@ def storage_table(storage: optuna.storages.BaseStorage) -> Table:
     for summary in summaries:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
-        counts = study_counts(study)  # over-budget placeholders of many workers left out
+        counts = trial_counts(trials)  # over-budget placeholders of many workers left out
         info = summary.user_attrs.get("hpo", {})
         best = summary.best_trial.value if summary.best_trial else None
         entry = queue.Entry.of(summary.study_name, summary._study_id, summary.user_attrs)

@@ -54,7 +54,12 @@ def study_counts(study: optuna.Study) -> dict[str, int]:
     """The study's trials that count towards its budget ("finished"), and of its trials
     (over-budget placeholders aside) how many there are, complete, pruned and failed, whichever
     worker or run made them: the figures of the progress line and of `hpo list`."""
-    trials = [t for t in study.get_trials(deepcopy=False) if not over_budget(t)]
+    return trial_counts(study.get_trials(deepcopy=False))
+
+
+def trial_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """study_counts of trials already read."""
+    trials = [t for t in trials if not over_budget(t)]
     return {
         "finished": sum(counts_toward_budget(t) for t in trials),
         "trials": len(trials),
@@ -102,7 +107,22 @@ class Budget:
                 return True
             # Only running trials hold the rest: wait, failing any whose worker died, so
             # that the retry callback queues them again for us to run.
-            with warnings.catch_warnings():  # "experimental" since Optuna 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+            fail_stale(study)
             time.sleep(self.poll_s)
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the study's trials whose worker stopped beating (it died): the retry callback of
+    hpo's storage queues each again, so its budget slot is run by a live worker."""
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def failed_as_stale(exc: BaseException) -> bool:
+    """Whether `exc` is Optuna refusing to update a trial that another worker's heartbeat
+    check failed while it was alive (a stalled heartbeat): its re-run is queued, and the
+    worker that ran it goes on."""
+    return isinstance(exc, (ValueError, optuna.exceptions.UpdateFinishedTrialError)) and (
+        "FAIL" in str(exc) or "finished" in str(exc)
+    )

@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from hpo import resources
 from hpo.errors import HpoError, first_line
 from hpo.search import queue, runner
 from hpo.search import workers as hpo_workers
-from hpo.search.budget import STOPPED, Budget, OverBudget
+from hpo.search.budget import STOPPED, Budget, OverBudget, fail_stale, failed_as_stale
 from hpo.search.interrupt import GracefulInterrupt, exit_code
 from hpo.search.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
 from hpo.study import algorithms
@@ -160,10 +159,9 @@ class Worker:
             return
         self.stale_checked[entry.name] = now
         known = self.studies.get(entry.name)
-        study = known[0] if known else optuna.load_study(study_name=entry.name, storage=self.store)
-        with warnings.catch_warnings():  # "experimental" since Optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+        fail_stale(
+            known[0] if known else optuna.load_study(study_name=entry.name, storage=self.store)
+        )
 
     # --- serving --------------------------------------------------------------------------
 
@@ -237,10 +235,7 @@ class Worker:
         counted, so the study runs another. After FAILURES_TO_LEAVE in a row the study is
         broken for this worker (its data, its space): it leaves it rather than loop."""
         why = f"{type(exc).__name__}: {first_line(exc)}"
-        stale = isinstance(exc, ValueError) and ("FAIL" in str(exc) or "finished" in str(exc))
-        if stale or isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
-            # Another worker's heartbeat check failed this trial while it was alive (a
-            # stalled heartbeat); its re-run is queued.
+        if failed_as_stale(exc):  # its re-run is queued
             self.console.print(f"{entry.name}: a trial was failed as stale ({why})")
             return
         count = self.failures[entry.name] = self.failures.get(entry.name, 0) + 1

@@ -17,7 +17,7 @@ from hpo.data import stored
 from hpo.data.load import load_source
 from hpo.data.prepared import Prepared
 from hpo.errors import HpoError
-from hpo.search.budget import Budget, OverBudget, finished
+from hpo.search.budget import Budget, OverBudget, failed_as_stale, finished
 from hpo.search.interrupt import GracefulInterrupt
 from hpo.search.progress import StudyProgress
 from hpo.search.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
@@ -171,13 +171,10 @@ def run(
                         callbacks=[progress],
                         gc_after_trial=True,
                     )
-                except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
-                    # Another worker's heartbeat check failed this trial while it was alive
-                    # (a stalled heartbeat); its re-run is queued, so this worker goes on.
-                    if "FAIL" not in str(exc) and "finished" not in str(exc):
-                        raise
-                    console.print(f"[yellow]a trial of this worker was failed as stale: {exc}")
                 except Exception as exc:
+                    if failed_as_stale(exc):  # its re-run is queued: this worker goes on
+                        console.print(f"[yellow]a trial of this worker was failed as stale: {exc}")
+                        continue
                     lost = unavailable_in(exc)
                     if lost is None:
                         raise

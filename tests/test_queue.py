@@ -52,6 +52,27 @@ def wait_for(condition, timeout: float = 120, what: str = "") -> None:
         time.sleep(0.2)
 
 
+def in_training(name: str, epochs: int) -> optuna.trial.FrozenTrial | None:
+    """A RUNNING trial of the study that has reported an epoch and has most of its epochs
+    ahead: one a signal can catch mid-trial."""
+    return next(
+        (
+            t
+            for t in load(name, POSTGRES).trials
+            if t.state == TrialState.RUNNING and 1 <= len(t.intermediate_values) < epochs // 2
+        ),
+        None,
+    )
+
+
+@pytest.fixture
+def postgres() -> str:
+    """The PostgreSQL server's URL; a skip (a failure under CI=true) when it is down."""
+    if not reachable(POSTGRES):
+        pytest.skip("postgresql is not reachable")
+    return POSTGRES
+
+
 def stop_worker(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
@@ -105,12 +126,11 @@ def test_two_workers_serve_the_queue_to_exact_budgets(workdir, server_url, capsy
     delete(server_url, *names)
 
 
+@pytest.mark.usefixtures("postgres")
 def test_stop_resume_and_sigterm_requeue_the_trial_in_flight(workdir, capsys):
     """`hpo stop` ends the running trial at an epoch ("stopped", not counted) and queues its
     parameters again; `hpo resume` runs them first. SIGTERM does the same ("interrupted")
     and the worker exits 143. No trial is lost: the study ends with exactly its budget."""
-    if not reachable(POSTGRES):
-        pytest.skip("postgresql is not reachable")
     name = f"stop-{uuid.uuid4().hex[:6]}"
     epochs = 400
     path = tiny_study(workdir, epochs=epochs)
@@ -118,14 +138,10 @@ def test_stop_resume_and_sigterm_requeue_the_trial_in_flight(workdir, capsys):
                    "--storage", POSTGRES)[0] == 0  # fmt: skip
     env = {"HPO_STOP_CHECK_S": "0.2"}
 
-    def running() -> optuna.trial.FrozenTrial | None:
-        return next((t for t in load(name, POSTGRES).trials if t.state == TrialState.RUNNING
-                     and 1 <= len(t.intermediate_values) < epochs // 2), None)  # fmt: skip
-
     proc = worker(workdir, POSTGRES, "--recycle-after", "0", env=env)
     try:
-        wait_for(lambda: running() is not None, what="a trial in training")
-        first = running()
+        wait_for(lambda: in_training(name, epochs) is not None, what="a trial in training")
+        first = in_training(name, epochs)
         code, out, _ = run_cli(capsys, "stop", name, "--storage", POSTGRES)
         assert code == 0 and "paused" in out
         wait_for(lambda: load(name, POSTGRES).trials[-1].state == TrialState.WAITING)
@@ -142,8 +158,8 @@ def test_stop_resume_and_sigterm_requeue_the_trial_in_flight(workdir, capsys):
 
         assert "**Queue:** paused" in get_note(load(name, POSTGRES))  # on the dashboard
         assert run_cli(capsys, "resume", name, "--storage", POSTGRES)[0] == 0
-        wait_for(lambda: running() is not None, what="the resumed trial")
-        again = running()
+        wait_for(lambda: in_training(name, epochs) is not None, what="the resumed trial")
+        again = in_training(name, epochs)
         assert again.number == waiting[0].number and again.params == first.params
     finally:
         out = stop_worker(proc)
@@ -157,11 +173,10 @@ def test_stop_resume_and_sigterm_requeue_the_trial_in_flight(workdir, capsys):
     delete(POSTGRES, name)
 
 
+@pytest.mark.usefixtures("postgres")
 def test_own_data_reaches_a_worker_without_the_file(workdir, tmp_path_factory, capsys):
     """The prepared arrays travel through the shared artifact store: a worker in another
     folder, with neither the study file nor the CSV, trains the study; its cache is reused."""
-    if not reachable(POSTGRES):
-        pytest.skip("postgresql is not reachable")
     from test_own_data import churn, study_file
 
     name = f"own-{uuid.uuid4().hex[:6]}"
@@ -186,9 +201,8 @@ def test_own_data_reaches_a_worker_without_the_file(workdir, tmp_path_factory, c
     delete(POSTGRES, name)
 
 
+@pytest.mark.usefixtures("postgres")
 def test_a_killed_worker_is_recovered_through_the_heartbeat(workdir, capsys):
-    if not reachable(POSTGRES):
-        pytest.skip("postgresql is not reachable")
     name = f"kill-{uuid.uuid4().hex[:6]}"
     epochs = 300
     path = tiny_study(workdir, epochs=epochs)
@@ -196,12 +210,8 @@ def test_a_killed_worker_is_recovered_through_the_heartbeat(workdir, capsys):
                    "--storage", POSTGRES)[0] == 0  # fmt: skip
     victim = worker(workdir, POSTGRES, "--heartbeat", "1", "--recycle-after", "0")
 
-    def running() -> optuna.trial.FrozenTrial | None:
-        return next((t for t in load(name, POSTGRES).trials if t.state == TrialState.RUNNING
-                     and 1 <= len(t.intermediate_values) < epochs // 2), None)  # fmt: skip
-
-    wait_for(lambda: running() is not None, what="a trial in training")
-    dead = running()
+    wait_for(lambda: in_training(name, epochs) is not None, what="a trial in training")
+    dead = in_training(name, epochs)
     victim.kill()
     victim.communicate()
     rescuer = worker(workdir, POSTGRES, "--heartbeat", "1", "--recycle-after", "0")
@@ -274,11 +284,10 @@ def test_an_idle_worker_says_so_once(workdir):
     assert out.count("waiting for studies") == 1, out
 
 
+@pytest.mark.usefixtures("postgres")
 def test_an_idle_worker_waits_out_a_database_outage(workdir, capsys):
     """The queue reads are retried as optimize's storage calls are: a worker idling through
     a cut connection reconnects and serves what is submitted after it."""
-    if not reachable(POSTGRES):
-        pytest.skip("postgresql is not reachable")
     from test_reconnect import through_proxy
 
     proxy, url = through_proxy(POSTGRES)

@@ -29,7 +29,7 @@ from hpo.results.retrained import Retrained, test_metrics
 from hpo.search.progress import RetrainStatus
 from hpo.study.space import DEFAULT_LOSS
 from hpo.study.studyfile import StudySpec
-from hpo.train import engine
+from hpo.train import engine, word_ids
 from hpo.train import model as model_lib
 
 
@@ -73,6 +73,7 @@ def retrain(
             batch_size=params["batch_size"],
             seed=seed,
             tensors=tensors,
+            first_layer=word_ids.choose(data.packed),
         )
         trainer.fit(epochs)
     else:

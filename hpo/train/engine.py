@@ -32,6 +32,7 @@ import numpy as np
 
 from hpo.backend import import_keras
 from hpo.errors import HpoError
+from hpo.train import word_ids
 
 keras = import_keras()
 ops = keras.ops
@@ -103,6 +104,7 @@ class FusedTrainer:
         seed: int | None = None,
         tensors: dict[Any, Any] | None = None,
         shuffle: bool = True,
+        first_layer: str = "dense",
     ) -> None:
         self.model = model
         self.batch_size = batch_size
@@ -117,12 +119,8 @@ class FusedTrainer:
         # The inputs are the big arrays: converted (on a GPU: copied to it) once per `tensors`
         # dict, which an Objective keeps across its trials, all on the same data; the targets
         # are small and depend on the loss (one-hot or not).
-        cache = {} if tensors is None else tensors
-        key = (train[0].shape, validation[0].shape)
-        if key not in cache:
-            cache.clear()
-            cache[key] = (ops.convert_to_tensor(train[0]), ops.convert_to_tensor(validation[0]))
-        x, x_val = cache[key]
+        self.first_layer = first_layer
+        x, x_val, lengths = _inputs(tensors, first_layer, train[0], validation[0])
         # Arguments of the compiled call, never constants captured by it: jax.jit would copy
         # captured arrays into the compiled program (IMDB: seconds to compile, twice the memory).
         self.arrays = (
@@ -131,10 +129,17 @@ class FusedTrainer:
             x_val,
             ops.convert_to_tensor(validation[1]),
         )
-        self.val_plan = tuple(
-            ops.convert_to_tensor(a)
-            for a in batch_plan(self.n_val, min(validation_batch_size or 1, self.n_val), None)
-        )
+        val_plan = batch_plan(self.n_val, min(validation_batch_size or 1, self.n_val), None)
+        self.val_plan = tuple(ops.convert_to_tensor(a) for a in val_plan)
+        if first_layer == "ids":
+            # The first Dense layer is computed from word ids (hpo.train.word_ids), the rest of
+            # the model as it is; a batch's words fill `capacity` positions.
+            self.first = word_ids.first_dense(model)
+            if self.first is None:
+                raise ValueError("the ids form needs a bit-packed text model (UnpackBits, Dense)")
+            self.tail = word_ids.tail(model)
+            self.lengths = lengths
+            self.capacity = (0, word_ids.capacity(self.lengths[1], val_plan[0]))
         # (validation batch, [folds,] outputs): one validation batch's predictions
         self.prediction_shape = (self.val_plan[0].shape[1], *model.output.shape[1:])
         self.val_predictions: np.ndarray | None = None  # the last epoch's, in validation order
@@ -152,7 +157,42 @@ class FusedTrainer:
             if self.stateless
             else ()
         )
-        self._epoch = _compile(self._epoch_fn)
+        # XLA on TensorFlow for the ids form: 5x faster than TensorFlow's graph executor there
+        # (its gathers and scatters are many small ops); the dense form gains nothing from it.
+        self.xla = first_layer == "ids"
+        self._epoch = _compile(self._epoch_fn, self.xla)
+
+    def _call(self, trainable, non_trainable, x, training: bool):
+        """The model on a batch: (predictions, non-trainable values after the call: JAX only)."""
+        if self.first_layer == "dense":
+            if self.stateless:
+                return self.model.stateless_call(trainable, non_trainable, x, training=training)
+            return self.model(x, training=training), non_trainable
+        if not self.stateless:
+            return self._ids_call(x, training), non_trainable
+        model = self.model
+        mapping = list(zip(model.trainable_variables, trainable, strict=True))
+        mapping += zip(model.non_trainable_variables, non_trainable, strict=True)
+        with keras.StatelessScope(state_mapping=mapping) as scope:  # as stateless_call does
+            y_pred = self._ids_call(x, training)
+        return y_pred, [scope.get_current_value(v) for v in model.non_trainable_variables]
+
+    def _ids_call(self, x, training: bool):
+        """The model with its first layer summed from word ids: x is (batch rows, the rows' word
+        ids as word_ids.WordIds tensors, capacity)."""
+        rows, ids, capacity = x
+        first = self.first
+        h = word_ids.bag_sum(first.kernel, ids.ids, ids.starts, ids.lengths, rows, capacity)
+        h = first.activation(h + first.bias)
+        for layer in self.tail:
+            h = layer(h, training=training)
+        return h
+
+    def _rows(self, x_all, batch_rows, validation: bool):
+        """A batch's input: its rows of x, or (dense/ids) what the ids form reads them from."""
+        if self.first_layer == "dense":
+            return ops.take(x_all, batch_rows, axis=0)
+        return batch_rows, x_all, self.capacity[validation]
 
     # --- what runs inside the compiled call ---------------------------------------------------
 
@@ -162,12 +202,7 @@ class FusedTrainer:
         return ops.sum(values * weights, axis=0)
 
     def _loss(self, trainable, non_trainable, x, y, w):
-        if self.stateless:
-            y_pred, non_trainable = self.model.stateless_call(
-                trainable, non_trainable, x, training=True
-            )
-        else:
-            y_pred = self.model(x, training=True)
+        y_pred, non_trainable = self._call(trainable, non_trainable, x, training=True)
         losses = self.loss_fn(y, y_pred)
         per_fold = self._weighted(losses, w) / ops.sum(w)
         # Summed over folds: each fold's weights get the gradient of its own mean loss.
@@ -194,22 +229,22 @@ class FusedTrainer:
 
         with tf.GradientTape() as tape:
             total, (_, y_pred, losses) = self._loss(None, None, x, y, w)
-        grads = tape.gradient(total, model.trainable_variables)
+        # The ids form's kernel gradient arrives as IndexedSlices (rows of the words seen):
+        # made dense, so the optimizer updates every row as it does for the dense layer.
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(total, model.trainable_variables)]
         model.optimizer.apply(grads, model.trainable_variables)
         return state, y_pred, losses
 
     def _predict(self, state, x):
-        if self.stateless:
-            trainable, non_trainable, _ = state
-            return self.model.stateless_call(trainable, non_trainable, x, training=False)[0]
-        return self.model(x, training=False)
+        trainable, non_trainable, _ = state if self.stateless else (None, None, None)
+        return self._call(trainable, non_trainable, x, training=False)[0]
 
     def _epoch_fn(self, state, arrays, indices, weights, val_indices, val_weights):
         x_train, y_train, x_val, y_val = arrays
 
         def step(i, carry):
             state, sums = carry
-            x = ops.take(x_train, indices[i], axis=0)
+            x = self._rows(x_train, indices[i], validation=False)
             y = ops.take(y_train, indices[i], axis=0)
             state, y_pred, losses = self._train_step(state, x, y, weights[i])
             batch = self._sums(y, y_pred, weights[i], losses)
@@ -221,7 +256,7 @@ class FusedTrainer:
 
         def val_step(i, carry):
             sums, predictions = carry
-            x = ops.take(x_val, val_indices[i], axis=0)
+            x = self._rows(x_val, val_indices[i], validation=True)
             y = ops.take(y_val, val_indices[i], axis=0)
             y_pred = self._predict(state, x)
             batch = self._sums(y, y_pred, val_weights[i], self.loss_fn(y, y_pred))
@@ -247,6 +282,13 @@ class FusedTrainer:
         """Train one epoch; its logs as Keras' fit would write them (fold means). Its validation
         predictions are left in `val_predictions`: (validation rows, [folds,] outputs)."""
         indices, weights = batch_plan(self.n_train, self.batch_size, self.rng)
+        ids = self.first_layer == "ids"
+        if ids and word_ids.capacity(self.lengths[0], indices) > self.capacity[0]:
+            # More words in a batch than compiled for (or the first epoch): compile anew, a
+            # fresh function, so that no cached trace of the old capacity is reused.
+            needed = word_ids.capacity(self.lengths[0], indices, headroom=1.1)
+            self.capacity = (needed, self.capacity[1])
+            self._epoch = _compile(lambda *args: self._epoch_fn(*args), self.xla)
         self.state, sums, val_sums, predictions = self._epoch(
             self.state, self.arrays, indices, weights, *self.val_plan
         )
@@ -280,7 +322,27 @@ class FusedTrainer:
                 variable.assign(value)
 
 
-def _compile(fn: Callable) -> Callable:
+def _inputs(tensors: dict | None, first_layer: str, x: np.ndarray, x_val: np.ndarray) -> tuple:
+    """(x, x_val, their rows' word counts or None): the training and validation inputs as
+    tensors in `first_layer`'s form, from `tensors` (reused while its arrays have these shapes)
+    or converted now."""
+    cache = {} if tensors is None else tensors
+    shapes = (x.shape, x_val.shape)
+    for key in [key for key in cache if key[1:] != shapes]:
+        del cache[key]  # another dataset or split: drop it
+    key = (first_layer, *shapes)
+    if key not in cache:
+        if first_layer == "ids":
+            host = [word_ids.from_packed(a) for a in (x, x_val)]
+            on_device = [word_ids.WordIds(*map(ops.convert_to_tensor, h)) for h in host]
+            cache[key] = (*on_device, tuple(h.lengths for h in host))
+        else:
+            cache[key] = (ops.convert_to_tensor(x), ops.convert_to_tensor(x_val), None)
+    return cache[key]
+
+
+def _compile(fn: Callable, xla: bool = False) -> Callable:
+    """`fn` compiled: jax.jit, or tf.function (with XLA when `xla`)."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
@@ -289,7 +351,7 @@ def _compile(fn: Callable) -> Callable:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True)
+        return tf.function(fn, reduce_retracing=True, jit_compile=xla)
     raise NotImplementedError(f"no fused training loop for the {backend} backend")
 
 

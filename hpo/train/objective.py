@@ -9,7 +9,8 @@ What a finished (or pruned, or failed) trial holds:
 - user attr `fail_reason` when the trial failed (e.g. the loss became NaN);
 - user attr `val_predictions` when the study keeps them (an artifact store): the best epoch's
   validation predictions, an artifact of the trial (hpo.train.predictions; fused loop only);
-- user attr `worker`: host, pid, backend, training loop (`engine`), input layout (`input`), GPU
+- user attr `worker`: host, pid, backend, training loop (`engine`), input layout (`input`), how
+  the fused loop computes a text model's first layer (`first_layer`: `ids` or `dense`), GPU
   memory share and the process' data-load counts.
 
 Trials train through hpo.train.engine's fused loop (one compiled call per epoch) on TensorFlow and
@@ -35,7 +36,7 @@ from hpo.data import builtin, own
 from hpo.data.prepared import Prepared
 from hpo.errors import HpoError, first_line
 from hpo.study.studyfile import StudySpec
-from hpo.train import engine, predictions
+from hpo.train import engine, predictions, word_ids
 from hpo.train import model as model_lib
 from hpo.train.curves import best_point
 
@@ -141,11 +142,15 @@ class Objective:
         self.on_epoch = on_epoch  # (trial number, epoch, monitored value), for progress display
         self.check_interrupt = check_interrupt  # raises KeyboardInterrupt after Ctrl-C
         self.engine = engine.choose()
+        # The fused loop trains text's first layer on word ids (hpo.train.word_ids).
+        fused = self.engine == "fused"
+        self.first_layer = word_ids.choose(data.packed, spec.validation.folds) if fused else None
         self.worker = {
             **resources.worker_info(),
             "backend": keras.backend.backend(),
             "engine": self.engine,
             "input": data.layout,
+            **({"first_layer": self.first_layer} if self.first_layer else {}),
         }
         self._tensors: dict = {}  # training arrays already on the device, for the fused loop
         self.trial_number: int | None = None  # the trial running, or run last
@@ -279,6 +284,7 @@ class Objective:
             validation_batch_size=model_lib.validation_batch(params["batch_size"]),
             seed=seed,
             tensors=self._tensors,
+            first_layer=self.first_layer,
         )
         for epoch in range(1, self.spec.max_epochs + 1):
             logs = trainer.run_epoch()

@@ -1,0 +1,242 @@
+"""Text's first layer trained on word ids (hpo/train/word_ids.py): the same function, gradient
+and training as the Dense layer on multi-hot rows, and a plain Dense model handed over.
+
+The suite runs Keras on TensorFlow; test_exact_under_jax runs the exactness tests of this file
+again in a process with KERAS_BACKEND=jax."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from conftest import tiny_study
+
+from hpo.backend import import_keras, set_random_seed
+from hpo.data import builtin
+from hpo.data.prepared import Prepared
+from hpo.study import studyfile
+from hpo.train import engine, word_ids
+from hpo.train import model as model_lib
+from hpo.train.objective import Objective
+
+keras = import_keras()
+ops = keras.ops
+VOCAB = 300
+PARAMS = {
+    "layers": 2,
+    "units": 16,
+    "activation": "relu",
+    "loss": "binary_crossentropy",
+    "optimizer": "adam",
+    "learning_rate": 0.01,
+    "batch_size": 32,
+}
+
+
+def text_data(rows: int = 150, seed: int = 0) -> Prepared:
+    """Bit-packed multi-hot rows of Zipf-like words, a few rows with no word at all."""
+    rng = np.random.default_rng(seed)
+    frequency = 1.0 / np.arange(1, VOCAB + 1)
+    multi_hot = rng.random((rows, VOCAB)) < 0.4 * frequency / frequency.mean() * 0.1
+    multi_hot[[3, 40]] = False
+    y = (multi_hot[:, :20].sum(axis=1) > multi_hot[:, 20:40].sum(axis=1)).astype(np.float32)
+    x = np.packbits(multi_hot.astype(np.uint8), axis=1)
+    return Prepared("words", "binary", 1, 1.0, VOCAB, True, x, y, x[:10], y[:10])
+
+
+def kernel_gradient(loss_of_kernel, kernel):
+    """d loss / d kernel under the running backend."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return np.asarray(jax.grad(loss_of_kernel)(kernel))
+    import tensorflow as tf
+
+    variable = tf.Variable(kernel)
+    with tf.GradientTape() as tape:
+        loss = loss_of_kernel(variable)
+    return np.asarray(tf.convert_to_tensor(tape.gradient(loss, variable)))
+
+
+def test_exact_word_ids_of_packed_rows():
+    data = text_data()
+    ids = word_ids.from_packed(data.x_train, chunk=64)  # several chunks
+    multi_hot = np.unpackbits(data.x_train, axis=1)
+    assert ids.lengths.tolist() == multi_hot.sum(axis=1).tolist()
+    row = 7
+    words = ids.ids[ids.starts[row] : ids.starts[row] + ids.lengths[row]]
+    assert words.tolist() == np.flatnonzero(multi_hot[row]).tolist()
+
+
+def test_exact_bag_sum_is_the_dense_layer_logits_and_kernel_gradient():
+    """Forward and kernel gradient equal x @ W's within 1e-5 (rows with no words included)."""
+    data = text_data()
+    host = word_ids.from_packed(data.x_train)
+    ids = word_ids.WordIds(*map(ops.convert_to_tensor, host))
+    multi_hot = np.unpackbits(data.x_train, axis=1)[:, :VOCAB].astype(np.float32)
+    rows_np = np.array([3, 0, 5, 40, 9, 100, 3], np.int32)  # a repeated row too
+    rows = ops.convert_to_tensor(rows_np)
+    capacity = word_ids.capacity(host.lengths, rows_np[None])
+    kernel = np.random.default_rng(1).normal(size=(VOCAB, 8)).astype(np.float32)
+    upstream = np.random.default_rng(2).normal(size=(len(rows_np), 8)).astype(np.float32)
+
+    def bag(k):
+        return word_ids.bag_sum(k, ids.ids, ids.starts, ids.lengths, rows, capacity)
+
+    def dense(k):
+        return ops.matmul(ops.convert_to_tensor(multi_hot[rows_np]), k)
+
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(bag(kernel)), multi_hot[rows_np] @ kernel, rtol=1e-5, atol=1e-5
+    )
+    gradients = [
+        kernel_gradient(lambda k, f=f: ops.sum(f(k) * upstream), kernel) for f in (bag, dense)
+    ]
+    np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-5, atol=1e-5)
+    assert np.abs(gradients[0]).sum() > 0
+
+
+def trained(
+    first_layer: str,
+    data: Prepared,
+    epochs: int = 3,
+    tensors: dict | None = None,
+    dropout: float = 0.0,
+):
+    """A model trained `epochs` epochs by the fused loop with its first layer in that form,
+    from the same initial weights and batches (seed 0) whatever the form; (model, last logs,
+    trainer)."""
+    set_random_seed(5)
+    model = model_lib.build({**PARAMS, "dropout": dropout}, data)
+    x, y = data.x_train, data.y_train[:, None]
+    trainer = engine.FusedTrainer(
+        model,
+        loss=PARAMS["loss"],
+        task="binary",
+        train=(x[:110], y[:110]),  # 3 batches of 32 and one of 14
+        validation=(x[110:], y[110:]),
+        batch_size=32,
+        validation_batch_size=256,
+        seed=0,
+        tensors=tensors,
+        first_layer=first_layer,
+    )
+    for _ in range(epochs):
+        logs = trainer.run_epoch()
+    trainer.write_back()
+    return model, logs, trainer
+
+
+def assert_same_weights(a: keras.Model, b: keras.Model) -> None:
+    for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_exact_three_epochs_leave_the_dense_loops_weights():
+    """Same batches: the ids form trains exactly as the dense form."""
+    data = text_data()
+    tensors: dict = {}  # both forms' inputs in one cache, as an Objective keeps them
+    by_ids, ids_logs, trainer = trained("ids", data, tensors=tensors)
+    by_dense, dense_logs, _ = trained("dense", data, tensors=tensors)
+    assert {key[0] for key in tensors} == {"ids", "dense"}
+    assert_same_weights(by_dense, by_ids)
+    assert ids_logs.keys() == dense_logs.keys() and "val_accuracy" in ids_logs
+    for key in ids_logs:
+        assert ids_logs[key] == pytest.approx(dense_logs[key], abs=1e-5)
+    assert trainer.val_predictions.shape == (40, 1)
+
+
+def test_exact_dropout_after_an_ids_first_layer():
+    """Dropout after the first layer is applied. Under JAX the masks are the dense form's, so
+    the weights are too; TensorFlow compiles the ids form with XLA, whose random stream for the
+    same seed is another one (as a fit and a fused trial differ in theirs)."""
+    data = text_data()
+    by_ids, ids_logs, _ = trained("ids", data, dropout=0.25)
+    _, no_dropout_logs, _ = trained("ids", data)
+    assert ids_logs["loss"] != pytest.approx(no_dropout_logs["loss"], abs=1e-4)
+    if keras.backend.backend() == "jax":
+        assert_same_weights(trained("dense", data, dropout=0.25)[0], by_ids)
+
+
+def test_exact_a_batch_with_more_words_than_compiled_for_recompiles(monkeypatch):
+    """The first epoch sizes the compiled batch; a later shuffle that puts more words in one
+    batch compiles a larger one instead of dropping words."""
+    monkeypatch.setattr(word_ids, "CAPACITY_STEP", 1)
+    data = text_data()
+    _, _, trainer = trained("ids", data, epochs=1)
+    first = trainer.capacity[0]
+    trainer.capacity = (first // 2, trainer.capacity[1])  # as if the first epoch had few words
+    trainer.run_epoch()
+    assert trainer.capacity[0] >= first // 2 * 1.5
+    trainer.write_back()
+    assert_same_weights(trained("dense", data, epochs=2)[0], trainer.model)
+
+
+def test_exact_the_saved_model_is_a_plain_dense_model(tmp_path: Path):
+    data = text_data()
+    model, _, trainer = trained("ids", data, epochs=2)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    kinds = [type(layer).__name__ for layer in loaded.layers]
+    assert kinds[:3] == ["InputLayer", "UnpackBits", "Dense"]
+    assert kinds[3:] == ["Dense", "Dense"]
+    np.testing.assert_allclose(
+        loaded.predict(data.x_train[110:], verbose=0), trainer.val_predictions, atol=1e-5
+    )
+
+
+def test_exact_under_jax():
+    """The exactness tests above, in a process running Keras on JAX."""
+    if keras.backend.backend() == "jax":
+        pytest.skip("this process already runs JAX")  # the child itself
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "0",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "exact and not under_jax",
+        ],
+        env={**env, "KERAS_BACKEND": "jax", "CI": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "6 passed, 3 deselected" in done.stdout
+
+
+def test_choice(monkeypatch):
+    monkeypatch.delenv(word_ids.ENV, raising=False)
+    assert word_ids.choose(packed=True) == "ids"
+    assert word_ids.choose(packed=True, folds=3) == "dense"  # stacked k-fold models
+    assert word_ids.choose(packed=False) == "dense"
+    monkeypatch.setenv(word_ids.ENV, "dense")
+    assert word_ids.choose(packed=True) == "dense"
+    monkeypatch.setenv(word_ids.ENV, "sparse")
+    with pytest.raises(Exception, match="expected auto, dense or ids"):
+        word_ids.choose(packed=True)
+
+
+def test_a_trial_records_its_first_layer(workdir, monkeypatch):
+    monkeypatch.delenv(word_ids.ENV, raising=False)
+    spec = studyfile.load(str(tiny_study(workdir, "imdb", epochs=2)))
+    study = optuna.create_study(direction=spec.direction)
+    study.optimize(Objective(spec, builtin.load("imdb", None, spec.num_words)), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["worker"]["first_layer"] == "ids"
+    assert len(trial.user_attrs["history"]["val_accuracy"]) == 2

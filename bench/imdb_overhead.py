@@ -9,7 +9,9 @@ the book's model (IMDB 2x16 relu, Reuters 2x64 relu, rmsprop, batch 512, the boo
 - bare fit: what a reader of the book writes, float32 multi-hot arrays (the book's
   vectorize_sequences, in float32) straight into `model.fit`;
 - hpo fit / hpo fused: hpo's objective with HPO_ENGINE=fit or fused (bit-packed rows from the
-  memory-mapped cache, unpacked inside the compiled step);
+  memory-mapped cache, unpacked inside the compiled step), the fused loop's first layer dense
+  (HPO_FIRST_LAYER=dense, unpacked multi-hot rows);
+- hpo ids: the fused loop with its first layer summed from word ids (hpo.train.word_ids);
 - hpo auto: the loop hpo chooses by itself on this backend, and its ratio to the bare fit
   (target <= 1.05).
 
@@ -92,7 +94,7 @@ def bare_fit(prepared, holdout: int, epochs: int) -> float:
     return clock.per_epoch()
 
 
-def hpo_fit(prepared, spec, epochs: int, engine: str | None) -> float:
+def hpo_fit(prepared, spec, epochs: int, engine: str | None, first_layer: str = "auto") -> float:
     import optuna
 
     from hpo.results.one_factor import BOOK_CONFIGS
@@ -102,6 +104,7 @@ def hpo_fit(prepared, spec, epochs: int, engine: str | None) -> float:
         os.environ["HPO_ENGINE"] = engine
     else:
         os.environ.pop("HPO_ENGINE", None)
+    os.environ["HPO_FIRST_LAYER"] = first_layer
     spec = spec.with_overrides(max_epochs=epochs, pruner="none")
     clock = EpochClock()
     objective = Objective(spec, prepared, on_epoch=lambda *_: clock.tick())
@@ -117,7 +120,7 @@ def child(data_dir: str | None, epochs: int, datasets: list[str]) -> None:
     from hpo.backend import import_keras
     from hpo.data import builtin
     from hpo.study import studyfile
-    from hpo.train import engine
+    from hpo.train import engine, word_ids
 
     keras = import_keras()
     out = {}
@@ -129,10 +132,14 @@ def child(data_dir: str | None, epochs: int, datasets: list[str]) -> None:
         row = {
             "bare fit": bare_fit(prepared, holdout, epochs),
             "hpo fit": hpo_fit(prepared, spec, epochs, "fit"),
-            "hpo fused": hpo_fit(prepared, spec, epochs, "fused"),
+            "hpo fused": hpo_fit(prepared, spec, epochs, "fused", "dense"),
+            "hpo ids": hpo_fit(prepared, spec, epochs, "fused", "ids"),
         }
         os.environ.pop("HPO_ENGINE", None)
+        os.environ.pop("HPO_FIRST_LAYER", None)
         row["auto"] = engine.choose()
+        if row["auto"] == "fused" and word_ids.choose(prepared.packed) == "ids":
+            row["auto"] = "ids"
         row["hpo auto"] = row[f"hpo {row['auto']}"]
         row["ratio"] = row["hpo auto"] / row["bare fit"]
         out[name] = row
@@ -240,15 +247,15 @@ def main() -> None:
         results.append(json.loads(out.strip().splitlines()[-1]))
     if results:
         print(f"seconds per epoch (epoch 1 left out), {os.cpu_count()} cores, {args.epochs} epochs")
-        header = ("backend", "dataset", "bare fit", "hpo fit", "hpo fused", "hpo auto", "auto/bare")
-        print("{:<11} {:<8} {:>9} {:>9} {:>10} {:>15} {:>10}".format(*header))
+        header = ("backend", "dataset", "bare fit", "hpo fit", "hpo fused", "hpo ids", "hpo auto")
+        print("{:<11} {:<8} {:>9} {:>9} {:>10} {:>8} {:>15} {:>10}".format(*header, "auto/bare"))
     for result in results:
         for name in datasets:
             row = result[name]
             print(
                 f"{result['backend']:<11} {name:<8} {row['bare fit']:9.3f} {row['hpo fit']:9.3f} "
-                f"{row['hpo fused']:10.3f} {row['hpo auto']:9.3f} ({row['auto']:<5}"
-                f"{')':1} {row['ratio']:9.2f}"
+                f"{row['hpo fused']:10.3f} {row['hpo ids']:8.3f} {row['hpo auto']:9.3f} "
+                f"({row['auto']:<5}) {row['ratio']:9.2f}"
             )
     memory = [
         worker_memory(args.rss_trials, k, args.data_dir, args.worker_python)

@@ -76,12 +76,12 @@ def task_metrics(task: str, loss: str) -> dict[str, Callable]:
     return {"accuracy": metrics.sparse_categorical_accuracy}
 
 
-def batch_plan(n: int, batch_size: int, rng: np.random.Generator | None) -> tuple:
+def batch_plan(n: int, batch_size: int, rng: np.random.Generator | None, pad_row: int = 0) -> tuple:
     """(indices, weights), each (steps, batch_size): rows of each batch, in shuffled order when
-    `rng` is given; the last batch is padded with row 0 at weight 0."""
+    `rng` is given; the last batch is padded with `pad_row` at weight 0."""
     order = rng.permutation(n) if rng is not None else np.arange(n)
     steps = math.ceil(n / batch_size)
-    padded = np.zeros(steps * batch_size, dtype=np.int32)
+    padded = np.full(steps * batch_size, pad_row, dtype=np.int32)
     padded[:n] = order
     weights = np.zeros(steps * batch_size, dtype=np.float32)
     weights[:n] = 1.0
@@ -129,7 +129,11 @@ class FusedTrainer:
             x_val,
             ops.convert_to_tensor(validation[1]),
         )
-        val_plan = batch_plan(self.n_val, min(validation_batch_size or 1, self.n_val), None)
+        # The last batch's padding rows: any row (their weight is 0), the one with the fewest
+        # words for the ids form, which pays for their words.
+        self.pad_rows = (0, 0) if lengths is None else tuple(int(np.argmin(n)) for n in lengths)
+        val_batch = min(validation_batch_size or 1, self.n_val)
+        val_plan = batch_plan(self.n_val, val_batch, None, self.pad_rows[1])
         self.val_plan = tuple(ops.convert_to_tensor(a) for a in val_plan)
         if first_layer == "ids":
             # The first Dense layer is computed from word ids (hpo.train.word_ids), the rest of
@@ -281,7 +285,7 @@ class FusedTrainer:
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch; its logs as Keras' fit would write them (fold means). Its validation
         predictions are left in `val_predictions`: (validation rows, [folds,] outputs)."""
-        indices, weights = batch_plan(self.n_train, self.batch_size, self.rng)
+        indices, weights = batch_plan(self.n_train, self.batch_size, self.rng, self.pad_rows[0])
         ids = self.first_layer == "ids"
         if ids and word_ids.capacity(self.lengths[0], indices) > self.capacity[0]:
             # More words in a batch than compiled for (or the first epoch): compile anew, a

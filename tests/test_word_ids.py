@@ -152,15 +152,12 @@ def test_exact_three_epochs_leave_the_dense_loops_weights():
 
 
 def test_exact_dropout_after_an_ids_first_layer():
-    """Dropout after the first layer is applied. Under JAX the masks are the dense form's, so
-    the weights are too; TensorFlow compiles the ids form with XLA, whose random stream for the
-    same seed is another one (as a fit and a fused trial differ in theirs)."""
+    """Dropout after the first layer is applied, with the dense form's masks."""
     data = text_data()
     by_ids, ids_logs, _ = trained("ids", data, dropout=0.25)
     _, no_dropout_logs, _ = trained("ids", data)
     assert ids_logs["loss"] != pytest.approx(no_dropout_logs["loss"], abs=1e-4)
-    if keras.backend.backend() == "jax":
-        assert_same_weights(trained("dense", data, dropout=0.25)[0], by_ids)
+    assert_same_weights(trained("dense", data, dropout=0.25)[0], by_ids)
 
 
 def test_exact_a_batch_with_more_words_than_compiled_for_recompiles(monkeypatch):

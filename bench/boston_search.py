@@ -2,6 +2,10 @@
 
     python bench/boston_search.py [--trials 50] [--old-trials N] [--seeds 0]
         [--backends tensorflow,jax] [--old-rev 5c9f029] [--new-rev REV] [--analyze-seeds 3]
+        [--dataset boston_housing]
+
+--dataset times another built-in study's search the same way (imdb: issue #22's 50-trial
+IMDB search, cold caches).
 
 For each backend and seed, `hpo optimize boston_housing --trials N --seed S` as a user runs it
 (the built-in study file, a fresh SQLite storage, a fresh cache folder: no dataset cache, no
@@ -59,10 +63,11 @@ def one_search(code: Path, side: str, backend: str, seed: int, args, tmp: Path) 
         env.pop(key, None)
     common = ["--storage", storage, "--data-dir", args.data_dir]
     trials = args.old_trials if side == "old" and args.old_trials else args.trials
-    search = ["optimize", "boston_housing", "--trials", str(trials), "--seed", str(seed)]
+    name = args.dataset
+    search = ["optimize", name, "--trials", str(trials), "--seed", str(seed)]
     row = {"trials": trials, "seconds": hpo(code, search + common, env)}
-    study = optuna.load_study(study_name="boston_housing", storage=storage)
-    row["best val_mae"] = study.best_value
+    study = optuna.load_study(study_name=name, storage=storage)
+    row["best value"] = study.best_value
     row["pruned"] = sum(t.state.name == "PRUNED" for t in study.trials)
     # Seconds the trials themselves took (process start-up and imports left out), in all and
     # for the first --compare-first trials, which both sides sample alike (TPE's random start).
@@ -70,9 +75,9 @@ def one_search(code: Path, side: str, backend: str, seed: int, args, tmp: Path) 
     row["trial seconds"] = sum(durations)
     row["first trials seconds"] = sum(durations[: args.compare_first])
     if args.analyze_seeds:
-        analyze = ["analyze", "boston_housing", "--seeds", str(args.analyze_seeds)]
+        analyze = ["analyze", name, "--seeds", str(args.analyze_seeds)]
         row["analyze seconds"] = hpo(code, analyze + common + ["--out", str(folder / "r")], env)
-        best = optuna.load_study(study_name="boston_housing", storage=storage).user_attrs
+        best = optuna.load_study(study_name=name, storage=storage).user_attrs
         best = best["analysis"]["best"]
         row["test mae"] = best["test"]["mae"]["mean"]
         row["test mae std"] = best["test"]["mae"]["std"]
@@ -83,6 +88,7 @@ def one_search(code: Path, side: str, backend: str, seed: int, args, tmp: Path) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="boston_housing", help="a built-in study")
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--seeds", default="0", help="comma-separated study seeds")
     parser.add_argument("--backends", default="tensorflow,jax")
@@ -103,7 +109,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if not args.data_dir:
-        raise SystemExit("give --data-dir or set HPO_DATA_DIR (a folder with boston_housing.npz)")
+        raise SystemExit("give --data-dir or set HPO_DATA_DIR (keras' dataset files)")
     args.data_dir = str(Path(args.data_dir).resolve())
     sides = [args.only] if args.only else ["old", "new"]
     rows = []
@@ -132,7 +138,7 @@ def main() -> None:
                 subprocess.run(remove, check=False)
                 shutil.rmtree(code[side], ignore_errors=True)
     first = args.compare_first
-    print(f"\nboston_housing, {os.cpu_count()} cores; seconds: the whole command, the trials alone")
+    print(f"\n{args.dataset}, {os.cpu_count()} cores; seconds: the whole command, the trials alone")
     print(
         f"{'backend':<11} {'seed':>4} {'code':<4} {'trials':>6} {'seconds':>8} {'trials s':>8} "
         f"{f'first {first} s':>10} {'best val':>9} {'test MAE':>14}"
@@ -142,7 +148,7 @@ def main() -> None:
         print(
             f"{r['backend']:<11} {r['seed']:>4} {r['code']:<4} {r['trials']:>6} "
             f"{r['seconds']:8.1f} {r['trial seconds']:8.1f} {r['first trials seconds']:10.1f} "
-            f"{r['best val_mae']:9.3f} {test:>14}"
+            f"{r['best value']:9.4f} {test:>14}"
         )
     for r in rows:
         twin = [o for o in rows if o["code"] == "old" and o["backend"] == r["backend"]]

@@ -42,7 +42,7 @@ section "IMDB trials/min: naive loop, hpo 1 worker, hpo $workers workers"
 timeout 200 $py bench/throughput.py --trials "$trials" --workers "$workers" --epochs "$epochs" \
   --json "$out/throughput.json" | tail -6
 
-section "IMDB and Reuters seconds per epoch: bare model.fit vs hpo (fit, fused)"
+section "IMDB and Reuters seconds per epoch: bare model.fit vs hpo (fit, fused dense, fused ids)"
 ds=imdb; [ -f "$HPO_DATA_DIR/reuters.npz" ] && ds=imdb,reuters
 timeout 90 $py bench/imdb_overhead.py --backends jax --datasets "$ds" --epochs "$overhead_epochs" \
   --rss-trials 0 | tail -4

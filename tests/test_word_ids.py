@@ -228,6 +228,14 @@ def test_choice(monkeypatch):
         word_ids.choose(packed=True)
 
 
+def test_jax_gpus_with_the_slow_scatter_keep_the_dense_form():
+    assert word_ids.slow_gpu_scatter("0.10.2", {"gpu"})
+    assert word_ids.slow_gpu_scatter("0.11.0", {"gpu", "cpu"})
+    assert not word_ids.slow_gpu_scatter("0.11.1", {"gpu"})
+    assert not word_ids.slow_gpu_scatter("0.10.1", {"gpu"})
+    assert not word_ids.slow_gpu_scatter("0.10.2", {"cpu"})  # this machine
+
+
 def test_a_trial_records_its_first_layer(workdir, monkeypatch):
     monkeypatch.delenv(word_ids.ENV, raising=False)
     spec = studyfile.load(str(tiny_study(workdir, "imdb", epochs=2)))

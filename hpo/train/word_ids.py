@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -102,14 +103,33 @@ def choose(packed: bool, folds: int = 1) -> str:
     """The form of a model's first layer in training: "ids" or "dense".
 
     ids needs bit-packed text (hpo.train.model.UnpackBits, then Dense) and one model, not
-    stacked k-fold ones. Where it can be used it is the default: measured 2.5x to 4.5x faster
-    per IMDB epoch than dense on JAX and TensorFlow, for first layers of 16 to 128 units
-    (bench/word_ids.py, docs/performance.md). $HPO_FIRST_LAYER=dense forces dense, ids asks
-    for ids (still dense where ids cannot be used)."""
+    stacked k-fold ones. Where it can be used it is the default: measured 2x to 5x faster per
+    epoch than dense on JAX and TensorFlow, IMDB and Reuters, for first layers of 16 to 128
+    units (bench/word_ids.py, docs/performance.md); except under JAX on a GPU whose jaxlib has
+    the f32 scatter-add regression (slow_gpu_scatter). $HPO_FIRST_LAYER=dense forces dense,
+    ids asks for ids (still dense where ids cannot be used)."""
     forced = os.environ.get(ENV, "auto")
     if forced not in ("auto", *FORMS):
         raise HpoError(f"{ENV}={forced}: expected auto, dense or ids")
-    return "ids" if packed and folds == 1 and forced != "dense" else "dense"
+    if not packed or folds != 1 or forced == "dense":
+        return "dense"
+    if forced == "auto" and keras.backend.backend() == "jax":
+        import jax
+        import jaxlib
+
+        platforms = {device.platform for device in jax.devices()}
+        if slow_gpu_scatter(jaxlib.__version__, platforms):
+            return "dense"
+    return "ids"
+
+
+def slow_gpu_scatter(jaxlib_version: str, platforms: set[str]) -> bool:
+    """Whether JAX's f32 scatter-add is slow here: jaxlib 0.10.2 to 0.11.0 on a GPU compiles it
+    to a compare-and-swap loop, hundreds of times slower when many updates hit one row
+    (openxla/xla#46225, fixed in 0.11.1), and the ids form's kernel gradient is such a scatter:
+    IMDB's most frequent words are in 95% of the rows."""
+    release = tuple(int(part) for part in re.findall(r"\d+", jaxlib_version)[:3])
+    return "gpu" in platforms and (0, 10, 2) <= release <= (0, 11, 0)
 
 
 def first_dense(model: keras.Model):

@@ -7,6 +7,7 @@ again in a process with KERAS_BACKEND=jax."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -213,7 +214,7 @@ def test_exact_under_jax():
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "6 passed, 3 deselected" in done.stdout
+    assert re.search(r"\b6 passed\b", done.stdout), done.stdout[-3000:]
 
 
 def test_choice(monkeypatch):

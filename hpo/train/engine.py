@@ -32,6 +32,7 @@ import numpy as np
 
 from hpo.backend import import_keras
 from hpo.errors import HpoError
+from hpo.train import model as model_lib
 from hpo.train import word_ids
 
 keras = import_keras()
@@ -135,6 +136,7 @@ class FusedTrainer:
         val_batch = min(validation_batch_size or 1, self.n_val)
         val_plan = batch_plan(self.n_val, val_batch, None, self.pad_rows[1])
         self.val_plan = tuple(ops.convert_to_tensor(a) for a in val_plan)
+        self.layers = model_lib.chain(model)
         if first_layer == "ids":
             # The first Dense layer is computed from word ids (hpo.train.word_ids), the rest of
             # the model as it is; a batch's words fill `capacity` positions.
@@ -165,29 +167,36 @@ class FusedTrainer:
 
     def _call(self, trainable, non_trainable, x, training: bool):
         """The model on a batch: (predictions, non-trainable values after the call: JAX only)."""
+        if not self.stateless:  # TensorFlow: the variables are updated in place
+            return self._forward(x, training), non_trainable
         if self.first_layer == "dense":
-            if self.stateless:
-                return self.model.stateless_call(trainable, non_trainable, x, training=training)
-            return self.model(x, training=training), non_trainable
-        if not self.stateless:
-            return self._ids_call(x, training), non_trainable
+            return self.model.stateless_call(trainable, non_trainable, x, training=training)
         model = self.model
         mapping = list(zip(model.trainable_variables, trainable, strict=True))
         mapping += zip(model.non_trainable_variables, non_trainable, strict=True)
         with keras.StatelessScope(state_mapping=mapping) as scope:  # as stateless_call does
-            y_pred = self._ids_call(x, training)
+            y_pred = self._forward(x, training)
         return y_pred, [scope.get_current_value(v) for v in model.non_trainable_variables]
 
-    def _ids_call(self, x, training: bool):
-        """The model with its first layer summed from word ids: x is (batch rows, the rows' word
-        ids as word_ids.WordIds tensors, capacity)."""
-        rows, ids, capacity = x
-        first = self.first
-        h = word_ids.bag_sum(first.kernel, ids.ids, ids.starts, ids.lengths, rows, capacity)
-        h = first.activation(h + first.bias)
-        for layer in self.tail:
-            h = layer(h, training=training)
-        return h
+    def _forward(self, x, training: bool):
+        """The model's layers one after another (hpo.train.model.build makes a chain). In the
+        ids form x is (batch rows, the rows' word ids as word_ids.WordIds tensors, capacity)
+        and the first Dense layer is summed from them. Under TensorFlow, Dropout draws its mask
+        with ThreeFry (_tf_dropout)."""
+        layers = self.layers
+        if self.first_layer == "ids":
+            rows, ids, capacity = x
+            first = self.first
+            x = word_ids.bag_sum(first.kernel, ids.ids, ids.starts, ids.lengths, rows, capacity)
+            x = first.activation(x + first.bias)
+            layers = self.tail
+        for layer in layers:
+            dropout = isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None
+            if training and dropout and not self.stateless and layer.rate > 0:
+                x = _tf_dropout(layer, x)
+            else:
+                x = layer(x, training=training)
+        return x
 
     def _rows(self, x_all, batch_rows, validation: bool):
         """A batch's input: its rows of x, or (dense/ids) what the ids form reads them from."""
@@ -340,6 +349,19 @@ def _inputs(tensors: dict | None, first_layer: str, x: np.ndarray, x_val: np.nda
         else:
             cache[key] = (ops.convert_to_tensor(x), ops.convert_to_tensor(x_val), None)
     return cache[key]
+
+
+def _tf_dropout(layer, x):
+    """Keras' Dropout on TensorFlow, its mask drawn by ThreeFry from the layer's seed generator.
+
+    Keras leaves the generator to TensorFlow, and under XLA on a CPU TensorFlow's own choice
+    costs about 30 ms for a 512 x 128 mask, ThreeFry 0.2 ms: with it, dropout took most of an
+    IMDB or Boston epoch (docs/performance.md)."""
+    import tensorflow as tf
+
+    seed = layer.seed_generator.next()  # as Keras draws it (an int64 pair), cast as Keras does
+    seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
+    return tf.nn.experimental.stateless_dropout(x, rate=layer.rate, seed=seed, rng_alg="threefry")
 
 
 def _compile(fn: Callable) -> Callable:

@@ -150,6 +150,12 @@ def build(params: Mapping[str, Any], data: Prepared, folds: int = 1) -> keras.Mo
     return model
 
 
+def chain(model: keras.Model) -> list:
+    """The layers of a model `build` made, input to output: each takes the previous one's
+    output (the fused loop calls them one by one)."""
+    return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
 def average(
     members: Sequence[keras.Model], params: Mapping[str, Any], data: Prepared
 ) -> keras.Model:

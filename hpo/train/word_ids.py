@@ -27,6 +27,7 @@ import numpy as np
 
 from hpo.backend import import_keras
 from hpo.errors import HpoError
+from hpo.train.model import UnpackBits, chain
 
 keras = import_keras()
 ops = keras.ops
@@ -135,13 +136,12 @@ def slow_gpu_scatter(jaxlib_version: str, platforms: set[str]) -> bool:
 def first_dense(model: keras.Model):
     """The Dense layer right after the model's UnpackBits layer, or None: a model whose input
     is not bit-packed text (or a stacked k-fold model, FoldDense) has no ids form."""
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    if len(layers) < 2 or type(layers[0]).__name__ != "UnpackBits":
+    layers = chain(model)
+    if len(layers) < 2 or not isinstance(layers[0], UnpackBits):
         return None
     return layers[1] if type(layers[1]) is keras.layers.Dense else None
 
 
 def tail(model: keras.Model) -> list:
-    """The layers after the first Dense layer, in order (hpo.train.model.build makes a chain)."""
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    return layers[2:]
+    """The layers after the first Dense layer, in order."""
+    return chain(model)[2:]

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOLDOUT = {"imdb": 10000, "reuters": 1000}
 
 
-def epochs_of(form: str, name: str, units: int, data, tensors: dict, epochs: int) -> tuple:
+def epochs_of(form: str, name: str, units: int, data, cache, epochs: int) -> tuple:
     """(median seconds per epoch after the first, last validation loss)."""
     from hpo.backend import set_random_seed
     from hpo.train import engine
@@ -57,7 +57,7 @@ def epochs_of(form: str, name: str, units: int, data, tensors: dict, epochs: int
         batch_size=512,
         validation_batch_size=512,
         seed=0,
-        tensors=tensors,
+        cache=cache,
         first_layer=form,
     )
     times = []
@@ -71,15 +71,16 @@ def epochs_of(form: str, name: str, units: int, data, tensors: dict, epochs: int
 def child(args) -> None:
     from hpo.backend import import_keras
     from hpo.data import builtin
+    from hpo.train import engine
 
     keras = import_keras()
     rows = []
     for name in args.datasets.split(","):
         data = builtin.load(name, args.data_dir)
-        tensors: dict = {}
+        cache = engine.DeviceCache()  # the data converted once for both forms
         for units in map(int, args.units.split(",")):
-            dense, dense_loss = epochs_of("dense", name, units, data, tensors, args.epochs)
-            ids, ids_loss = epochs_of("ids", name, units, data, tensors, args.epochs)
+            dense, dense_loss = epochs_of("dense", name, units, data, cache, args.epochs)
+            ids, ids_loss = epochs_of("ids", name, units, data, cache, args.epochs)
             apart = abs(dense_loss - ids_loss)
             rows.append(
                 {"dataset": name, "units": units, "dense": dense, "ids": ids, "apart": apart}

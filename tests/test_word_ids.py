@@ -106,7 +106,7 @@ def trained(
     first_layer: str,
     data: Prepared,
     epochs: int = 3,
-    tensors: dict | None = None,
+    cache: engine.DeviceCache | None = None,
     dropout: float = 0.0,
 ):
     """A model trained `epochs` epochs by the fused loop with its first layer in that form,
@@ -124,7 +124,7 @@ def trained(
         batch_size=32,
         validation_batch_size=256,
         seed=0,
-        tensors=tensors,
+        cache=cache,
         first_layer=first_layer,
     )
     for _ in range(epochs):
@@ -141,10 +141,10 @@ def assert_same_weights(a: keras.Model, b: keras.Model) -> None:
 def test_exact_three_epochs_leave_the_dense_loops_weights():
     """Same batches: the ids form trains exactly as the dense form."""
     data = text_data()
-    tensors: dict = {}  # both forms' inputs in one cache, as an Objective keeps them
-    by_ids, ids_logs, trainer = trained("ids", data, tensors=tensors)
-    by_dense, dense_logs, _ = trained("dense", data, tensors=tensors)
-    assert {key[0] for key in tensors} == {"ids", "dense"}
+    cache = engine.DeviceCache()  # both forms' inputs in one cache, as an Objective keeps them
+    by_ids, ids_logs, trainer = trained("ids", data, cache=cache)
+    by_dense, dense_logs, _ = trained("dense", data, cache=cache)
+    assert cache.forms() == {"ids", "dense"}
     assert_same_weights(by_dense, by_ids)
     assert ids_logs.keys() == dense_logs.keys() and "val_accuracy" in ids_logs
     for key in ids_logs:
@@ -173,6 +173,53 @@ def test_exact_a_batch_with_more_words_than_compiled_for_recompiles(monkeypatch)
     assert trainer.capacity[0] >= first // 2 * 1.5
     trainer.write_back()
     assert_same_weights(trained("dense", data, epochs=2)[0], trainer.model)
+
+
+@pytest.mark.parametrize("form", ["ids", "dense"])
+def test_exact_a_program_is_reused_and_trains_as_a_new_one(form):
+    """A second trial of the same structure (another learning rate, dropout rate and seed)
+    trains in the first one's compiled program, to exactly the weights a new program gives
+    it; the first trial's model keeps its own weights; another width gets its own program."""
+    data = text_data()
+    x, y = data.x_train, data.y_train[:, None]
+
+    def trial(params, seed, cache):
+        keras.backend.clear_session()  # as the objective does before each trial
+        set_random_seed(seed)
+        model = model_lib.build({**PARAMS, **params}, data)
+        initial = model.get_weights()
+        trainer = engine.trainer(
+            model,
+            cache=cache,
+            loss=PARAMS["loss"],
+            task="binary",
+            train=(x[:110], y[:110]),
+            validation=(x[110:], y[110:]),
+            batch_size=32,
+            validation_batch_size=256,
+            seed=seed,
+            first_layer=form,
+        )
+        for _ in range(3):
+            logs = trainer.run_epoch()
+        trainer.write_back()
+        return model, trainer, logs, initial
+
+    cache = engine.DeviceCache()
+    first, first_program, _, _ = trial({"dropout": 0.2}, 1, cache)
+    first_weights = first.get_weights()
+    second_params = {"dropout": 0.4, "learning_rate": 0.003}
+    second, program, logs, initial = trial(second_params, 2, cache)
+    assert program is first_program and len(cache.programs) == 1
+    alone, _, alone_logs, alone_initial = trial(second_params, 2, engine.DeviceCache())
+    for a, b in zip(initial, alone_initial, strict=True):
+        np.testing.assert_array_equal(a, b)  # the same start, so the same training
+    assert_same_weights(alone, second)
+    assert logs == pytest.approx(alone_logs, abs=1e-6)
+    for a, b in zip(first_weights, first.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    _, other_program, _, _ = trial({"units": 8, "dropout": 0.2}, 3, cache)
+    assert other_program is not program and len(cache.programs) == 2
 
 
 def test_exact_the_saved_model_is_a_plain_dense_model(tmp_path: Path):
@@ -214,7 +261,7 @@ def test_exact_under_jax():
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert re.search(r"\b6 passed\b", done.stdout), done.stdout[-3000:]
+    assert re.search(r"\b8 passed\b", done.stdout), done.stdout[-3000:]
 
 
 def test_choice(monkeypatch):

@@ -50,29 +50,33 @@ def best_epoch(trial: FrozenTrial) -> int:
 
 
 def retrain(
-    params: Mapping[str, Any], data: Prepared, epochs: int, seed: int, tensors: dict | None = None
+    params: Mapping[str, Any],
+    data: Prepared,
+    epochs: int,
+    seed: int,
+    cache: engine.DeviceCache | None = None,
 ):
     """A fresh model trained on the whole training set; (model, test metrics).
 
     It trains in the loop the search trained in (engine.choose()): the fused loop takes the
     same optimizer steps as model.fit (tests/test_engine.py) at a fraction of the per-epoch
-    cost, which is most of a small network's retrain. `tensors` keeps the training arrays on
-    the device from one retrain to the next."""
+    cost, which is most of a small network's retrain. `cache` keeps the training arrays on
+    the device, and the compiled programs, from one retrain to the next."""
     keras = import_keras()
     keras.backend.clear_session()
     set_random_seed(seed)
     model = model_lib.build(params, data)
     y = model_lib.targets(data.y_train, data.task, params["loss"], data.n_outputs)
     if engine.choose() == "fused":
-        trainer = engine.FusedTrainer(
+        trainer = engine.trainer(
             model,
+            cache=cache or engine.DeviceCache(),
             loss=params["loss"],
             task=data.task,
             train=(data.x_train, y),
             validation=None,
             batch_size=params["batch_size"],
             seed=seed,
-            tensors=tensors,
             first_layer=word_ids.choose(data.packed),
         )
         trainer.fit(epochs)
@@ -98,14 +102,14 @@ def retrain_config(
     trial: int | None = None,
     on_run: Callable[[int], None] | None = None,
     ensemble: bool = False,
-    tensors: dict | None = None,
+    cache: engine.DeviceCache | None = None,
 ) -> Retrained:
     """Retrain with each seed; with `ensemble` and several seeds, also test their mean prediction
     (by convexity its MAE is never above the seeds' mean MAE: it is the model to deploy)."""
     result = Retrained(trial, dict(params), epochs, list(seeds))
     members = []
     for seed in seeds:
-        model, metrics = retrain(params, data, epochs, seed, tensors)
+        model, metrics = retrain(params, data, epochs, seed, cache)
         result.runs.append(metrics)
         members.append(model)
         if on_run:
@@ -205,17 +209,15 @@ def analyze_study(
     try:
         base = spec.seed or 0
         seed_list = list(range(base, base + seeds))
-        tensors: dict = {}  # the training arrays, converted once for every retrain
+        cache = engine.DeviceCache()  # the arrays and programs, made once for every retrain
         results = [
-            retrain_config(
-                t.params, data, best_epoch(t), seed_list, t.number, on_run, True, tensors
-            )
+            retrain_config(t.params, data, best_epoch(t), seed_list, t.number, on_run, True, cache)
             for t in trials
         ]
         retrained = {r.trial: r for r in results}
         for t in extra:
             retrained[t.number] = retrain_config(
-                t.params, data, best_epoch(t), seed_list, t.number, on_run, tensors=tensors
+                t.params, data, best_epoch(t), seed_list, t.number, on_run, cache=cache
             )
         best = results[0]
         best.model.save(staging / handover_lib.FILES["best"])

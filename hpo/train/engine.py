@@ -23,8 +23,10 @@ receive exactly the gradient they would get alone; its logs are the folds' mean.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -103,25 +105,58 @@ class FusedTrainer:
         batch_size: int,
         validation_batch_size: int = 0,
         seed: int | None = None,
-        tensors: dict[Any, Any] | None = None,
+        cache: DeviceCache | None = None,
         shuffle: bool = True,
         first_layer: str = "dense",
     ) -> None:
+        # The program's own model: its layers and variables are what the compiled code calls
+        # and (TensorFlow) updates. A later trial of the same structure trains in this same
+        # program (load(), engine.trainer()), its weights copied in and out.
         self.model = model
         self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed) if shuffle else None
+        self.validation_batch_size = validation_batch_size
+        self.shuffle = shuffle
         self.loss_fn = per_sample_loss(loss)
         self.metrics = task_metrics(task, loss)
         # No validation (analyze's retrain on all rows): the epoch has no validation pass.
         self.validating = validation is not None
+        self.first_layer = first_layer
+        self.cache = DeviceCache() if cache is None else cache
+        self.layers = model_lib.chain(model)
+        if first_layer == "ids":
+            # The first Dense layer is computed from word ids (hpo.train.word_ids), the rest of
+            # the model as it is; a batch's words fill `capacity` positions.
+            self.first = word_ids.first_dense(model)
+            if self.first is None:
+                raise ValueError("the ids form needs a bit-packed text model (UnpackBits, Dense)")
+            self.tail = word_ids.tail(model)
+        self.capacity = (0, 0)  # (training, validation) positions compiled for: ids form
+        model.optimizer.build(model.trainable_variables)
+        # JAX traces pure functions: the variables' values travel through the compiled call.
+        # TensorFlow's graph updates the variables in place (Keras' optimizer has no stateless
+        # apply under TensorFlow), as Keras' own train_function does.
+        self.stateless = keras.backend.backend() == "jax"
+        self._epoch = _compile(self._epoch_fn)
+        self.load(model, train, validation, seed)
+
+    def load(
+        self,
+        model: keras.Model,
+        train: tuple[np.ndarray, np.ndarray],
+        validation: tuple[np.ndarray, np.ndarray] | None,
+        seed: int | None,
+    ) -> None:
+        """Start training `model` (this program's model, or one of the same structure: its
+        initial weights, learning rate and dropout rates are copied in) on these arrays."""
+        self.target = model  # where write_back() leaves the trained weights
+        self.rng = np.random.default_rng(seed) if self.shuffle else None
         if validation is None:
             validation = (train[0][:1], train[1][:1])  # shapes only: never computed on
         self.n_train, self.n_val = len(train[0]), len(validation[0])
-        # The inputs are the big arrays: converted (on a GPU: copied to it) once per `tensors`
-        # dict, which an Objective keeps across its trials, all on the same data; the targets
-        # are small and depend on the loss (one-hot or not).
-        self.first_layer = first_layer
-        x, x_val, lengths = _inputs(tensors, first_layer, train[0], validation[0])
+        # The inputs are the big arrays: converted (on a GPU: copied to it) once per cache,
+        # which an Objective keeps across its trials, all on the same data; the targets are
+        # small and depend on the loss (one-hot or not).
+        x, x_val, lengths = self.cache.inputs(self.first_layer, train[0], validation[0])
         # Arguments of the compiled call, never constants captured by it: jax.jit would copy
         # captured arrays into the compiled program (IMDB: seconds to compile, twice the memory).
         self.arrays = (
@@ -133,56 +168,53 @@ class FusedTrainer:
         # The last batch's padding rows: any row (their weight is 0), the one with the fewest
         # words for the ids form, which pays for their words.
         self.pad_rows = (0, 0) if lengths is None else tuple(int(np.argmin(n)) for n in lengths)
-        val_batch = min(validation_batch_size or 1, self.n_val)
+        val_batch = min(self.validation_batch_size or 1, self.n_val)
         val_plan = batch_plan(self.n_val, val_batch, None, self.pad_rows[1])
         self.val_plan = tuple(ops.convert_to_tensor(a) for a in val_plan)
-        self.layers = model_lib.chain(model)
-        if first_layer == "ids":
-            # The first Dense layer is computed from word ids (hpo.train.word_ids), the rest of
-            # the model as it is; a batch's words fill `capacity` positions.
-            self.first = word_ids.first_dense(model)
-            if self.first is None:
-                raise ValueError("the ids form needs a bit-packed text model (UnpackBits, Dense)")
-            self.tail = word_ids.tail(model)
+        if self.first_layer == "ids":
             self.lengths = lengths
-            self.capacity = (0, word_ids.capacity(self.lengths[1], val_plan[0]))
+            needed = word_ids.capacity(lengths[1], val_plan[0])
+            if needed > self.capacity[1]:
+                self._recompile((self.capacity[0], needed))
         # (validation batch, [folds,] outputs): one validation batch's predictions
         self.prediction_shape = (self.val_plan[0].shape[1], *model.output.shape[1:])
         self.val_predictions: np.ndarray | None = None  # the last epoch's, in validation order
+        # Dropout rates are arguments of the compiled call, so trials differing only in them
+        # (or in the learning rate, an optimizer variable) share one program.
+        rates = [layer.rate for layer in model_lib.chain(model) if _is_dropout(layer)]
+        self.rates = ops.convert_to_tensor(np.array(rates or [0.0], np.float32))
         model.optimizer.build(model.trainable_variables)
-        # JAX traces pure functions: the variables' values travel through the compiled call.
-        # TensorFlow's graph updates the variables in place (Keras' optimizer has no stateless
-        # apply under TensorFlow), as Keras' own train_function does.
-        self.stateless = keras.backend.backend() == "jax"
-        self.state = (
-            (
-                [v.value for v in model.trainable_variables],
-                [v.value for v in model.non_trainable_variables],
-                [v.value for v in model.optimizer.variables],
-            )
-            if self.stateless
-            else ()
-        )
-        self._epoch = _compile(self._epoch_fn)
+        values = [[v.value for v in variables] for variables in _variables(model)]
+        if self.stateless:
+            self.state = tuple(values)
+            return
+        self.state = ()
+        if model is not self.model:
+            for variables, new in zip(_variables(self.model), values, strict=True):
+                for variable, value in zip(variables, new, strict=True):
+                    variable.assign(value)
 
-    def _call(self, trainable, non_trainable, x, training: bool):
+    def _recompile(self, capacity: tuple[int, int]) -> None:
+        """Compile anew for a larger capacity: a fresh function, so that no cached trace of
+        the old capacity is reused."""
+        self.capacity = capacity
+        self._epoch = _compile(lambda *args: self._epoch_fn(*args))
+
+    def _call(self, trainable, non_trainable, x, rates, training: bool):
         """The model on a batch: (predictions, non-trainable values after the call: JAX only)."""
         if not self.stateless:  # TensorFlow: the variables are updated in place
-            return self._forward(x, training), non_trainable
-        if self.first_layer == "dense":
-            return self.model.stateless_call(trainable, non_trainable, x, training=training)
+            return self._forward(x, rates, training), non_trainable
         model = self.model
         mapping = list(zip(model.trainable_variables, trainable, strict=True))
         mapping += zip(model.non_trainable_variables, non_trainable, strict=True)
         with keras.StatelessScope(state_mapping=mapping) as scope:  # as stateless_call does
-            y_pred = self._forward(x, training)
+            y_pred = self._forward(x, rates, training)
         return y_pred, [scope.get_current_value(v) for v in model.non_trainable_variables]
 
-    def _forward(self, x, training: bool):
-        """The model's layers one after another (hpo.train.model.build makes a chain). In the
-        ids form x is (batch rows, the rows' word ids as word_ids.WordIds tensors, capacity)
-        and the first Dense layer is summed from them. Under TensorFlow, Dropout draws its mask
-        with ThreeFry (_tf_dropout)."""
+    def _forward(self, x, rates, training: bool):
+        """The model's layers one after another (hpo.train.model.build makes a chain), its
+        Dropout layers at `rates`. In the ids form x is (batch rows, the rows' word ids as
+        word_ids.WordIds tensors, capacity) and the first Dense layer is summed from them."""
         layers = self.layers
         if self.first_layer == "ids":
             rows, ids, capacity = x
@@ -190,12 +222,12 @@ class FusedTrainer:
             x = word_ids.bag_sum(first.kernel, ids.ids, ids.starts, ids.lengths, rows, capacity)
             x = first.activation(x + first.bias)
             layers = self.tail
+        dropouts = [layer for layer in self.layers if _is_dropout(layer)]
         for layer in layers:
-            dropout = isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None
-            if training and dropout and not self.stateless and layer.rate > 0:
-                x = _tf_dropout(layer, x)
-            else:
+            if not _is_dropout(layer):
                 x = layer(x, training=training)
+            elif training:
+                x = _dropout(layer, x, rates[dropouts.index(layer)], self.stateless)
         return x
 
     def _rows(self, x_all, batch_rows, validation: bool):
@@ -211,8 +243,8 @@ class FusedTrainer:
         weights = ops.reshape(weights, (-1,) + (1,) * (values.ndim - 1))
         return ops.sum(values * weights, axis=0)
 
-    def _loss(self, trainable, non_trainable, x, y, w):
-        y_pred, non_trainable = self._call(trainable, non_trainable, x, training=True)
+    def _loss(self, trainable, non_trainable, x, y, w, rates):
+        y_pred, non_trainable = self._call(trainable, non_trainable, x, rates, training=True)
         losses = self.loss_fn(y, y_pred)
         per_fold = self._weighted(losses, w) / ops.sum(w)
         # Summed over folds: each fold's weights get the gradient of its own mean loss.
@@ -223,13 +255,13 @@ class FusedTrainer:
         sums["loss"] = self._weighted(loss_values, w)
         return sums
 
-    def _train_step(self, state, x, y, w):
+    def _train_step(self, state, x, y, w, rates):
         """One optimizer step; (new state, the batch's per-sample predictions and losses)."""
         model = self.model
         if self.stateless:
             trainable, non_trainable, optimizer_vars = state
             (_, (non_trainable, y_pred, losses)), grads = _value_and_grad(self._loss)(
-                trainable, non_trainable, x, y, w
+                trainable, non_trainable, x, y, w, rates
             )
             trainable, optimizer_vars = model.optimizer.stateless_apply(
                 optimizer_vars, grads, trainable
@@ -238,25 +270,25 @@ class FusedTrainer:
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            total, (_, y_pred, losses) = self._loss(None, None, x, y, w)
+            total, (_, y_pred, losses) = self._loss(None, None, x, y, w, rates)
         # The ids form's kernel gradient arrives as IndexedSlices (rows of the words seen):
         # made dense, so the optimizer updates every row as it does for the dense layer.
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(total, model.trainable_variables)]
         model.optimizer.apply(grads, model.trainable_variables)
         return state, y_pred, losses
 
-    def _predict(self, state, x):
+    def _predict(self, state, x, rates):
         trainable, non_trainable, _ = state if self.stateless else (None, None, None)
-        return self._call(trainable, non_trainable, x, training=False)[0]
+        return self._call(trainable, non_trainable, x, rates, training=False)[0]
 
-    def _epoch_fn(self, state, arrays, indices, weights, val_indices, val_weights):
+    def _epoch_fn(self, state, arrays, rates, indices, weights, val_indices, val_weights):
         x_train, y_train, x_val, y_val = arrays
 
         def step(i, carry):
             state, sums = carry
             x = self._rows(x_train, indices[i], validation=False)
             y = ops.take(y_train, indices[i], axis=0)
-            state, y_pred, losses = self._train_step(state, x, y, weights[i])
+            state, y_pred, losses = self._train_step(state, x, y, weights[i], rates)
             batch = self._sums(y, y_pred, weights[i], losses)
             return state, {k: sums[k] + batch[k] for k in sums}
 
@@ -268,7 +300,7 @@ class FusedTrainer:
             sums, predictions = carry
             x = self._rows(x_val, val_indices[i], validation=True)
             y = ops.take(y_val, val_indices[i], axis=0)
-            y_pred = self._predict(state, x)
+            y_pred = self._predict(state, x, rates)
             batch = self._sums(y, y_pred, val_weights[i], self.loss_fn(y, y_pred))
             start = (i,) + (0,) * len(self.prediction_shape)
             predictions = ops.slice_update(
@@ -294,13 +326,11 @@ class FusedTrainer:
         indices, weights = batch_plan(self.n_train, self.batch_size, self.rng, self.pad_rows[0])
         ids = self.first_layer == "ids"
         if ids and word_ids.capacity(self.lengths[0], indices) > self.capacity[0]:
-            # More words in a batch than compiled for (or the first epoch): compile anew, a
-            # fresh function, so that no cached trace of the old capacity is reused.
+            # More words in a batch than compiled for, or the first epoch.
             needed = word_ids.capacity(self.lengths[0], indices, headroom=1.1)
-            self.capacity = (needed, self.capacity[1])
-            self._epoch = _compile(lambda *args: self._epoch_fn(*args))
+            self._recompile((needed, self.capacity[1]))
         self.state, sums, val_sums, predictions = self._epoch(
-            self.state, self.arrays, indices, weights, *self.val_plan
+            self.state, self.arrays, self.rates, indices, weights, *self.val_plan
         )
         logs = {k: float(np.mean(ops.convert_to_numpy(v))) / self.n_train for k, v in sums.items()}
         if not self.validating:
@@ -318,40 +348,131 @@ class FusedTrainer:
         self.write_back()
 
     def write_back(self) -> None:
-        """Copy the trained values into the model's variables (for saving or predicting)."""
-        if not self.stateless:
-            return  # TensorFlow trained the variables themselves
-        trainable, non_trainable, optimizer_vars = self.state
-        model = self.model
-        for variables, values in (
-            (model.trainable_variables, trainable),
-            (model.non_trainable_variables, non_trainable),
-            (model.optimizer.variables, optimizer_vars),
-        ):
-            for variable, value in zip(variables, values, strict=True):
+        """Copy the trained values into the trial's model (for saving or predicting)."""
+        if self.stateless:
+            values = self.state
+        elif self.target is not self.model:  # TensorFlow trained this program's own model
+            values = [[v.value for v in variables] for variables in _variables(self.model)]
+        else:
+            return  # TensorFlow trained the trial's model itself
+        for variables, new in zip(_variables(self.target), values, strict=True):
+            for variable, value in zip(variables, new, strict=True):
                 variable.assign(value)
 
 
-def _inputs(tensors: dict | None, first_layer: str, x: np.ndarray, x_val: np.ndarray) -> tuple:
-    """(x, x_val, their rows' word counts or None): the training and validation inputs as
-    tensors in `first_layer`'s form, from `tensors` (reused while its arrays have these shapes)
-    or converted now."""
-    cache = {} if tensors is None else tensors
-    shapes = (x.shape, x_val.shape)
-    for key in [key for key in cache if key[1:] != shapes]:
-        del cache[key]  # another dataset or split: drop it
-    key = (first_layer, *shapes)
-    if key not in cache:
-        if first_layer == "ids":
-            host = [word_ids.from_packed(a) for a in (x, x_val)]
-            on_device = [word_ids.WordIds(*map(ops.convert_to_tensor, h)) for h in host]
-            cache[key] = (*on_device, tuple(h.lengths for h in host))
-        else:
-            cache[key] = (ops.convert_to_tensor(x), ops.convert_to_tensor(x_val), None)
-    return cache[key]
+class DeviceCache:
+    """What the fused loop keeps from one trial to the next in a process (an Objective's
+    trials, analyze's retrains): the data as tensors, and the compiled programs of the last
+    PROGRAMS model structures (trainer())."""
+
+    PROGRAMS = 8
+
+    def __init__(self) -> None:
+        self._inputs: dict[tuple, tuple] = {}
+        self.programs: OrderedDict[str, FusedTrainer] = OrderedDict()
+
+    def inputs(self, first_layer: str, x: np.ndarray, x_val: np.ndarray) -> tuple:
+        """(x, x_val, their rows' word counts or None): the training and validation inputs as
+        tensors in `first_layer`'s form, converted once while the arrays keep these shapes."""
+        shapes = (x.shape, x_val.shape)
+        for key in [key for key in self._inputs if key[1:] != shapes]:
+            del self._inputs[key]  # another dataset or split: drop it
+        key = (first_layer, *shapes)
+        if key not in self._inputs:
+            if first_layer == "ids":
+                host = [word_ids.from_packed(a) for a in (x, x_val)]
+                on_device = [word_ids.WordIds(*map(ops.convert_to_tensor, h)) for h in host]
+                self._inputs[key] = (*on_device, tuple(h.lengths for h in host))
+            else:
+                self._inputs[key] = (ops.convert_to_tensor(x), ops.convert_to_tensor(x_val), None)
+        return self._inputs[key]
+
+    def forms(self) -> set[str]:
+        """The first-layer forms whose inputs are held."""
+        return {key[0] for key in self._inputs}
 
 
-def _tf_dropout(layer, x):
+def trainer(model: keras.Model, *, cache: DeviceCache, **options: Any) -> FusedTrainer:
+    """A FusedTrainer for `model` (FusedTrainer's options): the program an earlier model of
+    the same structure compiled, if `cache` holds it, restarted with this model's weights,
+    learning rate, dropout rates and seed; else a new one, kept in `cache`.
+
+    Compiling is most of a short trial (TensorFlow with XLA: 1-2 s a program on this
+    project's CPU), and in a search about half the trials repeat an earlier trial's layers,
+    units, activation, loss, optimizer and batch size (docs/performance.md)."""
+    key = program_key(model, **options)
+    program = cache.programs.pop(key, None)
+    if program is None:
+        # The program trains its own copy (TensorFlow trains it in place), never a trial's
+        # model, which is handed over (analyze's seeds of one configuration share a program).
+        program = FusedTrainer(_structural_copy(model), cache=cache, **options)
+    program.load(model, options["train"], options["validation"], options.get("seed"))
+    cache.programs[key] = program
+    while len(cache.programs) > cache.PROGRAMS:
+        cache.programs.popitem(last=False)
+    return program
+
+
+def program_key(
+    model: keras.Model,
+    *,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    **options: Any,
+) -> str:
+    """What a compiled program depends on: the model's layers and optimizer (without names,
+    the learning rate and dropout rates, which are its inputs), the arrays' shapes and types,
+    and the trainer's options (batch sizes, loss, task, first layer form)."""
+    layers = [
+        (type(layer).__name__, _config(layer.get_config(), ("name", "rate", "seed")))
+        for layer in model_lib.chain(model)
+    ]
+    optimizer = model.optimizer
+    arrays = [train] if validation is None else [train, validation]
+    shapes = [(a.shape, str(a.dtype)) for pair in arrays for a in pair]
+    options.pop("seed", None)
+    structure = [
+        layers,
+        type(optimizer).__name__,
+        _config(optimizer.get_config(), ("name", "learning_rate")),
+        shapes,
+        validation is None,
+        sorted(options.items()),
+    ]
+    return json.dumps(structure, sort_keys=True, default=str)
+
+
+def _structural_copy(model: keras.Model) -> keras.Model:
+    """A model of the same layers and optimizer (its own variables, their values unset)."""
+    copy = keras.models.clone_model(model)
+    optimizer = model.optimizer
+    copy.compile(optimizer=type(optimizer).from_config(optimizer.get_config()))
+    return copy
+
+
+def _config(config: dict, leave_out: tuple[str, ...]) -> dict:
+    return {key: value for key, value in config.items() if key not in leave_out}
+
+
+def _is_dropout(layer) -> bool:
+    return isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None
+
+
+def _variables(model: keras.Model) -> tuple[list, list, list]:
+    return model.trainable_variables, model.non_trainable_variables, model.optimizer.variables
+
+
+def _dropout(layer, x, rate, stateless: bool):
+    """Dropout at `rate` (a tensor: an argument of the compiled call), its mask drawn from the
+    layer's seed generator, scaled as Keras' Dropout scales it."""
+    if not stateless:
+        return _tf_dropout(layer, x, rate)
+    keep = 1.0 - rate
+    kept = keras.random.uniform(ops.shape(x), seed=layer.seed_generator) < keep
+    return ops.where(kept, x / keep, ops.zeros_like(x))
+
+
+def _tf_dropout(layer, x, rate):
     """Keras' Dropout on TensorFlow, its mask drawn by ThreeFry from the layer's seed generator.
 
     Keras leaves the generator to TensorFlow, and under XLA on a CPU TensorFlow's own choice
@@ -361,7 +482,7 @@ def _tf_dropout(layer, x):
 
     seed = layer.seed_generator.next()  # as Keras draws it (an int64 pair), cast as Keras does
     seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
-    return tf.nn.experimental.stateless_dropout(x, rate=layer.rate, seed=seed, rng_alg="threefry")
+    return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed, rng_alg="threefry")
 
 
 def _compile(fn: Callable) -> Callable:

@@ -152,7 +152,8 @@ class Objective:
             "input": data.layout,
             **({"first_layer": self.first_layer} if self.first_layer else {}),
         }
-        self._tensors: dict = {}  # training arrays already on the device, for the fused loop
+        # The fused loop's arrays on the device and its compiled programs, kept across trials.
+        self._cache = engine.DeviceCache()
         self.trial_number: int | None = None  # the trial running, or run last
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -274,8 +275,9 @@ class Objective:
     ) -> None:
         """The fused loop (hpo.train.engine): one compiled call per epoch, logs to the reporter."""
         to_targets = self._targets(params)
-        trainer = engine.FusedTrainer(
+        trainer = engine.trainer(
             model,
+            cache=self._cache,
             loss=params["loss"],
             task=self.data.task,
             train=(train[0], to_targets(train[1])),
@@ -283,7 +285,6 @@ class Objective:
             batch_size=params["batch_size"],
             validation_batch_size=model_lib.validation_batch(params["batch_size"]),
             seed=seed,
-            tensors=self._tensors,
             first_layer=self.first_layer,
         )
         for epoch in range(1, self.spec.max_epochs + 1):

@@ -153,12 +153,15 @@ def test_exact_three_epochs_leave_the_dense_loops_weights():
 
 
 def test_exact_dropout_after_an_ids_first_layer():
-    """Dropout after the first layer is applied, with the dense form's masks."""
+    """Dropout after the first layer is applied. Under JAX the masks are the dense form's, so
+    the weights are too; TensorFlow compiles the ids form with XLA and draws its masks with
+    another generator (as a fit and a fused trial differ in their random streams)."""
     data = text_data()
     by_ids, ids_logs, _ = trained("ids", data, dropout=0.25)
     _, no_dropout_logs, _ = trained("ids", data)
     assert ids_logs["loss"] != pytest.approx(no_dropout_logs["loss"], abs=1e-4)
-    assert_same_weights(trained("dense", data, dropout=0.25)[0], by_ids)
+    if keras.backend.backend() == "jax":
+        assert_same_weights(trained("dense", data, dropout=0.25)[0], by_ids)
 
 
 def test_exact_a_batch_with_more_words_than_compiled_for_recompiles(monkeypatch):
@@ -266,8 +269,12 @@ def test_exact_under_jax():
 
 def test_choice(monkeypatch):
     monkeypatch.delenv(word_ids.ENV, raising=False)
-    assert word_ids.choose(packed=True) == "ids"
+    assert word_ids.choose(packed=True, rows=25000) == "ids"
+    assert word_ids.choose(packed=True, rows=300) == "dense"  # too few rows to repay XLA
     assert word_ids.choose(packed=True, folds=3) == "dense"  # stacked k-fold models
+    assert word_ids.choose(packed=False) == "dense"
+    monkeypatch.setenv(word_ids.ENV, "ids")
+    assert word_ids.choose(packed=True, rows=300) == "ids"
     assert word_ids.choose(packed=False) == "dense"
     monkeypatch.setenv(word_ids.ENV, "dense")
     assert word_ids.choose(packed=True) == "dense"
@@ -285,7 +292,7 @@ def test_jax_gpus_with_the_slow_scatter_keep_the_dense_form():
 
 
 def test_a_trial_records_its_first_layer(workdir, monkeypatch):
-    monkeypatch.delenv(word_ids.ENV, raising=False)
+    monkeypatch.setenv(word_ids.ENV, "ids")  # the tiny data alone would train dense
     spec = studyfile.load(str(tiny_study(workdir, "imdb", epochs=2)))
     study = optuna.create_study(direction=spec.direction)
     study.optimize(Objective(spec, builtin.load("imdb", None, spec.num_words)), n_trials=1)

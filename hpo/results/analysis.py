@@ -77,7 +77,7 @@ def retrain(
             validation=None,
             batch_size=params["batch_size"],
             seed=seed,
-            first_layer=word_ids.choose(data.packed),
+            first_layer=word_ids.choose(data.packed, rows=len(data.x_train)),
         )
         trainer.fit(epochs)
     else:

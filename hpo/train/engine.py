@@ -136,7 +136,8 @@ class FusedTrainer:
         # TensorFlow's graph updates the variables in place (Keras' optimizer has no stateless
         # apply under TensorFlow), as Keras' own train_function does.
         self.stateless = keras.backend.backend() == "jax"
-        self._epoch = _compile(self._epoch_fn)
+        self.xla = first_layer == "ids"  # on TensorFlow: see _compile
+        self._epoch = _compile(self._epoch_fn, self.xla)
         self.load(model, train, validation, seed)
 
     def load(
@@ -198,7 +199,7 @@ class FusedTrainer:
         """Compile anew for a larger capacity: a fresh function, so that no cached trace of
         the old capacity is reused."""
         self.capacity = capacity
-        self._epoch = _compile(lambda *args: self._epoch_fn(*args))
+        self._epoch = _compile(lambda *args: self._epoch_fn(*args), self.xla)
 
     def _call(self, trainable, non_trainable, x, rates, training: bool):
         """The model on a batch: (predictions, non-trainable values after the call: JAX only)."""
@@ -227,8 +228,25 @@ class FusedTrainer:
             if not _is_dropout(layer):
                 x = layer(x, training=training)
             elif training:
-                x = _dropout(layer, x, rates[dropouts.index(layer)], self.stateless)
+                x = self._dropout(layer, x, rates[dropouts.index(layer)])
         return x
+
+    def _dropout(self, layer, x, rate):
+        """Dropout at `rate` (a tensor: an argument of the compiled call), its mask drawn from
+        the layer's seed generator, scaled as Keras' Dropout scales it."""
+        if self.stateless:
+            keep = 1.0 - rate
+            kept = keras.random.uniform(ops.shape(x), seed=layer.seed_generator) < keep
+            return ops.where(kept, x / keep, ops.zeros_like(x))
+        import tensorflow as tf
+
+        seed = layer.seed_generator.next()  # as Keras draws it (an int64 pair), cast as Keras does
+        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
+        # Under XLA on a CPU, TensorFlow's default generator takes about 30 ms for a 512 x 128
+        # mask, most of an IMDB epoch; ThreeFry 0.2 ms. Without XLA TensorFlow's CPU kernel
+        # has no ThreeFry, and its default is fast.
+        algorithm = "threefry" if self.xla else None
+        return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed, rng_alg=algorithm)
 
     def _rows(self, x_all, batch_rows, validation: bool):
         """A batch's input: its rows of x, or (dense/ids) what the ids form reads them from."""
@@ -462,34 +480,11 @@ def _variables(model: keras.Model) -> tuple[list, list, list]:
     return model.trainable_variables, model.non_trainable_variables, model.optimizer.variables
 
 
-def _dropout(layer, x, rate, stateless: bool):
-    """Dropout at `rate` (a tensor: an argument of the compiled call), its mask drawn from the
-    layer's seed generator, scaled as Keras' Dropout scales it."""
-    if not stateless:
-        return _tf_dropout(layer, x, rate)
-    keep = 1.0 - rate
-    kept = keras.random.uniform(ops.shape(x), seed=layer.seed_generator) < keep
-    return ops.where(kept, x / keep, ops.zeros_like(x))
-
-
-def _tf_dropout(layer, x, rate):
-    """Keras' Dropout on TensorFlow, its mask drawn by ThreeFry from the layer's seed generator.
-
-    Keras leaves the generator to TensorFlow, and under XLA on a CPU TensorFlow's own choice
-    costs about 30 ms for a 512 x 128 mask, ThreeFry 0.2 ms: with it, dropout took most of an
-    IMDB or Boston epoch (docs/performance.md)."""
-    import tensorflow as tf
-
-    seed = layer.seed_generator.next()  # as Keras draws it (an int64 pair), cast as Keras does
-    seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
-    return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed, rng_alg="threefry")
-
-
-def _compile(fn: Callable) -> Callable:
-    """`fn` compiled by XLA: jax.jit, or tf.function with jit_compile (Keras' own default for
-    fit on TensorFlow). XLA runs the ids form's gathers and scatters 5x faster than
-    TensorFlow's graph executor and a Boston epoch's small steps 2x faster (a new worker's
-    first compilation costs about 0.5 s more, and its memory about 300 MB)."""
+def _compile(fn: Callable, xla: bool) -> Callable:
+    """`fn` compiled: jax.jit, or tf.function, with XLA when `xla` (the ids form: XLA runs its
+    gathers and scatters 4x faster than TensorFlow's graph executor, and costs about a second
+    more to compile; the dense form's epochs gain too little from it to repay that on short
+    or pruned trials)."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
@@ -498,7 +493,7 @@ def _compile(fn: Callable) -> Callable:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True, jit_compile=True)
+        return tf.function(fn, reduce_retracing=True, jit_compile=xla)
     raise NotImplementedError(f"no fused training loop for the {backend} backend")
 
 

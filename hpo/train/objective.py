@@ -144,7 +144,9 @@ class Objective:
         self.engine = engine.choose()
         # The fused loop trains text's first layer on word ids (hpo.train.word_ids).
         fused = self.engine == "fused"
-        self.first_layer = word_ids.choose(data.packed, spec.validation.folds) if fused else None
+        rows = len(data.x_train)
+        folds = spec.validation.folds
+        self.first_layer = word_ids.choose(data.packed, folds, rows) if fused else None
         self.worker = {
             **resources.worker_info(),
             "backend": keras.backend.backend(),

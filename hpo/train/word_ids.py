@@ -35,6 +35,7 @@ ops = keras.ops
 FORMS = ("dense", "ids")
 ENV = "HPO_FIRST_LAYER"
 CAPACITY_STEP = 4096  # a batch's words are padded to a multiple of this (fewer recompiles)
+MIN_ROWS = 4096  # training rows from which the ids form repays its compilation (choose())
 
 
 class WordIds(NamedTuple):
@@ -100,21 +101,27 @@ def bag_sum(kernel, ids, starts, lengths, rows, capacity: int):
     return sums[:batch]
 
 
-def choose(packed: bool, folds: int = 1) -> str:
+def choose(packed: bool, folds: int = 1, rows: int = MIN_ROWS) -> str:
     """The form of a model's first layer in training: "ids" or "dense".
 
     ids needs bit-packed text (hpo.train.model.UnpackBits, then Dense) and one model, not
-    stacked k-fold ones. Where it can be used it is the default: measured 2x to 5x faster per
-    epoch than dense on JAX and TensorFlow, IMDB and Reuters, for first layers of 16 to 128
-    units (bench/word_ids.py, docs/performance.md); except under JAX on a GPU whose jaxlib has
-    the f32 scatter-add regression (slow_gpu_scatter). $HPO_FIRST_LAYER=dense forces dense,
-    ids asks for ids (still dense where ids cannot be used)."""
+    stacked k-fold ones. It is the default for text of at least MIN_ROWS training rows:
+    measured 2x to 5x faster per epoch than dense on JAX and TensorFlow, IMDB and Reuters,
+    for first layers of 16 to 128 units (bench/word_ids.py, docs/performance.md), once it is
+    compiled (on TensorFlow, with XLA: about a second more per program). On fewer rows the
+    epochs are too short to repay that. Except under JAX on a GPU whose jaxlib has the f32
+    scatter-add regression (slow_gpu_scatter). $HPO_FIRST_LAYER=dense forces dense, ids asks
+    for ids (still dense where ids cannot be used)."""
     forced = os.environ.get(ENV, "auto")
     if forced not in ("auto", *FORMS):
         raise HpoError(f"{ENV}={forced}: expected auto, dense or ids")
     if not packed or folds != 1 or forced == "dense":
         return "dense"
-    if forced == "auto" and keras.backend.backend() == "jax":
+    if forced == "ids":
+        return "ids"
+    if rows < MIN_ROWS:
+        return "dense"
+    if keras.backend.backend() == "jax":
         import jax
         import jaxlib
 

@@ -5,7 +5,7 @@ and per step (Python dispatch: under JAX, `steps_per_execution` is a Python loop
 jitted steps). For the small networks of chapter 3 that cost is most of the time: a 4-fold
 Boston epoch is microseconds of arithmetic. Here one compiled function (jax.jit or tf.function)
 runs a whole epoch as a loop over batches (`keras.ops.fori_loop`) with Keras' stateless API
-(`model.stateless_call`, `optimizer.stateless_apply`), then the validation pass, and returns
+under JAX (`StatelessScope`, `optimizer.stateless_apply`), then the validation pass, and returns
 the epoch's logs, so the host wakes once per epoch: the pruner still sees every epoch.
 
 The training arrays are converted to backend tensors once and stay where the step runs. Each
@@ -19,6 +19,11 @@ predictions, so a trial can keep those of its best epoch (hpo.train.predictions)
 cost. A model whose output has a fold axis (hpo.train.model's stacked k-fold models: one batch
 row carries a sample of each fold) gets one loss per fold, summed so that each fold's weights
 receive exactly the gradient they would get alone; its logs are the folds' mean.
+
+A text model's first layer can train on word ids instead of multi-hot rows (hpo.train.word_ids,
+the "ids" form). Trials of one structure share one compiled program (trainer(), DeviceCache):
+compiling is most of a short trial, and the learning rate and dropout rates are inputs of the
+program, not constants in it.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ saved, predicted with and shown on the dashboard is the plain Dense model.
 
 Layout. All rows' word ids are one flat array, with each row's start and length. Inside the
 compiled step a batch's words are laid out flat too, `capacity` positions long: each position
-finds its batch row by counting the rows that end before it (a cumulative sum), so a batch costs its
-real words, not its rows padded to the longest review. Positions past the batch's words belong
-to an extra row that is dropped, so they add nothing and receive no gradient. The batches are
-those of the dense loop (same plan, same order), so the two forms train alike.
+finds its batch row by counting the rows that end before it (a cumulative sum), so a batch
+costs its real words, not its rows padded to the longest review. Positions past the batch's
+words belong to an extra row that is dropped, so they add nothing and receive no gradient.
+The batches are those of the dense loop (same plan, same order), so the two forms train alike.
 """
 
 from __future__ import annotations

@@ -135,6 +135,35 @@ def test_fused_steps_are_keras_fit_steps(optimizer, loss, validating):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_long_trial_compiles_with_xla_and_trains_the_same_weights():
+    """TensorFlow compiles a trial of many steps with XLA (engine.use_xla): the same steps."""
+    prepared = regression_data(rows=90)
+    y = model_lib.targets(prepared.y_train, "regression", "mse", 1)
+    models = []
+    for epochs in (None, 10**6):  # no hint: the graph executor; a long trial: XLA
+        set_random_seed(3)
+        model = model_lib.build(PARAMS, prepared)
+        trainer = engine.FusedTrainer(
+            model,
+            loss="mse",
+            task="regression",
+            train=(prepared.x_train[:70], y[:70]),
+            validation=(prepared.x_train[70:], y[70:]),
+            batch_size=16,
+            validation_batch_size=256,
+            seed=0,
+            epochs=epochs,
+        )
+        assert trainer.xla == (epochs is not None)
+        trainer.fit(3)
+        models.append(model)
+    for a, b in zip(models[0].get_weights(), models[1].get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert engine.use_xla("dense", 303, 16, 200)  # a Boston trial
+    assert not engine.use_xla("dense", 303, 64, 20)
+    assert engine.use_xla("ids", 100, 32, 2)
+
+
 def run_trial(spec, prepared, params, monkeypatch, engine_name, **objective_args):
     monkeypatch.setenv("HPO_ENGINE", engine_name)
     study = optuna.create_study(direction=spec.direction)

@@ -78,6 +78,7 @@ def retrain(
             batch_size=params["batch_size"],
             seed=seed,
             first_layer=word_ids.choose(data.packed, rows=len(data.x_train)),
+            epochs=epochs,
         )
         trainer.fit(epochs)
     else:

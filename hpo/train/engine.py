@@ -45,6 +45,7 @@ from hpo.train import word_ids
 keras = import_keras()
 ops = keras.ops
 
+XLA_STEPS = 2000  # optimizer steps from which a dense model compiles with XLA (use_xla)
 BACKENDS = ("jax", "tensorflow")  # torch has no compiled loop here: model.fit trains there
 ENGINES = ("fused", "fit")
 
@@ -113,6 +114,7 @@ class FusedTrainer:
         cache: DeviceCache | None = None,
         shuffle: bool = True,
         first_layer: str = "dense",
+        epochs: int | None = None,
     ) -> None:
         # The program's own model: its layers and variables are what the compiled code calls
         # and (TensorFlow) updates. A later trial of the same structure trains in this same
@@ -141,7 +143,7 @@ class FusedTrainer:
         # TensorFlow's graph updates the variables in place (Keras' optimizer has no stateless
         # apply under TensorFlow), as Keras' own train_function does.
         self.stateless = keras.backend.backend() == "jax"
-        self.xla = first_layer == "ids"  # on TensorFlow: see _compile
+        self.xla = use_xla(first_layer, len(train[0]), batch_size, epochs)
         self._epoch = _compile(self._epoch_fn, self.xla)
         self.load(model, train, validation, seed)
 
@@ -454,12 +456,15 @@ def program_key(
     arrays = [train] if validation is None else [train, validation]
     shapes = [(a.shape, str(a.dtype)) for pair in arrays for a in pair]
     options.pop("seed", None)
+    epochs = options.pop("epochs", None)
+    xla = use_xla(options.get("first_layer", "dense"), len(train[0]), options["batch_size"], epochs)
     structure = [
         layers,
         type(optimizer).__name__,
         _config(optimizer.get_config(), ("name", "learning_rate")),
         shapes,
         validation is None,
+        xla,
         sorted(options.items()),
     ]
     return json.dumps(structure, sort_keys=True, default=str)
@@ -485,11 +490,19 @@ def _variables(model: keras.Model) -> tuple[list, list, list]:
     return model.trainable_variables, model.non_trainable_variables, model.optimizer.variables
 
 
+def use_xla(first_layer: str, rows: int, batch_size: int, epochs: int | None) -> bool:
+    """Whether TensorFlow compiles the epoch with XLA (JAX always does): for the ids form, which
+    XLA runs 4x faster than TensorFlow's graph executor, and for a dense model that may train
+    at least XLA_STEPS steps (a 200-epoch Boston trial: 2x faster, compilation included).
+    XLA takes longer to compile, which a short trial does not repay (with XLA everywhere the
+    test suite's tiny studies took 11.5 min instead of 7)."""
+    if first_layer == "ids":
+        return True
+    return epochs is not None and epochs * math.ceil(rows / batch_size) >= XLA_STEPS
+
+
 def _compile(fn: Callable, xla: bool) -> Callable:
-    """`fn` compiled: jax.jit, or tf.function, with XLA when `xla` (the ids form: XLA runs its
-    gathers and scatters 4x faster than TensorFlow's graph executor, and costs about a second
-    more to compile; the dense form's epochs gain too little from it to repay that on short
-    or pruned trials)."""
+    """`fn` compiled: jax.jit, or tf.function, with XLA when `xla` (use_xla)."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax

@@ -288,6 +288,7 @@ class Objective:
             validation_batch_size=model_lib.validation_batch(params["batch_size"]),
             seed=seed,
             first_layer=self.first_layer,
+            epochs=self.spec.max_epochs,
         )
         for epoch in range(1, self.spec.max_epochs + 1):
             logs = trainer.run_epoch()

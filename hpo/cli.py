@@ -121,8 +121,8 @@ def optimize(
     )
     if run.result.recycle:
         console.print(
-            f"restarting this worker after {recycle_after} trials to release the "
-            "memory Keras keeps across trials"
+            f"restarting this worker {run.result.recycle} to release the memory Keras keeps "
+            "across trials"
         )
         argv = hpo_workers.with_option(sys.argv[1:], "--workers", "1")
         children = [c.pid for c in run.children] + run.inherited
@@ -382,7 +382,7 @@ def worker(
             slots=slots,
             argv=sys.argv[1:],
             console=console,
-            recycle_after=recycle_after or None,
+            recycle_after=recycle_after,
             artifacts=artifacts,
             data_dir=data_dir,
             pattern=studies,

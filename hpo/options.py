@@ -81,9 +81,11 @@ PrunerOpt = Annotated[PrunerName | None, typer.Option(help="Override the file's 
 MaxEpochsOpt = Annotated[int | None, typer.Option(help="Override the epoch budget per trial.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed the sampler and each trial's weights.")]
 RecycleOpt = Annotated[
-    int,
+    str,
     typer.Option(
-        help="Restart a worker process after N trials (Keras keeps memory across trials); 0: never."
+        help="When a worker process restarts to free the memory Keras keeps across trials: "
+        "auto (once it grew 1 GB after its first trial), N (every N trials) or 0 (never).",
+        metavar="auto|N",
     ),
 ]
 HeartbeatOpt = Annotated[

@@ -76,3 +76,16 @@ def worker_info() -> dict[str, object]:
         "pid": os.getpid(),
         "gpu_memory_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
     }
+
+
+def resident_mb() -> float:
+    """This process's resident memory now, in MB (Linux: /proc; elsewhere the peak so far)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB, bytes on macOS
+        return peak / (2**20 if sys.platform == "darwin" else 2**10)

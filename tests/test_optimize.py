@@ -165,6 +165,8 @@ def test_smoothed_study_ranks_trials_by_their_best_window(workdir, capsys):
         ),
         (["optimize", "imdb", "--trials", "0"], "--trials must be at least 1"),
         (["optimize", "imdb", "--max-epochs", "0"], "--max-epochs must be at least 1"),
+        (["optimize", "imdb", "--recycle-after", "often"], "expected auto or a number"),
+        (["worker", "--recycle-after", "-2"], "--recycle-after must be auto or at least 0"),
     ],
 )
 def test_bad_input_is_one_line(workdir, capsys, args, message):

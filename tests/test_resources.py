@@ -38,3 +38,45 @@ def test_memory_share_per_gpu_and_user_value_kept(monkeypatch):
     assert resources.share_gpu_memory(16, gpus=2)["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.113"
     monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
     assert resources.share_gpu_memory(4, gpus=1)["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.5"
+
+
+def test_resident_memory_follows_what_the_process_touches():
+    import numpy as np
+
+    before = resources.resident_mb()
+    assert 10 < before < 64_000
+    block = np.ones(200 * 2**20, dtype=np.uint8)  # 200 MB, every page written
+    assert resources.resident_mb() - before > 150
+    del block
+
+
+def test_recycle_settings():
+    from hpo.errors import HpoError
+    from hpo.search.workers import RECYCLE_GROWTH_MB, Recycler
+
+    assert (Recycler("auto").trials, Recycler("auto").growth_mb) == (None, RECYCLE_GROWTH_MB)
+    assert (Recycler("3").trials, Recycler(3).growth_mb) == (3, None)
+    assert Recycler("0").due() is None and Recycler(None).trials is None
+    for bad, says in (("-1", "at least 0"), ("often", "auto or a number")):
+        with pytest.raises(HpoError, match=says):
+            Recycler(bad)
+    every_two = Recycler(2)
+    every_two.ran_one()
+    assert every_two.due() is None
+    every_two.ran_one()
+    assert every_two.due() == "after 2 trials"
+
+
+def test_auto_recycles_once_memory_grew_after_the_first_trial(monkeypatch):
+    """The baseline is the memory after the first trial (its data, its first programs); only
+    what later trials add counts."""
+    from hpo.search import workers
+
+    memory = iter([900.0, 1_500.0, 2_000.0])
+    monkeypatch.setattr(workers, "resident_mb", lambda: next(memory))
+    recycler = workers.Recycler("auto")
+    assert recycler.due() is None  # no trial yet: no baseline, memory not read
+    recycler.ran_one()  # baseline 900 MB
+    assert recycler.due() is None  # 1,500: grew 600 MB
+    recycler.ran_one()
+    assert recycler.due() == "after 2 trials: its memory grew by 1,100 MB"  # 2,000

@@ -119,7 +119,7 @@ def _run_optimize(
     workers: int | str = 1,
     heartbeat: int = storage.HEARTBEAT_S,
     reconnect: float = storage.RECONNECT_S,
-    recycle_after: int | None = None,  # restart this process after N trials (CLI); None, 0: never
+    recycle_after: int | str | None = None,  # when this process restarts (CLI): Recycler
     log_dir: Path = Path("storage/logs"),
     artifacts: str = artifact_stores.DEFAULT,
     **overrides: Any,
@@ -139,8 +139,9 @@ def _run_optimize(
             highlight=False,
             markup=False,
         )
-    if heartbeat < 1 or (recycle_after or 0) < 0 or reconnect < 0:
-        raise HpoError("--heartbeat must be at least 1, --recycle-after and --reconnect at least 0")
+    if heartbeat < 1 or reconnect < 0:
+        raise HpoError("--heartbeat must be at least 1, --reconnect at least 0")
+    recycler = None if recycle_after is None else hpo_workers.Recycler(recycle_after)
     gpus = resources.gpu_count() if str(workers) != "1" else 0  # asks nvidia-smi: only if needed
     try:
         n_workers = resources.parse_workers(str(workers), gpus)
@@ -156,8 +157,8 @@ def _run_optimize(
         options["heartbeat"] = heartbeat
     if reconnect != storage.RECONNECT_S:
         options["reconnect"] = reconnect
-    if recycle_after not in (None, hpo_workers.RECYCLE_AFTER):
-        options["recycle_after"] = recycle_after
+    if recycler is not None and recycler.setting != hpo_workers.RECYCLE_AFTER:
+        options["recycle_after"] = recycler.setting
     argv = optimize_argv(target, name, trials, storage_url, data_dir, options, artifacts)
     restarted = hpo_workers.restarted()
     inherited = hpo_workers.inherited_children()  # when this worker restarted itself
@@ -197,7 +198,7 @@ def _run_optimize(
             console=console,
             heartbeat_s=heartbeat,
             reconnect_s=reconnect,
-            recycle_after=recycle_after or None,
+            recycler=recycler,
             notes=not restarted,  # the data notes were printed before the restart
             study=opened,
             artifacts=artifacts,

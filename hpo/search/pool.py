@@ -108,7 +108,8 @@ class Worker:
         self.failures: dict[str, int] = {}  # trials that raised in a row, by study
         self.left: set[str] = set()  # studies this worker cannot serve (said once)
         self.signals: GracefulInterrupt | None = None
-        self.ran = 0  # trials this process ran
+        self.recycler: hpo_workers.Recycler | None = None  # when this process restarts
+        self.recycled: str | None = None  # why it should restart now (serve returned None)
 
     # --- choosing -------------------------------------------------------------------------
 
@@ -165,14 +166,16 @@ class Worker:
 
     # --- serving --------------------------------------------------------------------------
 
-    def serve(self, recycle_after: int | None = None) -> int | None:
-        """Serve the queue until a signal (returns its exit status) or, with `recycle_after`,
-        until this process has run that many trials (returns None: restart it)."""
+    def serve(self, recycler: hpo_workers.Recycler | None = None) -> int | None:
+        """Serve the queue until a signal (returns its exit status) or until `recycler` says
+        this process should restart (returns None; the reason is in `recycled`)."""
+        self.recycler = recycler
         said_idle = False
         with GracefulInterrupt() as signals:
             self.signals = signals
             while not signals.requested:
-                if recycle_after and self.ran >= recycle_after:
+                self.recycled = recycler and recycler.due()
+                if self.recycled:
                     return None
                 entry = self.choose()
                 if signals.requested:  # while the queue was read: start no trial
@@ -205,7 +208,6 @@ class Worker:
         stop = StopCheck(self.store, entry.study_id)
         objective.check_interrupt = self._checks(stop)
         objective.trial_number = None  # set by the objective once the trial exists
-        self.ran += 1
         try:
             served.study.optimize(
                 objective,
@@ -229,6 +231,9 @@ class Worker:
             self._failed(entry, exc)
         else:
             self.failures.pop(entry.name, None)
+        finally:
+            if self.recycler:
+                self.recycler.ran_one()
 
     def _failed(self, entry: queue.Entry, exc: Exception) -> None:
         """A trial that raised (not a NaN loss, which the objective records): failed, and not
@@ -336,14 +341,15 @@ def start(
     slots: str,
     argv: list[str],
     console: Console,
-    recycle_after: int | None = None,
+    recycle_after: int | str | None = None,
     log_dir: Path = Path("storage/logs"),
     **options: Any,
 ) -> int:
     """`hpo worker`: serve the queue here and in `slots - 1` more processes (`hpo ARGV --slots
-    1`, logging to `log_dir`); restart this process after `recycle_after` trials (Keras keeps
-    memory across trials). Returns the exit status after a signal, the children ended. Run
-    it inside a GracefulInterrupt (the command does), so a first signal only asks to stop."""
+    1`, logging to `log_dir`); restart this process when `recycle_after` (workers.Recycler)
+    says (Keras keeps memory across trials). Returns the exit status after a signal, the
+    children ended. Run it inside a GracefulInterrupt (the command does), so a first signal
+    only asks to stop."""
     inherited = hpo_workers.inherited_children()  # when this worker restarted itself
     restarted = hpo_workers.restarted()
     gpus = resources.gpu_count() if slots != "1" else 0  # asks nvidia-smi: only if needed
@@ -351,8 +357,9 @@ def start(
         count = resources.parse_workers(slots, gpus)
     except ValueError as exc:
         raise HpoError(str(exc).replace("--workers", "--slots")) from exc
-    if (recycle_after or 0) < 0 or options.get("poll_s", POLL_S) <= 0:
-        raise HpoError("--recycle-after must be at least 0, --poll above 0")
+    if options.get("poll_s", POLL_S) <= 0:
+        raise HpoError("--poll must be above 0")
+    recycler = None if recycle_after is None else hpo_workers.Recycler(recycle_after)
     children: list[subprocess.Popen] = []
     if not restarted:
         console.print(
@@ -369,13 +376,14 @@ def start(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the worker says each trial itself
     logging.getLogger("hpo").setLevel(logging.WARNING)
     try:
-        code = Worker(storage_url, console=console, **options).serve(recycle_after)
+        worker = Worker(storage_url, console=console, **options)
+        code = worker.serve(recycler)
     except BaseException:
         hpo_workers.interrupt(children, inherited)  # they end their epoch and re-queue
         raise
     if code is None:
         console.print(
-            f"restarting this worker after {recycle_after} trials to release the memory "
+            f"restarting this worker {worker.recycled} to release the memory "
             "Keras keeps across trials",
             highlight=False,
         )

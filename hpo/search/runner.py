@@ -21,6 +21,7 @@ from hpo.search.budget import Budget, OverBudget, failed_as_stale, finished
 from hpo.search.interrupt import GracefulInterrupt
 from hpo.search.progress import StudyProgress
 from hpo.search.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
+from hpo.search.workers import Recycler
 from hpo.study import algorithms
 from hpo.study.studyfile import StudySpec
 
@@ -101,7 +102,7 @@ class RunResult:
     finished_before: int
     finished_after: int
     interrupted: bool
-    recycle: bool = False  # this worker ran its share of trials; restart it to free memory
+    recycle: str | None = None  # why this worker should restart now to free memory (Recycler)
     signum: int | None = None  # the signal that interrupted it (SIGINT, SIGTERM), if one did
 
 
@@ -116,13 +117,13 @@ def run(
     console: Console,
     heartbeat_s: int = HEARTBEAT_S,
     reconnect_s: float = RECONNECT_S,
-    recycle_after: int | None = None,
+    recycler: Recycler | None = None,
     notes: bool = True,
     study: optuna.Study | None = None,
     artifacts: str | None = artifact_stores.DEFAULT,
 ) -> RunResult:
-    """Run trials until the study has `trials` finished ones, or, with `recycle_after`, until
-    this process has run that many (Keras and TensorFlow keep memory across trials even after
+    """Run trials until the study has `trials` finished ones, or until `recycler` says this
+    process should restart (Keras and TensorFlow keep memory across trials even after
     clear_session, so a long-lived worker is restarted; see the CLI). Each trial keeps its
     validation predictions in the artifact store at `artifacts` (None: not kept)."""
     if trials < 1:
@@ -158,11 +159,10 @@ def run(
         )
         try:
             # One trial per optimize() call, each only after the study-wide budget admits it.
-            ran = 0
             while budget.wait_for_slot(study, deadline, lambda: ctrl_c.requested):
-                if recycle_after is not None and ran >= recycle_after:
-                    return RunResult(study, before, finished(study), False, recycle=True)
-                ran += 1
+                reason = recycler and recycler.due()
+                if reason:
+                    return RunResult(study, before, finished(study), False, recycle=reason)
                 try:
                     study.optimize(
                         objective,
@@ -179,6 +179,9 @@ def run(
                     if lost is None:
                         raise
                     raise lost from None
+                finally:
+                    if recycler:
+                        recycler.ran_one()
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or ctrl_c.requested

@@ -16,13 +16,60 @@ import sys
 import time
 from pathlib import Path
 
+from hpo.errors import HpoError
+from hpo.resources import resident_mb
+
 CHILD_PIDS = "HPO_CHILD_PIDS"
 DEADLINE = "HPO_DEADLINE"
 RESTARTED = "HPO_RESTARTED"
 
 
-RECYCLE_AFTER = 10  # trials a worker runs before it restarts itself (--recycle-after)
+RECYCLE_AFTER = "auto"  # --recycle-after's default: restart on memory growth (Recycler)
+RECYCLE_GROWTH_MB = 1024  # memory a worker may gain after its first trial before it restarts
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class Recycler:
+    """When a worker restarts itself (`--recycle-after auto|N|0`).
+
+    Keras and TensorFlow keep memory from trial to trial even after clear_session
+    (docs/performance.md), and a fresh process gives it back. But a restart costs TensorFlow's
+    import, the data's load and every compiled program again (about 5 s and 2 s a program on
+    2 cores), so `auto` restarts only once the process's resident memory has grown
+    RECYCLE_GROWTH_MB since the end of its first trial (the data, the first programs and the
+    backend's own start-up are in that baseline); N restarts after every N trials."""
+
+    def __init__(self, setting: str | int | None) -> None:
+        text = "0" if setting is None else str(setting).strip().lower()
+        self.setting = text
+        self.trials: int | None = None
+        self.growth_mb: float | None = RECYCLE_GROWTH_MB if text == "auto" else None
+        if text != "auto":
+            try:
+                self.trials = int(text) or None
+            except ValueError:
+                raise HpoError(f"--recycle-after {setting}: expected auto or a number") from None
+            if int(text) < 0:
+                raise HpoError("--recycle-after must be auto or at least 0")
+        self.ran = 0  # trials this process ran
+        self.baseline_mb: float | None = None  # its memory after its first trial
+
+    def ran_one(self) -> None:
+        self.ran += 1
+        if self.ran == 1 and self.growth_mb is not None:
+            self.baseline_mb = resident_mb()
+
+    def due(self) -> str | None:
+        """Why this process should restart now (a phrase for "restarting this worker …"), or
+        None."""
+        after = f"after {self.ran} trial{'s' if self.ran != 1 else ''}"
+        if self.trials is not None and self.ran >= self.trials:
+            return after
+        if self.growth_mb is not None and self.baseline_mb is not None:
+            grown = resident_mb() - self.baseline_mb
+            if grown >= self.growth_mb:
+                return f"{after}: its memory grew by {grown:,.0f} MB"
+        return None
 
 
 def with_option(argv: list[str], option: str, value: str) -> list[str]:

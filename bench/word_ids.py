@@ -77,7 +77,7 @@ def child(args) -> None:
     rows = []
     for name in args.datasets.split(","):
         data = builtin.load(name, args.data_dir)
-        cache = engine.DeviceCache()  # the data converted once for both forms
+        cache = engine.InputCache()  # the data converted once for both forms
         for units in map(int, args.units.split(",")):
             dense, dense_loss = epochs_of("dense", name, units, data, cache, args.epochs)
             ids, ids_loss = epochs_of("ids", name, units, data, cache, args.epochs)

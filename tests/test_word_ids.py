@@ -21,7 +21,7 @@ from hpo.backend import import_keras, set_random_seed
 from hpo.data import builtin
 from hpo.data.prepared import Prepared
 from hpo.study import studyfile
-from hpo.train import engine, word_ids
+from hpo.train import engine, programs, word_ids
 from hpo.train import model as model_lib
 from hpo.train.objective import Objective
 
@@ -106,7 +106,7 @@ def trained(
     first_layer: str,
     data: Prepared,
     epochs: int = 3,
-    cache: engine.DeviceCache | None = None,
+    cache: programs.DeviceCache | None = None,
     dropout: float = 0.0,
 ):
     """A model trained `epochs` epochs by the fused loop with its first layer in that form,
@@ -141,7 +141,7 @@ def assert_same_weights(a: keras.Model, b: keras.Model) -> None:
 def test_exact_three_epochs_leave_the_dense_loops_weights():
     """Same batches: the ids form trains exactly as the dense form."""
     data = text_data()
-    cache = engine.DeviceCache()  # both forms' inputs in one cache, as an Objective keeps them
+    cache = programs.DeviceCache()  # both forms' inputs in one cache, as an Objective keeps them
     by_ids, ids_logs, trainer = trained("ids", data, cache=cache)
     by_dense, dense_logs, _ = trained("dense", data, cache=cache)
     assert cache.forms() == {"ids", "dense"}
@@ -191,7 +191,7 @@ def test_exact_a_program_is_reused_and_trains_as_a_new_one(form):
         set_random_seed(seed)
         model = model_lib.build({**PARAMS, **params}, data)
         initial = model.get_weights()
-        trainer = engine.trainer(
+        trainer = programs.trainer(
             model,
             cache=cache,
             loss=PARAMS["loss"],
@@ -208,13 +208,13 @@ def test_exact_a_program_is_reused_and_trains_as_a_new_one(form):
         trainer.write_back()
         return model, trainer, logs, initial
 
-    cache = engine.DeviceCache()
+    cache = programs.DeviceCache()
     first, first_program, _, _ = trial({"dropout": 0.2}, 1, cache)
     first_weights = first.get_weights()
     second_params = {"dropout": 0.4, "learning_rate": 0.003}
     second, program, logs, initial = trial(second_params, 2, cache)
     assert program is first_program and len(cache.programs) == 1
-    alone, _, alone_logs, alone_initial = trial(second_params, 2, engine.DeviceCache())
+    alone, _, alone_logs, alone_initial = trial(second_params, 2, programs.DeviceCache())
     for a, b in zip(initial, alone_initial, strict=True):
         np.testing.assert_array_equal(a, b)  # the same start, so the same training
     assert_same_weights(alone, second)

@@ -29,7 +29,7 @@ from hpo.results.retrained import Retrained, test_metrics
 from hpo.search.progress import RetrainStatus
 from hpo.study.space import DEFAULT_LOSS
 from hpo.study.studyfile import StudySpec
-from hpo.train import engine, word_ids
+from hpo.train import engine, programs, word_ids
 from hpo.train import model as model_lib
 
 
@@ -54,7 +54,7 @@ def retrain(
     data: Prepared,
     epochs: int,
     seed: int,
-    cache: engine.DeviceCache | None = None,
+    cache: programs.DeviceCache | None = None,
 ):
     """A fresh model trained on the whole training set; (model, test metrics).
 
@@ -68,9 +68,9 @@ def retrain(
     model = model_lib.build(params, data)
     y = model_lib.targets(data.y_train, data.task, params["loss"], data.n_outputs)
     if engine.choose() == "fused":
-        trainer = engine.trainer(
+        trainer = programs.trainer(
             model,
-            cache=cache or engine.DeviceCache(),
+            cache=cache or programs.DeviceCache(),
             loss=params["loss"],
             task=data.task,
             train=(data.x_train, y),
@@ -103,7 +103,7 @@ def retrain_config(
     trial: int | None = None,
     on_run: Callable[[int], None] | None = None,
     ensemble: bool = False,
-    cache: engine.DeviceCache | None = None,
+    cache: programs.DeviceCache | None = None,
 ) -> Retrained:
     """Retrain with each seed; with `ensemble` and several seeds, also test their mean prediction
     (by convexity its MAE is never above the seeds' mean MAE: it is the model to deploy)."""
@@ -210,7 +210,7 @@ def analyze_study(
     try:
         base = spec.seed or 0
         seed_list = list(range(base, base + seeds))
-        cache = engine.DeviceCache()  # the arrays and programs, made once for every retrain
+        cache = programs.DeviceCache()  # the arrays and programs, made once for every retrain
         results = [
             retrain_config(t.params, data, best_epoch(t), seed_list, t.number, on_run, True, cache)
             for t in trials

@@ -21,17 +21,14 @@ row carries a sample of each fold) gets one loss per fold, summed so that each f
 receive exactly the gradient they would get alone; its logs are the folds' mean.
 
 A text model's first layer can train on word ids instead of multi-hot rows (hpo.train.word_ids,
-the "ids" form). Trials of one structure share one compiled program (trainer(), DeviceCache):
-compiling is most of a short trial, and the learning rate and dropout rates are inputs of the
-program, not constants in it.
+the "ids" form). The learning rate and dropout rates are inputs of the compiled program, not
+constants in it, so trials of one structure can share it (hpo.train.programs).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -111,14 +108,14 @@ class FusedTrainer:
         batch_size: int,
         validation_batch_size: int = 0,
         seed: int | None = None,
-        cache: DeviceCache | None = None,
+        cache: InputCache | None = None,
         shuffle: bool = True,
         first_layer: str = "dense",
         epochs: int | None = None,
     ) -> None:
         # The program's own model: its layers and variables are what the compiled code calls
         # and (TensorFlow) updates. A later trial of the same structure trains in this same
-        # program (load(), engine.trainer()), its weights copied in and out.
+        # program (load(), programs.trainer()), its weights copied in and out.
         self.model = model
         self.batch_size = batch_size
         self.validation_batch_size = validation_batch_size
@@ -128,7 +125,7 @@ class FusedTrainer:
         # No validation (analyze's retrain on all rows): the epoch has no validation pass.
         self.validating = validation is not None
         self.first_layer = first_layer
-        self.cache = DeviceCache() if cache is None else cache
+        self.cache = InputCache() if cache is None else cache
         self.layers = model_lib.chain(model)
         if first_layer == "ids":
             # The first Dense layer is computed from word ids (hpo.train.word_ids), the rest of
@@ -380,16 +377,12 @@ class FusedTrainer:
         _assign(self.target, values)
 
 
-class DeviceCache:
-    """What the fused loop keeps from one trial to the next in a process (an Objective's
-    trials, analyze's retrains): the data as tensors, and the compiled programs of the last
-    PROGRAMS model structures (trainer())."""
-
-    PROGRAMS = 8
+class InputCache:
+    """The training and validation inputs as backend tensors (on a GPU: copied to it), kept
+    while the arrays keep their shapes: an Objective's trials all train on the same data."""
 
     def __init__(self) -> None:
         self._inputs: dict[tuple, tuple] = {}
-        self.programs: OrderedDict[str, FusedTrainer] = OrderedDict()
 
     def inputs(self, first_layer: str, x: np.ndarray, x_val: np.ndarray) -> tuple:
         """(x, x_val, their rows' word counts or None): the training and validation inputs as
@@ -410,71 +403,6 @@ class DeviceCache:
     def forms(self) -> set[str]:
         """The first-layer forms whose inputs are held."""
         return {key[0] for key in self._inputs}
-
-
-def trainer(model: keras.Model, *, cache: DeviceCache, **options: Any) -> FusedTrainer:
-    """A FusedTrainer for `model` (FusedTrainer's options): the program an earlier model of
-    the same structure compiled, if `cache` holds it, restarted with this model's weights,
-    learning rate, dropout rates and seed; else a new one, kept in `cache`.
-
-    Compiling is most of a short trial (TensorFlow with XLA: 1-2 s a program on this
-    project's CPU), and in a search about half the trials repeat an earlier trial's layers,
-    units, activation, loss, optimizer and batch size (docs/performance.md)."""
-    key = program_key(model, **options)
-    program = cache.programs.pop(key, None)
-    if program is None:
-        # The program trains its own copy (TensorFlow trains it in place), never a trial's
-        # model, which is handed over (analyze's seeds of one configuration share a program).
-        program = FusedTrainer(_structural_copy(model), cache=cache, **options)
-    program.load(model, options["train"], options["validation"], options.get("seed"))
-    cache.programs[key] = program
-    while len(cache.programs) > cache.PROGRAMS:
-        cache.programs.popitem(last=False)
-    return program
-
-
-def program_key(
-    model: keras.Model,
-    *,
-    train: tuple[np.ndarray, np.ndarray],
-    validation: tuple[np.ndarray, np.ndarray] | None,
-    **options: Any,
-) -> str:
-    """What a compiled program depends on: the model's layers and optimizer (without names,
-    the learning rate and dropout rates, which are its inputs), the arrays' shapes and types,
-    and the trainer's options (batch sizes, loss, task, first layer form)."""
-    layers = [
-        (type(layer).__name__, _config(layer.get_config(), ("name", "rate", "seed")))
-        for layer in model_lib.chain(model)
-    ]
-    optimizer = model.optimizer
-    arrays = [train] if validation is None else [train, validation]
-    shapes = [(a.shape, str(a.dtype)) for pair in arrays for a in pair]
-    options.pop("seed", None)
-    epochs = options.pop("epochs", None)
-    xla = use_xla(options.get("first_layer", "dense"), len(train[0]), options["batch_size"], epochs)
-    structure = [
-        layers,
-        type(optimizer).__name__,
-        _config(optimizer.get_config(), ("name", "learning_rate")),
-        shapes,
-        validation is None,
-        xla,
-        sorted(options.items()),
-    ]
-    return json.dumps(structure, sort_keys=True, default=str)
-
-
-def _structural_copy(model: keras.Model) -> keras.Model:
-    """A model of the same layers and optimizer (its own variables, their values unset)."""
-    copy = keras.models.clone_model(model)
-    optimizer = model.optimizer
-    copy.compile(optimizer=type(optimizer).from_config(optimizer.get_config()))
-    return copy
-
-
-def _config(config: dict, leave_out: tuple[str, ...]) -> dict:
-    return {key: value for key, value in config.items() if key not in leave_out}
 
 
 def _is_dropout(layer) -> bool:

@@ -36,7 +36,7 @@ from hpo.data import builtin, own
 from hpo.data.prepared import Prepared
 from hpo.errors import HpoError, first_line
 from hpo.study.studyfile import StudySpec
-from hpo.train import engine, predictions, word_ids
+from hpo.train import engine, predictions, programs, word_ids
 from hpo.train import model as model_lib
 from hpo.train.curves import best_point
 
@@ -155,7 +155,7 @@ class Objective:
             **({"first_layer": self.first_layer} if self.first_layer else {}),
         }
         # The fused loop's arrays on the device and its compiled programs, kept across trials.
-        self._cache = engine.DeviceCache()
+        self._cache = programs.DeviceCache()
         self.trial_number: int | None = None  # the trial running, or run last
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -277,7 +277,7 @@ class Objective:
     ) -> None:
         """The fused loop (hpo.train.engine): one compiled call per epoch, logs to the reporter."""
         to_targets = self._targets(params)
-        trainer = engine.trainer(
+        trainer = programs.trainer(
             model,
             cache=self._cache,
             loss=params["loss"],

@@ -1,0 +1,98 @@
+"""Trials of one structure share one compiled program of the fused loop (hpo.train.engine).
+
+Compiling is most of a short trial: on this project's 2-core CPU a Boston program takes 2-3 s
+to trace and compile whatever its size, and a 200-epoch trial trains in 1-2 s more. The
+learning rate (an optimizer variable) and the dropout rates are inputs of the compiled epoch,
+not constants in it, so a later trial of the same layers, optimizer, loss and batch size
+trains in an earlier trial's program: its initial weights and seed are copied into the
+program's own model and its trained weights out again (FusedTrainer.load, write_back).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from hpo.backend import import_keras
+from hpo.train import model as model_lib
+from hpo.train.engine import FusedTrainer, InputCache, use_xla
+
+keras = import_keras()
+
+
+class DeviceCache(InputCache):
+    """What the fused loop keeps from one trial to the next in a process (an Objective's
+    trials, analyze's retrains): the data as tensors, and the compiled programs of the last
+    PROGRAMS model structures (trainer())."""
+
+    PROGRAMS = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.programs: OrderedDict[str, FusedTrainer] = OrderedDict()
+
+
+def trainer(model: keras.Model, *, cache: DeviceCache, **options: Any) -> FusedTrainer:
+    """A FusedTrainer for `model` (FusedTrainer's options): the program an earlier model of
+    the same structure compiled, if `cache` holds it, restarted with this model's weights,
+    learning rate, dropout rates and seed; else a new one, kept in `cache`. In a search about
+    half the trials repeat an earlier trial's layers, units, activation, loss, optimizer and
+    batch size (docs/performance.md)."""
+    key = program_key(model, **options)
+    program = cache.programs.pop(key, None)
+    if program is None:
+        # The program trains its own copy (TensorFlow trains it in place), never a trial's
+        # model, which is handed over (analyze's seeds of one configuration share a program).
+        program = FusedTrainer(_structural_copy(model), cache=cache, **options)
+    program.load(model, options["train"], options["validation"], options.get("seed"))
+    cache.programs[key] = program
+    while len(cache.programs) > cache.PROGRAMS:
+        cache.programs.popitem(last=False)
+    return program
+
+
+def program_key(
+    model: keras.Model,
+    *,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    **options: Any,
+) -> str:
+    """What a compiled program depends on: the model's layers and optimizer (without names,
+    the learning rate and dropout rates, which are its inputs), the arrays' shapes and types,
+    and the trainer's options (batch sizes, loss, task, first layer form)."""
+    layers = [
+        (type(layer).__name__, _config(layer.get_config(), ("name", "rate", "seed")))
+        for layer in model_lib.chain(model)
+    ]
+    optimizer = model.optimizer
+    arrays = [train] if validation is None else [train, validation]
+    shapes = [(a.shape, str(a.dtype)) for pair in arrays for a in pair]
+    options.pop("seed", None)
+    epochs = options.pop("epochs", None)
+    xla = use_xla(options.get("first_layer", "dense"), len(train[0]), options["batch_size"], epochs)
+    structure = [
+        layers,
+        type(optimizer).__name__,
+        _config(optimizer.get_config(), ("name", "learning_rate")),
+        shapes,
+        validation is None,
+        xla,
+        sorted(options.items()),
+    ]
+    return json.dumps(structure, sort_keys=True, default=str)
+
+
+def _structural_copy(model: keras.Model) -> keras.Model:
+    """A model of the same layers and optimizer (its own variables, their values unset)."""
+    copy = keras.models.clone_model(model)
+    optimizer = model.optimizer
+    copy.compile(optimizer=type(optimizer).from_config(optimizer.get_config()))
+    return copy
+
+
+def _config(config: dict, leave_out: tuple[str, ...]) -> dict:
+    return {key: value for key, value in config.items() if key not in leave_out}

@@ -32,6 +32,7 @@ from rich.console import Console
 
 from hpo import artifacts as artifact_stores
 from hpo import resources
+from hpo.backend import freeze_heap
 from hpo.errors import HpoError, first_line
 from hpo.search import queue, runner
 from hpo.search import workers as hpo_workers
@@ -332,6 +333,7 @@ class Worker:
 
         budget = Budget(entry.trials)
         objective = Objective(spec, prepared, admit=budget.admit, artifact_store=store)
+        freeze_heap()  # the backend's and this study's data: not walked after each trial
         return Served(study, objective, budget, (TrialFailed, OverBudget))
 
 

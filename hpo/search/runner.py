@@ -12,7 +12,7 @@ import optuna
 from rich.console import Console
 
 from hpo import artifacts as artifact_stores
-from hpo.backend import import_keras
+from hpo.backend import freeze_heap, import_keras
 from hpo.data import stored
 from hpo.data.load import load_source
 from hpo.data.prepared import Prepared
@@ -142,6 +142,8 @@ def run(
     interrupted = False
     import_keras()
     from hpo.train.objective import Objective, TrialFailed  # imports keras: only when training
+
+    freeze_heap()  # TensorFlow's, Keras' and the data's objects: not walked after each trial
 
     budget = Budget(trials)
     deadline = None if timeout is None else time.monotonic() + timeout

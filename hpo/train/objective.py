@@ -166,7 +166,9 @@ class Objective:
         # (once per worker: every later trial finds it in memory).
         loads = (builtin if self.data.preparation is None else own).stats
         trial.set_user_attr("worker", {**self.worker, "data_loads": dict(loads)})
-        keras.backend.clear_session()  # drop the previous trial's graphs and layer names
+        # Drop the previous trial's graphs and layer names. Without a collection: the callers'
+        # study.optimize(gc_after_trial=True) ran one after the previous trial.
+        keras.backend.clear_session(free_memory=False)
         params = self.spec.space.suggest(trial)
         seed = None if self.spec.seed is None else self.spec.seed + trial.number
         if seed is not None:

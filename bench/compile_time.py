@@ -1,0 +1,92 @@
+"""What a new program of the fused loop costs before its first epoch ends, and an epoch after.
+
+    python bench/compile_time.py [--data-dir DIR] [--epochs 200] [--later 20]
+
+Boston's 4-fold trials, one structure after another in one process (the first warms up
+TensorFlow's or JAX's own machinery and is printed apart), each a fresh FusedTrainer as a
+search's first trial of that structure gets: the book's 2 x 64 relu model with RMSprop, batch
+16, dropout 0.1, and one change at a time (width, depth, optimizer, dropout, batch size).
+Prints, per structure, the seconds to the end of the first epoch (tracing the epoch function,
+compiling it, one epoch) and the milliseconds of a later epoch; with --epochs 200 TensorFlow
+compiles with XLA as a 200-epoch trial does (engine.use_xla), with --epochs 0 it runs its
+graph executor. The backend is KERAS_BACKEND's. Needs the real boston_housing.npz: --data-dir
+or HPO_DATA_DIR (e.g. ../shared/datasets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CHANGES = [
+    ("warm-up (the book's)", {}),
+    ("the book's again, new program", {}),
+    ("32 units", {"units": 32}),
+    ("128 units", {"units": 128}),
+    ("1 layer", {"layers": 1}),
+    ("3 layers", {"layers": 3}),
+    ("no dropout", {"dropout": 0.0}),
+    ("adam", {"optimizer": "adam"}),
+    ("tanh", {"activation": "tanh"}),
+    ("batch 8", {"batch_size": 8}),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
+    parser.add_argument("--epochs", type=int, default=200, help="the trial's epoch budget")
+    parser.add_argument("--later", type=int, default=20, help="epochs timed after the first")
+    args = parser.parse_args()
+    if not args.data_dir:
+        raise SystemExit("--data-dir (or HPO_DATA_DIR): the folder with keras' dataset files")
+
+    from hpo.backend import import_keras, set_random_seed
+    from hpo.data import builtin
+    from hpo.data.spec import Validation
+    from hpo.results.one_factor import BOOK_CONFIGS
+    from hpo.train import engine
+    from hpo.train import model as model_lib
+
+    keras = import_keras()
+    data = builtin.load("boston_housing", args.data_dir)
+    folds = list(Validation.parse("kfold:4").splits(data.x_train, data.y_train))
+    (x, y), (x_val, y_val) = model_lib.stack_folds(folds)
+    inputs = engine.InputCache()
+    print(f"{keras.backend.backend()}, epochs budget {args.epochs or 'none'}")
+    print(f"{'structure':32s} {'first epoch':>12s} {'later epoch':>12s}  xla")
+    for name, change in CHANGES:
+        # The book's model with dropout, as the search's space draws it (0 to 0.3).
+        params = {**BOOK_CONFIGS["boston_housing"], "dropout": 0.1, **change}
+        keras.backend.clear_session()
+        set_random_seed(0)
+        model = model_lib.build(params, data, folds=4)
+        start = time.perf_counter()
+        trainer = engine.FusedTrainer(
+            model,
+            loss=params["loss"],
+            task="regression",
+            train=(x, y[..., None]),
+            validation=(x_val, y_val[..., None]),
+            batch_size=params["batch_size"],
+            validation_batch_size=model_lib.validation_batch(params["batch_size"]),
+            seed=0,
+            cache=inputs,
+            epochs=args.epochs or None,
+        )
+        trainer.run_epoch()
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(args.later):
+            trainer.run_epoch()
+        later = (time.perf_counter() - start) / args.later
+        print(f"{name:32s} {first:10.2f} s {1000 * later:9.1f} ms  {trainer.xla}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

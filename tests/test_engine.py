@@ -345,3 +345,15 @@ def test_best_epochs_keeps_only_what_can_still_be_best():
     for epoch, best in [(1, None), (2, 1), (3, 1), (4, 1), (5, 4), (6, 4), (7, 4), (8, 4)]:
         kept.add(epoch, np.full(2, epoch), best)
     assert sorted(kept.by_epoch) == [4, 6, 7, 8]  # the best so far, and the last three
+
+
+def test_jax_dropout_masks_are_uniform_draws_fixed_by_their_seed():
+    """Under JAX the fused loop's dropout masks come from XLA's bit generator (rbg keys),
+    seeded by the layer's seed generator: uniform in [0, 1), the same for the same seed."""
+    pytest.importorskip("jax")
+    seed, other = np.array([7, 11], np.uint32), np.array([7, 12], np.uint32)
+    draws = np.asarray(engine._uniform_rbg((4096, 16), seed))
+    assert draws.min() >= 0.0 and draws.max() < 1.0
+    assert abs(draws.mean() - 0.5) < 0.01 and abs((draws < 0.2).mean() - 0.2) < 0.01
+    np.testing.assert_array_equal(draws, np.asarray(engine._uniform_rbg((4096, 16), seed)))
+    assert not np.array_equal(draws, np.asarray(engine._uniform_rbg((4096, 16), other)))

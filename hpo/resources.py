@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 
 WORKERS_PER_GPU = 8
 MAX_CPU_WORKERS = 8  # each TensorFlow worker holds about 1 GB
@@ -85,7 +86,6 @@ def resident_mb() -> float:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         import resource
-        import sys
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB, bytes on macOS
         return peak / (2**20 if sys.platform == "darwin" else 2**10)

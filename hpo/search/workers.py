@@ -34,8 +34,8 @@ class Recycler:
 
     Keras and TensorFlow keep memory from trial to trial even after clear_session
     (docs/performance.md), and a fresh process gives it back. But a restart costs TensorFlow's
-    import, the data's load and every compiled program again (about 5 s and 2 s a program on
-    2 cores), so `auto` restarts only once the process's resident memory has grown
+    import, the data's load and every compiled program again (7 s, and 1.6-2.5 s a program, on
+    this project's 2 cores), so `auto` restarts only once the process's resident memory has grown
     RECYCLE_GROWTH_MB since the end of its first trial (the data, the first programs and the
     backend's own start-up are in that baseline); N restarts after every N trials."""
 

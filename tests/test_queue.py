@@ -89,7 +89,8 @@ def delete(url: str, *names: str) -> None:
 def test_two_workers_serve_the_queue_to_exact_budgets(workdir, server_url, capsys):
     """Two studies submitted, two workers: each study ends with exactly its budget. A study
     submitted while the workers idle is picked up; SIGTERM ends a worker with 143."""
-    names = [f"q{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    token = uuid.uuid4().hex[:6]
+    names = [f"q{i}-{token}" for i in range(3)]
     path = tiny_study(workdir, epochs=2)
     for name, trials, priority in ((names[0], 4, 1), (names[1], 3, 2)):
         code, out, _ = run_cli(
@@ -97,7 +98,8 @@ def test_two_workers_serve_the_queue_to_exact_budgets(workdir, server_url, capsy
             "--priority", str(priority), "--storage", server_url,
         )  # fmt: skip
         assert code == 0 and f"queued study {name}" in out
-    workers = [worker(workdir, server_url, "--recycle-after", "3") for _ in range(2)]
+    mine = ["--studies", f"q*-{token}"]  # not the studies of tests running beside this one
+    workers = [worker(workdir, server_url, *mine, "--recycle-after", "3") for _ in range(2)]
     try:
         wait_for(lambda: counted(names[0], server_url) == 4, what="the first study")
         wait_for(lambda: counted(names[1], server_url) == 3, what="the second study")
@@ -138,7 +140,7 @@ def test_stop_resume_and_sigterm_requeue_the_trial_in_flight(workdir, capsys):
                    "--storage", POSTGRES)[0] == 0  # fmt: skip
     env = {"HPO_STOP_CHECK_S": "0.2"}
 
-    proc = worker(workdir, POSTGRES, "--recycle-after", "0", env=env)
+    proc = worker(workdir, POSTGRES, "--studies", name, "--recycle-after", "0", env=env)
     try:
         wait_for(lambda: in_training(name, epochs) is not None, what="a trial in training")
         first = in_training(name, epochs)
@@ -189,7 +191,8 @@ def test_own_data_reaches_a_worker_without_the_file(workdir, tmp_path_factory, c
     assert run_cli(capsys, "submit", str(path), "--trials", "4", *args)[0] == 0  # extended
     assert len(list(shared.rglob("*"))) == 1  # the same arrays: uploaded once
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    proc = worker(elsewhere, POSTGRES, "--artifacts", str(shared), "--recycle-after", "0",
+    proc = worker(elsewhere, POSTGRES, "--artifacts", str(shared), "--studies", name,
+                  "--recycle-after", "0",
                   env={"HPO_CACHE_DIR": str(elsewhere / "cache")})  # fmt: skip
     try:
         wait_for(lambda: counted(name, POSTGRES) == 4, what="the own-data study")
@@ -208,13 +211,14 @@ def test_a_killed_worker_is_recovered_through_the_heartbeat(workdir, capsys):
     path = tiny_study(workdir, epochs=epochs)
     assert run_cli(capsys, "submit", str(path), "--trials", "2", "--study", name,
                    "--storage", POSTGRES)[0] == 0  # fmt: skip
-    victim = worker(workdir, POSTGRES, "--heartbeat", "1", "--recycle-after", "0")
+    mine = ["--studies", name, "--heartbeat", "1", "--recycle-after", "0"]
+    victim = worker(workdir, POSTGRES, *mine)
 
     wait_for(lambda: in_training(name, epochs) is not None, what="a trial in training")
     dead = in_training(name, epochs)
     victim.kill()
     victim.communicate()
-    rescuer = worker(workdir, POSTGRES, "--heartbeat", "1", "--recycle-after", "0")
+    rescuer = worker(workdir, POSTGRES, *mine)
     try:
         wait_for(lambda: counted(name, POSTGRES) == 2, what="the rescued study")
     finally:
@@ -292,7 +296,9 @@ def test_an_idle_worker_waits_out_a_database_outage(workdir, capsys):
 
     proxy, url = through_proxy(POSTGRES)
     name = f"outage-{uuid.uuid4().hex[:6]}"
-    proc = worker(workdir, url, "--recycle-after", "0", env={"HPO_RECONNECT_S": "60"})
+    proc = worker(
+        workdir, url, "--studies", name, "--recycle-after", "0", env={"HPO_RECONNECT_S": "60"}
+    )
     try:
         time.sleep(4)  # idle, reading the queue
         proxy.cut()

@@ -32,14 +32,9 @@ from pathlib import Path
 import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def resident_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return None
+from hpo.resources import resident_mb  # noqa: E402  (the hpo beside this script)
 
 
 def one_search(mode: str, args, tmp: Path) -> dict:

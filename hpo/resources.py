@@ -79,12 +79,16 @@ def worker_info() -> dict[str, object]:
     }
 
 
-def resident_mb() -> float:
-    """This process's resident memory now, in MB (Linux: /proc; elsewhere the peak so far)."""
+def resident_mb(pid: int | None = None) -> float | None:
+    """The resident memory of process `pid` (default: this one) now, in MB, read from /proc
+    (Linux). Without /proc: this process's peak so far, and None for another process (or
+    one that has ended)."""
     try:
-        with open("/proc/self/statm") as statm:
+        with open(f"/proc/{pid or 'self'}/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
+        if pid is not None:
+            return None
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB, bytes on macOS

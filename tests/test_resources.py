@@ -1,6 +1,8 @@
 """`--workers auto`, GPU memory shares and what each trial records about its worker."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -48,6 +50,16 @@ def test_resident_memory_follows_what_the_process_touches():
     block = np.ones(200 * 2**20, dtype=np.uint8)  # 200 MB, every page written
     assert resources.resident_mb() - before > 150
     del block
+    assert resources.resident_mb(os.getpid()) == pytest.approx(resources.resident_mb(), rel=0.05)
+    holds_60_mb = "b = b'x' * 60 * 2**20; print('ready', flush=True); import time; time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", holds_60_mb], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        assert 60 < resources.resident_mb(child.pid) < 200  # that process, not this one
+    finally:
+        child.kill()
+        child.wait()
+    assert resources.resident_mb(child.pid) is None  # ended
 
 
 def test_recycle_settings():

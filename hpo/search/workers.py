@@ -46,11 +46,12 @@ class Recycler:
         self.growth_mb: float | None = RECYCLE_GROWTH_MB if text == "auto" else None
         if text != "auto":
             try:
-                self.trials = int(text) or None
+                every = int(text)
             except ValueError:
                 raise HpoError(f"--recycle-after {setting}: expected auto or a number") from None
-            if int(text) < 0:
+            if every < 0:
                 raise HpoError("--recycle-after must be auto or at least 0")
+            self.trials = every or None
         self.ran = 0  # trials this process ran
         self.baseline_mb: float | None = None  # its memory after its first trial
 
@@ -66,7 +67,7 @@ class Recycler:
         if self.trials is not None and self.ran >= self.trials:
             return after
         if self.growth_mb is not None and self.baseline_mb is not None:
-            grown = resident_mb() - self.baseline_mb
+            grown = (resident_mb() or 0.0) - self.baseline_mb
             if grown >= self.growth_mb:
                 return f"{after}: its memory grew by {grown:,.0f} MB"
         return None

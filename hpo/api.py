@@ -81,6 +81,7 @@ def optimize(
     timeout: float | None = None,
     data_dir: str | None = None,
     workers: int | str = 1,
+    batch_trials: int | str = "auto",
     artifacts: str = DEFAULT_ARTIFACTS,
     progress: bool | Console = True,
 ) -> optuna.Study:
@@ -101,6 +102,7 @@ def optimize(
         console=console,
         timeout=timeout,
         workers=workers,
+        batch_trials=batch_trials,
         artifacts=artifacts,
         sampler=sampler,
         pruner=pruner,

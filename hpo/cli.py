@@ -22,6 +22,7 @@ from hpo.options import (
     DEFAULT_CANDIDATES,
     DEFAULT_HANDOVER,
     ArtifactsOpt,
+    BatchTrialsOpt,
     CandidatesOpt,
     DataDirOpt,
     HandoverOpt,
@@ -39,7 +40,7 @@ from hpo.options import (
 )
 from hpo.results import summary
 from hpo.results.retrained import test_metrics
-from hpo.search import launch, pool, queue, storage
+from hpo.search import batched, launch, pool, queue, storage
 from hpo.search import workers as hpo_workers
 from hpo.search.interrupt import GracefulInterrupt, exit_code
 
@@ -97,6 +98,7 @@ def optimize(
         ),
     ] = "1",
     recycle_after: RecycleOpt = hpo_workers.RECYCLE_AFTER,
+    batch_trials: BatchTrialsOpt = batched.AUTO,
     heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
     reconnect: ReconnectOpt = storage.RECONNECT_S,
 ) -> None:
@@ -113,6 +115,7 @@ def optimize(
         heartbeat=heartbeat,
         reconnect=reconnect,
         recycle_after=recycle_after,
+        batch_trials=batch_trials,
         artifacts=artifacts,
         sampler=sampler and sampler.value,
         pruner=pruner and pruner.value,

@@ -88,6 +88,15 @@ RecycleOpt = Annotated[
         metavar="auto|N",
     ),
 ]
+BatchTrialsOpt = Annotated[
+    str,
+    typer.Option(
+        help="Trials to ask for at once; those of one structure (all but the learning and "
+        "dropout rates alike) train side by side as one model: N, or auto (1 on a CPU, "
+        "8 on a GPU).",
+        metavar="auto|N",
+    ),
+]
 HeartbeatOpt = Annotated[
     int,
     typer.Option(

@@ -90,6 +90,12 @@ class Budget:
             trial.set_user_attr("fail_reason", OVER_BUDGET)
             raise OverBudget(f"trial {trial.number}: {self.total} trials already hold the budget")
 
+    def free_slots(self, study: optuna.Study) -> int:
+        """Slots of the budget neither counted nor held by a running trial."""
+        trials = study.get_trials(deepcopy=False)
+        taken = sum(counts_toward_budget(t) or t.state == TrialState.RUNNING for t in trials)
+        return max(self.total - taken, 0)
+
     def wait_for_slot(
         self, study: optuna.Study, deadline: float | None = None, stop_requested=lambda: False
     ) -> bool:

@@ -21,7 +21,7 @@ from rich.console import Console
 from hpo import artifacts as artifact_stores
 from hpo import resources
 from hpo.errors import HpoError
-from hpo.search import runner, storage
+from hpo.search import batched, runner, storage
 from hpo.search import workers as hpo_workers
 from hpo.search.interrupt import GracefulInterrupt
 from hpo.study import studyfile
@@ -120,6 +120,7 @@ def _run_optimize(
     heartbeat: int = storage.HEARTBEAT_S,
     reconnect: float = storage.RECONNECT_S,
     recycle_after: int | str | None = None,  # when this process restarts (CLI): Recycler
+    batch_trials: int | str = batched.AUTO,
     log_dir: Path = Path("storage/logs"),
     artifacts: str = artifact_stores.DEFAULT,
     **overrides: Any,
@@ -142,6 +143,7 @@ def _run_optimize(
     if heartbeat < 1 or reconnect < 0:
         raise HpoError("--heartbeat must be at least 1, --reconnect at least 0")
     recycler = None if recycle_after is None else hpo_workers.Recycler(recycle_after)
+    batch_setting = batched.parse(batch_trials)
     gpus = resources.gpu_count() if str(workers) != "1" else 0  # asks nvidia-smi: only if needed
     try:
         n_workers = resources.parse_workers(str(workers), gpus)
@@ -159,6 +161,8 @@ def _run_optimize(
         options["reconnect"] = reconnect
     if recycler is not None and recycler.setting != hpo_workers.RECYCLE_AFTER:
         options["recycle_after"] = recycler.setting
+    if batch_setting != batched.AUTO:
+        options["batch_trials"] = batch_setting
     argv = optimize_argv(target, name, trials, storage_url, data_dir, options, artifacts)
     restarted = hpo_workers.restarted()
     inherited = hpo_workers.inherited_children()  # when this worker restarted itself
@@ -202,6 +206,7 @@ def _run_optimize(
             notes=not restarted,  # the data notes were printed before the restart
             study=opened,
             artifacts=artifacts,
+            batch_trials=batched.resolve(batch_setting),
         )
     except storage.StorageUnavailable as exc:
         hpo_workers.interrupt(children, inherited)

@@ -17,6 +17,7 @@ from hpo.data import stored
 from hpo.data.load import load_source
 from hpo.data.prepared import Prepared
 from hpo.errors import HpoError
+from hpo.search import batched
 from hpo.search.budget import Budget, OverBudget, failed_as_stale, finished
 from hpo.search.interrupt import GracefulInterrupt
 from hpo.search.progress import StudyProgress
@@ -121,11 +122,14 @@ def run(
     notes: bool = True,
     study: optuna.Study | None = None,
     artifacts: str | None = artifact_stores.DEFAULT,
+    batch_trials: int = 1,
 ) -> RunResult:
     """Run trials until the study has `trials` finished ones, or until `recycler` says this
     process should restart (Keras and TensorFlow keep memory across trials even after
     clear_session, so a long-lived worker is restarted; see the CLI). Each trial keeps its
-    validation predictions in the artifact store at `artifacts` (None: not kept)."""
+    validation predictions in the artifact store at `artifacts` (None: not kept). With
+    `batch_trials` > 1 it asks for that many trials at a time and trains those of one
+    structure side by side (hpo.search.batched)."""
     if trials < 1:
         raise HpoError(f"--trials must be at least 1, got {trials}")
     if study is None:  # else the caller's open_study: its storage, not a second connection
@@ -165,14 +169,18 @@ def run(
                 reason = recycler and recycler.due()
                 if reason:
                     return RunResult(study, before, finished(study), False, recycle=reason)
+                ran = 1
                 try:
-                    study.optimize(
-                        objective,
-                        n_trials=1,
-                        catch=(TrialFailed, OverBudget),
-                        callbacks=[progress],
-                        gc_after_trial=True,
-                    )
+                    if batch_trials > 1:
+                        ran = batched.run_batch(study, objective, batch_trials, budget, [progress])
+                    else:
+                        study.optimize(
+                            objective,
+                            n_trials=1,
+                            catch=(TrialFailed, OverBudget),
+                            callbacks=[progress],
+                            gc_after_trial=True,
+                        )
                 except Exception as exc:
                     if failed_as_stale(exc):  # its re-run is queued: this worker goes on
                         console.print(f"[yellow]a trial of this worker was failed as stale: {exc}")
@@ -182,7 +190,7 @@ def run(
                         raise
                     raise lost from None
                 finally:
-                    if recycler:
+                    for _ in range(ran if recycler else 0):
                         recycler.ran_one()
         except KeyboardInterrupt:
             interrupted = True

@@ -23,27 +23,30 @@ class MedianPruner(optuna.pruners.MedianPruner):
 
     Optuna's asks the database for every completed trial, with all its epochs' values, at
     every epoch of every trial: 7 ms an epoch on SQLite and growing with the study, as much
-    time as a Boston epoch's training. Here that list is read again when another trial asks,
-    or when it is more than MAX_AGE_S old (another worker may have completed one), and not at
-    all before the warm-up epochs, where the answer is no. With one worker its decisions are
-    exactly Optuna's; with several, a trial completed elsewhere in the last MAX_AGE_S is not
-    yet counted, as one still running there is not."""
+    time as a Boston epoch's training. Here each trial reads that list at its first check, and
+    again when it is more than MAX_AGE_S old (another worker may have completed one), and not
+    at all before the warm-up epochs, where the answer is no (stacked trials: one list each).
+    With one worker its decisions are exactly Optuna's; with several, a trial completed
+    elsewhere in the last MAX_AGE_S is not yet counted, as one still running there is not."""
 
     MAX_AGE_S = 2.0
+    KEEP = 64  # trials whose list is kept: more than are ever stacked in one batch
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._read: tuple[int, float, list[FrozenTrial], Any] | None = None
+        self._reads: dict[int, tuple[float, list[FrozenTrial], Any]] = {}  # by trial number
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
         if step is None or step < self._n_warmup_steps:
             return False
-        read = self._read
-        if read is None or read[0] != trial.number or time.monotonic() - read[1] > self.MAX_AGE_S:
+        read = self._reads.get(trial.number)
+        if read is None or time.monotonic() - read[0] > self.MAX_AGE_S:
             completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            read = self._read = (trial.number, time.monotonic(), completed, study.direction)
-        return super().prune(_Completed(read[2], read[3]), trial)
+            read = self._reads[trial.number] = (time.monotonic(), completed, study.direction)
+            for number in sorted(self._reads)[: -self.KEEP]:  # trials long ended
+                del self._reads[number]
+        return super().prune(_Completed(read[1], read[2]), trial)
 
 
 class _Completed:

@@ -23,6 +23,11 @@ receive exactly the gradient they would get alone; its logs are the folds' mean.
 A text model's first layer can train on word ids instead of multi-hot rows (hpo.train.word_ids,
 the "ids" form). The learning rate and dropout rates are inputs of the compiled program, not
 constants in it, so trials of one structure can share it (hpo.train.programs).
+
+Several trials of one structure can also train side by side in one model (`trials` > 1,
+hpo.train.model.build's stacked trials: their k-fold models, or their single models, along the
+fold axis): each slot has its own learning rate and dropout rates, its own loss and metrics,
+and gets exactly the updates it would get alone (hpo.search.batched).
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ keras = import_keras()
 ops = keras.ops
 
 XLA_STEPS = 2000  # optimizer steps from which a dense model compiles with XLA (use_xla)
+# Optimizers whose update of a variable depends on that variable alone: stacked trials give
+# each slot its own learning rate by updating variable by variable. Nadam is not one (a step
+# also updates a product shared by all variables): its trials train one at a time.
+STACKABLE_OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
 BACKENDS = ("jax", "tensorflow")  # torch has no compiled loop here: model.fit trains there
 ENGINES = ("fused", "fit")
 
@@ -112,11 +121,15 @@ class FusedTrainer:
         shuffle: bool = True,
         first_layer: str = "dense",
         epochs: int | None = None,
+        trials: int = 1,
+        rates: dict[str, list[float]] | None = None,
     ) -> None:
         # The program's own model: its layers and variables are what the compiled code calls
         # and (TensorFlow) updates. A later trial of the same structure trains in this same
         # program (load(), programs.trainer()), its weights copied in and out.
         self.model = model
+        # Trials stacked in the model (its slots: trials x folds, trial after trial).
+        self.trials = trials
         self.batch_size = batch_size
         self.validation_batch_size = validation_batch_size
         self.shuffle = shuffle
@@ -141,7 +154,7 @@ class FusedTrainer:
         self.stateless = keras.backend.backend() == "jax"
         self.xla = use_xla(first_layer, len(train[0]), batch_size, epochs)
         self._epoch = _compile(self._epoch_fn, self.xla)
-        self.load(model, train, validation, seed)
+        self.load(model, train, validation, seed, rates)
 
     def load(
         self,
@@ -149,9 +162,12 @@ class FusedTrainer:
         train: tuple[np.ndarray, np.ndarray],
         validation: tuple[np.ndarray, np.ndarray] | None,
         seed: int | None,
+        rates: dict[str, list[float]] | None = None,
     ) -> None:
         """Start training `model` (this program's model, or one of the same structure: its
-        initial weights, learning rate and dropout rates are copied in) on these arrays."""
+        initial weights, learning rate and dropout rates are copied in) on these arrays.
+        Stacked trials take their rates from `rates`: each trial's "learning_rate" and
+        "dropout" (one rate for all its Dropout layers)."""
         self.target = model  # where write_back() leaves the trained weights
         self.rng = np.random.default_rng(seed) if self.shuffle else None
         if validation is None:
@@ -185,8 +201,7 @@ class FusedTrainer:
         self.val_predictions: np.ndarray | None = None  # the last epoch's, in validation order
         # Dropout rates are arguments of the compiled call, so trials differing only in them
         # (or in the learning rate, an optimizer variable) share one program.
-        rates = [layer.rate for layer in model_lib.chain(model) if _is_dropout(layer)]
-        self.rates = ops.convert_to_tensor(np.array(rates or [0.0], np.float32))
+        self.rates = self._rates(model, rates)
         model.optimizer.build(model.trainable_variables)
         values = [[v.value for v in variables] for variables in _variables(model)]
         if self.stateless:
@@ -195,6 +210,23 @@ class FusedTrainer:
         self.state = ()
         if model is not self.model:
             _assign(self.model, values)
+
+    def _rates(self, model: keras.Model, rates: dict[str, list[float]] | None) -> tuple:
+        """(dropout rates, learning rates): the dropout layers' rates and an unused 0 for one
+        trial (its learning rate is the optimizer's); for stacked trials, each per slot."""
+        layers = sum(_is_dropout(layer) for layer in model_lib.chain(model))
+        if self.trials == 1:
+            dropout = [layer.rate for layer in model_lib.chain(model) if _is_dropout(layer)]
+            return (
+                ops.convert_to_tensor(np.array(dropout or [0.0], np.float32)),
+                ops.convert_to_tensor(np.zeros(1, np.float32)),
+            )
+        if rates is None or len(rates["learning_rate"]) != self.trials:
+            raise ValueError(f"stacked trials need {self.trials} learning and dropout rates")
+        folds = model.output.shape[1] // self.trials  # slots are trial after trial
+        per_slot = {k: np.repeat(np.asarray(v, np.float32), folds) for k, v in rates.items()}
+        dropout = np.tile(per_slot["dropout"], (max(layers, 1), 1))
+        return ops.convert_to_tensor(dropout), ops.convert_to_tensor(per_slot["learning_rate"])
 
     def _recompile(self, capacity: tuple[int, int]) -> None:
         """Compile anew for a larger capacity: a fresh function, so that no cached trace of
@@ -229,12 +261,14 @@ class FusedTrainer:
             if not _is_dropout(layer):
                 x = layer(x, training=training)
             elif training:
-                x = self._dropout(layer, x, rates[dropouts.index(layer)])
+                x = self._dropout(layer, x, rates[0][dropouts.index(layer)])
         return x
 
     def _dropout(self, layer, x, rate):
         """Dropout at `rate` (a tensor: an argument of the compiled call), its mask drawn from
         the layer's seed generator, scaled as Keras' Dropout scales it."""
+        if self.trials > 1:  # one rate per slot: (batch, slots, units) against (1, slots, 1)
+            rate = ops.reshape(rate, (1, -1, 1))
         if self.stateless:
             keep = 1.0 - rate
             kept = _uniform_rbg(ops.shape(x), layer.seed_generator.next()) < keep
@@ -247,7 +281,14 @@ class FusedTrainer:
         # mask, most of an IMDB epoch; ThreeFry 0.2 ms. Without XLA TensorFlow's CPU kernel
         # has no ThreeFry, and its default is fast.
         algorithm = "threefry" if self.xla else None
-        return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed, rng_alg=algorithm)
+        if self.trials == 1:
+            return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed, rng_alg=algorithm)
+        # stateless_dropout takes one rate: the same mask rule, with a rate per slot.
+        uniform = tf.random.stateless_uniform(
+            tf.shape(x), seed, alg=algorithm or "auto_select", dtype=x.dtype
+        )
+        keep = 1.0 - rate
+        return tf.where(uniform < keep, x / keep, tf.zeros_like(x))
 
     def _rows(self, x_all, batch_rows, validation: bool):
         """A batch's input: its rows of x, or (dense/ids) what the ids form reads them from."""
@@ -282,9 +323,14 @@ class FusedTrainer:
             (_, (non_trainable, y_pred, losses)), grads = _value_and_grad(self._loss)(
                 trainable, non_trainable, x, y, w, rates
             )
-            trainable, optimizer_vars = model.optimizer.stateless_apply(
-                optimizer_vars, grads, trainable
-            )
+            if self.trials > 1:
+                trainable, optimizer_vars = self._stateless_slot_apply(
+                    optimizer_vars, grads, trainable, rates[1]
+                )
+            else:
+                trainable, optimizer_vars = model.optimizer.stateless_apply(
+                    optimizer_vars, grads, trainable
+                )
             return (trainable, non_trainable, optimizer_vars), y_pred, losses
         import tensorflow as tf
 
@@ -293,12 +339,51 @@ class FusedTrainer:
         # The ids form's kernel gradient arrives as IndexedSlices (rows of the words seen):
         # made dense, so the optimizer updates every row as it does for the dense layer.
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(total, model.trainable_variables)]
-        model.optimizer.apply(grads, model.trainable_variables)
+        if self.trials > 1:
+            self._slot_apply(grads, rates[1])
+        else:
+            model.optimizer.apply(grads, model.trainable_variables)
         return state, y_pred, losses
+
+    def _slot_apply(self, grads, learning_rates) -> None:
+        """The optimizer's step, each slot of each variable at its own learning rate: what
+        Keras' apply does for these optimizers (STACKABLE_OPTIMIZERS; no clipping, EMA or
+        gradient accumulation), one variable at a time. Every trainable variable of stacked
+        trials has the slot axis first (hpo.train.model.FoldDense)."""
+        optimizer = self.model.optimizer
+        for grad, variable in zip(grads, self.model.trainable_variables, strict=True):
+            shape = (-1,) + (1,) * (len(variable.shape) - 1)
+            rate = ops.cast(ops.reshape(learning_rates, shape), variable.dtype)
+            if optimizer.weight_decay is not None:  # AdamW, as Keras' _apply_weight_decay
+                decay = ops.cast(optimizer.weight_decay, variable.dtype)
+                variable.assign(variable - variable * decay * rate)
+            optimizer.update_step(grad, variable, rate)
+        optimizer.iterations.assign_add(1)
+
+    def _stateless_slot_apply(self, optimizer_vars, grads, trainable, learning_rates):
+        """_slot_apply on values, not variables, as Keras' stateless_apply runs apply."""
+        model = self.model
+        mapping = list(zip(model.trainable_variables, trainable, strict=True))
+        mapping += zip(model.optimizer.variables, optimizer_vars, strict=True)
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            self._slot_apply(grads, learning_rates)
+        return (
+            [scope.get_current_value(v) for v in model.trainable_variables],
+            [scope.get_current_value(v) for v in model.optimizer.variables],
+        )
 
     def _predict(self, state, x, rates):
         trainable, non_trainable, _ = state if self.stateless else (None, None, None)
         return self._call(trainable, non_trainable, x, rates, training=False)[0]
+
+    def _targets(self, y_all, rows):
+        """A batch's targets; for stacked trials, repeated for each trial's slots."""
+        y = ops.take(y_all, rows, axis=0)
+        if self.trials == 1:
+            return y
+        if self.model.output.shape[1] == self.trials:  # single models: no fold axis in y
+            y = ops.expand_dims(y, 1)
+        return ops.tile(y, (1, self.trials) + (1,) * (y.ndim - 2))
 
     def _epoch_fn(self, state, arrays, rates, indices, weights, val_indices, val_weights):
         x_train, y_train, x_val, y_val = arrays
@@ -306,7 +391,7 @@ class FusedTrainer:
         def step(i, carry):
             state, sums = carry
             x = self._rows(x_train, indices[i], validation=False)
-            y = ops.take(y_train, indices[i], axis=0)
+            y = self._targets(y_train, indices[i])
             state, y_pred, losses = self._train_step(state, x, y, weights[i], rates)
             batch = self._sums(y, y_pred, weights[i], losses)
             return state, {k: sums[k] + batch[k] for k in sums}
@@ -318,7 +403,7 @@ class FusedTrainer:
         def val_step(i, carry):
             sums, predictions = carry
             x = self._rows(x_val, val_indices[i], validation=True)
-            y = ops.take(y_val, val_indices[i], axis=0)
+            y = self._targets(y_val, val_indices[i])
             y_pred = self._predict(state, x, rates)
             batch = self._sums(y, y_pred, val_weights[i], self.loss_fn(y, y_pred))
             start = (i,) + (0,) * len(self.prediction_shape)
@@ -342,6 +427,12 @@ class FusedTrainer:
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch; its logs as Keras' fit would write them (fold means). Its validation
         predictions are left in `val_predictions`: (validation rows, [folds,] outputs)."""
+        (logs,) = self.run_epoch_each()
+        return logs
+
+    def run_epoch_each(self) -> list[dict[str, float]]:
+        """Train one epoch; each stacked trial's logs (one list item per trial) and, in
+        `trial_predictions`, its validation predictions as run_epoch gives a trial's."""
         indices, weights = batch_plan(self.n_train, self.batch_size, self.rng, self.pad_rows[0])
         ids = self.first_layer == "ids"
         if ids and word_ids.capacity(self.lengths[0], indices) > self.capacity[0]:
@@ -351,14 +442,36 @@ class FusedTrainer:
         self.state, sums, val_sums, predictions = self._epoch(
             self.state, self.arrays, self.rates, indices, weights, *self.val_plan
         )
-        logs = {k: float(np.mean(ops.convert_to_numpy(v))) / self.n_train for k, v in sums.items()}
+        logs = self._per_trial(sums, self.n_train, "")
         if not self.validating:
             return logs
+        for trial_logs, val_logs in zip(
+            logs, self._per_trial(val_sums, self.n_val, "val_"), strict=True
+        ):
+            trial_logs.update(val_logs)
         flat = ops.convert_to_numpy(predictions).reshape(-1, *self.prediction_shape[1:])
-        self.val_predictions = flat[: self.n_val]
-        for k, v in val_sums.items():
-            logs[f"val_{k}"] = float(np.mean(ops.convert_to_numpy(v))) / self.n_val
+        flat = flat[: self.n_val]
+        if self.trials == 1:
+            self.trial_predictions = [flat]
+        else:  # (rows, trials x folds, outputs) → each trial's (rows, [folds,] outputs)
+            per_trial = flat.reshape(len(flat), self.trials, -1, flat.shape[-1])
+            single = per_trial.shape[2] == 1 and self.model.output.shape[1] == self.trials
+            self.trial_predictions = [
+                per_trial[:, t, 0] if single else per_trial[:, t] for t in range(self.trials)
+            ]
+        self.val_predictions = self.trial_predictions[0]
         return logs
+
+    def _per_trial(self, sums: dict[str, Any], rows: int, prefix: str) -> list[dict[str, float]]:
+        """Each trial's logs from the epoch's sums (per slot): the mean over its folds."""
+        means = {
+            key: ops.convert_to_numpy(value).reshape(self.trials, -1).mean(axis=1) / rows
+            for key, value in sums.items()
+        }
+        return [
+            {prefix + key: float(value[t]) for key, value in means.items()}
+            for t in range(self.trials)
+        ]
 
     def fit(self, epochs: int) -> None:
         """Train `epochs` epochs and leave the result in the model's variables."""

@@ -110,16 +110,41 @@ class FoldDense(keras.layers.Layer):
         }
 
 
-def build(params: Mapping[str, Any], data: Prepared, folds: int = 1) -> keras.Model:
+class StackTrials(keras.layers.Layer):
+    """(batch, [folds,] features) → (batch, trials x folds, features): the same rows for each
+    of `trials` stacked trials (hpo.search.batched), trial after trial. Never saved: a stacked
+    model only trains trials, it is not handed over."""
+
+    def __init__(self, trials: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.trials = trials
+
+    def call(self, inputs):
+        if len(inputs.shape) == 2:  # single models: a slot axis of one
+            inputs = keras.ops.expand_dims(inputs, 1)
+        return keras.ops.tile(inputs, (1, self.trials, 1))
+
+    def compute_output_shape(self, input_shape):
+        folds = input_shape[1] if len(input_shape) == 3 else 1
+        return (input_shape[0], self.trials * folds, input_shape[-1])
+
+
+def build(
+    params: Mapping[str, Any], data: Prepared, folds: int = 1, trials: int = 1
+) -> keras.Model:
     """The book's stack of Dense layers, sized and trained as `params` says.
 
     With `folds` > 1, the k-fold models of one trial as one model (FoldDense layers): its input
     is (batch, folds, features), one sample of each fold's training rows per batch row, and
-    its output has the same fold axis (see stack_folds)."""
+    its output has the same fold axis (see stack_folds). With `trials` > 1, that many trials'
+    models (k-fold or single) side by side, their slots along the fold axis (StackTrials); a
+    Dropout layer is there if `params` has a dropout, each trial's rate given in training."""
     features = data.x_train.shape[1:]
     shape = features if folds == 1 else (folds, *features)
     inputs = keras.Input(shape=shape, dtype=str(data.x_train.dtype))
     x = inputs
+    if trials > 1:
+        x = StackTrials(trials, name="stack_trials")(x)
     if data.packed:
         x = UnpackBits(data.n_features, name="unpack_bits")(x)
     elif data.x_train.dtype != np.float32 or data.input_scale != 1.0:
@@ -127,7 +152,7 @@ def build(params: Mapping[str, Any], data: Prepared, folds: int = 1) -> keras.Mo
         # float inside the compiled step (and divides MNIST pixels by 255), which is cheaper
         # than converting every batch on the host and keeps the data compact in memory.
         x = keras.layers.Rescaling(data.input_scale, name="to_float")(x)
-    dense = keras.layers.Dense if folds == 1 else FoldDense
+    dense = keras.layers.Dense if folds == 1 and trials == 1 else FoldDense
     for _ in range(params["layers"]):
         x = dense(params["units"], activation=params["activation"])(x)
         if params["dropout"] > 0:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 
 from hpo import resources
 from hpo.backend import import_keras, set_random_seed
@@ -112,6 +113,12 @@ class EpochReporter(keras.callbacks.Callback):
             self.trial.set_user_attr("best_epoch", best[0])
 
 
+def interrupted(trial: optuna.Trial, reporter: EpochReporter, exc: BaseException) -> None:
+    """Keep an interrupted trial's curve and say why it stopped (Ctrl-C, SIGTERM, `hpo stop`)."""
+    reporter.save()
+    trial.set_user_attr("fail_reason", getattr(exc, "reason", "interrupted"))
+
+
 class Objective:
     """Callable for study.optimize; holds the prepared data so no trial reloads it."""
 
@@ -159,9 +166,13 @@ class Objective:
         self.trial_number: int | None = None  # the trial running, or run last
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.trial_number = trial.number
         if self.admit:
             self.admit(trial)
+        return self.run(trial, self.begin(trial))
+
+    def begin(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Start `trial`: record which worker runs it, sample its parameters (returned)."""
+        self.trial_number = trial.number
         # Which process ran it, and how often that process has read or vectorized the data
         # (once per worker: every later trial finds it in memory).
         loads = (builtin if self.data.preparation is None else own).stats
@@ -169,21 +180,31 @@ class Objective:
         # Drop the previous trial's graphs and layer names. Without a collection: the callers'
         # study.optimize(gc_after_trial=True) ran one after the previous trial.
         keras.backend.clear_session(free_memory=False)
-        params = self.spec.space.suggest(trial)
-        seed = None if self.spec.seed is None else self.spec.seed + trial.number
-        if seed is not None:
-            set_random_seed(seed)
+        return self.spec.space.suggest(trial)
+
+    def seed(self, trial: optuna.Trial) -> int | None:
+        return None if self.spec.seed is None else self.spec.seed + trial.number
+
+    def reporter(self, trial: optuna.Trial, checks_interrupt: bool = True) -> EpochReporter:
+        """The trial's EpochReporter, showing its epochs in the progress display."""
         on_epoch = self.on_epoch and (
             lambda epoch, value: self.on_epoch(trial.number, epoch, value)
         )
-        reporter = EpochReporter(
+        return EpochReporter(
             trial,
             self.spec.metric,
             self.spec.direction,
             on_epoch,
-            self.check_interrupt,
+            self.check_interrupt if checks_interrupt else None,
             smooth_epochs=self.spec.smooth_epochs,
         )
+
+    def run(self, trial: optuna.Trial, params: dict[str, Any]) -> float:
+        """Train a begun trial alone; its value (the best epoch's metric)."""
+        seed = self.seed(trial)
+        if seed is not None:
+            set_random_seed(seed)
+        reporter = self.reporter(trial)
         if self.artifact_store is not None:
             self._kept = predictions.BestEpochs(self.spec.smooth_epochs)
         try:
@@ -191,27 +212,33 @@ class Objective:
                 self._fit_folds(params, reporter, seed)
             else:
                 self._fit_holdout(params, reporter, seed)
-            reporter.save()
-            best = reporter.best()
-            assert best is not None  # record() fails the trial at its first non-finite value
-            self._keep_predictions(trial, best[0])
+            best = self.finish(trial, reporter, self._kept)
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, or `hpo stop` (its own reason)
-            reporter.save()
-            trial.set_user_attr("fail_reason", getattr(exc, "reason", "interrupted"))
+            interrupted(trial, reporter, exc)
             raise
         finally:
             self._kept = None
+        return best
+
+    def finish(
+        self, trial: optuna.Trial, reporter: EpochReporter, kept: predictions.BestEpochs | None
+    ) -> float:
+        """Save a trial's curve and its best epoch's predictions; its value."""
+        reporter.save()
+        best = reporter.best()
+        assert best is not None  # record() fails the trial at its first non-finite value
+        self._keep_predictions(trial, best[0], kept)
         return best[1]
 
-    def _keep_predictions(self, trial: optuna.Trial, epoch: int) -> None:
+    def _keep_predictions(
+        self, trial: optuna.Trial, epoch: int, kept: predictions.BestEpochs | None
+    ) -> None:
         """Keep the best epoch's validation predictions; a store that fails (a full disk, a
         bucket's credentials) costs the trial its kept predictions, not its result."""
-        if self._kept is None or epoch not in self._kept.by_epoch:
+        if kept is None or epoch not in kept.by_epoch:
             return  # no store, or model.fit (torch, HPO_ENGINE=fit): nothing to keep
         try:
-            predictions.keep(
-                trial, self.artifact_store, self._kept.by_epoch[epoch], epoch, self._rows
-            )
+            predictions.keep(trial, self.artifact_store, kept.by_epoch[epoch], epoch, self._rows)
         except Exception as exc:
             log.warning(
                 "trial %d: its validation predictions could not be kept (%s: %s)",
@@ -278,8 +305,18 @@ class Objective:
         self, params: dict[str, Any], model, train, val, reporter: EpochReporter, seed: int | None
     ) -> None:
         """The fused loop (hpo.train.engine): one compiled call per epoch, logs to the reporter."""
+        trainer = self._fused_trainer(params, model, train, val, seed)
+        for epoch in range(1, self.spec.max_epochs + 1):
+            logs = trainer.run_epoch()
+            self._keep_epoch(self._kept, reporter, epoch, trainer.val_predictions)
+            reporter.record(epoch, logs)
+
+    def _fused_trainer(
+        self, params: dict[str, Any], model, train, val, seed: int | None, **stacked: Any
+    ) -> engine.FusedTrainer:
+        """The program training `model` (hpo.train.programs: shared by trials of a structure)."""
         to_targets = self._targets(params)
-        trainer = programs.trainer(
+        return programs.trainer(
             model,
             cache=self._cache,
             loss=params["loss"],
@@ -291,11 +328,86 @@ class Objective:
             seed=seed,
             first_layer=self.first_layer,
             epochs=self.spec.max_epochs,
+            **stacked,
         )
-        for epoch in range(1, self.spec.max_epochs + 1):
-            logs = trainer.run_epoch()
-            if self._kept is not None:
-                best = reporter.best()
-                kept = predictions.compact(trainer.val_predictions, self.data.task)
-                self._kept.add(epoch, kept, best and best[0])
-            reporter.record(epoch, logs)
+
+    def _keep_epoch(
+        self,
+        kept: predictions.BestEpochs | None,
+        reporter: EpochReporter,
+        epoch: int,
+        epoch_predictions: np.ndarray,
+    ) -> None:
+        if kept is not None:
+            best = reporter.best()
+            kept.add(
+                epoch, predictions.compact(epoch_predictions, self.data.task), best and best[0]
+            )
+
+    # --- trials side by side (hpo.search.batched) ---------------------------------------------
+
+    def stackable(self, params: dict[str, Any]) -> bool:
+        """Whether a trial can train side by side with others of its structure: on the fused
+        loop, with a dense first layer (word ids gather per trial), and an optimizer that
+        steps each variable on its own (engine.STACKABLE_OPTIMIZERS)."""
+        return (
+            self.engine == "fused"
+            and self.first_layer == "dense"
+            and params["optimizer"] in engine.STACKABLE_OPTIMIZERS
+        )
+
+    def run_stacked(
+        self,
+        trials: list[optuna.Trial],
+        params: list[dict[str, Any]],
+        tell: Callable[[optuna.Trial, TrialState, float | None], None],
+    ) -> None:
+        """Train begun trials of one structure (all parameters alike but the learning rate and
+        the dropout rate) side by side as one model, one compiled call per epoch for all.
+
+        Each trial reports every epoch and is pruned or failed on its own, and `tell` hears of
+        it at once; its slot trains on unused until the last trial ends, which is when the
+        group stops. The batches' order and the initial weights come from the first trial's
+        seed, so a trial trains as it would alone from other weights and batches."""
+        n = len(trials)
+        structure = {**params[0], "dropout": max(p["dropout"] for p in params)}
+        seed = self.seed(trials[0])
+        if seed is not None:
+            set_random_seed(seed)
+        splits = list(self.spec.validation.splits(self.data.x_train, self.data.y_train))
+        folds = self.spec.validation.folds
+        train, val = model_lib.stack_folds(splits) if folds > 1 else splits[0]
+        model = model_lib.build(structure, self.data, folds=folds, trials=n)
+        rates = {key: [p[key] for p in params] for key in ("learning_rate", "dropout")}
+        trainer = self._fused_trainer(structure, model, train, val, seed, trials=n, rates=rates)
+        # Ctrl-C is checked once all trials have recorded an epoch: none loses it.
+        reporters = [self.reporter(trial, checks_interrupt=False) for trial in trials]
+        store = self.artifact_store is not None
+        kept = [predictions.BestEpochs(self.spec.smooth_epochs) if store else None for _ in trials]
+        for trial in trials:
+            trial.set_user_attr("worker", {**trial.user_attrs["worker"], "stacked": n})
+        live = list(range(n))
+        try:
+            for epoch in range(1, self.spec.max_epochs + 1):
+                logs = trainer.run_epoch_each()
+                for t in list(live):
+                    self._keep_epoch(kept[t], reporters[t], epoch, trainer.trial_predictions[t])
+                    try:
+                        reporters[t].record(epoch, logs[t])
+                    except (optuna.TrialPruned, TrialFailed) as exc:
+                        live.remove(t)
+                        pruned = isinstance(exc, optuna.TrialPruned)
+                        tell(trials[t], TrialState.PRUNED if pruned else TrialState.FAIL, None)
+                if not live:
+                    return
+                if self.check_interrupt:
+                    self.check_interrupt()
+            while live:
+                t = live[0]
+                value = self.finish(trials[t], reporters[t], kept[t])
+                live.pop(0)
+                tell(trials[t], TrialState.COMPLETE, value)
+        except KeyboardInterrupt as exc:
+            for t in live:
+                interrupted(trials[t], reporters[t], exc)
+            raise

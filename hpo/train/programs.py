@@ -47,7 +47,9 @@ def trainer(model: keras.Model, *, cache: DeviceCache, **options: Any) -> FusedT
         # The program trains its own copy (TensorFlow trains it in place), never a trial's
         # model, which is handed over (analyze's seeds of one configuration share a program).
         program = FusedTrainer(_structural_copy(model), cache=cache, **options)
-    program.load(model, options["train"], options["validation"], options.get("seed"))
+    program.load(
+        model, options["train"], options["validation"], options.get("seed"), options.get("rates")
+    )
     cache.programs[key] = program
     while len(cache.programs) > cache.PROGRAMS:
         cache.programs.popitem(last=False)
@@ -72,6 +74,7 @@ def program_key(
     arrays = [train] if validation is None else [train, validation]
     shapes = [(a.shape, str(a.dtype)) for pair in arrays for a in pair]
     options.pop("seed", None)
+    options.pop("rates", None)  # stacked trials' learning and dropout rates: inputs too
     epochs = options.pop("epochs", None)
     xla = use_xla(options.get("first_layer", "dense"), len(train[0]), options["batch_size"], epochs)
     structure = [

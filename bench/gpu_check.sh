@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The engine's GPU table in one call of the device machine (one H100; JAX and PyTorch, no
+# The engine's GPU table in one call of the device machine (one H200; JAX and PyTorch, no
 # TensorFlow, no internet): the naive Optuna/Keras loop vs hpo with 1 and 8 workers, hpo's
-# per-epoch figures against a bare model.fit, the compilation cache, and a Boston search.
+# per-epoch figures against a bare model.fit, and Boston searches with --batch-trials 1 and 8
+# (the book's model with its rates searched, where every batch stacks; the built-in space).
 #
 # Prepare on the project machine (the wheels and data are git-ignored, so they are carried):
 #   ../shared/gpu/fetch-wheels.sh optuna-integration typer click shellingham annotated-doc
@@ -27,9 +28,9 @@ export HPO_DATA_DIR=${HPO_DATA_DIR:-$PWD/.data}
 py=${PYTHON:-python3}
 
 if [ -n "${GPU_CHECK_SMALL:-}" ]; then  # a few seconds a part, to check the script on a CPU
-  trials=2 workers=2 epochs=2 boston_trials=2 overhead_epochs=2 cache_epochs=1
+  trials=2 workers=2 epochs=2 boston_trials=2 overhead_epochs=2
 else
-  trials=16 workers=8 epochs=20 boston_trials=50 overhead_epochs=6 cache_epochs=3
+  trials=16 workers=8 epochs=20 boston_trials=50 overhead_epochs=6
 fi
 
 section() { printf '\n== %s (%s)\n' "$1" "$(date -u +%T)"; }
@@ -47,10 +48,11 @@ ds=imdb; [ -f "$HPO_DATA_DIR/reuters.npz" ] && ds=imdb,reuters
 timeout 90 $py bench/imdb_overhead.py --backends jax --datasets "$ds" --epochs "$overhead_epochs" \
   --rss-trials 0 | tail -4
 
-section "compilation cache (JAX), IMDB trials in a new process"
-timeout 90 $py bench/compile_cache.py --epochs "$cache_epochs" | tail -5
+section "Boston, $boston_trials trials, --batch-trials 1 vs 8: the book's model, rates searched"
+timeout 135 $py bench/batch_trials.py --target bench/boston_rates.toml --trials "$boston_trials" \
+  --seeds 0 --sizes 1,8 | tail -3
 
-section "Boston housing: $boston_trials-trial search, this tree"
-timeout 180 $py bench/boston_search.py --only new --backends jax --trials "$boston_trials" \
-  --json "$out/boston.json" | tail -3
+section "Boston, $boston_trials trials, --batch-trials 1 vs 8: the built-in study"
+timeout 135 $py bench/batch_trials.py --target boston_housing --trials "$boston_trials" \
+  --seeds 0 --sizes 1,8 | tail -3
 section "done"

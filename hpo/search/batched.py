@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +73,9 @@ def run_batch(
     """Ask for up to `size` trials the budget admits and run them; how many were run."""
     trials: list[optuna.Trial] = []
     for _ in range(min(size, budget.free_slots(study))):
-        trial = study.ask()
+        with warnings.catch_warnings():  # "heartbeat … supposed to be used with optimize":
+            warnings.simplefilter("ignore", UserWarning)  # this module beats it as optimize does
+            trial = study.ask()
         try:
             budget.admit(trial)
         except OverBudget:  # another worker took the slot meanwhile

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -241,3 +245,32 @@ def test_batch_trials_option(workdir, capsys):
         assert code != 0
         assert "--batch-trials must be auto or a number of at least 1" in err + out
         assert "Traceback" not in err
+
+
+def test_stacked_trials_under_jax():
+    """The stacked trials' exactness and a batch's trials, in a process running Keras on JAX
+    (its optimizer steps run in a StatelessScope, its dropout masks from rbg keys)."""
+    if keras.backend.backend() == "jax":
+        pytest.skip("this process already runs JAX")  # the child itself
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    selected = ["-k", "exactly or own_rate or slot_and"]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "0",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            *selected,
+        ],
+        env={**env, "KERAS_BACKEND": "jax", "CI": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"\b7 passed\b", done.stdout), done.stdout[-3000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
@@ -231,15 +232,22 @@ def test_ctrl_c_fails_every_trial_of_the_batch_as_interrupted_keeping_its_epochs
         assert len(trial.user_attrs["history"]["val_mae"]) == 2
 
 
-def test_batch_trials_option(workdir, capsys):
+def test_batch_trials_option_keeps_the_exact_budget_and_beats_each_trials_heartbeat(
+    workdir, capsys
+):
+    """--trials 5 --batch-trials 4: a batch of 4, then one trial (the budget's last slot)."""
     space = SPACE.replace("10.0", "0.01")  # no NaN trial
     path = tiny_study(workdir, "boston_housing", epochs=3, validation="kfold:2", space=space)
-    code, out, err = run_cli(capsys, "optimize", str(path), "--trials", "4", "--batch-trials", "2")
+    args = ("optimize", str(path), "--trials", "5", "--batch-trials", "4")
+    code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     study = optuna.load_study(study_name="tiny", storage="sqlite:///storage/hpo.db")
-    assert len(study.trials) == 4
-    assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert all(t.user_attrs["worker"]["stacked"] == 2 for t in study.trials)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5  # none over budget
+    stacked = [t.user_attrs["worker"].get("stacked") for t in study.trials]
+    assert stacked == [4, 4, 4, 4, None]
+    with sqlite3.connect("storage/hpo.db") as db:  # each trial beat its own heartbeat
+        beating = {row[0] for row in db.execute("SELECT trial_id FROM trial_heartbeats")}
+    assert beating == {t._trial_id for t in study.trials}
     for bad in ("0", "two"):
         code, _, err = run_cli(capsys, "optimize", str(path), "--batch-trials", bad)
         assert code != 0

@@ -199,6 +199,7 @@ class FusedTrainer:
         # (validation batch, [folds,] outputs): one validation batch's predictions
         self.prediction_shape = (self.val_plan[0].shape[1], *model.output.shape[1:])
         self.val_predictions: np.ndarray | None = None  # the last epoch's, in validation order
+        self.trial_predictions: list[np.ndarray] = []  # each stacked trial's val_predictions
         # Dropout rates are arguments of the compiled call, so trials differing only in them
         # (or in the learning rate, an optimizer variable) share one program.
         self.rates = self._rates(model, rates)
@@ -455,7 +456,7 @@ class FusedTrainer:
             self.trial_predictions = [flat]
         else:  # (rows, trials x folds, outputs) → each trial's (rows, [folds,] outputs)
             per_trial = flat.reshape(len(flat), self.trials, -1, flat.shape[-1])
-            single = per_trial.shape[2] == 1 and self.model.output.shape[1] == self.trials
+            single = self.model.output.shape[1] == self.trials  # no fold axis: drop it
             self.trial_predictions = [
                 per_trial[:, t, 0] if single else per_trial[:, t] for t in range(self.trials)
             ]

@@ -367,8 +367,8 @@ class Objective:
 
         Each trial reports every epoch and is pruned or failed on its own, and `tell` hears of
         it at once; its slot trains on unused until the last trial ends, which is when the
-        group stops. The batches' order and the initial weights come from the first trial's
-        seed, so a trial trains as it would alone from other weights and batches."""
+        group stops. Each trial trains exactly as it would alone, but from the initial weights
+        and batch order that the seed of its group's first trial gives."""
         n = len(trials)
         structure = {**params[0], "dropout": max(p["dropout"] for p in params)}
         seed = self.seed(trials[0])

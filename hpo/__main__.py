@@ -20,6 +20,9 @@ try:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     from hpo.cli import main
 except KeyboardInterrupt as exc:
+    # Stopping now: a signal repeated (or delivered again) while exiting changes nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signum = exc.args[0] if exc.args else signal.SIGINT
     # The database password is hidden, as in every resume line (hpo.search.launch).
     shown = [re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", arg) for arg in sys.argv[1:]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -158,6 +159,23 @@ def tiny_study(
     path = folder / f"{name}.toml"
     path.write_text(text)
     return path
+
+
+def run_tests_under_jax(test_file: str, selection: str, passed: int) -> None:
+    """Run `test_file`'s tests matching `selection` (pytest -k) in a process with Keras on
+    JAX, and check that `passed` of them passed (a test asking this from a JAX process skips
+    itself)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    pytest_args = ["-q", "-n", "0", "-p", "no:cacheprovider", test_file, "-k", selection]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *pytest_args],
+        env={**env, "KERAS_BACKEND": "jax", "CI": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(rf"\b{passed} passed\b", done.stdout), done.stdout[-3000:]
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import re
 import sqlite3
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import optuna
 import pytest
-from conftest import run_cli, tiny_study
+from conftest import run_cli, run_tests_under_jax, tiny_study
 from optuna.trial import TrialState
 from test_engine import PARAMS, regression_data
 
@@ -260,25 +256,4 @@ def test_stacked_trials_under_jax():
     (its optimizer steps run in a StatelessScope, its dropout masks from rbg keys)."""
     if keras.backend.backend() == "jax":
         pytest.skip("this process already runs JAX")  # the child itself
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    selected = ["-k", "exactly or own_rate or slot_and"]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-n",
-            "0",
-            "-p",
-            "no:cacheprovider",
-            __file__,
-            *selected,
-        ],
-        env={**env, "KERAS_BACKEND": "jax", "CI": ""},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert re.search(r"\b7 passed\b", done.stdout), done.stdout[-3000:]
+    run_tests_under_jax(__file__, "exactly or own_rate or slot_and", passed=7)

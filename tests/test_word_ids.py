@@ -6,16 +6,12 @@ again in a process with KERAS_BACKEND=jax."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-from conftest import tiny_study
+from conftest import run_tests_under_jax, tiny_study
 
 from hpo.backend import import_keras, set_random_seed
 from hpo.data import builtin
@@ -243,28 +239,7 @@ def test_exact_under_jax():
     """The exactness tests above, in a process running Keras on JAX."""
     if keras.backend.backend() == "jax":
         pytest.skip("this process already runs JAX")  # the child itself
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-n",
-            "0",
-            "-p",
-            "no:cacheprovider",
-            __file__,
-            "-k",
-            "exact and not under_jax",
-        ],
-        env={**env, "KERAS_BACKEND": "jax", "CI": ""},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert re.search(r"\b8 passed\b", done.stdout), done.stdout[-3000:]
+    run_tests_under_jax(__file__, "exact and not under_jax", passed=8)
 
 
 def test_choice(monkeypatch):

@@ -16,7 +16,7 @@ from hpo.backend import import_keras, set_random_seed
 from hpo.data import builtin
 from hpo.data.spec import Validation
 from hpo.search import batched
-from hpo.search.budget import Budget
+from hpo.search.budget import Budget, over_budget
 from hpo.study import studyfile
 from hpo.train import engine
 from hpo.train import model as model_lib
@@ -136,6 +136,8 @@ batch_size = 16
 dropout = { float = [0.0, 0.3] }
 """
 
+SAFE_SPACE = SPACE.replace("10.0", "0.01")  # no trial with a NaN loss
+
 
 class PruneAt(optuna.pruners.BasePruner):
     """Prunes trial `number` at `epoch`; no other."""
@@ -207,6 +209,22 @@ def test_trials_of_another_structure_train_alone(workdir, monkeypatch):
     assert key({"units": 8, "dropout": 0.0}) != key({"units": 16, "dropout": 0.0})
 
 
+def test_a_trial_asked_after_another_worker_took_the_last_slot_never_runs(workdir, monkeypatch):
+    """Between counting the free slots and asking, another worker may take one: the trial
+    asked for it fails as "over budget" (it never ran, it does not count) and the batch is
+    what the budget admits."""
+    monkeypatch.setenv("HPO_ENGINE", "fused")
+    monkeypatch.setattr(Budget, "free_slots", lambda self, study: 2)  # the race, staged
+    study = optuna.create_study()
+    path = tiny_study(workdir, "boston_housing", epochs=2, validation="kfold:2", space=SAFE_SPACE)
+    spec = studyfile.load(str(path))
+    objective = Objective(spec, builtin.load("boston_housing", None, spec.num_words))
+    assert batched.run_batch(study, objective, 4, Budget(1), []) == 1
+    ran, refused = study.trials
+    assert ran.state == TrialState.COMPLETE
+    assert refused.state == TrialState.FAIL and over_budget(refused)
+
+
 def test_ctrl_c_fails_every_trial_of_the_batch_as_interrupted_keeping_its_epochs(
     workdir, monkeypatch
 ):
@@ -232,8 +250,7 @@ def test_batch_trials_option_keeps_the_exact_budget_and_beats_each_trials_heartb
     workdir, capsys
 ):
     """--trials 5 --batch-trials 4: a batch of 4, then one trial (the budget's last slot)."""
-    space = SPACE.replace("10.0", "0.01")  # no NaN trial
-    path = tiny_study(workdir, "boston_housing", epochs=3, validation="kfold:2", space=space)
+    path = tiny_study(workdir, "boston_housing", epochs=3, validation="kfold:2", space=SAFE_SPACE)
     args = ("optimize", str(path), "--trials", "5", "--batch-trials", "4")
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err

@@ -79,7 +79,7 @@ def run_batch(
         try:
             budget.admit(trial)
         except OverBudget:  # another worker took the slot meanwhile
-            study.tell(trial, TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL)
             break
         trials.append(trial)
     told: set[int] = set()

@@ -268,6 +268,17 @@ def test_batch_trials_option_keeps_the_exact_budget_and_beats_each_trials_heartb
         assert "Traceback" not in err
 
 
+def test_text_on_word_ids_runs_one_trial_at_a_time_and_says_so(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("HPO_FIRST_LAYER", "ids")
+    path = tiny_study(workdir, "imdb", epochs=2)
+    code, out, err = run_cli(capsys, "optimize", str(path), "--trials", "2", "--batch-trials", "3")
+    assert code == 0, err
+    assert "note: --batch-trials 3: text trains its first layer on word ids" in out
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///storage/hpo.db")
+    assert len(study.trials) == 2  # asked one at a time: none beyond the budget
+    assert all("stacked" not in t.user_attrs["worker"] for t in study.trials)
+
+
 def test_stacked_trials_under_jax():
     """The stacked trials' exactness and a batch's trials, in a process running Keras on JAX
     (its optimizer steps run in a StatelessScope, its dropout masks from rbg keys)."""

@@ -163,6 +163,11 @@ def run(
             admit=budget.admit,
             artifact_store=store,
         )
+        why_not = batch_trials > 1 and objective.unstackable()
+        if why_not:  # asking for trials ahead would only slow the sampler's learning
+            if notes:
+                console.print(f"note: --batch-trials {batch_trials}: {why_not}", highlight=False)
+            batch_trials = 1
         try:
             # One trial per optimize() call, each only after the study-wide budget admits it.
             while budget.wait_for_slot(study, deadline, lambda: ctrl_c.requested):

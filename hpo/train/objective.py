@@ -346,15 +346,19 @@ class Objective:
 
     # --- trials side by side (hpo.search.batched) ---------------------------------------------
 
+    def unstackable(self) -> str | None:
+        """Why no trial of this study can train side by side with others (None: some can)."""
+        if self.engine != "fused":
+            return f"the {keras.backend.backend()} backend trains with model.fit"
+        if self.first_layer != "dense":
+            return "text trains its first layer on word ids, one trial at a time"
+        return None
+
     def stackable(self, params: dict[str, Any]) -> bool:
         """Whether a trial can train side by side with others of its structure: on the fused
         loop, with a dense first layer (word ids gather per trial), and an optimizer that
         steps each variable on its own (engine.STACKABLE_OPTIMIZERS)."""
-        return (
-            self.engine == "fused"
-            and self.first_layer == "dense"
-            and params["optimizer"] in engine.STACKABLE_OPTIMIZERS
-        )
+        return self.unstackable() is None and params["optimizer"] in engine.STACKABLE_OPTIMIZERS
 
     def run_stacked(
         self,

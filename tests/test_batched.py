@@ -10,7 +10,7 @@ import optuna
 import pytest
 from conftest import run_cli, run_tests_under_jax, tiny_study
 from optuna.trial import TrialState
-from test_engine import PARAMS, regression_data
+from test_engine import PARAMS, fused_trainer, regression_data
 
 from hpo.backend import import_keras, set_random_seed
 from hpo.data import builtin
@@ -24,22 +24,6 @@ from hpo.train.objective import Objective
 
 keras = import_keras()
 RATES = [0.02, 0.005, 0.001]  # each stacked trial's learning rate
-
-
-def _trainer(model, train, val, trials=1, rates=None, **options):
-    return engine.FusedTrainer(
-        model,
-        loss="mse",
-        task="regression",
-        train=train,
-        validation=val,
-        batch_size=16,
-        validation_batch_size=1024,
-        seed=5,  # the same shuffles for all
-        trials=trials,
-        rates=rates,
-        **options,
-    )
 
 
 def _data(folds: int):
@@ -72,8 +56,8 @@ def test_stacked_trials_train_exactly_as_each_trial_alone(optimizer, folds):
         model.set_weights([w[slots] if folds > 1 else w[t] for w in stacked.get_weights()])
         alone.append(model)
     rates = {"learning_rate": RATES, "dropout": [0.0] * len(RATES)}
-    together = _trainer(stacked, train, val, trials=len(RATES), rates=rates)
-    apart = [_trainer(model, train, val) for model in alone]
+    together = fused_trainer(stacked, train, val, trials=len(RATES), rates=rates)
+    apart = [fused_trainer(model, train, val) for model in alone]
     for _ in range(3):
         logs = together.run_epoch_each()
         each = [t.run_epoch() for t in apart]
@@ -106,8 +90,8 @@ def test_each_stacked_trial_drops_out_at_its_own_rate():
     plain = model_lib.build({**params, "dropout": 0.0}, prepared)
     plain.set_weights([w[0] for w in stacked.get_weights()])
     rates = {"learning_rate": [0.01, 0.01], "dropout": [0.0, 0.5]}
-    together = _trainer(stacked, train, val, trials=2, rates=rates)
-    alone = _trainer(plain, train, val)
+    together = fused_trainer(stacked, train, val, trials=2, rates=rates)
+    alone = fused_trainer(plain, train, val)
     for _ in range(3):
         logs = together.run_epoch_each()
         solo = alone.run_epoch()
@@ -121,7 +105,7 @@ def test_stacked_trials_need_each_trials_rates():
     prepared, train, val = _data(1)
     stacked = model_lib.build(PARAMS, prepared, trials=2)
     with pytest.raises(ValueError, match="2 learning and dropout rates"):
-        _trainer(stacked, train, val, trials=2)
+        fused_trainer(stacked, train, val, trials=2)
 
 
 # --- a batch of trials through the runner's ask-and-tell (hpo.search.batched) ----------------

@@ -41,6 +41,21 @@ def regression_data(rows: int = 90, features: int = 5) -> Prepared:
     return Prepared("synthetic", "regression", 1, 1.0, features, False, x, y, x[:5], y[:5])
 
 
+def fused_trainer(model, train, val, **options) -> engine.FusedTrainer:
+    """A regression trainer, seeded: models of as many training rows get the same shuffles."""
+    return engine.FusedTrainer(
+        model,
+        loss="mse",
+        task="regression",
+        train=train,
+        validation=val,
+        batch_size=16,
+        validation_batch_size=1024,
+        seed=5,
+        **options,
+    )
+
+
 def test_stacked_folds_train_exactly_as_separate_models():
     """Fold f's weights of the stacked model get the gradient fold f's model gets alone."""
     prepared = regression_data()
@@ -53,21 +68,9 @@ def test_stacked_folds_train_exactly_as_separate_models():
     for f, model in enumerate(alone):  # start from the same weights
         model.set_weights([w[f] for w in stacked.get_weights()])
 
-    def trainer(model, train, val):
-        return engine.FusedTrainer(
-            model,
-            loss="mse",
-            task="regression",
-            train=train,
-            validation=val,
-            batch_size=16,
-            validation_batch_size=1024,
-            seed=5,  # the same shuffles: every fold has as many training rows
-        )
-
-    together = trainer(stacked, (x, to_targets(y)), (x_val, to_targets(y_val)))
+    together = fused_trainer(stacked, (x, to_targets(y)), (x_val, to_targets(y_val)))
     apart = [
-        trainer(model, (fx, to_targets(fy)), (vx, to_targets(vy)))
+        fused_trainer(model, (fx, to_targets(fy)), (vx, to_targets(vy)))
         for model, ((fx, fy), (vx, vy)) in zip(alone, folds, strict=True)
     ]
     for _ in range(4):

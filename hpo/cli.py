@@ -374,6 +374,7 @@ def worker(
         float, typer.Option(help="Seconds between reads of an idle queue.")
     ] = pool.POLL_S,
     recycle_after: RecycleOpt = hpo_workers.RECYCLE_AFTER,
+    batch_trials: BatchTrialsOpt = batched.AUTO,
     heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
     reconnect: ReconnectOpt = storage.RECONNECT_S,
 ) -> None:
@@ -392,6 +393,7 @@ def worker(
             poll_s=poll,
             heartbeat_s=heartbeat,
             reconnect_s=reconnect,
+            batch_trials=batched.resolve(batched.parse(batch_trials)),
         )
     raise typer.Exit(code)
 

@@ -345,6 +345,41 @@ def test_a_failing_study_is_left_after_three_trials_not_the_worker(workdir, caps
     assert budget.finished(optuna.load_study(study_name="bad", storage=url)) == 0
 
 
+def test_a_worker_stacks_a_batch_and_requeues_all_of_a_stopped_one(workdir, capsys, monkeypatch):
+    """`hpo worker --batch-trials 2` trains two trials of a study side by side; `hpo stop`
+    during a batch ends both at the epoch and queues both parameter sets again."""
+    url = f"sqlite:///{workdir}/batch.db"
+    space = 'layers = 1\nunits = 8\noptimizer = "adam"\nbatch_size = 16\n'
+    space += "learning_rate = { float = [0.001, 0.01] }\ndropout = { float = [0.0, 0.2] }\n"
+    path = tiny_study(workdir, "boston_housing", epochs=3, validation="kfold:2", space=space)
+    for name in ("whole", "stopped"):
+        assert run_cli(capsys, "submit", str(path), "--trials", "2", "--study", name,
+                       "--storage", url)[0] == 0  # fmt: skip
+    out = Console(record=True, width=200)
+    serving = pool.Worker(url, console=out, pattern="whole", batch_trials=2)
+    serving.run_one(serving.choose())
+    whole = optuna.load_study(study_name="whole", storage=url).trials
+    assert [t.state for t in whole] == [TrialState.COMPLETE] * 2
+    assert [t.user_attrs["worker"]["stacked"] for t in whole] == [2, 2]
+
+    checks = []
+
+    def pause_at_epoch_2(self):
+        checks.append(1)
+        if len(checks) == 2:
+            raise pool.Stopped
+
+    monkeypatch.setattr(pool.StopCheck, "__call__", pause_at_epoch_2)
+    serving = pool.Worker(url, console=out, pattern="stopped", batch_trials=2)
+    serving.run_one(serving.choose())
+    trials = optuna.load_study(study_name="stopped", storage=url).trials
+    ended, waiting = trials[:2], trials[2:]
+    assert all(t.user_attrs["fail_reason"] == budget.STOPPED for t in ended)
+    assert all(len(t.user_attrs["history"]["val_mae"]) == 2 for t in ended)
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [t.params for t in ended]
+    assert "stopped: trial 0, 1 stopped (hpo stop)" in out.export_text()
+
+
 def test_submit_keeps_the_dashboard_note_and_what_was_submitted(workdir, capsys):
     """Submitting again extends the budget and keeps the priority and options given before;
     the queue's note never replaces one that analyze or a user wrote."""

@@ -69,9 +69,11 @@ def run_batch(
     size: int,
     budget: Budget,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
+    asked: list[optuna.Trial] | None = None,
 ) -> int:
-    """Ask for up to `size` trials the budget admits and run them; how many were run."""
-    trials: list[optuna.Trial] = []
+    """Ask for up to `size` trials the budget admits and run them; how many were run. The
+    trials are also added to `asked` as they are asked (so a caller interrupted knows them)."""
+    trials: list[optuna.Trial] = [] if asked is None else asked
     for _ in range(min(size, budget.free_slots(study))):
         with warnings.catch_warnings():  # "heartbeat … supposed to be used with optimize":
             warnings.simplefilter("ignore", UserWarning)  # this module beats it as optimize does

@@ -34,9 +34,16 @@ from hpo import artifacts as artifact_stores
 from hpo import resources
 from hpo.backend import freeze_heap
 from hpo.errors import HpoError, first_line
-from hpo.search import queue, runner
+from hpo.search import batched, queue, runner
 from hpo.search import workers as hpo_workers
-from hpo.search.budget import STOPPED, Budget, OverBudget, fail_stale, failed_as_stale
+from hpo.search.budget import (
+    STOPPED,
+    Budget,
+    OverBudget,
+    counts_toward_budget,
+    fail_stale,
+    failed_as_stale,
+)
 from hpo.search.interrupt import GracefulInterrupt, exit_code
 from hpo.search.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
 from hpo.study import algorithms
@@ -95,8 +102,10 @@ class Worker:
         poll_s: float = POLL_S,
         heartbeat_s: int = HEARTBEAT_S,
         reconnect_s: float = RECONNECT_S,
+        batch_trials: int = 1,
     ) -> None:
         self.url = storage_url
+        self.batch_trials = batch_trials  # trials asked at once (hpo.search.batched)
         self.store = open_storage(storage_url, heartbeat_s, reconnect_s)
         self.artifacts = artifacts
         self.data_dir = data_dir
@@ -209,20 +218,30 @@ class Worker:
         stop = StopCheck(self.store, entry.study_id)
         objective.check_interrupt = self._checks(stop)
         objective.trial_number = None  # set by the objective once the trial exists
+        stacks = self.batch_trials > 1 and objective.unstackable() is None
+        size = self.batch_trials if stacks else 1
+        asked: list[optuna.Trial] = []  # a batch's trials
+        ran = 1
         try:
-            served.study.optimize(
-                objective,
-                n_trials=1,
-                catch=served.catch,
-                callbacks=[self._said],
-                gc_after_trial=True,
-            )
+            if size > 1:
+                ran = batched.run_batch(
+                    served.study, objective, size, served.budget, [self._said], asked
+                )
+            else:
+                served.study.optimize(
+                    objective,
+                    n_trials=1,
+                    catch=served.catch,
+                    callbacks=[self._said],
+                    gc_after_trial=True,
+                )
         except KeyboardInterrupt as exc:  # paused, or this worker was asked to stop
-            self._requeue(served.study, entry, objective.trial_number)
+            numbers = [t.number for t in asked] if size > 1 else [objective.trial_number]
+            requeued = [n for n in numbers if self._requeue(served.study, entry, n)]
             why = "stopped (hpo stop)" if isinstance(exc, Stopped) else "interrupted"
             self.console.print(
-                f"{entry.name}: trial {objective.trial_number} {why}; its parameters run "
-                "again first",
+                f"{entry.name}: trial {', '.join(map(str, requeued)) or None} {why}; its "
+                "parameters run again first",
                 highlight=False,
             )
         except Exception as exc:
@@ -233,7 +252,7 @@ class Worker:
         else:
             self.failures.pop(entry.name, None)
         finally:
-            if self.recycler:
+            for _ in range(ran if self.recycler else 0):
                 self.recycler.ran_one()
 
     def _failed(self, entry: queue.Entry, exc: Exception) -> None:
@@ -266,14 +285,17 @@ class Worker:
             highlight=False,
         )
 
-    def _requeue(self, study: optuna.Study, entry: queue.Entry, number: int | None) -> None:
-        """Queue the ended trial's parameters again: they run next, first in its budget."""
+    def _requeue(self, study: optuna.Study, entry: queue.Entry, number: int | None) -> bool:
+        """Queue an interrupted trial's parameters again: they run next, first in its budget.
+        False for a trial that finished (a batch's trials end one by one) or had none."""
         if number is None:
-            return
+            return False
         trial_id = self.store.get_trial_id_from_study_id_trial_number(entry.study_id, number)
-        params = self.store.get_trial(trial_id).params
-        if params:
-            study.enqueue_trial(params, user_attrs={"requeued_from": number})
+        trial = self.store.get_trial(trial_id)
+        if counts_toward_budget(trial) or not trial.params:
+            return False
+        study.enqueue_trial(trial.params, user_attrs={"requeued_from": number})
+        return True
 
     def _leave(self, entry: queue.Entry, why: str) -> None:
         self.left.add(entry.name)

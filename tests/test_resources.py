@@ -73,9 +73,9 @@ def test_recycle_settings():
         with pytest.raises(HpoError, match=says):
             Recycler(bad)
     every_two = Recycler(2)
-    every_two.ran_one()
+    every_two.add_trials()
     assert every_two.due() is None
-    every_two.ran_one()
+    every_two.add_trials()
     assert every_two.due() == "after 2 trials"
 
 
@@ -88,9 +88,9 @@ def test_auto_recycles_once_memory_grew_after_the_first_trial(monkeypatch):
     monkeypatch.setattr(workers, "resident_mb", lambda: next(memory))
     recycler = workers.Recycler("auto")
     assert recycler.due() is None  # no trial yet: no baseline, memory not read
-    recycler.ran_one()  # baseline 900 MB
+    recycler.add_trials()  # baseline 900 MB
     assert recycler.due() is None  # 1,500: grew 600 MB
-    recycler.ran_one()
+    recycler.add_trials()
     assert recycler.due() == "after 2 trials: its memory grew by 1,100 MB"  # 2,000
 
 

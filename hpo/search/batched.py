@@ -63,6 +63,23 @@ def stack_key(params: dict[str, Any]) -> str:
     return json.dumps([shared, params.get("dropout", 0) > 0], sort_keys=True, default=str)
 
 
+def run_trials(
+    study: optuna.Study,
+    objective: Objective,
+    size: int,
+    budget: Budget,
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
+    catch: tuple[type[Exception], ...],
+    asked: list[optuna.Trial] | None = None,
+) -> int:
+    """Run the next trial (study.optimize, its own failures in `catch` recorded, not raised),
+    or with `size` > 1 where trials can stack the next batch (run_batch); how many were run."""
+    if size > 1 and objective.unstackable() is None:
+        return run_batch(study, objective, size, budget, callbacks, asked)
+    study.optimize(objective, n_trials=1, catch=catch, callbacks=callbacks, gc_after_trial=True)
+    return 1
+
+
 def run_batch(
     study: optuna.Study,
     objective: Objective,

@@ -218,25 +218,20 @@ class Worker:
         stop = StopCheck(self.store, entry.study_id)
         objective.check_interrupt = self._checks(stop)
         objective.trial_number = None  # set by the objective once the trial exists
-        stacks = self.batch_trials > 1 and objective.unstackable() is None
-        size = self.batch_trials if stacks else 1
         asked: list[optuna.Trial] = []  # a batch's trials
         ran = 1
         try:
-            if size > 1:
-                ran = batched.run_batch(
-                    served.study, objective, size, served.budget, [self._said], asked
-                )
-            else:
-                served.study.optimize(
-                    objective,
-                    n_trials=1,
-                    catch=served.catch,
-                    callbacks=[self._said],
-                    gc_after_trial=True,
-                )
+            ran = batched.run_trials(
+                served.study,
+                objective,
+                self.batch_trials,
+                served.budget,
+                [self._said],
+                served.catch,
+                asked,
+            )
         except KeyboardInterrupt as exc:  # paused, or this worker was asked to stop
-            numbers = [t.number for t in asked] if size > 1 else [objective.trial_number]
+            numbers = [t.number for t in asked] or [objective.trial_number]
             requeued = [n for n in numbers if self._requeue(served.study, entry, n)]
             why = "stopped (hpo stop)" if isinstance(exc, Stopped) else "interrupted"
             self.console.print(
@@ -252,8 +247,8 @@ class Worker:
         else:
             self.failures.pop(entry.name, None)
         finally:
-            for _ in range(ran if self.recycler else 0):
-                self.recycler.ran_one()
+            if self.recycler:
+                self.recycler.add_trials(ran)
 
     def _failed(self, entry: queue.Entry, exc: Exception) -> None:
         """A trial that raised (not a NaN loss, which the objective records): failed, and not

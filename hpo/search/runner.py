@@ -163,29 +163,21 @@ def run(
             admit=budget.admit,
             artifact_store=store,
         )
+        own_failures = (TrialFailed, OverBudget)  # a trial's own ends: recorded, not raised
         why_not = batch_trials > 1 and objective.unstackable()
-        if why_not:  # asking for trials ahead would only slow the sampler's learning
-            if notes:
-                console.print(f"note: --batch-trials {batch_trials}: {why_not}", highlight=False)
-            batch_trials = 1
+        if why_not and notes:  # run_trials asks for one at a time: asking ahead gains nothing
+            console.print(f"note: --batch-trials {batch_trials}: {why_not}", highlight=False)
         try:
-            # One trial per optimize() call, each only after the study-wide budget admits it.
+            # One trial (or batch) at a time, each admitted by the study-wide budget.
             while budget.wait_for_slot(study, deadline, lambda: ctrl_c.requested):
                 reason = recycler and recycler.due()
                 if reason:
                     return RunResult(study, before, finished(study), False, recycle=reason)
                 ran = 1
                 try:
-                    if batch_trials > 1:
-                        ran = batched.run_batch(study, objective, batch_trials, budget, [progress])
-                    else:
-                        study.optimize(
-                            objective,
-                            n_trials=1,
-                            catch=(TrialFailed, OverBudget),
-                            callbacks=[progress],
-                            gc_after_trial=True,
-                        )
+                    ran = batched.run_trials(
+                        study, objective, batch_trials, budget, [progress], own_failures
+                    )
                 except Exception as exc:
                     if failed_as_stale(exc):  # its re-run is queued: this worker goes on
                         console.print(f"[yellow]a trial of this worker was failed as stale: {exc}")
@@ -195,8 +187,8 @@ def run(
                         raise
                     raise lost from None
                 finally:
-                    for _ in range(ran if recycler else 0):
-                        recycler.ran_one()
+                    if recycler:
+                        recycler.add_trials(ran)
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or ctrl_c.requested

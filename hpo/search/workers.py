@@ -55,9 +55,11 @@ class Recycler:
         self.ran = 0  # trials this process ran
         self.baseline_mb: float | None = None  # its memory after its first trial
 
-    def ran_one(self) -> None:
-        self.ran += 1
-        if self.ran == 1 and self.growth_mb is not None:
+    def add_trials(self, count: int = 1) -> None:
+        """Count trials this process ran (a batch's at once); the first set the baseline."""
+        first = self.ran == 0
+        self.ran += count
+        if first and count and self.growth_mb is not None:
             self.baseline_mb = resident_mb()
 
     def due(self) -> str | None:

@@ -128,8 +128,10 @@ class FusedTrainer:
         # and (TensorFlow) updates. A later trial of the same structure trains in this same
         # program (load(), programs.trainer()), its weights copied in and out.
         self.model = model
-        # Trials stacked in the model (its slots: trials x folds, trial after trial).
+        # Trials stacked in the model (its slots: trials x folds, trial after trial), and the
+        # folds of each (1: single models, whose arrays have no fold axis).
         self.trials = trials
+        self.trial_folds = model.output.shape[1] // trials if trials > 1 else None
         self.batch_size = batch_size
         self.validation_batch_size = validation_batch_size
         self.shuffle = shuffle
@@ -224,8 +226,9 @@ class FusedTrainer:
             )
         if rates is None or len(rates["learning_rate"]) != self.trials:
             raise ValueError(f"stacked trials need {self.trials} learning and dropout rates")
-        folds = model.output.shape[1] // self.trials  # slots are trial after trial
-        per_slot = {k: np.repeat(np.asarray(v, np.float32), folds) for k, v in rates.items()}
+        per_slot = {
+            k: np.repeat(np.asarray(v, np.float32), self.trial_folds) for k, v in rates.items()
+        }
         dropout = np.tile(per_slot["dropout"], (max(layers, 1), 1))
         return ops.convert_to_tensor(dropout), ops.convert_to_tensor(per_slot["learning_rate"])
 
@@ -382,7 +385,7 @@ class FusedTrainer:
         y = ops.take(y_all, rows, axis=0)
         if self.trials == 1:
             return y
-        if self.model.output.shape[1] == self.trials:  # single models: no fold axis in y
+        if self.trial_folds == 1:  # single models: no fold axis in y
             y = ops.expand_dims(y, 1)
         return ops.tile(y, (1, self.trials) + (1,) * (y.ndim - 2))
 
@@ -456,7 +459,7 @@ class FusedTrainer:
             self.trial_predictions = [flat]
         else:  # (rows, trials x folds, outputs) → each trial's (rows, [folds,] outputs)
             per_trial = flat.reshape(len(flat), self.trials, -1, flat.shape[-1])
-            single = self.model.output.shape[1] == self.trials  # no fold axis: drop it
+            single = self.trial_folds == 1  # no fold axis: drop it
             self.trial_predictions = [
                 per_trial[:, t, 0] if single else per_trial[:, t] for t in range(self.trials)
             ]

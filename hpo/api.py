@@ -77,6 +77,7 @@ def optimize(
     sampler: str | None = None,
     pruner: str | None = None,
     max_epochs: int | None = None,
+    patience: int | None = None,
     seed: int | None = None,
     timeout: float | None = None,
     data_dir: str | None = None,
@@ -107,6 +108,7 @@ def optimize(
         sampler=sampler,
         pruner=pruner,
         max_epochs=max_epochs,
+        patience=patience,
         seed=seed,
     )
     finish_optimize(run, trials, console, Console(stderr=True))
@@ -123,6 +125,7 @@ def submit(
     sampler: str | None = None,
     pruner: str | None = None,
     max_epochs: int | None = None,
+    patience: int | None = None,
     seed: int | None = None,
     data_dir: str | None = None,
     artifacts: str = DEFAULT_ARTIFACTS,
@@ -145,6 +148,7 @@ def submit(
         sampler=sampler,
         pruner=pruner,
         max_epochs=max_epochs,
+        patience=patience,
         seed=seed,
     )
 

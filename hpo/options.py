@@ -79,6 +79,13 @@ StudyOpt = Annotated[str | None, typer.Option(help="Study name (default: the stu
 SamplerOpt = Annotated[SamplerName | None, typer.Option(help="Override the file's sampler.")]
 PrunerOpt = Annotated[PrunerName | None, typer.Option(help="Override the file's pruner.")]
 MaxEpochsOpt = Annotated[int | None, typer.Option(help="Override the epoch budget per trial.")]
+PatienceOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Override the study file's patience: a trial stops N epochs after its best "
+        "one (0: every trial trains all its epochs)."
+    ),
+]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed the sampler and each trial's weights.")]
 RecycleOpt = Annotated[
     str,

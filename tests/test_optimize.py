@@ -135,6 +135,82 @@ batch_size = 16
     assert done.value == pytest.approx(min(done.user_attrs["history"]["val_mae"]))
 
 
+@pytest.mark.parametrize(
+    ("dataset", "validation", "engine", "batch"),
+    [
+        ("boston_housing", "kfold:2", "fused", "1"),
+        ("boston_housing", "kfold:2", "fit", "1"),
+        ("boston_housing", "kfold:2", "fused", "4"),
+        ("imdb", "first:100", "fused", "1"),
+        ("imdb", "first:100", "fit", "1"),
+    ],
+)
+def test_patience_stops_a_trial_after_its_best_epoch(
+    workdir, capsys, monkeypatch, dataset, validation, engine, batch
+):
+    """Each trial completes `patience` epochs after its best one, or at max_epochs, whichever
+    comes first, with the best epoch's value: through the fused loop, model.fit (a Keras
+    callback for a holdout, chunks of epochs for k folds) and trials stacked in a batch."""
+    monkeypatch.setenv("HPO_ENGINE", engine)
+    space = "learning_rate = { float = [0.05, 0.2] }" if dataset == "boston_housing" else None
+    path = tiny_study(workdir, dataset, epochs=16, validation=validation, space=space)
+    path.write_text(path.read_text().replace("max_epochs = 16", "max_epochs = 16\npatience = 3"))
+    args = ("optimize", str(path), "--trials", "3", "--seed", "1", "--batch-trials", batch)
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    trials = load().get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    metric = "val_mae" if dataset == "boston_housing" else "val_accuracy"
+    best_of = min if dataset == "boston_housing" else max
+    stopped = 0
+    for t in trials:
+        curve = t.user_attrs["history"][metric]
+        assert len(t.user_attrs["history"]["loss"]) == len(curve) == len(t.intermediate_values)
+        best = curve.index(best_of(curve)) + 1
+        assert t.value == pytest.approx(best_of(curve)) and t.user_attrs["best_epoch"] == best
+        if len(curve) < 16:
+            assert len(curve) - best == 3
+            stopped += 1
+        else:
+            assert len(curve) - best <= 3
+    assert stopped >= 2
+    if batch != "1":
+        assert max(t.user_attrs["worker"].get("stacked", 1) for t in trials) > 1
+
+
+class _Trial:
+    """What EpochReporter asks of an Optuna trial, recorded."""
+
+    def __init__(self):
+        self.reported, self.user_attrs = {}, {}
+
+    def report(self, value, step):
+        self.reported[step] = value
+
+    def should_prune(self):
+        return False
+
+    def set_user_attr(self, key, value):
+        self.user_attrs[key] = value
+
+
+@pytest.mark.parametrize(
+    ("smooth", "stop", "best_epoch"),
+    # raw: best at epoch 4; 3-epoch means: best window 3-5, complete at epoch 5
+    [(1, 7, 4), (3, 8, 4)],
+)
+def test_patience_counts_from_the_epoch_that_gave_the_best_point(smooth, stop, best_epoch):
+    from hpo.train.objective import EpochReporter
+
+    curve = [5.0, 4.0, 3.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    reporter = EpochReporter(_Trial(), "val_mae", "minimize", smooth_epochs=smooth, patience=3)
+    stops = [reporter.record(e, {"val_mae": v}) for e, v in enumerate(curve, 1)]
+    assert stops.index(True) + 1 == stop
+    assert reporter.best()[0] == best_epoch
+    never = EpochReporter(_Trial(), "val_mae", "minimize", smooth_epochs=smooth, patience=0)
+    assert not any(never.record(e, {"val_mae": v}) for e, v in enumerate(curve, 1))
+
+
 def test_smoothed_study_ranks_trials_by_their_best_window(workdir, capsys):
     path = tiny_study(workdir, "boston_housing", epochs=8, validation="kfold:2")
     path.write_text(path.read_text().replace("max_epochs = 8", "max_epochs = 8\nsmooth_epochs = 3"))

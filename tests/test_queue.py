@@ -389,7 +389,7 @@ def test_submit_keeps_the_dashboard_note_and_what_was_submitted(workdir, capsys)
     path = tiny_study(workdir, epochs=1)
     args = ["--study", "s", "--storage", url]
     assert run_cli(capsys, "submit", str(path), "--trials", "3", "--priority", "2",
-                   "--max-epochs", "2", *args)[0] == 0  # fmt: skip
+                   "--max-epochs", "2", "--patience", "1", *args)[0] == 0  # fmt: skip
     study = optuna.load_study(study_name="s", storage=url)
     assert get_note(study).startswith(queue.NOTE)
     save_note(study, "## Best configuration (written by hpo analyze)")
@@ -399,4 +399,7 @@ def test_submit_keeps_the_dashboard_note_and_what_was_submitted(workdir, capsys)
     study = optuna.load_study(study_name="s", storage=url)
     assert get_note(study) == "## Best configuration (written by hpo analyze)"
     record = study.user_attrs[queue.ATTR]
-    assert (record["trials"], record["priority"], record["options"]) == (6, 2, {"max_epochs": 2})
+    options = {"max_epochs": 2, "patience": 1}
+    assert (record["trials"], record["priority"], record["options"]) == (6, 2, options)
+    (entry,) = queue.entries(study._storage, "s")
+    assert queue.spec_of(entry).patience == 1  # what a worker trains with

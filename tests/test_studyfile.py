@@ -52,6 +52,8 @@ GOOD = '[study]\ndataset = "imdb"\n'
         (GOOD + "smooth_epochs = 0\n", "study.smooth_epochs: must be an integer from 1"),
         (GOOD + "max_epochs = 5\nsmooth_epochs = 7\n", "to max_epochs (5), got 7"),
         (GOOD + 'smooth_epochs = "3"\n', "study.smooth_epochs: must be an integer"),
+        (GOOD + "patience = -1\n", "study.patience: must be an integer ≥ 0"),
+        (GOOD + "patience = 2.5\n", "study.patience: must be an integer ≥ 0"),
         (GOOD + 'validation = "half"\n', "study.validation: expected"),
         (GOOD + 'validation = "kfold:1"\n', "study.validation: kfold needs at least 2"),
         (GOOD + "epochs = 3\n", "study.epochs: unknown key"),
@@ -97,6 +99,9 @@ def test_overrides():
     assert spec.sampler["name"] == "tpe"
     with pytest.raises(HpoError, match="--max-epochs"):
         studyfile.load("imdb").with_overrides(max_epochs=0)
+    assert studyfile.load("imdb").with_overrides(patience=0).patience == 0
+    with pytest.raises(HpoError, match="--patience must be at least 0"):
+        studyfile.load("imdb").with_overrides(patience=-1)
 
 
 def test_own_data_study_infers_its_task_and_a_percent_holdout(tmp_path):

@@ -153,6 +153,7 @@ def _run_optimize(
         "sampler": overrides.get("sampler"),
         "pruner": overrides.get("pruner"),
         "max_epochs": overrides.get("max_epochs"),
+        "patience": overrides.get("patience"),
         "seed": overrides.get("seed"),
     }
     if heartbeat != storage.HEARTBEAT_S:

@@ -32,7 +32,8 @@ from hpo.study.studyfile import StudySpec
 ATTR = "hpo_queue"
 NOTE = "**Queue:**"  # how the queue's note on the study (optuna-dashboard) begins
 QUEUED, PAUSED = "queued", "paused"
-OPTIONS = ("sampler", "pruner", "max_epochs", "seed")  # what a worker applies to the study file
+# What a worker applies to the study file.
+OPTIONS = ("sampler", "pruner", "max_epochs", "patience", "seed")
 RATE_WINDOW = timedelta(minutes=10)  # `hpo list`'s trials per minute: over the last 10 minutes
 
 

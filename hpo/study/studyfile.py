@@ -36,6 +36,7 @@ STUDY_KEYS = {
     "num_words",
     "seed",
     "smooth_epochs",
+    "patience",
 }
 
 
@@ -54,6 +55,7 @@ class StudySpec:
     num_words: int = 10000
     seed: int | None = None
     smooth_epochs: int = 1  # rank trials by their validation curve averaged over this many epochs
+    patience: int = 0  # a trial stops this many epochs after its best one; 0: it trains on
     path: str = ""
     data: DataSpec | None = None  # the user's own file ([data]); None: a built-in dataset
 
@@ -72,6 +74,8 @@ class StudySpec:
                 changes[part] = current if current["name"] == name else {"name": name}
         if "max_epochs" in changes and changes["max_epochs"] < 1:
             raise HpoError(f"--max-epochs must be at least 1, got {changes['max_epochs']}")
+        if "patience" in changes and changes["patience"] < 0:
+            raise HpoError(f"--patience must be at least 0, got {changes['patience']}")
         spec = replace(self, **changes)
         algorithms.check(spec.sampler, spec.pruner, spec.max_epochs, source="options")
         return spec
@@ -214,6 +218,11 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
             f"{source}: study.smooth_epochs: must be an integer from 1 to max_epochs "
             f"({max_epochs}), got {smooth_epochs!r}"
         )
+    patience = study.get("patience", 0)
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise HpoError(
+            f"{source}: study.patience: must be an integer ≥ 0 (0: no early stop), got {patience!r}"
+        )
     name = study.get("name", Path(source).stem)
     if not isinstance(name, str) or not name.strip():
         raise HpoError(f"{source}: study.name: must be a non-empty string, got {name!r}")
@@ -243,6 +252,7 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
         num_words=num_words,
         seed=seed,
         smooth_epochs=smooth_epochs,
+        patience=patience,
         path=source,
         data=table,
     )

@@ -6,6 +6,8 @@ What a finished (or pruned, or failed) trial holds:
 - user attr `best_epoch`: the 1-based epoch with the best validation metric; the trial's value
   is the metric at that epoch, not at the last one (with `smooth_epochs` > 1 in the study file:
   the best mean over that many consecutive epochs, centred on `best_epoch`);
+  with `patience` in the study file, the trial stops (and completes) that many epochs after
+  its best one, as Keras' EarlyStopping would;
 - user attr `fail_reason` when the trial failed (e.g. the loss became NaN);
 - user attr `val_predictions` when the study keeps them (an artifact store): the best epoch's
   validation predictions, an artifact of the trial (hpo.train.predictions; fused loop only);
@@ -50,7 +52,8 @@ class TrialFailed(Exception):
 
 
 class EpochReporter(keras.callbacks.Callback):
-    """Collect each epoch's logs, report the monitored metric, prune, and stop on NaN.
+    """Collect each epoch's logs, report the monitored metric, prune, stop on NaN, and say when
+    the metric has not improved for `patience` epochs.
 
     Used as a Keras callback for a holdout trial, and called directly with fold-averaged logs
     for a k-fold trial.
@@ -64,20 +67,27 @@ class EpochReporter(keras.callbacks.Callback):
         on_epoch: Callable[[int, float], None] | None = None,
         check_interrupt: Callable[[], None] | None = None,
         smooth_epochs: int = 1,
+        patience: int = 0,
     ) -> None:
         super().__init__()
         self.trial = trial
         self.monitor = monitor
         self.maximize = direction == "maximize"
         self.smooth_epochs = smooth_epochs
+        self.patience = patience
         self.on_epoch = on_epoch
         self.check_interrupt = check_interrupt
         self.history: dict[str, list[float]] = {}
+        self._best: tuple[int, float] | None = None
+        self._improved = 0  # the epoch that gave the best point so far
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.record(epoch + 1, logs or {})
+        if self.record(epoch + 1, logs or {}):
+            self.model.stop_training = True
 
-    def record(self, epoch: int, logs: dict[str, Any]) -> None:
+    def record(self, epoch: int, logs: dict[str, Any]) -> bool:
+        """Record epoch `epoch` (1-based); True when the trial should stop here, complete:
+        `patience` epochs passed without a new best. Raises when it is pruned or failed."""
         if self.monitor not in logs:
             raise HpoError(
                 f"metric {self.monitor!r} is not in the training logs "
@@ -99,6 +109,10 @@ class EpochReporter(keras.callbacks.Callback):
         if self.trial.should_prune():
             self.save()
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+        best = self.best()
+        if best != self._best:  # a new best point (on the smoothed curve, if smoothed)
+            self._best, self._improved = best, epoch
+        return self.patience > 0 and epoch - self._improved >= self.patience
 
     def best(self) -> tuple[int, float] | None:
         """(1-based best epoch, its monitored value), on the curve smoothed as the study says;
@@ -197,6 +211,7 @@ class Objective:
             on_epoch,
             self.check_interrupt if checks_interrupt else None,
             smooth_epochs=self.spec.smooth_epochs,
+            patience=self.spec.patience,
         )
 
     def run(self, trial: optuna.Trial, params: dict[str, Any]) -> float:
@@ -299,7 +314,8 @@ class Objective:
                 averaged = {
                     key: float(np.mean([c[key][offset] for c in curves])) for key in curves[0]
                 }
-                reporter.record(start + offset + 1, averaged)
+                if reporter.record(start + offset + 1, averaged):
+                    return
 
     def _train_fused(
         self, params: dict[str, Any], model, train, val, reporter: EpochReporter, seed: int | None
@@ -309,7 +325,8 @@ class Objective:
         for epoch in range(1, self.spec.max_epochs + 1):
             logs = trainer.run_epoch()
             self._keep_epoch(self._kept, reporter, epoch, trainer.val_predictions)
-            reporter.record(epoch, logs)
+            if reporter.record(epoch, logs):
+                return
 
     def _fused_trainer(
         self, params: dict[str, Any], model, train, val, seed: int | None, **stacked: Any
@@ -369,10 +386,11 @@ class Objective:
         """Train begun trials of one structure (all parameters alike but the learning rate and
         the dropout rate) side by side as one model, one compiled call per epoch for all.
 
-        Each trial reports every epoch and is pruned or failed on its own, and `tell` hears of
-        it at once; its slot trains on unused until the last trial ends, which is when the
-        group stops. Each trial trains exactly as it would alone, but from the initial weights
-        and batch order that the seed of its group's first trial gives."""
+        Each trial reports every epoch and is pruned, failed or stopped early (patience) on its
+        own, and `tell` hears of it at once; its slot trains on unused until the last trial
+        ends, which is when the group stops. Each trial trains exactly as it would alone, but
+        from the initial weights and batch order that the seed of its group's first trial
+        gives."""
         n = len(trials)
         structure = {**params[0], "dropout": max(p["dropout"] for p in params)}
         seed = self.seed(trials[0])
@@ -397,20 +415,20 @@ class Objective:
                 for t in list(live):
                     self._keep_epoch(kept[t], reporters[t], epoch, trainer.trial_predictions[t])
                     try:
-                        reporters[t].record(epoch, logs[t])
+                        stop = reporters[t].record(epoch, logs[t]) or epoch == self.spec.max_epochs
                     except (optuna.TrialPruned, TrialFailed) as exc:
                         live.remove(t)
                         pruned = isinstance(exc, optuna.TrialPruned)
                         tell(trials[t], TrialState.PRUNED if pruned else TrialState.FAIL, None)
+                        continue
+                    if stop:
+                        value = self.finish(trials[t], reporters[t], kept[t])
+                        live.remove(t)
+                        tell(trials[t], TrialState.COMPLETE, value)
                 if not live:
                     return
                 if self.check_interrupt:
                     self.check_interrupt()
-            while live:
-                t = live[0]
-                value = self.finish(trials[t], reporters[t], kept[t])
-                live.pop(0)
-                tell(trials[t], TrialState.COMPLETE, value)
         except KeyboardInterrupt as exc:
             for t in live:
                 interrupted(trials[t], reporters[t], exc)

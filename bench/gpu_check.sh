@@ -49,10 +49,10 @@ timeout 90 $py bench/imdb_overhead.py --backends jax --datasets "$ds" --epochs "
   --rss-trials 0 | tail -4
 
 section "Boston, $boston_trials trials, --batch-trials 1 vs 8: the book's model, rates searched"
-timeout 135 $py bench/batch_trials.py --target bench/boston_rates.toml --trials "$boston_trials" \
-  --seeds 0 --sizes 1,8 | tail -3
+timeout 135 $py bench/whole_search.py --target bench/boston_rates.toml --trials "$boston_trials" \
+  --seeds 0 --variants "--batch-trials 1" "--batch-trials 8" | tail -3
 
 section "Boston, $boston_trials trials, --batch-trials 1 vs 8: the built-in study"
-timeout 135 $py bench/batch_trials.py --target boston_housing --trials "$boston_trials" \
-  --seeds 0 --sizes 1,8 | tail -3
+timeout 135 $py bench/whole_search.py --target boston_housing --trials "$boston_trials" \
+  --seeds 0 --variants "--batch-trials 1" "--batch-trials 8" | tail -3
 section "done"

@@ -223,10 +223,12 @@ class Objective:
         if self.artifact_store is not None:
             self._kept = predictions.BestEpochs(self.spec.smooth_epochs)
         try:
-            if self.spec.validation.kind == "kfold":
-                self._fit_folds(params, reporter, seed)
+            if self.engine == "fused":
+                self._train_fused(params, reporter, seed)
+            elif self.spec.validation.kind == "kfold":
+                self._fit_folds(params, reporter)
             else:
-                self._fit_holdout(params, reporter, seed)
+                self._fit_holdout(params, reporter)
             best = self.finish(trial, reporter, self._kept)
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, or `hpo stop` (its own reason)
             interrupted(trial, reporter, exc)
@@ -277,30 +279,20 @@ class Objective:
         data = self.data
         return lambda y: model_lib.targets(y, data.task, params["loss"], data.n_outputs)
 
-    def _fit_holdout(
-        self, params: dict[str, Any], reporter: EpochReporter, seed: int | None
-    ) -> None:
+    def _fit_holdout(self, params: dict[str, Any], reporter: EpochReporter) -> None:
+        """Train a holdout trial with model.fit (torch, or HPO_ENGINE=fit)."""
         ((train, val),) = self.spec.validation.splits(self.data.x_train, self.data.y_train)
         model = model_lib.build(params, self.data)
-        if self.engine == "fused":
-            self._train_fused(params, model, train, val, reporter, seed)
-            return
         model.fit(
             **self._fit_args(params, *train, val), epochs=self.spec.max_epochs, callbacks=[reporter]
         )
 
-    def _fit_folds(self, params: dict[str, Any], reporter: EpochReporter, seed: int | None) -> None:
-        """Train the k fold models of a k-fold trial and report their averaged metric.
-
-        Fused: the k models stacked into one (hpo.train.model.FoldDense), one compiled call per
-        epoch. With model.fit (torch, or HPO_ENGINE=fit): k models side by side, a chunk of
-        epochs at a time, the pruner checked after every chunk: one fit() call per fold and
-        epoch would cost more than the epochs themselves on small data."""
+    def _fit_folds(self, params: dict[str, Any], reporter: EpochReporter) -> None:
+        """Train the k fold models of a k-fold trial with model.fit (torch, or HPO_ENGINE=fit)
+        and report their averaged metric: k models side by side, a chunk of epochs at a time,
+        the pruner checked after every chunk: one fit() call per fold and epoch would cost more
+        than the epochs themselves on small data."""
         folds = list(self.spec.validation.splits(self.data.x_train, self.data.y_train))
-        if self.engine == "fused":
-            model = model_lib.build(params, self.data, folds=len(folds))
-            self._train_fused(params, model, *model_lib.stack_folds(folds), reporter, seed)
-            return
         models = [model_lib.build(params, self.data) for _ in folds]
         fit_args = [self._fit_args(params, *train, val) for train, val in folds]
         chunk = max(1, self.spec.max_epochs // 10)
@@ -317,10 +309,18 @@ class Objective:
                 if reporter.record(start + offset + 1, averaged):
                     return
 
+    def _fused_split(self) -> tuple[tuple, tuple]:
+        """The fused loop's (training, validation) arrays: the holdout's, or the k folds'
+        stacked (model_lib.stack_folds) for the k models that train as one (FoldDense)."""
+        splits = list(self.spec.validation.splits(self.data.x_train, self.data.y_train))
+        return model_lib.stack_folds(splits) if len(splits) > 1 else splits[0]
+
     def _train_fused(
-        self, params: dict[str, Any], model, train, val, reporter: EpochReporter, seed: int | None
+        self, params: dict[str, Any], reporter: EpochReporter, seed: int | None
     ) -> None:
         """The fused loop (hpo.train.engine): one compiled call per epoch, logs to the reporter."""
+        train, val = self._fused_split()
+        model = model_lib.build(params, self.data, folds=self.spec.validation.folds)
         trainer = self._fused_trainer(params, model, train, val, seed)
         for epoch in range(1, self.spec.max_epochs + 1):
             logs = trainer.run_epoch()
@@ -396,10 +396,8 @@ class Objective:
         seed = self.seed(trials[0])
         if seed is not None:
             set_random_seed(seed)
-        splits = list(self.spec.validation.splits(self.data.x_train, self.data.y_train))
-        folds = self.spec.validation.folds
-        train, val = model_lib.stack_folds(splits) if folds > 1 else splits[0]
-        model = model_lib.build(structure, self.data, folds=folds, trials=n)
+        train, val = self._fused_split()
+        model = model_lib.build(structure, self.data, folds=self.spec.validation.folds, trials=n)
         rates = {key: [p[key] for p in params] for key in ("learning_rate", "dropout")}
         trainer = self._fused_trainer(structure, model, train, val, seed, trials=n, rates=rates)
         # Ctrl-C is checked once all trials have recorded an epoch: none loses it.

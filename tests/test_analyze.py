@@ -183,6 +183,17 @@ def test_experiment_does_not_queue_a_waiting_variant_twice():
     assert exp.missing(study, wanted) == [wanted[0]]
 
 
+def test_experiment_trains_every_epoch_whatever_the_study_file_says():
+    """The book's comparison is of whole curves: no pruner, and no study file's patience."""
+    from hpo.results import one_factor as exp
+    from hpo.study import studyfile
+
+    spec = studyfile.load("imdb")
+    assert spec.patience > 0 and spec.pruner["name"] == "median"
+    varied = exp.experiment_spec(spec, exp.BOOK_CONFIGS["imdb"], {"units": [8]}, epochs=None)
+    assert (varied.patience, varied.pruner, varied.max_epochs) == (0, {"name": "none"}, 20)
+
+
 def test_factor_effects_name_float_bins_by_the_values_drawn(workdir):
     from hpo.results import report
     from hpo.study import studyfile

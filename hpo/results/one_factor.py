@@ -127,10 +127,11 @@ def experiment_spec(
     dims = {
         name: Choice(tuple(dict.fromkeys([base[name], *factors.get(name, [])]))) for name in base
     }
-    return replace(
+    return replace(  # every variant trains all its epochs: no pruner, no early stop
         spec,
         space=Space(dims),
         max_epochs=epochs or spec.max_epochs,
+        patience=0,
         pruner={"name": "none"},
         sampler={"name": "random"},
     )

@@ -155,11 +155,12 @@ def test_patience_stops_a_trial_after_its_best_epoch(
     space = "learning_rate = { float = [0.05, 0.2] }" if dataset == "boston_housing" else None
     path = tiny_study(workdir, dataset, epochs=16, validation=validation, space=space)
     path.write_text(path.read_text().replace("max_epochs = 16", "max_epochs = 16\npatience = 3"))
-    args = ("optimize", str(path), "--trials", "3", "--seed", "1", "--batch-trials", batch)
+    n = 2 if engine == "fit" else 3  # model.fit's k folds train an epoch a call: slow
+    args = ("optimize", str(path), "--trials", str(n), "--seed", "1", "--batch-trials", batch)
     code, _, err = run_cli(capsys, *args)
     assert code == 0, err
     trials = load().get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * n
     metric = "val_mae" if dataset == "boston_housing" else "val_accuracy"
     best_of = min if dataset == "boston_housing" else max
     stopped = 0
@@ -173,7 +174,7 @@ def test_patience_stops_a_trial_after_its_best_epoch(
             stopped += 1
         else:
             assert len(curve) - best <= 3
-    assert stopped >= 2
+    assert stopped >= n - 1
     if batch != "1":
         assert max(t.user_attrs["worker"].get("stacked", 1) for t in trials) > 1
 

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shlex
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -48,10 +49,11 @@ def one_search(target: str, variant: str, seed: int, args, tmp: Path) -> dict:
     subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     study = optuna.load_study(study_name="bench", storage=storage)
-    if args.keep:
+    if args.keep:  # a copy through SQLite: the last commits may still be in the WAL file
         kept = Path(args.keep) / f"{seed}-{args.variants.index(variant)}.db"
         kept.parent.mkdir(parents=True, exist_ok=True)
-        (folder / "bench.db").replace(kept)
+        with sqlite3.connect(folder / "bench.db") as source, sqlite3.connect(kept) as copy:
+            source.backup(copy)
     stacked = [t.user_attrs.get("worker", {}).get("stacked", 1) for t in study.trials]
     return {
         "variant": variant,

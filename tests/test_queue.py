@@ -283,8 +283,13 @@ def test_an_idle_worker_says_so_once(workdir):
     SIGINT ends it with 130."""
     url = f"sqlite:///{workdir}/empty.db"
     proc = worker(workdir, url, "--recycle-after", "0")
-    time.sleep(6)
-    out = stop_worker(proc, signal.SIGINT)
+    seen = []
+    for line in proc.stdout:  # its start-up may take seconds on a loaded machine
+        seen.append(line)
+        if "waiting for studies" in line:
+            break
+    time.sleep(3)  # six reads of the queue, every 0.5 s
+    out = "".join(seen) + stop_worker(proc, signal.SIGINT)
     assert out.count("waiting for studies") == 1, out
 
 

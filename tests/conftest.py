@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -176,6 +177,13 @@ def run_tests_under_jax(test_file: str, selection: str, passed: int) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert re.search(rf"\b{passed} passed\b", done.stdout), done.stdout[-3000:]
+
+
+def default_sigint() -> None:
+    """Popen's preexec_fn for a child that Ctrl-C must reach: a child of a background job (CI
+    started with `&`, nohup) inherits SIGINT ignored, and hpo leaves an ignored SIGINT so; a
+    user's terminal does not ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:

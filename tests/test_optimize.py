@@ -14,7 +14,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, SHARED_DATASETS, run_cli, run_hpo_process, tiny_study
+from conftest import (
+    REPO,
+    SHARED_DATASETS,
+    default_sigint,
+    run_cli,
+    run_hpo_process,
+    tiny_study,
+)
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -268,11 +275,6 @@ def finished_trials_readonly() -> int:
             return db.execute(query).fetchone()[0]
     except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
         return 0
-
-
-def default_sigint() -> None:
-    """A child of a background job inherits SIGINT ignored; a user's terminal does not."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

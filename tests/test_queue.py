@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import SERVERS, rdb, reachable, run_cli, tiny_study
+from conftest import SERVERS, default_sigint, rdb, reachable, run_cli, tiny_study
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -34,6 +34,7 @@ def worker(folder: Path, url: str, *args: str, env: dict | None = None) -> subpr
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=default_sigint,  # as from a terminal, even when the tests run in the background
     )
 
 

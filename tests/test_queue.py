@@ -76,7 +76,12 @@ def postgres() -> str:
 
 def stop_worker(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=120)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a failed test leaves no worker behind
+        proc.communicate()
+        raise
     assert proc.returncode == 128 + sig, out
     assert "Traceback" not in out, out
     return out

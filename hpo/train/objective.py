@@ -109,10 +109,12 @@ class EpochReporter(keras.callbacks.Callback):
         if self.trial.should_prune():
             self.save()
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+        if not self.patience:  # no early stop: the best point is found once, at the end
+            return False
         best = self.best()
         if best != self._best:  # a new best point (on the smoothed curve, if smoothed)
             self._best, self._improved = best, epoch
-        return self.patience > 0 and epoch - self._improved >= self.patience
+        return epoch - self._improved >= self.patience
 
     def best(self) -> tuple[int, float] | None:
         """(1-based best epoch, its monitored value), on the curve smoothed as the study says;

@@ -4,6 +4,8 @@ Keras' fit and as k separate models, with pruning, NaN, Ctrl-C and seeds as on t
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -19,7 +21,7 @@ from hpo.data.spec import Validation
 from hpo.study import studyfile
 from hpo.train import engine, predictions
 from hpo.train import model as model_lib
-from hpo.train.objective import Objective
+from hpo.train.objective import EpochReporter, Objective
 
 keras = import_keras()
 PARAMS = {
@@ -241,6 +243,69 @@ def test_fused_trial_is_pruned_per_epoch(workdir, monkeypatch):
     # Any accuracy is above -1: pruned at its first epoch, one value reported, the curve kept.
     assert list(trial.intermediate_values) == [1]
     assert len(trial.user_attrs["history"]["val_accuracy"]) == 1
+
+
+class _PruneAt(optuna.pruners.BasePruner):
+    """Prunes from epoch `step` on, slowly, noting the threads that asked."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.threads: set[str] = set()
+
+    def prune(self, study, trial) -> bool:
+        self.threads.add(threading.current_thread().name)
+        time.sleep(0.2)  # slower than an epoch: the next epoch trains before the answer
+        return trial.last_step >= self.step
+
+
+def test_fused_epochs_are_told_on_a_thread_and_pruned_where_the_pruner_said(workdir, monkeypatch):
+    """ReportAhead: epoch e's storage calls run on a thread while epoch e+1 trains; a trial
+    pruned at epoch 3 still ends at epoch 3, its curve and reported values alike."""
+    path = tiny_study(workdir, epochs=8)
+    spec = studyfile.load(str(path))
+    prepared = builtin.load("imdb", None, spec.num_words)
+    monkeypatch.setenv("HPO_ENGINE", "fused")
+    pruner = _PruneAt(3)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.optimize(Objective(spec, prepared), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1, 2, 3]
+    assert {len(curve) for curve in trial.user_attrs["history"].values()} == {3}
+    assert pruner.threads and all(name.startswith("hpo-report") for name in pruner.threads)
+
+
+def test_fused_trial_interrupted_mid_epoch_keeps_every_epoch_told(workdir, monkeypatch):
+    """Ctrl-C while epoch 4 trains: epoch 3, still being told on the thread, is stored before
+    the trial ends (a slow storage makes it the last to land)."""
+    path = tiny_study(workdir, epochs=8)
+    spec = studyfile.load(str(path))
+    prepared = builtin.load("imdb", None, spec.num_words)
+    monkeypatch.setenv("HPO_ENGINE", "fused")
+    run_epoch = engine.FusedTrainer.run_epoch
+    calls = []
+
+    def interrupted_at_4(self):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return run_epoch(self)
+
+    monkeypatch.setattr(engine.FusedTrainer, "run_epoch", interrupted_at_4)
+    tell = EpochReporter.tell
+
+    def slow_tell(self, epoch, value):
+        time.sleep(0.3)
+        return tell(self, epoch, value)
+
+    monkeypatch.setattr(EpochReporter, "tell", slow_tell)
+    study = optuna.create_study(direction="maximize", pruner=_PruneAt(100))
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(Objective(spec, prepared), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.FAIL
+    assert list(trial.intermediate_values) == [1, 2, 3]
+    assert len(trial.user_attrs["history"]["val_accuracy"]) == 3
 
 
 def test_fused_nan_fails_the_trial_with_its_reason(workdir, monkeypatch):

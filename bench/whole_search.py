@@ -1,7 +1,8 @@
 """Whole searches as a user runs them, one variant of the command side by side with another.
 
     python bench/whole_search.py [--target boston_housing] [--trials 50] [--seeds 0,1,2]
-        [--variants "--batch-trials 1" "--batch-trials 8"] [--data-dir DIR] [--keep DIR]
+        [--variants "--batch-trials 1" "--batch-trials 8"] [--trees DIR ...]
+        [--data-dir DIR] [--keep DIR]
 
 For each seed and variant, `hpo optimize TARGET --trials N --seed S VARIANT` as a user runs it
 (a fresh SQLite storage and cache folder), one after another (seed by seed, the variants in
@@ -10,7 +11,9 @@ bench/boston_rates.toml is the book's Boston model with only the learning rate a
 searched, where every trial of a batch shares one structure (the most `--batch-trials` can
 give). A variant is a string of extra options; "" is the command as it stands. `--keep DIR`
 keeps each search's storage as DIR/SEED-K.db (K: the variant's index; study "bench"), for
-bench/patience_replay.py.
+bench/patience_replay.py. `--trees A B` compares code instead: the command as it stands (or the
+one variant given) with the hpo of each checkout in turn (e.g. `git worktree add /tmp/old
+REV`), each variant named by its folder.
 
 Prints one row per search: the command's wall time, the epochs its trials trained, the trials
 that trained stacked and in how many groups, trials pruned and the best value; then per
@@ -36,27 +39,27 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one_search(target: str, variant: str, seed: int, args, tmp: Path) -> dict:
+def one_search(target: str, variant: str, seed: int, args, tmp: Path, root: Path) -> dict:
     folder = Path(tempfile.mkdtemp(dir=tmp))
     storage = f"sqlite:///{folder}/bench.db"
-    env = {**os.environ, "HPO_CACHE_DIR": str(folder / "cache"), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HPO_CACHE_DIR": str(folder / "cache"), "PYTHONPATH": str(root)}
     env.pop("HPO_STORAGE", None)
     command = [sys.executable, "-m", "hpo", "optimize", target, "--trials", str(args.trials)]
     command += ["--seed", str(seed), "--storage", storage, *shlex.split(variant)]
     command += ["--artifacts", str(folder / "artifacts"), "--data-dir", args.data_dir]
     command += ["--study", "bench"]
     start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     study = optuna.load_study(study_name="bench", storage=storage)
     if args.keep:  # a copy through SQLite: the last commits may still be in the WAL file
-        kept = Path(args.keep) / f"{seed}-{args.variants.index(variant)}.db"
+        kept = Path(args.keep) / f"{seed}-{args.runs.index((variant, root))}.db"
         kept.parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(folder / "bench.db") as source, sqlite3.connect(kept) as copy:
             source.backup(copy)
     stacked = [t.user_attrs.get("worker", {}).get("stacked", 1) for t in study.trials]
     return {
-        "variant": variant,
+        "variant": variant if root == ROOT else f"{root} {variant}".strip(),
         "seed": seed,
         "seconds": round(seconds, 1),
         "epochs": sum(len(t.intermediate_values) for t in study.trials),
@@ -73,10 +76,15 @@ def main() -> None:
     parser.add_argument("--target", default="boston_housing")
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--variants", nargs="+", default=["--batch-trials 1", "--batch-trials 8"])
+    parser.add_argument("--variants", nargs="+", help="extra options of each variant")
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
     parser.add_argument("--keep", help="a folder to keep each search's SQLite storage in")
+    parser.add_argument("--trees", nargs="+", help="checkouts of hpo to run the command from")
     args = parser.parse_args()
+    if args.variants is None:  # with --trees: the command as it stands, from each tree
+        args.variants = [""] if args.trees else ["--batch-trials 1", "--batch-trials 8"]
+    trees = [Path(tree).resolve() for tree in args.trees] if args.trees else [ROOT]
+    args.runs = [(variant, root) for root in trees for variant in args.variants]
     if not args.data_dir:
         raise SystemExit("--data-dir (or HPO_DATA_DIR): the folder with keras' dataset files")
     args.data_dir = str(Path(args.data_dir).resolve())
@@ -87,10 +95,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            for variant in args.variants:
-                rows.append(one_search(target, variant, seed, args, Path(tmp)))
+            for variant, root in args.runs:
+                rows.append(one_search(target, variant, seed, args, Path(tmp), root))
                 print("  ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
-    for variant in args.variants:
+    for variant in dict.fromkeys(row["variant"] for row in rows):
         mine = [row for row in rows if row["variant"] == variant]
         best = [row["best value"] for row in mine]
         worst = min(best) if mine[0]["direction"] == "maximize" else max(best)

@@ -59,7 +59,7 @@ def one_search(target: str, variant: str, seed: int, args, tmp: Path, root: Path
             source.backup(copy)
     stacked = [t.user_attrs.get("worker", {}).get("stacked", 1) for t in study.trials]
     return {
-        "variant": variant if root == ROOT else f"{root} {variant}".strip(),
+        "variant": f"{root} {variant}".strip() if args.trees else variant,
         "seed": seed,
         "seconds": round(seconds, 1),
         "epochs": sum(len(t.intermediate_values) for t in study.trials),

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from typing import Any
 
 import numpy as np
@@ -163,15 +165,15 @@ class ReportAhead:
     Leaving the block by an exception (Ctrl-C, a failed trial) first waits for the pending
     call, so every epoch told is stored before the trial ends."""
 
-    def __init__(self, reporter: EpochReporter, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, reporter: EpochReporter, calls: BackgroundCalls) -> None:
         self.reporter = reporter
-        self.pool = pool
+        self.calls = calls
         self._pending: tuple[int, Future] | None = None
 
     def send(self, epoch: int, value: float) -> None:
         """Start telling epoch `epoch`'s value (after reporter.observe); settle() first."""
         assert self._pending is None
-        self._pending = (epoch, self.pool.submit(self.reporter.tell, epoch, value))
+        self._pending = (epoch, self.calls.submit(self.reporter.tell, epoch, value))
 
     def settle(self) -> None:
         """Wait for the epoch sent last: raises TrialPruned (after saving the curve) when the
@@ -192,6 +194,41 @@ class ReportAhead:
         elif self._pending is not None:  # the trial ends by `exc` whatever the pruner says
             wait([self._pending[1]])
             self._pending = None
+
+
+class BackgroundCalls:
+    """Calls run one after another on one daemon thread, started at the first. Not a
+    ThreadPoolExecutor: Python joins its threads at exit, so a second Ctrl-C would wait for a
+    call retrying a lost database (up to the storage's reconnect window) before the process
+    could end."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        with self._starting:
+            if self._thread is None or not self._thread.is_alive():  # not alive: forked
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+        future: Future = Future()
+        self._calls.put((future, fn, args))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, fn, args = self._calls.get()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller, as an executor does
+                future.set_exception(exc)
+
+
+# The fused loop's storage calls, one epoch behind its training (ReportAhead): one thread
+# for the process, whatever the number of Objectives it makes.
+STORAGE_CALLS = BackgroundCalls("hpo-report")
 
 
 def interrupted(trial: optuna.Trial, reporter: EpochReporter, exc: BaseException) -> None:
@@ -244,8 +281,6 @@ class Objective:
         }
         # The fused loop's arrays on the device and its compiled programs, kept across trials.
         self._cache = programs.DeviceCache()
-        # The fused loop's storage calls, one epoch behind its training (ReportAhead).
-        self._storage_calls = ThreadPoolExecutor(1, thread_name_prefix="hpo-report")
         self.trial_number: int | None = None  # the trial running, or run last
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -391,7 +426,7 @@ class Objective:
         train, val = self._fused_split()
         model = model_lib.build(params, self.data, folds=self.spec.validation.folds)
         trainer = self._fused_trainer(params, model, train, val, seed)
-        with ReportAhead(reporter, self._storage_calls) as ahead:
+        with ReportAhead(reporter, STORAGE_CALLS) as ahead:
             for epoch in range(1, self.spec.max_epochs + 1):
                 logs = trainer.run_epoch()  # while the previous epoch is told (ReportAhead)
                 ahead.settle()

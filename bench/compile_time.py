@@ -1,7 +1,6 @@
 """What a new program of the fused loop costs before its first epoch ends, and an epoch after.
 
     python bench/compile_time.py [--data-dir DIR] [--epochs 200] [--later 20]
-        [--losses mse,mae,huber]
 
 Boston's 4-fold trials, one structure after another in one process (the first warms up
 TensorFlow's or JAX's own machinery and is printed apart), each a fresh FusedTrainer as a
@@ -10,9 +9,7 @@ search's first trial of that structure gets: the book's 2 x 64 relu model with R
 Prints, per structure, the seconds to the end of the first epoch (tracing the epoch function,
 compiling it, one epoch) and the milliseconds of a later epoch; with --epochs 200 TensorFlow
 compiles with XLA as a 200-epoch trial does (engine.use_xla), with --epochs 0 it runs its
-graph executor. `--losses` builds each program for these loss choices, the trial's loss an
-input (engine.program_losses), as a study searching the loss does. The backend is
-KERAS_BACKEND's. Needs the real boston_housing.npz: --data-dir
+graph executor. The backend is KERAS_BACKEND's. Needs the real boston_housing.npz: --data-dir
 or HPO_DATA_DIR (e.g. ../shared/datasets).
 """
 
@@ -45,7 +42,6 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
     parser.add_argument("--epochs", type=int, default=200, help="the trial's epoch budget")
     parser.add_argument("--later", type=int, default=20, help="epochs timed after the first")
-    parser.add_argument("--losses", default="", help="the programs' loss choices (comma list)")
     args = parser.parse_args()
     if not args.data_dir:
         raise SystemExit("--data-dir (or HPO_DATA_DIR): the folder with keras' dataset files")
@@ -62,8 +58,7 @@ def main() -> None:
     folds = list(Validation.parse("kfold:4").splits(data.x_train, data.y_train))
     (x, y), (x_val, y_val) = model_lib.stack_folds(folds)
     inputs = engine.InputCache()
-    losses = tuple(args.losses.split(",")) if args.losses else ()
-    print(f"{keras.backend.backend()}, epochs budget {args.epochs or 'none'}, losses {losses}")
+    print(f"{keras.backend.backend()}, epochs budget {args.epochs or 'none'}")
     print(f"{'structure':32s} {'first epoch':>12s} {'later epoch':>12s}  xla")
     for name, change in CHANGES:
         # The book's model with dropout, as the search's space draws it (0 to 0.3).
@@ -83,7 +78,6 @@ def main() -> None:
             seed=0,
             cache=inputs,
             epochs=args.epochs or None,
-            losses=engine.program_losses("regression", params["loss"], losses),
         )
         trainer.run_epoch()
         first = time.perf_counter() - start

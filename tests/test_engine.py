@@ -229,28 +229,6 @@ def test_fused_and_fit_learn_the_same_curves(workdir, monkeypatch, dataset, vali
         assert min(a["val_accuracy"][-1], b["val_accuracy"][-1]) > 0.9
 
 
-def test_a_study_searching_the_loss_compiles_one_program_for_its_losses(workdir, monkeypatch):
-    """Two k-fold trials differing only in their loss (one of the study's choices) train in
-    one compiled program, each with its own loss (engine.program_losses)."""
-    space = FIXED_SPACES["boston_housing"].replace('"mse"', '{ choices = ["mse", "mae"] }')
-    path = tiny_study(workdir, "boston_housing", epochs=3, validation="kfold:2", space=space)
-    spec = studyfile.load(str(path))
-    prepared = builtin.load("boston_housing", None, spec.num_words)
-    monkeypatch.setenv("HPO_ENGINE", "fused")
-    objective = Objective(spec, prepared)
-    study = optuna.create_study()
-    for loss in ("mse", "mae"):
-        study.enqueue_trial({"loss": loss})
-    study.optimize(objective, n_trials=2)
-    assert [t.params["loss"] for t in study.trials] == ["mse", "mae"]
-    assert len(objective._cache.programs) == 1
-    (program,) = objective._cache.programs.values()
-    assert program.losses == ("mae", "mse") and program.loss == "mse"
-    mse, mae = (t.user_attrs["history"] for t in study.trials)
-    # Each trial's loss is its own: mse's is about the square of mae's on prices in k$.
-    assert mse["loss"][0] > 4 * mae["loss"][0]
-
-
 def test_fused_trial_is_pruned_per_epoch(workdir, monkeypatch):
     path = tiny_study(workdir, epochs=8)
     spec = studyfile.load(str(path))

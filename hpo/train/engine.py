@@ -79,16 +79,6 @@ def per_sample_loss(name: str) -> Callable:
     return keras.losses.get(name)
 
 
-def program_losses(task: str, loss: str, choices: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The losses one program can train with, the trial's chosen by an input of the compiled
-    call: the study's loss choices (`choices`) for a binary or regression task, whose targets
-    and metrics do not depend on the loss; `loss` alone for a multiclass task
-    (categorical_crossentropy takes one-hot targets and its own accuracy)."""
-    if task == "multiclass" or loss not in choices:
-        return (loss,)
-    return tuple(sorted(set(choices)))
-
-
 def task_metrics(task: str, loss: str) -> dict[str, Callable]:
     """Keras' per-sample metric functions, named as hpo.train.model names its metric objects."""
     metrics = keras.metrics
@@ -133,7 +123,6 @@ class FusedTrainer:
         epochs: int | None = None,
         trials: int = 1,
         rates: dict[str, list[float]] | None = None,
-        losses: tuple[str, ...] = (),
     ) -> None:
         # The program's own model: its layers and variables are what the compiled code calls
         # and (TensorFlow) updates. A later trial of the same structure trains in this same
@@ -146,11 +135,7 @@ class FusedTrainer:
         self.batch_size = batch_size
         self.validation_batch_size = validation_batch_size
         self.shuffle = shuffle
-        # The losses it can train with (program_losses), each trial's chosen by an input, so
-        # that trials differing only in their loss share the program; by default `loss` only.
-        self.losses = tuple(losses) or (loss,)
-        self.loss_fns = [per_sample_loss(name) for name in self.losses]
-        self.loss = loss
+        self.loss_fn = per_sample_loss(loss)
         self.metrics = task_metrics(task, loss)
         # No validation (analyze's retrain on all rows): the epoch has no validation pass.
         self.validating = validation is not None
@@ -171,7 +156,7 @@ class FusedTrainer:
         self.stateless = keras.backend.backend() == "jax"
         self.xla = use_xla(first_layer, len(train[0]), batch_size, epochs)
         self._epoch = _compile(self._epoch_fn, self.xla)
-        self.load(model, train, validation, seed, rates, loss)
+        self.load(model, train, validation, seed, rates)
 
     def load(
         self,
@@ -180,16 +165,11 @@ class FusedTrainer:
         validation: tuple[np.ndarray, np.ndarray] | None,
         seed: int | None,
         rates: dict[str, list[float]] | None = None,
-        loss: str | None = None,
     ) -> None:
         """Start training `model` (this program's model, or one of the same structure: its
-        initial weights, learning rate and dropout rates are copied in) on these arrays, with
-        `loss` (one of the program's losses; by default the one it was built with).
+        initial weights, learning rate and dropout rates are copied in) on these arrays.
         Stacked trials take their rates from `rates`: each trial's "learning_rate" and
         "dropout" (one rate for all its Dropout layers)."""
-        loss = loss or self.loss
-        if loss not in self.losses:
-            raise ValueError(f"this program trains with {', '.join(self.losses)}, not {loss}")
         self.target = model  # where write_back() leaves the trained weights
         self.rng = np.random.default_rng(seed) if self.shuffle else None
         if validation is None:
@@ -224,8 +204,7 @@ class FusedTrainer:
         self.trial_predictions: list[np.ndarray] = []  # each stacked trial's val_predictions
         # Dropout rates are arguments of the compiled call, so trials differing only in them
         # (or in the learning rate, an optimizer variable) share one program.
-        chosen = np.array([name == loss for name in self.losses], np.float32)
-        self.rates = (*self._rates(model, rates), ops.convert_to_tensor(chosen))
+        self.rates = self._rates(model, rates)
         model.optimizer.build(model.trainable_variables)
         values = [[v.value for v in variables] for variables in _variables(model)]
         if self.stateless:
@@ -237,8 +216,7 @@ class FusedTrainer:
 
     def _rates(self, model: keras.Model, rates: dict[str, list[float]] | None) -> tuple:
         """(dropout rates, learning rates): the dropout layers' rates and an unused 0 for one
-        trial (its learning rate is the optimizer's); for stacked trials, each per slot.
-        load() adds a third: which of the program's losses trains (one-hot)."""
+        trial (its learning rate is the optimizer's); for stacked trials, each per slot."""
         layers = sum(_is_dropout(layer) for layer in model_lib.chain(model))
         if self.trials == 1:
             dropout = [layer.rate for layer in model_lib.chain(model) if _is_dropout(layer)]
@@ -331,23 +309,10 @@ class FusedTrainer:
 
     def _loss(self, trainable, non_trainable, x, y, w, rates):
         y_pred, non_trainable = self._call(trainable, non_trainable, x, rates, training=True)
-        losses = self._per_sample_loss(y, y_pred, rates)
+        losses = self.loss_fn(y, y_pred)
         per_fold = self._weighted(losses, w) / ops.sum(w)
         # Summed over folds: each fold's weights get the gradient of its own mean loss.
         return ops.sum(per_fold), (non_trainable, y_pred, losses)
-
-    def _per_sample_loss(self, y, y_pred, rates):
-        """The trial's loss per sample: of the program's losses, the one `rates[2]` marks. The
-        others are selected out (where), not multiplied by 0, so that one of them overflowing
-        cannot turn the chosen value into NaN; the chosen value is exactly its own."""
-        if len(self.loss_fns) == 1:
-            return self.loss_fns[0](y, y_pred)
-        total = None
-        for chosen, fn in zip(ops.unstack(rates[2]), self.loss_fns, strict=True):
-            value = fn(y, y_pred)
-            value = ops.where(chosen > 0, value, ops.zeros_like(value))
-            total = value if total is None else total + value
-        return total
 
     def _sums(self, y, y_pred, w, loss_values) -> dict[str, Any]:
         sums = {name: self._weighted(fn(y, y_pred), w) for name, fn in self.metrics.items()}
@@ -444,8 +409,7 @@ class FusedTrainer:
             x = self._rows(x_val, val_indices[i], validation=True)
             y = self._targets(y_val, val_indices[i])
             y_pred = self._predict(state, x, rates)
-            losses = self._per_sample_loss(y, y_pred, rates)
-            batch = self._sums(y, y_pred, val_weights[i], losses)
+            batch = self._sums(y, y_pred, val_weights[i], self.loss_fn(y, y_pred))
             start = (i,) + (0,) * len(self.prediction_shape)
             predictions = ops.slice_update(
                 predictions, start, ops.expand_dims(ops.cast(y_pred, predictions.dtype), 0)

@@ -41,7 +41,6 @@ from hpo.backend import import_keras, set_random_seed
 from hpo.data import builtin, own
 from hpo.data.prepared import Prepared
 from hpo.errors import HpoError, first_line
-from hpo.study.space import Choice
 from hpo.study.studyfile import StudySpec
 from hpo.train import engine, predictions, programs, word_ids
 from hpo.train import model as model_lib
@@ -282,9 +281,6 @@ class Objective:
         }
         # The fused loop's arrays on the device and its compiled programs, kept across trials.
         self._cache = programs.DeviceCache()
-        # Trials of these losses can share a program (engine.program_losses).
-        loss = spec.space.dims["loss"]
-        self._loss_choices = tuple(loss.values) if isinstance(loss, Choice) else ()
         self.trial_number: int | None = None  # the trial running, or run last
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -456,7 +452,6 @@ class Objective:
             seed=seed,
             first_layer=self.first_layer,
             epochs=self.spec.max_epochs,
-            losses=engine.program_losses(self.data.task, params["loss"], self._loss_choices),
             **stacked,
         )
 

@@ -5,9 +5,7 @@ Compiling is most of a short trial: on this project's 2-core CPU a Boston progra
 The learning rate (an optimizer variable) and the dropout rates are inputs of the compiled epoch,
 not constants in it, so a later trial of the same layers, optimizer, loss and batch size
 trains in an earlier trial's program: its initial weights and seed are copied into the
-program's own model and its trained weights out again (FusedTrainer.load, write_back). So is
-the loss, among a study's loss choices for a binary or regression task
-(engine.program_losses): a Boston search's 50 trials then need 27 programs instead of 34.
+program's own model and its trained weights out again (FusedTrainer.load, write_back).
 """
 
 from __future__ import annotations
@@ -40,9 +38,9 @@ class DeviceCache(InputCache):
 def trainer(model: keras.Model, *, cache: DeviceCache, **options: Any) -> FusedTrainer:
     """A FusedTrainer for `model` (FusedTrainer's options): the program an earlier model of
     the same structure compiled, if `cache` holds it, restarted with this model's weights,
-    learning rate, dropout rates, loss (among the program's `losses`) and seed; else a new
-    one, kept in `cache`. In a search about half the trials repeat an earlier trial's layers,
-    units, activation, loss, optimizer and batch size (docs/performance.md)."""
+    learning rate, dropout rates and seed; else a new one, kept in `cache`. In a search about
+    half the trials repeat an earlier trial's layers, units, activation, loss, optimizer and
+    batch size (docs/performance.md)."""
     key = program_key(model, **options)
     program = cache.programs.pop(key, None)
     if program is None:
@@ -50,12 +48,7 @@ def trainer(model: keras.Model, *, cache: DeviceCache, **options: Any) -> FusedT
         # model, which is handed over (analyze's seeds of one configuration share a program).
         program = FusedTrainer(_structural_copy(model), cache=cache, **options)
     program.load(
-        model,
-        options["train"],
-        options["validation"],
-        options.get("seed"),
-        options.get("rates"),
-        options["loss"],
+        model, options["train"], options["validation"], options.get("seed"), options.get("rates")
     )
     cache.programs[key] = program
     while len(cache.programs) > cache.PROGRAMS:
@@ -82,8 +75,6 @@ def program_key(
     shapes = [(a.shape, str(a.dtype)) for pair in arrays for a in pair]
     options.pop("seed", None)
     options.pop("rates", None)  # stacked trials' learning and dropout rates: inputs too
-    if len(options.get("losses", ())) > 1:  # the loss is an input too (engine.program_losses)
-        options.pop("loss")
     epochs = options.pop("epochs", None)
     xla = use_xla(options.get("first_layer", "dense"), len(train[0]), options["batch_size"], epochs)
     structure = [

@@ -24,6 +24,7 @@ over folds, and a mistyped monitor must stop the study, not warn and silently ne
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -494,8 +495,9 @@ class Objective:
         the dropout rate) side by side as one model, one compiled call per epoch for all.
 
         Each trial reports every epoch and is pruned, failed or stopped early (patience) on its
-        own, and `tell` hears of it at once; its slot trains on unused until the last trial
-        ends, which is when the group stops. Each trial trains exactly as it would alone, but
+        own, and `tell` hears of it at once (a pruning after the next epoch trained: the trials'
+        storage calls run beside it, ReportAhead); its slot trains on unused until the last
+        trial ends, which is when the group stops. Each trial trains exactly as it would alone, but
         from the initial weights and batch order that the seed of its group's first trial
         gives."""
         n = len(trials)
@@ -513,27 +515,40 @@ class Objective:
         kept = [predictions.BestEpochs(self.spec.smooth_epochs) if store else None for _ in trials]
         for trial in trials:
             trial.set_user_attr("worker", {**trial.user_attrs["worker"], "stacked": n})
+        aheads = [ReportAhead(reporter, STORAGE_CALLS) for reporter in reporters]
         live = list(range(n))
+
+        def end(t: int, state: TrialState, value: float | None = None) -> None:
+            live.remove(t)
+            tell(trials[t], state, value)
+
         try:
-            for epoch in range(1, self.spec.max_epochs + 1):
-                logs = trainer.run_epoch_each()
-                for t in list(live):
-                    self._keep_epoch(kept[t], reporters[t], epoch, trainer.trial_predictions[t])
-                    try:
-                        stop = reporters[t].record(epoch, logs[t]) or epoch == self.spec.max_epochs
-                    except (optuna.TrialPruned, TrialFailed) as exc:
-                        live.remove(t)
-                        pruned = isinstance(exc, optuna.TrialPruned)
-                        tell(trials[t], TrialState.PRUNED if pruned else TrialState.FAIL, None)
-                        continue
-                    if stop:
-                        value = self.finish(trials[t], reporters[t], kept[t])
-                        live.remove(t)
-                        tell(trials[t], TrialState.COMPLETE, value)
-                if not live:
-                    return
-                if self.check_interrupt:
-                    self.check_interrupt()
+            with contextlib.ExitStack() as waits:  # an exception waits for every pending tell
+                for ahead in aheads:
+                    waits.enter_context(ahead)
+                for epoch in range(1, self.spec.max_epochs + 1):
+                    logs = trainer.run_epoch_each()  # while the last epoch is told (ReportAhead)
+                    for t in list(live):
+                        try:
+                            aheads[t].settle()
+                        except optuna.TrialPruned:
+                            end(t, TrialState.PRUNED)
+                    for t in list(live):
+                        self._keep_epoch(kept[t], reporters[t], epoch, trainer.trial_predictions[t])
+                        try:
+                            aheads[t].send(epoch, reporters[t].observe(epoch, logs[t]))
+                            if reporters[t].stalled(epoch) or epoch == self.spec.max_epochs:
+                                aheads[t].settle()  # pruned at its last epoch, or complete
+                                value = self.finish(trials[t], reporters[t], kept[t])
+                                end(t, TrialState.COMPLETE, value)
+                        except optuna.TrialPruned:
+                            end(t, TrialState.PRUNED)
+                        except TrialFailed:
+                            end(t, TrialState.FAIL)
+                    if not live:
+                        return
+                    if self.check_interrupt:
+                        self.check_interrupt()
         except KeyboardInterrupt as exc:
             for t in live:
                 interrupted(trials[t], reporters[t], exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -124,12 +125,14 @@ SAFE_SPACE = SPACE.replace("10.0", "0.01")  # no trial with a NaN loss
 
 
 class PruneAt(optuna.pruners.BasePruner):
-    """Prunes trial `number` at `epoch`; no other."""
+    """Prunes trial `number` at `epoch`; no other. Notes the threads that asked."""
 
     def __init__(self, number: int, epoch: int) -> None:
         self.number, self.epoch = number, epoch
+        self.threads: set[str] = set()
 
     def prune(self, study, trial) -> bool:
+        self.threads.add(threading.current_thread().name)
         return trial.number == self.number and trial.last_step == self.epoch
 
 
@@ -156,7 +159,8 @@ def test_a_batch_trains_each_trial_in_its_slot_and_tells_each_as_it_ends(workdir
         {"learning_rate": 0.002, "dropout": 0.2},
         {"learning_rate": 10.0, "dropout": 0.1},
     ]
-    study = optuna.create_study(pruner=PruneAt(1, 2))
+    pruner = PruneAt(1, 2)
+    study = optuna.create_study(pruner=pruner)
     ran, told = _batch(workdir, study, enqueued)
     assert ran == 3  # the budget's 3, not the 8 asked for
     first, pruned, failed = study.trials
@@ -169,6 +173,7 @@ def test_a_batch_trains_each_trial_in_its_slot_and_tells_each_as_it_ends(workdir
     assert len(curve) == 5 and first.value == min(curve)
     assert first.user_attrs["best_epoch"] == 1 + int(np.argmin(curve))
     assert list(pruned.intermediate_values) == [1, 2]
+    assert pruner.threads == {"hpo-report"}  # told beside the next epoch (ReportAhead)
     assert "became" in failed.user_attrs["fail_reason"]
     # The NaN slot did not spoil the others: their curves are finite and learned.
     loss = first.user_attrs["history"]["loss"]

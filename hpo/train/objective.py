@@ -16,7 +16,8 @@ What a finished (or pruned, or failed) trial holds:
   memory share and the process' data-load counts.
 
 Trials train through hpo.train.engine's fused loop (one compiled call per epoch) on TensorFlow and
-JAX, through model.fit otherwise; either way the reporter below sees every epoch's logs.
+JAX, through model.fit otherwise; either way the reporter below sees every epoch's logs. On the
+fused loop its storage calls run on a thread while the next epoch trains (ReportAhead).
 
 Why not optuna_integration's KerasPruningCallback: k-fold trials must report the metric averaged
 over folds, and a mistyped monitor must stop the study, not warn and silently never prune.

@@ -172,10 +172,13 @@ class ReportAhead:
         self.calls = calls
         self._pending: tuple[int, Future] | None = None
 
-    def send(self, epoch: int, value: float) -> None:
-        """Start telling epoch `epoch`'s value (after reporter.observe); settle() first."""
+    def record(self, epoch: int, logs: dict[str, Any]) -> bool:
+        """EpochReporter.record, its storage half (tell) started on the thread, not waited
+        for; settle() the epoch before first. True when patience stops the trial here."""
         assert self._pending is None
+        value = self.reporter.observe(epoch, logs)
         self._pending = (epoch, self.calls.submit(self.reporter.tell, epoch, value))
+        return self.reporter.stalled(epoch)
 
     def settle(self) -> None:
         """Wait for the epoch sent last: raises TrialPruned (after saving the curve) when the
@@ -433,8 +436,7 @@ class Objective:
                 logs = trainer.run_epoch()  # while the previous epoch is told (ReportAhead)
                 ahead.settle()
                 self._keep_epoch(self._kept, reporter, epoch, trainer.val_predictions)
-                ahead.send(epoch, reporter.observe(epoch, logs))
-                if reporter.stalled(epoch):
+                if ahead.record(epoch, logs):
                     return
 
     def _fused_trainer(
@@ -537,8 +539,7 @@ class Objective:
                     for t in list(live):
                         self._keep_epoch(kept[t], reporters[t], epoch, trainer.trial_predictions[t])
                         try:
-                            aheads[t].send(epoch, reporters[t].observe(epoch, logs[t]))
-                            if reporters[t].stalled(epoch) or epoch == self.spec.max_epochs:
+                            if aheads[t].record(epoch, logs[t]) or epoch == self.spec.max_epochs:
                                 aheads[t].settle()  # pruned at its last epoch, or complete
                                 value = self.finish(trials[t], reporters[t], kept[t])
                                 end(t, TrialState.COMPLETE, value)

@@ -560,7 +560,8 @@ def _compile(fn: Callable, xla: bool) -> Callable:
 
         # No autograph: the epoch's loops are explicit (fori_loop) and its Python branches on
         # static values, so converting every function it calls is tracing time for nothing
-        # (about a tenth of a new Boston program's 2 s, docs/performance.md).
+        # (0.1-0.7 s off some Boston programs in one pair of runs, within this machine's
+        # noise: docs/performance.md).
         return tf.function(fn, reduce_retracing=True, jit_compile=xla, autograph=False)
     raise NotImplementedError(f"no fused training loop for the {backend} backend")
 

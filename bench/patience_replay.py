@@ -20,7 +20,7 @@ from pathlib import Path
 
 import optuna
 
-from hpo.train.objective import EpochReporter
+from hpo.train.reporting import EpochReporter
 
 
 class _Trial:

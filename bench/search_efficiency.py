@@ -28,7 +28,8 @@ def run(mode: str, seed: int, target: float, max_trials: int, prepared) -> dict:
     import optuna
 
     from hpo.study import algorithms, studyfile
-    from hpo.train.objective import Objective, TrialFailed
+    from hpo.train.objective import Objective
+    from hpo.train.reporting import TrialFailed
 
     sampler, pruner = MODES[mode]
     spec = studyfile.load("imdb").with_overrides(sampler=sampler, pruner=pruner, seed=seed)

@@ -21,7 +21,8 @@ from hpo.data.spec import Validation
 from hpo.study import studyfile
 from hpo.train import engine, predictions
 from hpo.train import model as model_lib
-from hpo.train.objective import EpochReporter, Objective
+from hpo.train.objective import Objective
+from hpo.train.reporting import EpochReporter
 
 keras = import_keras()
 PARAMS = {
@@ -317,7 +318,7 @@ def test_fused_nan_fails_the_trial_with_its_reason(workdir, monkeypatch):
     spec = studyfile.load(str(path))
     prepared = builtin.load("boston_housing", None, spec.num_words)
     monkeypatch.setenv("HPO_ENGINE", "fused")
-    from hpo.train.objective import TrialFailed
+    from hpo.train.reporting import TrialFailed
 
     study = optuna.create_study()
     study.enqueue_trial({"learning_rate": 10.0})

@@ -208,7 +208,7 @@ class _Trial:
     [(1, 7, 4), (3, 8, 4)],
 )
 def test_patience_counts_from_the_epoch_that_gave_the_best_point(smooth, stop, best_epoch):
-    from hpo.train.objective import EpochReporter
+    from hpo.train.reporting import EpochReporter
 
     curve = [5.0, 4.0, 3.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
     reporter = EpochReporter(_Trial(), "val_mae", "minimize", smooth_epochs=smooth, patience=3)

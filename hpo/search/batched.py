@@ -134,7 +134,7 @@ def run_batch(
 
 def _alone(objective: Objective, trial: optuna.Trial, params: dict[str, Any]) -> tuple:
     """(state, value) of a begun trial trained alone."""
-    from hpo.train.objective import TrialFailed
+    from hpo.train.reporting import TrialFailed
 
     try:
         return TrialState.COMPLETE, objective.run(trial, params)

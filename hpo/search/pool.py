@@ -346,7 +346,8 @@ class Worker:
                 prepared = shipped.fetch(entry.data, store)
         else:
             prepared = runner.load_data(spec, self.data_dir, study, self.console)
-        from hpo.train.objective import Objective, TrialFailed
+        from hpo.train.objective import Objective
+        from hpo.train.reporting import TrialFailed
 
         budget = Budget(entry.trials)
         objective = Objective(spec, prepared, admit=budget.admit, artifact_store=store)

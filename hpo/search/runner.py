@@ -145,7 +145,8 @@ def run(
     logging.getLogger("hpo").setLevel(logging.WARNING)
     interrupted = False
     import_keras()
-    from hpo.train.objective import Objective, TrialFailed  # imports keras: only when training
+    from hpo.train.objective import Objective  # imports keras: only when training
+    from hpo.train.reporting import TrialFailed
 
     freeze_heap()  # TensorFlow's, Keras' and the data's objects: not walked after each trial
 

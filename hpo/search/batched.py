@@ -121,7 +121,7 @@ def run_batch(
             for group in groups.values():
                 if len(group) == 1:
                     trial, params = group[0]
-                    tell(trial, *_alone(objective, trial, params))
+                    tell(trial, *alone(objective, trial, params))
                 else:
                     objective.run_stacked([t for t, _ in group], [p for _, p in group], tell)
                 gc.collect()  # as study.optimize(gc_after_trial=True)
@@ -132,12 +132,17 @@ def run_batch(
     return len(trials)
 
 
-def _alone(objective: Objective, trial: optuna.Trial, params: dict[str, Any]) -> tuple:
-    """(state, value) of a begun trial trained alone."""
+def alone(
+    objective: Objective,
+    trial: optuna.Trial,
+    params: dict[str, Any],
+    beside: Callable[[], None] | None = None,
+) -> tuple:
+    """(state, value) of a begun trial trained alone (Objective.run, `beside` with it)."""
     from hpo.train.reporting import TrialFailed
 
     try:
-        return TrialState.COMPLETE, objective.run(trial, params)
+        return TrialState.COMPLETE, objective.run(trial, params, beside)
     except optuna.TrialPruned:
         return TrialState.PRUNED, None
     except TrialFailed:

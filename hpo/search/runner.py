@@ -17,7 +17,7 @@ from hpo.data import stored
 from hpo.data.load import load_source
 from hpo.data.prepared import Prepared
 from hpo.errors import HpoError
-from hpo.search import batched
+from hpo.search import ahead, batched
 from hpo.search.budget import Budget, OverBudget, failed_as_stale, finished
 from hpo.search.interrupt import GracefulInterrupt
 from hpo.search.progress import StudyProgress
@@ -168,17 +168,37 @@ def run(
         why_not = batch_trials > 1 and objective.unstackable()
         if why_not and notes:  # run_trials asks for one at a time: asking ahead gains nothing
             console.print(f"note: --batch-trials {batch_trials}: {why_not}", highlight=False)
+        asks_ahead = ahead.enabled(objective, batch_trials)
+        pipeline = ahead.AskAhead(
+            study,
+            objective,
+            budget,
+            [progress],
+            may_ask=lambda: (
+                not (
+                    ctrl_c.requested
+                    or (deadline is not None and time.monotonic() >= deadline)
+                    or (recycler and recycler.due(running=1))
+                )
+            ),
+        )
         try:
-            # One trial (or batch) at a time, each admitted by the study-wide budget.
-            while budget.wait_for_slot(study, deadline, lambda: ctrl_c.requested):
+            # One trial (or batch) at a time, each admitted by the study-wide budget; a trial
+            # asked ahead (hpo.search.ahead) holds a slot already, and runs unless Ctrl-C.
+            while (pipeline.pending and not ctrl_c.requested) or budget.wait_for_slot(
+                study, deadline, lambda: ctrl_c.requested
+            ):
                 reason = recycler and recycler.due()
-                if reason:
+                if reason and not pipeline.pending:
                     return RunResult(study, before, finished(study), False, recycle=reason)
                 ran = 1
                 try:
-                    ran = batched.run_trials(
-                        study, objective, batch_trials, budget, [progress], own_failures
-                    )
+                    if asks_ahead:
+                        pipeline.run_one()
+                    else:
+                        ran = batched.run_trials(
+                            study, objective, batch_trials, budget, [progress], own_failures
+                        )
                 except Exception as exc:
                     if failed_as_stale(exc):  # its re-run is queued: this worker goes on
                         console.print(f"[yellow]a trial of this worker was failed as stale: {exc}")
@@ -192,5 +212,7 @@ def run(
                         recycler.add_trials(ran)
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            pipeline.close()
         interrupted = interrupted or ctrl_c.requested
     return RunResult(study, before, finished(study), interrupted, signum=ctrl_c.signum)

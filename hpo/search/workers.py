@@ -62,11 +62,11 @@ class Recycler:
         if first and count and self.growth_mb is not None:
             self.baseline_mb = resident_mb()
 
-    def due(self) -> str | None:
+    def due(self, running: int = 0) -> str | None:
         """Why this process should restart now (a phrase for "restarting this worker …"), or
-        None."""
+        None; with `running` trials still to be added (is it due once they end?)."""
         after = f"after {self.ran} trial{'s' if self.ran != 1 else ''}"
-        if self.trials is not None and self.ran >= self.trials:
+        if self.trials is not None and self.ran + running >= self.trials:
             return after
         if self.growth_mb is not None and self.baseline_mb is not None:
             grown = (resident_mb() or 0.0) - self.baseline_mb

@@ -110,10 +110,13 @@ class Objective:
         # (once per worker: every later trial finds it in memory).
         loads = (builtin if self.data.preparation is None else own).stats
         trial.set_user_attr("worker", {**self.worker, "data_loads": dict(loads)})
-        # Drop the previous trial's graphs and layer names. Without a collection: the callers'
-        # study.optimize(gc_after_trial=True) ran one after the previous trial.
-        keras.backend.clear_session(free_memory=False)
         return self.spec.space.suggest(trial)
+
+    def _fresh_session(self) -> None:
+        """Drop the previous trial's graphs and layer names, when no program compiles beside
+        (prepare(): Keras' state is replaced for every thread). Without a collection: the
+        callers (study.optimize(gc_after_trial=True), hpo.search) ran one after that trial."""
+        keras.backend.clear_session(free_memory=False)
 
     def seed(self, trial: optuna.Trial) -> int | None:
         return None if self.spec.seed is None else self.spec.seed + trial.number
@@ -133,8 +136,17 @@ class Objective:
             patience=self.spec.patience,
         )
 
-    def run(self, trial: optuna.Trial, params: dict[str, Any]) -> float:
-        """Train a begun trial alone; its value (the best epoch's metric)."""
+    def run(
+        self,
+        trial: optuna.Trial,
+        params: dict[str, Any],
+        beside: Callable[[], None] | None = None,
+    ) -> float:
+        """Train a begun trial alone; its value (the best epoch's metric). `beside` is called
+        once, when the fused loop's program for the trial is ready and before its first epoch
+        (hpo.search.ahead: the next trial is asked for and its program compiled meanwhile)."""
+        self.trial_number = trial.number
+        self._fresh_session()
         seed = self.seed(trial)
         if seed is not None:
             set_random_seed(seed)
@@ -143,7 +155,7 @@ class Objective:
             self._kept = predictions.BestEpochs(self.spec.smooth_epochs)
         try:
             if self.engine == "fused":
-                self._train_fused(params, reporter, seed)
+                self._train_fused(params, reporter, seed, beside)
             elif self.spec.validation.kind == "kfold":
                 self._fit_folds(params, reporter)
             else:
@@ -235,12 +247,19 @@ class Objective:
         return model_lib.stack_folds(splits) if len(splits) > 1 else splits[0]
 
     def _train_fused(
-        self, params: dict[str, Any], reporter: EpochReporter, seed: int | None
+        self,
+        params: dict[str, Any],
+        reporter: EpochReporter,
+        seed: int | None,
+        beside: Callable[[], None] | None = None,
     ) -> None:
         """The fused loop (hpo.train.engine): one compiled call per epoch, logs to the reporter."""
         train, val = self._fused_split()
         model = model_lib.build(params, self.data, folds=self.spec.validation.folds)
-        trainer = self._fused_trainer(params, model, train, val, seed)
+        options = self._options(params, train, val, seed)
+        trainer = programs.trainer(model, cache=self._cache, **options)
+        if beside:
+            beside()
         with ReportAhead(reporter, STORAGE_CALLS) as ahead:
             for epoch in range(1, self.spec.max_epochs + 1):
                 logs = trainer.run_epoch()  # while the previous epoch is told (ReportAhead)
@@ -249,14 +268,22 @@ class Objective:
                 if ahead.record(epoch, logs):
                     return
 
-    def _fused_trainer(
-        self, params: dict[str, Any], model, train, val, seed: int | None, **stacked: Any
-    ) -> engine.FusedTrainer:
-        """The program training `model` (hpo.train.programs: shared by trials of a structure)."""
+    def prepare(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
+        """Compile the program a begun trial will train in, if this worker has none of its
+        structure (hpo.train.programs.compile_ahead); on the fused loop only. It may run on
+        a thread beside another trial's epochs (hpo.search.ahead): it builds its own model,
+        and the trial's run() later builds the trial's, from the trial's seed as always."""
+        if self.engine != "fused":
+            return
+        train, val = self._fused_split()
+        model = model_lib.build(params, self.data, folds=self.spec.validation.folds)
+        options = self._options(params, train, val, self.seed(trial))
+        programs.compile_ahead(model, cache=self._cache, **options)
+
+    def _options(self, params: dict[str, Any], train, val, seed: int | None) -> dict[str, Any]:
+        """hpo.train.programs.trainer's options for a trial of `params` on these arrays."""
         to_targets = self._targets(params)
-        return programs.trainer(
-            model,
-            cache=self._cache,
+        return dict(
             loss=params["loss"],
             task=self.data.task,
             train=(train[0], to_targets(train[1])),
@@ -266,7 +293,6 @@ class Objective:
             seed=seed,
             first_layer=self.first_layer,
             epochs=self.spec.max_epochs,
-            **stacked,
         )
 
     def _keep_epoch(
@@ -314,6 +340,7 @@ class Objective:
         from the initial weights and batch order that the seed of its group's first trial
         gives."""
         n = len(trials)
+        self._fresh_session()
         structure = {**params[0], "dropout": max(p["dropout"] for p in params)}
         seed = self.seed(trials[0])
         if seed is not None:
@@ -321,7 +348,8 @@ class Objective:
         train, val = self._fused_split()
         model = model_lib.build(structure, self.data, folds=self.spec.validation.folds, trials=n)
         rates = {key: [p[key] for p in params] for key in ("learning_rate", "dropout")}
-        trainer = self._fused_trainer(structure, model, train, val, seed, trials=n, rates=rates)
+        options = self._options(structure, train, val, seed)
+        trainer = programs.trainer(model, cache=self._cache, **options, trials=n, rates=rates)
         # Ctrl-C is checked once all trials have recorded an epoch: none loses it.
         reporters = [self.reporter(trial, checks_interrupt=False) for trial in trials]
         store = self.artifact_store is not None

@@ -50,10 +50,30 @@ def trainer(model: keras.Model, *, cache: DeviceCache, **options: Any) -> FusedT
     program.load(
         model, options["train"], options["validation"], options.get("seed"), options.get("rates")
     )
+    _keep(cache, key, program)
+    return program
+
+
+def compile_ahead(model: keras.Model, *, cache: DeviceCache, **options: Any) -> None:
+    """Compile the program trainer() will find for a model of this structure, unless `cache`
+    holds it: trace and compile it with one epoch of its own model (XLA compiles at the first
+    call), from the seed in `options`, so that a text program's word capacity is the one the
+    trial's first epoch sets (FusedTrainer.run_epoch). trainer() restarts it from the trial's
+    model, its weights and seed. Called on a thread (hpo.search.ahead) while the worker's
+    current trial trains in another program: that one stays the newest but one in `cache`."""
+    key = program_key(model, **options)
+    if key in cache.programs:
+        return
+    program = FusedTrainer(_structural_copy(model), cache=cache, **options)
+    program.run_epoch()
+    _keep(cache, key, program)
+
+
+def _keep(cache: DeviceCache, key: str, program: FusedTrainer) -> None:
+    """Keep `program` as the newest in `cache`, the oldest dropped beyond cache.PROGRAMS."""
     cache.programs[key] = program
     while len(cache.programs) > cache.PROGRAMS:
         cache.programs.popitem(last=False)
-    return program
 
 
 def program_key(

@@ -15,10 +15,11 @@ The asked trial holds a slot of the study's budget and beats its heartbeat while
 is always run, even past --timeout (as Optuna finishes a running trial), except after Ctrl-C or
 an error: then it is failed as "interrupted", without epochs, and does not count.
 
-$HPO_ASK_AHEAD=1 turns it on; it is off by default. It made 50-trial searches 4-26 % faster on
-this project's 2 cores (docs/performance.md, "Asking for the next trial ahead"), but a seeded
-search then samples other trials after TPE's start-up ones than the search the README's results
-table was measured with, and that table has not been measured again with it.
+$HPO_ASK_AHEAD=1 turns it on; it is off by default. On this project's 2 cores it made the same
+50 Boston trials 3 % faster (docs/performance.md, "Asking for the next trial ahead"): the
+compiling thread slows the running trial's epochs by most of what it saves. It is meant for a
+GPU worker, whose epochs leave the CPU idle (not yet measured), and it changes which trials a
+seeded TPE search samples after its start-up trials.
 """
 
 from __future__ import annotations

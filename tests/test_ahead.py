@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from hpo.data import builtin
 from hpo.search.ahead import AskAhead
-from hpo.search.budget import Budget, finished
+from hpo.search.budget import Budget, finished, over_budget
 from hpo.search.workers import Recycler
 from hpo.study import studyfile
 from hpo.train import programs
@@ -100,11 +100,13 @@ def test_no_trial_is_asked_ahead_past_the_budget_or_when_the_worker_stops(workdi
     objective = Objective(spec, builtin.load("boston_housing", None))
     study = optuna.create_study()
     ahead = AskAhead(study, objective, Budget(1), [])
-    ahead.run_one()  # the budget's last slot: nothing asked beside it
+    assert ahead.run_one() == 1  # the budget's last slot: nothing asked beside it
     assert ahead.pending is None and len(study.trials) == 1
+    assert ahead.run_one() == 0  # the budget is taken: the trial asked fails as over budget
+    assert over_budget(study.trials[1])
     stopping = AskAhead(study, objective, Budget(3), [], may_ask=lambda: False)
-    stopping.run_one()
-    assert stopping.pending is None and len(study.trials) == 2
+    assert stopping.run_one() == 1
+    assert stopping.pending is None and len(study.trials) == 3
 
 
 def test_a_worker_recycled_after_n_trials_asks_for_none_beyond_them():

@@ -81,12 +81,13 @@ class AskAhead:
         self.may_ask = may_ask  # False once the worker should start no trial (Ctrl-C, recycle)
         self.pending: Asked | None = None  # asked while the last trial trained, not yet run
 
-    def run_one(self) -> None:
+    def run_one(self) -> int:
         """Run the trial asked ahead, or else a newly asked one; while it trains, ask for the
-        next and compile its program (beside)."""
+        next and compile its program (beside). How many trials ran: 0 when another worker took
+        the last slot meanwhile."""
         asked = self._take_pending() or self._ask()
-        if asked is None:  # another worker took the last slot meanwhile
-            return
+        if asked is None:
+            return 0
         from hpo.search.batched import alone
 
         with asked.beat:
@@ -99,6 +100,7 @@ class AskAhead:
         for callback in self.callbacks:
             callback(self.study, frozen)
         gc.collect()  # as study.optimize(gc_after_trial=True)
+        return 1
 
     def close(self) -> None:
         """Fail the trial asked ahead if it never ran (Ctrl-C, an error): it does not count."""

@@ -194,7 +194,7 @@ def run(
                 ran = 1
                 try:
                     if asks_ahead:
-                        pipeline.run_one()
+                        ran = pipeline.run_one()
                     else:
                         ran = batched.run_trials(
                             study, objective, batch_trials, budget, [progress], own_failures

@@ -9,7 +9,8 @@ For each seed and variant, `hpo optimize TARGET --trials N --seed S VARIANT` as 
 turn), with the hpo beside this script. TARGET is a built-in dataset or a study file:
 bench/boston_rates.toml is the book's Boston model with only the learning rate and the dropout
 searched, where every trial of a batch shares one structure (the most `--batch-trials` can
-give). A variant is a string of extra options; "" is the command as it stands. `--keep DIR`
+give). A variant is a string of extra options, after any NAME=VALUE environment settings as in
+a shell ("HPO_ASK_AHEAD=1 --seed 0"); "" is the command as it stands. `--keep DIR`
 keeps each search's storage as DIR/SEED-K.db (K: the variant's index; study "bench"), for
 bench/patience_replay.py. `--trees A B` compares code instead: the command as it stands (or the
 one variant given) with the hpo of each checkout in turn (e.g. `git worktree add /tmp/old
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sqlite3
 import statistics
@@ -39,13 +41,25 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def environment(variant: str) -> tuple[dict[str, str], list[str]]:
+    """A variant's leading NAME=VALUE settings, and the options after them."""
+    words = shlex.split(variant)
+    settings = {}
+    while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        settings[name] = value
+    return settings, words
+
+
 def one_search(target: str, variant: str, seed: int, args, tmp: Path, root: Path) -> dict:
     folder = Path(tempfile.mkdtemp(dir=tmp))
     storage = f"sqlite:///{folder}/bench.db"
+    settings, options = environment(variant)
     env = {**os.environ, "HPO_CACHE_DIR": str(folder / "cache"), "PYTHONPATH": str(root)}
     env.pop("HPO_STORAGE", None)
+    env.update(settings)
     command = [sys.executable, "-m", "hpo", "optimize", target, "--trials", str(args.trials)]
-    command += ["--seed", str(seed), "--storage", storage, *shlex.split(variant)]
+    command += ["--seed", str(seed), "--storage", storage, *options]
     command += ["--artifacts", str(folder / "artifacts"), "--data-dir", args.data_dir]
     command += ["--study", "bench"]
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """What a new program of the fused loop costs before its first epoch ends, and an epoch after.
 
-    python bench/compile_time.py [--data-dir DIR] [--epochs 200] [--later 20]
+    python bench/compile_time.py [--data-dir DIR] [--epochs 200] [--later 20] [--reverse]
 
 Boston's 4-fold trials, one structure after another in one process (the first warms up
 TensorFlow's or JAX's own machinery and is printed apart), each a fresh FusedTrainer as a
@@ -10,7 +10,10 @@ Prints, per structure, the seconds to the end of the first epoch (tracing the ep
 compiling it, one epoch) and the milliseconds of a later epoch; with --epochs 200 TensorFlow
 compiles with XLA as a 200-epoch trial does (engine.use_xla), with --epochs 0 it runs its
 graph executor. The backend is KERAS_BACKEND's. Needs the real boston_housing.npz: --data-dir
-or HPO_DATA_DIR (e.g. ../shared/datasets).
+or HPO_DATA_DIR (e.g. ../shared/datasets). --reverse traces the structures after the warm-up
+in the opposite order, as another process of a search meets them (TensorFlow's persistent XLA
+cache, `TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=DIR`, finds a program only when it
+is traced at the same point: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
     parser.add_argument("--epochs", type=int, default=200, help="the trial's epoch budget")
     parser.add_argument("--later", type=int, default=20, help="epochs timed after the first")
+    parser.add_argument("--reverse", action="store_true", help="the changes in reverse order")
     args = parser.parse_args()
     if not args.data_dir:
         raise SystemExit("--data-dir (or HPO_DATA_DIR): the folder with keras' dataset files")
@@ -60,7 +64,8 @@ def main() -> None:
     inputs = engine.InputCache()
     print(f"{keras.backend.backend()}, epochs budget {args.epochs or 'none'}")
     print(f"{'structure':32s} {'first epoch':>12s} {'later epoch':>12s}  xla")
-    for name, change in CHANGES:
+    changes = [CHANGES[0], *CHANGES[:0:-1]] if args.reverse else CHANGES
+    for name, change in changes:
         # The book's model with dropout, as the search's space draws it (0 to 0.3).
         params = {**BOOK_CONFIGS["boston_housing"], "dropout": 0.1, **change}
         keras.backend.clear_session()

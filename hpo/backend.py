@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-from hpo import cache, xla_cache
+from hpo import cache
 
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # share a GPU instead of taking it
 
@@ -58,7 +58,6 @@ def import_keras():
     """keras, imported once, with the backend's native start-up output suppressed."""
     if "keras" not in sys.modules:
         use_jax_compilation_cache()
-        xla_cache.configure()  # TensorFlow's, in a folder safe for several workers
         # TensorFlow's Python logger warns about tf.function retracing, which hpo does on
         # purpose (one model per trial); keep real errors.
         logging.getLogger("tensorflow").setLevel(logging.ERROR)

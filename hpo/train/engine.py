@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from hpo import xla_cache
 from hpo.backend import import_keras
 from hpo.errors import HpoError
 from hpo.train import model as model_lib
@@ -157,7 +156,6 @@ class FusedTrainer:
         self.stateless = keras.backend.backend() == "jax"
         self.xla = use_xla(first_layer, len(train[0]), batch_size, epochs)
         self._epoch = _compile(self._epoch_fn, self.xla)
-        self._compiled = False  # until the first call has compiled the epoch
         self.load(model, train, validation, seed, rates)
 
     def load(
@@ -239,7 +237,6 @@ class FusedTrainer:
         the old capacity is reused."""
         self.capacity = capacity
         self._epoch = _compile(lambda *args: self._epoch_fn(*args), self.xla)
-        self._compiled = False
 
     def _call(self, trainable, non_trainable, x, rates, training: bool):
         """The model on a batch: (predictions, non-trainable values after the call: JAX only)."""
@@ -446,15 +443,9 @@ class FusedTrainer:
             # More words in a batch than compiled for, or the first epoch.
             needed = word_ids.capacity(self.lengths[0], indices, headroom=1.1)
             self._recompile((needed, self.capacity[1]))
-        persisted = self.xla and not self.stateless and not self._compiled
-        if persisted:  # TensorFlow's XLA cache: programs other workers compiled (xla_cache)
-            xla_cache.sync()
         self.state, sums, val_sums, predictions = self._epoch(
             self.state, self.arrays, self.rates, indices, weights, *self.val_plan
         )
-        if persisted:  # this one, for the others
-            xla_cache.sync()
-        self._compiled = True
         logs = self._per_trial(sums, self.n_train, "")
         if not self.validating:
             return logs

@@ -170,6 +170,38 @@ def test_a_long_trial_compiles_with_xla_and_trains_the_same_weights():
     assert engine.use_xla("ids", 100, 32, 2)
 
 
+def test_later_epochs_call_the_traced_program_and_train_the_same(monkeypatch):
+    """After a load's first epoch TensorFlow calls the program that epoch traced, without
+    tf.function's lookup: the same logs and weights as looking it up every epoch. A new load
+    (a later trial in the same program) looks it up again."""
+    prepared = regression_data(rows=90)
+    x, y = prepared.x_train, model_lib.targets(prepared.y_train, "regression", "mse", 1)
+    runs = []
+    for look_up_each_epoch in (False, True):
+        set_random_seed(3)
+        model = model_lib.build({**PARAMS, "dropout": 0.2}, prepared)
+        trainer = fused_trainer(model, (x[:70], y[:70]), (x[70:], y[70:]), epochs=10**6)
+        logs = [trainer.run_epoch()]
+        with monkeypatch.context() as patch:
+            if not look_up_each_epoch and keras.backend.backend() == "tensorflow":
+
+                def looked_up(*args, **kwargs):
+                    raise AssertionError("a later epoch went through tf.function's lookup")
+
+                patch.setattr(type(trainer._epoch), "__call__", looked_up)
+            for _ in range(3):
+                if look_up_each_epoch:
+                    trainer._traced = None
+                logs.append(trainer.run_epoch())
+        runs.append((logs, model.get_weights()))
+    (fast_logs, fast_weights), (slow_logs, slow_weights) = runs
+    assert fast_logs == slow_logs
+    for a, b in zip(fast_weights, slow_weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    trainer.load(model, (x[:70], y[:70]), (x[70:], y[70:]), seed=1)
+    assert trainer._traced is None
+
+
 def run_trial(spec, prepared, params, monkeypatch, engine_name, **objective_args):
     monkeypatch.setenv("HPO_ENGINE", engine_name)
     study = optuna.create_study(direction=spec.direction)

@@ -449,7 +449,7 @@ class FusedTrainer:
         args = (self.state, self.arrays, self.rates, indices, weights, *self.val_plan)
         if self._traced is None:  # the first epoch of this load: trace or find the program
             self.state, sums, val_sums, predictions = self._epoch(*args)
-            self._traced = _traced(self._epoch, args)
+            self._traced = _traced_program(self._epoch, args)
         else:  # the same shapes every epoch of a load: no lookup
             self.state, sums, val_sums, predictions = self._traced(*args)
         logs = self._per_trial(sums, self.n_train, "")
@@ -572,7 +572,7 @@ def _compile(fn: Callable, xla: bool) -> Callable:
     raise NotImplementedError(f"no fused training loop for the {backend} backend")
 
 
-def _traced(compiled: Callable, args: tuple) -> Callable:
+def _traced_program(compiled: Callable, args: tuple) -> Callable:
     """What to call for the next epochs of a load: under TensorFlow, the concrete function the
     first call traced. tf.function looks up its trace for every call by canonicalizing each
     argument, 1.3 ms of a 5 ms Boston epoch on this CPU (docs/performance.md); the concrete

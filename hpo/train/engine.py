@@ -449,7 +449,12 @@ class FusedTrainer:
         args = (self.state, self.arrays, self.rates, indices, weights, *self.val_plan)
         if self._traced is None:  # the first epoch of this load: trace or find the program
             self.state, sums, val_sums, predictions = self._epoch(*args)
-            self._traced = _traced_program(self._epoch, args)
+            # tf.function looks up its trace on every call by canonicalizing each argument
+            # (1.3 ms of a 5 ms Boston epoch here: docs/performance.md); its concrete function
+            # runs the same program and XLA executable without that. jax.jit's lookup is cheap.
+            self._traced = (
+                self._epoch if self.stateless else self._epoch.get_concrete_function(*args)
+            )
         else:  # the same shapes every epoch of a load: no lookup
             self.state, sums, val_sums, predictions = self._traced(*args)
         logs = self._per_trial(sums, self.n_train, "")
@@ -570,17 +575,6 @@ def _compile(fn: Callable, xla: bool) -> Callable:
         # noise: docs/performance.md).
         return tf.function(fn, reduce_retracing=True, jit_compile=xla, autograph=False)
     raise NotImplementedError(f"no fused training loop for the {backend} backend")
-
-
-def _traced_program(compiled: Callable, args: tuple) -> Callable:
-    """What to call for the next epochs of a load: under TensorFlow, the concrete function the
-    first call traced. tf.function looks up its trace for every call by canonicalizing each
-    argument, 1.3 ms of a 5 ms Boston epoch on this CPU (docs/performance.md); the concrete
-    function runs the same program (and XLA executable) without that. jax.jit's lookup is
-    already cheap."""
-    if keras.backend.backend() == "tensorflow":
-        return compiled.get_concrete_function(*args)
-    return compiled
 
 
 def _uniform_rbg(shape: tuple, seed) -> Any:

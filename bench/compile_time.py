@@ -7,13 +7,14 @@ TensorFlow's or JAX's own machinery and is printed apart), each a fresh FusedTra
 search's first trial of that structure gets: the book's 2 x 64 relu model with RMSprop, batch
 16, dropout 0.1, and one change at a time (width, depth, optimizer, dropout, batch size).
 Prints, per structure, the seconds to the end of the first epoch (tracing the epoch function,
-compiling it, one epoch) and the milliseconds of a later epoch; with --epochs 200 TensorFlow
-compiles with XLA as a 200-epoch trial does (engine.use_xla), with --epochs 0 it runs its
-graph executor. The backend is KERAS_BACKEND's. Needs the real boston_housing.npz: --data-dir
-or HPO_DATA_DIR (e.g. ../shared/datasets). --reverse traces the structures after the warm-up
-in the opposite order, as another process of a search meets them (TensorFlow's persistent XLA
-cache, `TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=DIR`, finds a program only when it
-is traced at the same point: docs/performance.md).
+compiling it, one epoch), the milliseconds of a later epoch, and of the compiled call alone
+with its arguments ready (the rest of a later epoch is hpo's host work); with --epochs 200
+TensorFlow compiles with XLA as a 200-epoch trial does (engine.use_xla), with --epochs 0 it
+runs its graph executor. The backend is KERAS_BACKEND's. Needs the real boston_housing.npz:
+--data-dir or HPO_DATA_DIR (e.g. ../shared/datasets). --reverse traces the structures after
+the warm-up in the opposite order, as another process of a search meets them (TensorFlow's
+persistent XLA cache, `TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=DIR`, finds a program
+only when it is traced at the same point: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def main() -> None:
     (x, y), (x_val, y_val) = model_lib.stack_folds(folds)
     inputs = engine.InputCache()
     print(f"{keras.backend.backend()}, epochs budget {args.epochs or 'none'}")
-    print(f"{'structure':32s} {'first epoch':>12s} {'later epoch':>12s}  xla")
+    print(f"{'structure':32s} {'first epoch':>12s} {'later epoch':>12s} {'call alone':>12s}  xla")
     changes = [CHANGES[0], *CHANGES[:0:-1]] if args.reverse else CHANGES
     for name, change in changes:
         # The book's model with dropout, as the search's space draws it (0 to 0.3).
@@ -89,8 +90,21 @@ def main() -> None:
         start = time.perf_counter()
         for _ in range(args.later):
             trainer.run_epoch()
+        batches = engine.batch_plan(trainer.n_train, trainer.batch_size, trainer.rng)
         later = (time.perf_counter() - start) / args.later
-        print(f"{name:32s} {first:10.2f} s {1000 * later:9.1f} ms  {trainer.xla}", flush=True)
+        # The same compiled call alone, its arguments ready: what run_epoch adds is host work
+        # (the shuffle, the call's arguments, reading the logs and predictions back).
+        call = trainer._traced
+        arguments = (trainer.state, trainer.arrays, trainer.rates, *batches, *trainer.val_plan)
+        start = time.perf_counter()
+        for _ in range(args.later):
+            call(*arguments)
+        alone = (time.perf_counter() - start) / args.later
+        print(
+            f"{name:32s} {first:10.2f} s {1000 * later:9.1f} ms {1000 * alone:9.1f} ms  "
+            f"{trainer.xla}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

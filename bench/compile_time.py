@@ -56,13 +56,14 @@ def main() -> None:
     from hpo.data.spec import Validation
     from hpo.results.one_factor import BOOK_CONFIGS
     from hpo.train import engine
+    from hpo.train import inputs as inputs_lib
     from hpo.train import model as model_lib
 
     keras = import_keras()
     data = builtin.load("boston_housing", args.data_dir)
     folds = list(Validation.parse("kfold:4").splits(data.x_train, data.y_train))
     (x, y), (x_val, y_val) = model_lib.stack_folds(folds)
-    inputs = engine.InputCache()
+    inputs = inputs_lib.InputCache()
     print(f"{keras.backend.backend()}, epochs budget {args.epochs or 'none'}")
     print(f"{'structure':32s} {'first epoch':>12s} {'later epoch':>12s} {'call alone':>12s}  xla")
     changes = [CHANGES[0], *CHANGES[:0:-1]] if args.reverse else CHANGES
@@ -90,7 +91,7 @@ def main() -> None:
         start = time.perf_counter()
         for _ in range(args.later):
             trainer.run_epoch()
-        batches = engine.batch_plan(trainer.n_train, trainer.batch_size, trainer.rng)
+        batches = inputs_lib.batch_plan(trainer.n_train, trainer.batch_size, trainer.rng)
         later = (time.perf_counter() - start) / args.later
         # The same compiled call alone, its arguments ready: what run_epoch adds is host work
         # (the shuffle, the call's arguments, reading the logs and predictions back).

@@ -54,6 +54,7 @@ def child(data_dir: str, datasets: list[str], epochs: int) -> None:
     from hpo.data import builtin
     from hpo.study import studyfile
     from hpo.train import engine
+    from hpo.train import inputs as inputs_lib
     from hpo.train import model as model_lib
 
     keras = import_keras()
@@ -63,7 +64,7 @@ def child(data_dir: str, datasets: list[str], epochs: int) -> None:
         splits = list(spec.validation.splits(data.x_train, data.y_train))
         folds = spec.validation.folds
         train, val = model_lib.stack_folds(splits) if len(splits) > 1 else splits[0]
-        inputs = engine.InputCache()
+        inputs = inputs_lib.InputCache()
         for name, params in [(n, p) for d, n, p in STRUCTURES if d == dataset]:
             params = {**BOOK, "loss": LOSS[dataset], **params}
             to_targets = lambda y: model_lib.targets(y, data.task, params["loss"], data.n_outputs)  # noqa: E731,B023

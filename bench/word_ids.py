@@ -71,13 +71,13 @@ def epochs_of(form: str, name: str, units: int, data, cache, epochs: int) -> tup
 def child(args) -> None:
     from hpo.backend import import_keras
     from hpo.data import builtin
-    from hpo.train import engine
+    from hpo.train import inputs as inputs_lib
 
     keras = import_keras()
     rows = []
     for name in args.datasets.split(","):
         data = builtin.load(name, args.data_dir)
-        cache = engine.InputCache()  # the data converted once for both forms
+        cache = inputs_lib.InputCache()  # the data converted once for both forms
         for units in map(int, args.units.split(",")):
             dense, dense_loss = epochs_of("dense", name, units, data, cache, args.epochs)
             ids, ids_loss = epochs_of("ids", name, units, data, cache, args.epochs)

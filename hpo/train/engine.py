@@ -11,7 +11,7 @@ the epoch's logs, so the host wakes once per epoch: the pruner still sees every 
 The training arrays are converted to backend tensors once and stay where the step runs. Each
 epoch's shuffle is drawn on the host from a seeded generator and sent as an index matrix; the
 last, partial batch is padded with zero-weight rows, so every batch has one shape and the
-losses are the same weighted means Keras computes.
+losses are the same weighted means Keras computes (both in hpo.train.inputs).
 
 Keras' logs are reproduced: `loss` (the loss over the epoch's samples), the task's metrics
 (`accuracy`, or `mae` and `mse`) and their `val_` twins. The validation pass also returns its
@@ -43,6 +43,7 @@ from hpo.backend import import_keras
 from hpo.errors import HpoError
 from hpo.train import model as model_lib
 from hpo.train import word_ids
+from hpo.train.inputs import InputCache, batch_plan
 
 keras = import_keras()
 ops = keras.ops
@@ -89,18 +90,6 @@ def task_metrics(task: str, loss: str) -> dict[str, Callable]:
     if loss == "categorical_crossentropy":  # one-hot targets
         return {"accuracy": metrics.categorical_accuracy}
     return {"accuracy": metrics.sparse_categorical_accuracy}
-
-
-def batch_plan(n: int, batch_size: int, rng: np.random.Generator | None, pad_row: int = 0) -> tuple:
-    """(indices, weights), each (steps, batch_size): rows of each batch, in shuffled order when
-    `rng` is given; the last batch is padded with `pad_row` at weight 0."""
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    steps = math.ceil(n / batch_size)
-    padded = np.full(steps * batch_size, pad_row, dtype=np.int32)
-    padded[:n] = order
-    weights = np.zeros(steps * batch_size, dtype=np.float32)
-    weights[:n] = 1.0
-    return padded.reshape(steps, batch_size), weights.reshape(steps, batch_size)
 
 
 class FusedTrainer:
@@ -503,34 +492,6 @@ class FusedTrainer:
         else:
             return  # TensorFlow trained the trial's model itself
         _assign(self.target, values)
-
-
-class InputCache:
-    """The training and validation inputs as backend tensors (on a GPU: copied to it), kept
-    while the arrays keep their shapes: an Objective's trials all train on the same data."""
-
-    def __init__(self) -> None:
-        self._inputs: dict[tuple, tuple] = {}
-
-    def inputs(self, first_layer: str, x: np.ndarray, x_val: np.ndarray) -> tuple:
-        """(x, x_val, their rows' word counts or None): the training and validation inputs as
-        tensors in `first_layer`'s form, converted once while the arrays keep these shapes."""
-        shapes = (x.shape, x_val.shape)
-        for key in [key for key in self._inputs if key[1:] != shapes]:
-            del self._inputs[key]  # another dataset or split: drop it
-        key = (first_layer, *shapes)
-        if key not in self._inputs:
-            if first_layer == "ids":
-                host = [word_ids.from_packed(a) for a in (x, x_val)]
-                on_device = [word_ids.WordIds(*map(ops.convert_to_tensor, h)) for h in host]
-                self._inputs[key] = (*on_device, tuple(h.lengths for h in host))
-            else:
-                self._inputs[key] = (ops.convert_to_tensor(x), ops.convert_to_tensor(x_val), None)
-        return self._inputs[key]
-
-    def forms(self) -> set[str]:
-        """The first-layer forms whose inputs are held."""
-        return {key[0] for key in self._inputs}
 
 
 def _is_dropout(layer) -> bool:

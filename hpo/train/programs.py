@@ -18,7 +18,8 @@ import numpy as np
 
 from hpo.backend import import_keras
 from hpo.train import model as model_lib
-from hpo.train.engine import FusedTrainer, InputCache, use_xla
+from hpo.train.engine import FusedTrainer, use_xla
+from hpo.train.inputs import InputCache
 
 keras = import_keras()
 

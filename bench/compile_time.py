@@ -91,8 +91,8 @@ def main() -> None:
         start = time.perf_counter()
         for _ in range(args.later):
             trainer.run_epoch()
-        batches = inputs_lib.batch_plan(trainer.n_train, trainer.batch_size, trainer.rng)
         later = (time.perf_counter() - start) / args.later
+        batches = inputs_lib.batch_plan(trainer.n_train, trainer.batch_size, trainer.rng)
         # The same compiled call alone, its arguments ready: what run_epoch adds is host work
         # (the shuffle, the call's arguments, reading the logs and predictions back).
         call = trainer._traced

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -36,6 +37,24 @@ def worker(folder: Path, url: str, *args: str, env: dict | None = None) -> subpr
         text=True,
         preexec_fn=default_sigint,  # as from a terminal, even when the tests run in the background
     )
+
+
+def read_until(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
+    """A worker's output up to the first line holding `text`: its start-up (TensorFlow, the
+    storage) may take many seconds on a loaded machine, so a test waits for what it says."""
+    lines: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if text in line:
+                break
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert done.wait(timeout) and text in "".join(lines), "".join(lines)
+    return "".join(lines)
 
 
 def load(name: str, url: str) -> optuna.Study:
@@ -289,13 +308,9 @@ def test_an_idle_worker_says_so_once(workdir):
     SIGINT ends it with 130."""
     url = f"sqlite:///{workdir}/empty.db"
     proc = worker(workdir, url, "--recycle-after", "0")
-    seen = []
-    for line in proc.stdout:  # its start-up may take seconds on a loaded machine
-        seen.append(line)
-        if "waiting for studies" in line:
-            break
+    seen = read_until(proc, "waiting for studies")
     time.sleep(3)  # six reads of the queue, every 0.5 s
-    out = "".join(seen) + stop_worker(proc, signal.SIGINT)
+    out = seen + stop_worker(proc, signal.SIGINT)
     assert out.count("waiting for studies") == 1, out
 
 
@@ -310,8 +325,12 @@ def test_an_idle_worker_waits_out_a_database_outage(workdir, capsys):
     proc = worker(
         workdir, url, "--studies", name, "--recycle-after", "0", env={"HPO_RECONNECT_S": "60"}
     )
+    seen = ""
     try:
-        time.sleep(4)  # idle, reading the queue
+        # Cut only once it idles, reading the queue: a cut during its start-up (seconds on a
+        # loaded machine) is not an outage it lives through.
+        seen = read_until(proc, "waiting for studies")
+        time.sleep(1)
         proxy.cut()
         time.sleep(5)
         proxy.start()
@@ -320,7 +339,7 @@ def test_an_idle_worker_waits_out_a_database_outage(workdir, capsys):
                        "--storage", POSTGRES)[0] == 0  # fmt: skip
         wait_for(lambda: counted(name, POSTGRES) == 2, what="the study after the outage")
     finally:
-        out = stop_worker(proc)
+        out = seen + stop_worker(proc)
         proxy.cut()
     assert "connection lost" in out and "reconnected after" in out, out
     delete(POSTGRES, name)

@@ -4,26 +4,25 @@
         [--batches 128,512]
 
 IMDB on word ids (the fused loop's "ids" form; the book's holdout of 10,000 reviews), 2 layers,
-relu, no dropout, for each optimizer hpo's spaces offer and once with the first Dense layer
-frozen: then no kernel gradient is made dense and the 10,000 x units kernel is not updated, so
-the difference is what the first layer's gradient and update cost every step. Prints the median
-seconds of an epoch after the first. The backend is KERAS_BACKEND's. Needs the real imdb.npz:
---data-dir or HPO_DATA_DIR.
+relu, no dropout (bench/word_ids.py's model and timing), for each optimizer hpo's spaces offer
+and once with the first Dense layer frozen: then no kernel gradient is made dense and the
+10,000 x units kernel is not updated, so the difference is what the first layer's gradient and
+update cost every step. Prints the median seconds of an epoch after the first. The backend is
+KERAS_BACKEND's. Needs the real imdb.npz: --data-dir or HPO_DATA_DIR.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-HOLDOUT = 10000
-LOSS = "binary_crossentropy"
+from word_ids import epochs_of  # bench/word_ids.py: one model's epochs, timed
+
 VARIANTS = [("rmsprop", False), ("sgd", False), ("adam", False), ("rmsprop", True)]
 
 
@@ -37,15 +36,12 @@ def main() -> None:
     if not args.data_dir:
         raise SystemExit("--data-dir (or HPO_DATA_DIR): the folder with keras' dataset files")
 
-    from hpo.backend import import_keras, set_random_seed
+    from hpo.backend import import_keras
     from hpo.data import builtin
-    from hpo.train import engine, inputs
-    from hpo.train import model as model_lib
+    from hpo.train import inputs
 
     keras = import_keras()
     data = builtin.load("imdb", args.data_dir)
-    y = model_lib.targets(data.y_train, data.task, LOSS, data.n_outputs)
-    train, val = (data.x_train[HOLDOUT:], y[HOLDOUT:]), (data.x_train[:HOLDOUT], y[:HOLDOUT])
     cache = inputs.InputCache()
     print(f"{keras.backend.backend()}: IMDB on word ids, seconds an epoch")
     print("| units | batch | optimizer | first layer | seconds |")
@@ -53,41 +49,12 @@ def main() -> None:
     for units in map(int, args.units.split(",")):
         for batch in map(int, args.batches.split(",")):
             for optimizer, frozen in VARIANTS:
-                params = {
-                    "layers": 2,
-                    "units": units,
-                    "activation": "relu",
-                    "loss": LOSS,
-                    "optimizer": optimizer,
-                    "learning_rate": 0.001,
-                    "batch_size": batch,
-                    "dropout": 0.0,
-                }
                 keras.backend.clear_session()
-                set_random_seed(0)
-                model = model_lib.build(params, data)
-                if frozen:
-                    first = next(x for x in model.layers if isinstance(x, keras.layers.Dense))
-                    first.trainable = False  # before the trainer builds the optimizer
-                trainer = engine.FusedTrainer(
-                    model,
-                    loss=LOSS,
-                    task=data.task,
-                    train=train,
-                    validation=val,
-                    batch_size=batch,
-                    validation_batch_size=512,
-                    seed=0,
-                    cache=cache,
-                    first_layer="ids",
-                )
-                times = []
-                for _ in range(args.epochs):
-                    start = time.perf_counter()
-                    trainer.run_epoch()
-                    times.append(time.perf_counter() - start)
+                seconds, _ = epochs_of(
+                    "ids", "imdb", units, data, cache, args.epochs,
+                    optimizer=optimizer, batch_size=batch, frozen_first=frozen,
+                )  # fmt: skip
                 what = "frozen" if frozen else "trained"
-                seconds = statistics.median(times[1:])
                 print(f"| {units} | {batch} | {optimizer} | {what} | {seconds:.3f} |", flush=True)
 
 

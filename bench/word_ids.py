@@ -28,10 +28,22 @@ ROOT = Path(__file__).resolve().parents[1]
 HOLDOUT = {"imdb": 10000, "reuters": 1000}
 
 
-def epochs_of(form: str, name: str, units: int, data, cache, epochs: int) -> tuple:
-    """(median seconds per epoch after the first, last validation loss)."""
+def epochs_of(
+    form: str,
+    name: str,
+    units: int,
+    data,
+    cache,
+    epochs: int,
+    *,
+    optimizer: str = "rmsprop",
+    batch_size: int = 512,
+    frozen_first: bool = False,
+) -> tuple:
+    """(median seconds per epoch after the first, last validation loss). With `frozen_first`
+    the first Dense layer is not trained: no kernel gradient, no update (first_layer_update.py)."""
     from hpo.backend import set_random_seed
-    from hpo.train import engine
+    from hpo.train import engine, word_ids
     from hpo.train import model as model_lib
 
     loss = "binary_crossentropy" if name == "imdb" else "sparse_categorical_crossentropy"
@@ -40,21 +52,24 @@ def epochs_of(form: str, name: str, units: int, data, cache, epochs: int) -> tup
         "units": units,
         "activation": "relu",
         "loss": loss,
-        "optimizer": "rmsprop",
+        "optimizer": optimizer,
         "learning_rate": 0.001,
-        "batch_size": 512,
+        "batch_size": batch_size,
         "dropout": 0.0,
     }
     y = model_lib.targets(data.y_train, data.task, loss, data.n_outputs)
     n = HOLDOUT[name]
     set_random_seed(0)
+    model = model_lib.build(params, data)
+    if frozen_first:  # before the trainer builds the optimizer
+        word_ids.first_dense(model).trainable = False
     trainer = engine.FusedTrainer(
-        model_lib.build(params, data),
+        model,
         loss=loss,
         task=data.task,
         train=(data.x_train[n:], y[n:]),
         validation=(data.x_train[:n], y[:n]),
-        batch_size=512,
+        batch_size=batch_size,
         validation_batch_size=512,
         seed=0,
         cache=cache,

@@ -162,14 +162,14 @@ def tiny_study(
     return path
 
 
-def run_tests_under_jax(test_file: str, selection: str, passed: int) -> None:
-    """Run `test_file`'s tests matching `selection` (pytest -k) in a process with Keras on
-    JAX, and check that `passed` of them passed (a test asking this from a JAX process skips
-    itself)."""
+def run_tests_under_jax(files: list[str], marker: str, passed: int) -> None:
+    """Run the tests of `files` marked `marker` in one process with Keras on JAX (one start of
+    pytest, TensorFlow and JAX for them all), and check that `passed` of them passed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    pytest_args = ["-q", "-n", "0", "-p", "no:cacheprovider", test_file, "-k", selection]
+    pytest_args = ["-q", "-n", "0", "-p", "no:cacheprovider", "-m", marker, *files]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", *pytest_args],
+        cwd=REPO,
         env={**env, "KERAS_BACKEND": "jax", "CI": ""},
         capture_output=True,
         text=True,

@@ -10,7 +10,7 @@ import sys
 
 import optuna
 import pytest
-from conftest import tiny_study
+from conftest import run_tests_under_jax, tiny_study
 
 pytest.importorskip("jax")
 
@@ -71,3 +71,13 @@ def test_jax_trials_reuse_compiled_programs_across_processes(workdir):
     # Under JAX too, each trial kept its best epoch's out-of-fold predictions of every row
     # (the tiny Boston's 120 houses: 96 training rows, two folds of 48).
     assert {t.user_attrs["val_predictions"]["rows"] for t in trials} == {96}
+
+
+def test_the_exactness_tests_pass_under_jax():
+    """The word-ids and stacked-trials exactness tests (marked jax_too), in a process running
+    Keras on JAX: its optimizer steps run in a StatelessScope, its dropout masks come from rbg
+    keys, its kernel gradient is JAX's autodiff of the gather."""
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        pytest.skip("this process already runs JAX: the marked tests run here with the rest")
+    files = ["tests/test_word_ids.py", "tests/test_batched.py"]
+    run_tests_under_jax(files, "jax_too", passed=15)

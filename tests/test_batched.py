@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import optuna
 import pytest
-from conftest import run_cli, run_tests_under_jax, tiny_study
+from conftest import run_cli, tiny_study
 from optuna.trial import TrialState
 from test_engine import PARAMS, fused_trainer, regression_data
 
@@ -38,6 +38,7 @@ def _data(folds: int):
     return prepared, (x, to_targets(y)), (x_val, to_targets(y_val))
 
 
+@pytest.mark.jax_too
 @pytest.mark.parametrize(
     ("optimizer", "folds"),
     [(name, 1) for name in engine.STACKABLE_OPTIMIZERS] + [("adam", 3)],
@@ -80,6 +81,7 @@ def test_stacked_trials_train_exactly_as_each_trial_alone(optimizer, folds):
     assert logs[0]["loss"] != pytest.approx(logs[2]["loss"], rel=1e-3)
 
 
+@pytest.mark.jax_too
 def test_each_stacked_trial_drops_out_at_its_own_rate():
     """A trial stacked beside one with dropout trains exactly as it does alone without it;
     the one with dropout does not."""
@@ -150,6 +152,7 @@ def _batch(workdir, study, enqueued, epochs=5, **objective_args):
     return ran, told
 
 
+@pytest.mark.jax_too
 def test_a_batch_trains_each_trial_in_its_slot_and_tells_each_as_it_ends(workdir, monkeypatch):
     """Three trials of one structure: trained stacked, trial 1 pruned at epoch 2 on its own,
     trial 2 failed by its NaN loss (SGD at a learning rate of 10) while the others train on."""
@@ -266,11 +269,3 @@ def test_text_on_word_ids_runs_one_trial_at_a_time_and_says_so(workdir, capsys, 
     study = optuna.load_study(study_name="tiny", storage="sqlite:///storage/hpo.db")
     assert len(study.trials) == 2  # asked one at a time: none beyond the budget
     assert all("stacked" not in t.user_attrs["worker"] for t in study.trials)
-
-
-def test_stacked_trials_under_jax():
-    """The stacked trials' exactness and a batch's trials, in a process running Keras on JAX
-    (its optimizer steps run in a StatelessScope, its dropout masks from rbg keys)."""
-    if keras.backend.backend() == "jax":
-        pytest.skip("this process already runs JAX")  # the child itself
-    run_tests_under_jax(__file__, "exactly or own_rate or slot_and", passed=7)

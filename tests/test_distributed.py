@@ -39,31 +39,29 @@ def counted(study: optuna.Study) -> list:
     return [t for t in study.get_trials() if counts_toward_budget(t)]
 
 
-def test_four_workers_meet_the_budget_exactly(workdir, server_url):
+def test_four_workers_started_at_once_make_one_study_and_meet_its_budget(workdir, server_url):
+    """Two `hpo optimize --workers 2` started at once on a new study of a server, as on two
+    machines: both race to create it, yet there is one study, and its four workers end it with
+    exactly its budget (the budget is the study's, not each worker's)."""
     name = f"w4-{uuid.uuid4().hex[:8]}"
     path = tiny_study(workdir, epochs=1)
-    finish(
-        hpo(
-            workdir,
-            "optimize",
-            str(path),
-            "--trials",
-            "20",
-            "--study",
-            name,
-            "--storage",
-            server_url,
-            "--workers",
-            "4",
-            "--recycle-after",
-            "0",  # restarts cost start-up time; test_local_workers_on_sqlite_recycled has them
-        )
-    )
+    args = ["optimize", str(path), "--trials", "20", "--study", name, "--storage", server_url]
+    args += ["--workers", "2"]
+    # Restarts cost start-up time; test_local_workers_on_sqlite_recycled has them.
+    args += ["--recycle-after", "0"]
+    machines = [workdir / "a", workdir / "b"]  # each its own storage/logs
+    for folder in machines:
+        folder.mkdir()
+    for proc in [hpo(folder, *args) for folder in machines]:
+        finish(proc)
+    assert optuna.get_all_study_names(storage=rdb(server_url)).count(name) == 1
     study = optuna.load_study(study_name=name, storage=rdb(server_url))
     numbers = [t.number for t in study.get_trials()]
     assert len(numbers) == len(set(numbers))
     assert len(counted(study)) == 20  # not 21, 23: the budget is the study's, not each worker's
-    for log in (workdir / "storage" / "logs").glob(f"{name}-worker*.log"):
+    assert len({t.user_attrs["worker"]["pid"] for t in counted(study)}) >= 2  # workers at once
+    for folder in machines:
+        (log,) = (folder / "storage" / "logs").glob(f"{name}-worker*.log")
         assert "Traceback" not in log.read_text()
     optuna.delete_study(study_name=name, storage=rdb(server_url))
 
@@ -121,63 +119,32 @@ def test_killed_worker_trial_is_failed_and_rerun(workdir, server_url):
     optuna.delete_study(study_name=name, storage=rdb(server_url))
 
 
-def test_workers_starting_at_once_create_one_study(workdir):
-    """On a fresh SQLite file, where even Optuna's table creation can race."""
-    path = tiny_study(workdir, epochs=1)
-    procs = [
-        hpo(workdir, "optimize", str(path), "--trials", "4", "--study", "same") for _ in range(2)
-    ]
-    for proc in procs:
-        finish(proc)
-    url = "sqlite:///storage/hpo.db"
-    assert optuna.get_all_study_names(storage=url) == ["same"]
-    assert len(counted(optuna.load_study(study_name="same", storage=url))) == 4
-
-
-def test_workers_starting_at_once_on_a_server_create_one_study(workdir, server_url):
-    name = f"same-{uuid.uuid4().hex[:8]}"
-    path = tiny_study(workdir, epochs=1)
-    args = ["optimize", str(path), "--trials", "2", "--study", name, "--storage", server_url]
-    procs = [hpo(workdir, *args) for _ in range(2)]
-    for proc in procs:
-        finish(proc)
-    assert optuna.get_all_study_names(storage=rdb(server_url)).count(name) == 1
-    assert len(counted(optuna.load_study(study_name=name, storage=rdb(server_url)))) == 2
-    optuna.delete_study(study_name=name, storage=rdb(server_url))
-
-
-def test_local_workers_on_sqlite_recycled(workdir, monkeypatch):
-    """Three local workers on the default SQLite file, each restarting itself every 2 trials
-    (as every 10 by default, to release what Keras keeps between trials)."""
+def test_local_workers_started_at_once_on_sqlite_recycled(workdir, monkeypatch):
+    """`hpo optimize --workers 2` and `hpo optimize` started at once in one folder: on a fresh
+    SQLite file, where even Optuna's table creation can race, they make one study, and its
+    three workers, each restarting itself every 2 trials (as every 10 by default, to release
+    what Keras keeps between trials), end it with exactly its budget."""
     monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
     path = tiny_study(workdir, epochs=1)
-    out = finish(
-        hpo(
-            workdir,
-            "optimize",
-            str(path),
-            "--trials",
-            "12",
-            "--workers",
-            "3",
-            "--recycle-after",
-            "2",
-        )
-    )
+    args = ["optimize", str(path), "--trials", "12", "--recycle-after", "2"]
+    pair, single = hpo(workdir, *args, "--workers", "2"), hpo(workdir, *args)
+    out = finish(pair) + finish(single)
     assert "restarting this worker after 2 trials" in out
     assert "database is locked" not in out
-    study = optuna.load_study(study_name="tiny", storage="sqlite:///storage/hpo.db")
+    url = "sqlite:///storage/hpo.db"
+    assert optuna.get_all_study_names(storage=url) == ["tiny"]
+    study = optuna.load_study(study_name="tiny", storage=url)
     assert len(counted(study)) == 12
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
-    logs = list((workdir / "storage" / "logs").glob("tiny-worker*.log"))
-    assert len(logs) == 2
-    for log in logs:
-        assert "Traceback" not in log.read_text() and "error" not in log.read_text()
+    (log,) = (workdir / "storage" / "logs").glob("tiny-worker*.log")  # the pair's second
+    assert "Traceback" not in log.read_text() and "error" not in log.read_text()
     pids = {t.user_attrs["worker"]["pid"] for t in counted(study)}
     assert len(pids) == 3  # a restart keeps its PID (exec), so three processes in all
     for trial in counted(study):
         worker = trial.user_attrs["worker"]
-        assert worker["gpu_memory_fraction"] == "0.300"  # 0.9 of a GPU, split in three
+        # The pair shares 0.9 of a GPU; a lone worker leaves JAX its own default.
+        alone = worker["pid"] == single.pid
+        assert worker["gpu_memory_fraction"] == (None if alone else "0.450")
         loads = worker["data_loads"]
         # Each process reads the data once (from the disk cache, or vectorizing it if it came
         # first) and never again: no trial reloads it.

@@ -1,8 +1,8 @@
 """Text's first layer trained on word ids (hpo/train/word_ids.py): the same function, gradient
 and training as the Dense layer on multi-hot rows, and a plain Dense model handed over.
 
-The suite runs Keras on TensorFlow; test_exact_under_jax runs the exactness tests of this file
-again in a process with KERAS_BACKEND=jax."""
+The suite runs Keras on TensorFlow; the tests marked jax_too run again in a process with
+KERAS_BACKEND=jax (tests/test_backends.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import run_tests_under_jax, tiny_study
+from conftest import tiny_study
 
 from hpo.backend import import_keras, set_random_seed
 from hpo.data import builtin
@@ -60,6 +60,7 @@ def kernel_gradient(loss_of_kernel, kernel):
     return np.asarray(tf.convert_to_tensor(tape.gradient(loss, variable)))
 
 
+@pytest.mark.jax_too
 def test_exact_word_ids_of_packed_rows():
     data = text_data()
     ids = word_ids.from_packed(data.x_train, chunk=64)  # several chunks
@@ -70,6 +71,7 @@ def test_exact_word_ids_of_packed_rows():
     assert words.tolist() == np.flatnonzero(multi_hot[row]).tolist()
 
 
+@pytest.mark.jax_too
 def test_exact_bag_sum_is_the_dense_layer_logits_and_kernel_gradient():
     """Forward and kernel gradient equal x @ W's within 1e-5 (rows with no words included)."""
     data = text_data()
@@ -134,6 +136,7 @@ def assert_same_weights(a: keras.Model, b: keras.Model) -> None:
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.jax_too
 def test_exact_three_epochs_leave_the_dense_loops_weights():
     """Same batches: the ids form trains exactly as the dense form."""
     data = text_data()
@@ -148,6 +151,7 @@ def test_exact_three_epochs_leave_the_dense_loops_weights():
     assert trainer.val_predictions.shape == (40, 1)
 
 
+@pytest.mark.jax_too
 def test_exact_dropout_after_an_ids_first_layer():
     """Dropout after the first layer is applied. Under JAX the masks are the dense form's, so
     the weights are too; TensorFlow compiles the ids form with XLA and draws its masks with
@@ -160,6 +164,7 @@ def test_exact_dropout_after_an_ids_first_layer():
         assert_same_weights(trained("dense", data, dropout=0.25)[0], by_ids)
 
 
+@pytest.mark.jax_too
 def test_exact_a_batch_with_more_words_than_compiled_for_recompiles(monkeypatch):
     """The first epoch sizes the compiled batch; a later shuffle that puts more words in one
     batch compiles a larger one instead of dropping words."""
@@ -174,6 +179,7 @@ def test_exact_a_batch_with_more_words_than_compiled_for_recompiles(monkeypatch)
     assert_same_weights(trained("dense", data, epochs=2)[0], trainer.model)
 
 
+@pytest.mark.jax_too
 @pytest.mark.parametrize("form", ["ids", "dense"])
 def test_exact_a_program_is_reused_and_trains_as_a_new_one(form):
     """A second trial of the same structure (another learning rate, dropout rate and seed)
@@ -221,6 +227,7 @@ def test_exact_a_program_is_reused_and_trains_as_a_new_one(form):
     assert other_program is not program and len(cache.programs) == 2
 
 
+@pytest.mark.jax_too
 def test_exact_the_saved_model_is_a_plain_dense_model(tmp_path: Path):
     data = text_data()
     model, _, trainer = trained("ids", data, epochs=2)
@@ -233,13 +240,6 @@ def test_exact_the_saved_model_is_a_plain_dense_model(tmp_path: Path):
     np.testing.assert_allclose(
         loaded.predict(data.x_train[110:], verbose=0), trainer.val_predictions, atol=1e-5
     )
-
-
-def test_exact_under_jax():
-    """The exactness tests above, in a process running Keras on JAX."""
-    if keras.backend.backend() == "jax":
-        pytest.skip("this process already runs JAX")  # the child itself
-    run_tests_under_jax(__file__, "exact and not under_jax", passed=8)
 
 
 def test_choice(monkeypatch):

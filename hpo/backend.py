@@ -66,16 +66,35 @@ def import_keras():
 
             keras.backend.backend()  # the backend module is loaded by now
             keras.ops.zeros(1)  # first op: some runtimes print their notices here
+        if keras.backend.backend() != "tensorflow":
+            _leave_tensorflow_out()
     import keras
 
     return keras
 
 
-def set_random_seed(seed: int) -> None:
-    """keras.utils.set_random_seed, with TensorFlow's start-up notices kept off the terminal.
+def _leave_tensorflow_out() -> None:
+    """Under JAX or torch, tell Keras that TensorFlow is absent, unless something loaded it.
 
-    Keras seeds TensorFlow too whenever it is installed, whatever the backend, so under JAX or
-    torch the first call imports it (a few seconds, once per process)."""
+    Whatever the backend, Keras imports TensorFlow when it is installed (hpo depends on it)
+    the first time it serializes a layer (hpo.train.programs keys and copies models so) or
+    seeds its generators, only to ask whether an object is a tf.TensorShape and to seed
+    TensorFlow too. That import is 5 s of CPU and 470 MB of memory in every JAX worker on this
+    project's machine, for nothing a JAX or torch trial uses. The GPU image, which has no
+    TensorFlow, runs Keras this way already. Keras' lazy module is private: if it moves, this
+    does nothing, and TensorFlow is imported as before."""
+    if "tensorflow" in sys.modules:
+        return
+    from keras.src.utils import module_utils
+
+    lazy = getattr(module_utils, "tensorflow", None)
+    if isinstance(lazy, module_utils.LazyModule) and lazy.module is None:
+        lazy._available = False
+
+
+def set_random_seed(seed: int) -> None:
+    """keras.utils.set_random_seed, with TensorFlow's start-up notices kept off the terminal
+    should it seed TensorFlow in a process that has not imported it (see import_keras)."""
     keras = import_keras()
     quiet = contextlib.nullcontext() if "tensorflow" in sys.modules else silenced_stderr()
     with quiet:

@@ -162,13 +162,20 @@ def tiny_study(
     return path
 
 
-def run_tests_under_jax(files: list[str], marker: str, passed: int) -> None:
+def run_tests_under_jax(files: list[str], marker: str, passed: int) -> str:
     """Run the tests of `files` marked `marker` in one process with Keras on JAX (one start of
-    pytest, TensorFlow and JAX for them all), and check that `passed` of them passed."""
+    pytest, TensorFlow and JAX for them all), check that `passed` of them passed, and return
+    the modules of other backends that process loaded, one a line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     pytest_args = ["-q", "-n", "0", "-p", "no:cacheprovider", "-m", marker, *files]
+    program = (
+        "import sys, pytest\n"
+        f"code = pytest.main({pytest_args!r})\n"
+        "print(*(f'loaded: {m}' for m in ('tensorflow', 'torch') if m in sys.modules), sep='\\n')\n"
+        "sys.exit(code)\n"
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", *pytest_args],
+        [sys.executable, "-c", program],
         cwd=REPO,
         env={**env, "KERAS_BACKEND": "jax", "CI": ""},
         capture_output=True,
@@ -177,6 +184,7 @@ def run_tests_under_jax(files: list[str], marker: str, passed: int) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert re.search(rf"\b{passed} passed\b", done.stdout), done.stdout[-3000:]
+    return "\n".join(line for line in done.stdout.splitlines() if line.startswith("loaded: "))
 
 
 def default_sigint() -> None:

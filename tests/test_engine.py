@@ -233,7 +233,7 @@ batch_size = 16
 
 @pytest.mark.parametrize(
     ("dataset", "validation", "epochs"),
-    [("imdb", "first:100", 10), ("boston_housing", "kfold:3", 40)],
+    [("imdb", "first:100", 10), ("boston_housing", "kfold:3", 20)],
 )
 def test_fused_and_fit_learn_the_same_curves(workdir, monkeypatch, dataset, validation, epochs):
     """One configuration, one seed, both loops: what a study records must not depend on which

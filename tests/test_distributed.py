@@ -47,7 +47,7 @@ def test_four_workers_started_at_once_make_one_study_and_meet_its_budget(workdir
     path = tiny_study(workdir, epochs=1)
     args = ["optimize", str(path), "--trials", "20", "--study", name, "--storage", server_url]
     args += ["--workers", "2"]
-    # Restarts cost start-up time; test_local_workers_on_sqlite_recycled has them.
+    # Restarts cost start-up time; test_local_workers_started_at_once_on_sqlite_recycled has them.
     args += ["--recycle-after", "0"]
     machines = [workdir / "a", workdir / "b"]  # each its own storage/logs
     for folder in machines:

@@ -66,23 +66,36 @@ def import_keras():
 
             keras.backend.backend()  # the backend module is loaded by now
             keras.ops.zeros(1)  # first op: some runtimes print their notices here
-        if keras.backend.backend() != "tensorflow":
-            _leave_tensorflow_out()
     import keras
 
+    if _without_tensorflow and keras.backend.backend() != "tensorflow":
+        _hide_tensorflow(keras)
     return keras
 
 
-def _leave_tensorflow_out() -> None:
-    """Under JAX or torch, tell Keras that TensorFlow is absent, unless something loaded it.
+_without_tensorflow = False  # set by hpo's own commands: without_tensorflow()
+
+
+def without_tensorflow() -> None:
+    """In this process, let Keras on JAX or torch run without TensorFlow, unless something
+    imported it already. For hpo's own commands (hpo.cli), not for a user's process (a
+    notebook), whose Keras may need TensorFlow for what hpo never uses (TextVectorization).
 
     Whatever the backend, Keras imports TensorFlow when it is installed (hpo depends on it)
     the first time it serializes a layer (hpo.train.programs keys and copies models so) or
     seeds its generators, only to ask whether an object is a tf.TensorShape and to seed
     TensorFlow too. That import is 5 s of CPU and 470 MB of memory in every JAX worker on this
     project's machine, for nothing a JAX or torch trial uses. The GPU image, which has no
-    TensorFlow, runs Keras this way already. Keras' lazy module is private: if it moves, this
-    does nothing, and TensorFlow is imported as before."""
+    TensorFlow, runs Keras this way already."""
+    global _without_tensorflow
+    _without_tensorflow = True
+    if "keras" in sys.modules:
+        import_keras()
+
+
+def _hide_tensorflow(keras) -> None:
+    """Tell Keras that TensorFlow is not installed. Keras' lazy module is private: if it
+    moves, this does nothing, and TensorFlow is imported as before."""
     if "tensorflow" in sys.modules:
         return
     from keras.src.utils import module_utils
@@ -93,8 +106,10 @@ def _leave_tensorflow_out() -> None:
 
 
 def set_random_seed(seed: int) -> None:
-    """keras.utils.set_random_seed, with TensorFlow's start-up notices kept off the terminal
-    should it seed TensorFlow in a process that has not imported it (see import_keras)."""
+    """keras.utils.set_random_seed, with TensorFlow's start-up notices kept off the terminal:
+    Keras seeds TensorFlow too whenever it is installed, whatever the backend, so under JAX or
+    torch the first call imports it (a few seconds, once per process), except in hpo's own
+    commands (without_tensorflow)."""
     keras = import_keras()
     quiet = contextlib.nullcontext() if "tensorflow" in sys.modules else silenced_stderr()
     with quiet:

@@ -17,6 +17,7 @@ from rich.table import Table
 
 import hpo
 from hpo import api
+from hpo.backend import without_tensorflow
 from hpo.errors import HpoError, first_line
 from hpo.options import (
     DEFAULT_CANDIDATES,
@@ -443,6 +444,7 @@ def _thread_error(hook: threading.ExceptHookArgs) -> None:
 def main() -> None:
     """Entry point: user errors become one line on stderr, never a traceback."""
     debug = bool(os.environ.get("HPO_DEBUG"))
+    without_tensorflow()  # a JAX or torch worker need not import it (hpo.backend)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     handler = logging.StreamHandler()  # hpo's own warnings (a lost database), timestamped
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))

@@ -168,8 +168,10 @@ def run_tests_under_jax(files: list[str], marker: str, passed: int) -> str:
     the modules of other backends that process loaded, one a line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     pytest_args = ["-q", "-n", "0", "-p", "no:cacheprovider", "-m", marker, *files]
-    program = (
+    program = (  # as hpo's commands do (hpo.cli.main): TensorFlow need not be imported
         "import sys, pytest\n"
+        "from hpo.backend import without_tensorflow\n"
+        "without_tensorflow()\n"
         f"code = pytest.main({pytest_args!r})\n"
         "print(*(f'loaded: {m}' for m in ('tensorflow', 'torch') if m in sys.modules), sep='\\n')\n"
         "sys.exit(code)\n"

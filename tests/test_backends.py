@@ -10,7 +10,7 @@ import sys
 
 import optuna
 import pytest
-from conftest import run_tests_under_jax, tiny_study
+from conftest import run_cli, run_tests_under_jax, tiny_study
 
 pytest.importorskip("jax")
 
@@ -77,8 +77,19 @@ def test_the_exactness_tests_pass_under_jax_without_tensorflow():
     """The word-ids and stacked-trials exactness tests (marked jax_too), in a process running
     Keras on JAX: its optimizer steps run in a StatelessScope, its dropout masks come from rbg
     keys, its kernel gradient is JAX's autodiff of the gather. They train trials, key and copy
-    their programs, seed and save models, and never import TensorFlow (hpo.backend)."""
+    their programs, seed and save models, and, run as hpo's commands run (without_tensorflow),
+    never import TensorFlow."""
     if os.environ.get("KERAS_BACKEND") == "jax":
         pytest.skip("this process already runs JAX: the marked tests run here with the rest")
     files = ["tests/test_word_ids.py", "tests/test_batched.py"]
     assert run_tests_under_jax(files, "jax_too", passed=15) == ""
+
+
+def test_hpo_commands_let_keras_run_without_tensorflow(monkeypatch, capsys):
+    """hpo's own commands, and only they, set it (hpo.backend.without_tensorflow): importing
+    hpo in a notebook leaves Keras' TensorFlow to the user's own uses."""
+    from hpo import backend
+
+    monkeypatch.setattr(backend, "_without_tensorflow", False)
+    assert run_cli(capsys, "--version")[0] == 0
+    assert backend._without_tensorflow is True

@@ -27,33 +27,43 @@ VARIANTS = {
 }
 
 
-def programs(trials: list[optuna.trial.FrozenTrial], fields: tuple[str, ...], keep: int) -> int:
+def new_programs(
+    trials: list[optuna.trial.FrozenTrial], fields: tuple[str, ...], keep: int
+) -> list[bool]:
+    """For each trial, in order, whether it compiled a new program: its `fields` were not among
+    the last `keep` structures a worker's cache holds (least recently used out)."""
     cache: OrderedDict[tuple, None] = OrderedDict()
-    compiled = 0
+    flags = []
     for trial in trials:
         key = tuple(trial.params.get(field) for field in fields)
-        if key in cache:
-            cache.move_to_end(key)
-            continue
-        compiled += 1
+        flags.append(key not in cache)
         cache[key] = None
+        cache.move_to_end(key)
         if len(cache) > keep:
             cache.popitem(last=False)
-    return compiled
+    return flags
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def kept_searches(description: str) -> tuple[argparse.Namespace, list[tuple[str, list]]]:
+    """The command line's arguments, and each storage it names with its trials in order."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("storages", nargs="+", help="SQLite files of finished searches")
     parser.add_argument("--study", default="bench")
     parser.add_argument("--keep", type=int, default=8, help="programs a worker keeps")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print("storage  trials  " + "  ".join(VARIANTS))
+    searches = []
     for path in args.storages:
         study = optuna.load_study(study_name=args.study, storage=f"sqlite:///{path}")
-        trials = sorted(study.trials, key=lambda t: t.number)
-        counts = [programs(trials, fields, args.keep) for fields in VARIANTS.values()]
+        searches.append((path, sorted(study.trials, key=lambda t: t.number)))
+    return args, searches
+
+
+def main() -> None:
+    args, searches = kept_searches(__doc__.splitlines()[0])
+    print("storage  trials  " + "  ".join(VARIANTS))
+    for path, trials in searches:
+        counts = [sum(new_programs(trials, fields, args.keep)) for fields in VARIANTS.values()]
         print(f"{path}  {len(trials)}  " + "  ".join(str(n) for n in counts))
 
 

@@ -16,9 +16,7 @@ estimates, to be read beside measured ones (bench/compile_time.py, bench/word_id
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -26,36 +24,21 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from program_replay import KEY  # bench/program_replay.py: what a program is compiled for
+# bench/program_replay.py: what a program is compiled for, and a worker's cache replayed
+from program_replay import KEY, kept_searches, new_programs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("storages", nargs="+", help="SQLite files of finished searches")
-    parser.add_argument("--study", default="bench")
-    parser.add_argument("--keep", type=int, default=8, help="programs a worker keeps")
-    args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for path in args.storages:
-        study = optuna.load_study(study_name=args.study, storage=f"sqlite:///{path}")
-        trials = sorted(
-            (t for t in study.trials if t.datetime_start and t.datetime_complete),
-            key=lambda t: t.number,
-        )
-        split(path, trials, args.keep)
+    args, searches = kept_searches(__doc__.splitlines()[0])
+    for path, trials in searches:
+        ended = [t for t in trials if t.datetime_start and t.datetime_complete]
+        split(path, ended, args.keep)
 
 
 def split(path: str, trials: list[optuna.trial.FrozenTrial], keep: int) -> None:
     widths = sorted({t.params.get("units") for t in trials}, key=str)
-    cache: OrderedDict[tuple, None] = OrderedDict()
     rows, seconds = [], []
-    for trial in trials:
-        key = tuple(trial.params.get(field) for field in KEY)
-        new = key not in cache
-        cache[key] = None
-        cache.move_to_end(key)
-        if len(cache) > keep:
-            cache.popitem(last=False)
+    for trial, new in zip(trials, new_programs(trials, KEY, keep), strict=True):
         epochs = len(trial.intermediate_values)
         per_width = [epochs if trial.params.get("units") == w else 0 for w in widths]
         rows.append([float(new), 1.0, *per_width])
@@ -64,8 +47,8 @@ def split(path: str, trials: list[optuna.trial.FrozenTrial], keep: int) -> None:
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     parts = x * coef  # each trial's seconds, by part
     inside = y.sum()
-    new_programs = int(x[:, 0].sum())
-    print(f"{path}: {len(trials)} trials, {inside:.1f} s inside them, {new_programs} new programs")
+    compiled = int(x[:, 0].sum())
+    print(f"{path}: {len(trials)} trials, {inside:.1f} s inside them, {compiled} new programs")
     print(f"  compile {coef[0]:.2f} s a new program: {parts[:, 0].sum():.1f} s")
     print(f"  per trial {coef[1]:.2f} s: {parts[:, 1].sum():.1f} s")
     for i, width in enumerate(widths):

@@ -66,10 +66,10 @@ def import_keras():
 
             keras.backend.backend()  # the backend module is loaded by now
             keras.ops.zeros(1)  # first op: some runtimes print their notices here
+        if _without_tensorflow:
+            _hide_tensorflow(keras)
     import keras
 
-    if _without_tensorflow and keras.backend.backend() != "tensorflow":
-        _hide_tensorflow(keras)
     return keras
 
 
@@ -89,14 +89,14 @@ def without_tensorflow() -> None:
     TensorFlow, runs Keras this way already."""
     global _without_tensorflow
     _without_tensorflow = True
-    if "keras" in sys.modules:
-        import_keras()
+    if "keras" in sys.modules:  # imported before: else import_keras does it, once
+        _hide_tensorflow(sys.modules["keras"])
 
 
 def _hide_tensorflow(keras) -> None:
-    """Tell Keras that TensorFlow is not installed. Keras' lazy module is private: if it
-    moves, this does nothing, and TensorFlow is imported as before."""
-    if "tensorflow" in sys.modules:
+    """Under another backend, tell Keras that TensorFlow is not installed. Keras' lazy module
+    is private: if it moves, this does nothing, and TensorFlow is imported as before."""
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
         return
     from keras.src.utils import module_utils
 

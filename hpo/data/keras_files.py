@@ -6,11 +6,20 @@ conventions (shuffle seed 113, start/OOV characters, 80/20 Boston split). Only w
 copy exists does hpo call keras' normal download, for users who are online. Keras 3 accepts no
 file path in load_data, and deletes cached files whose hash it dislikes, so local files are
 read directly and never handed to keras.
+
+imdb and reuters keep their ragged rows as numpy object arrays, which the .npy format stores as
+a pickle. A shared data folder is writable by others, and unpickling a crafted file runs its
+code, so those arrays are read by a restricted unpickler that can only rebuild numpy arrays
+(the "restricting globals" recipe of Python's pickle docs); a file naming anything else is
+refused in one line before anything in it runs. No file is ever read with allow_pickle=True.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hpo.backend import import_keras
-from hpo.errors import HpoError
+from hpo.errors import HpoError, first_line
 
 BUILTIN = ("imdb", "reuters", "boston_housing", "mnist")
 SEED = 113
@@ -72,20 +81,52 @@ def find_local(name: str, data_dir: str | Path | None) -> Path | None:
     return None
 
 
+# All that rebuilding a numpy array from its pickle takes (numpy 1's and 2's module names).
+_ARRAY_GLOBALS = frozenset(
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+) | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays, lists and numbers and refuses any other
+    global (os.system, builtins.eval, …) before calling it: a keras file never names one."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in _ARRAY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"its object array calls {module}.{name}, which a keras dataset never does; "
+            "refused without running it"
+        )
+
+
+def _read_npy(data: bytes) -> np.ndarray:
+    """One .npy member: plain arrays with pickle off, object arrays through _ArraysOnly."""
+    buffer = io.BytesIO(data)
+    fmt = np.lib.format
+    version = fmt.read_magic(buffer)
+    # 3.0 differs from 2.0 only in the header's text encoding (UTF-8 for latin-1).
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read_header(buffer)
+    if not dtype.hasobject:
+        buffer.seek(0)
+        return fmt.read_array(buffer, allow_pickle=False)
+    array = _ArraysOnly(buffer).load()
+    if not isinstance(array, np.ndarray) or array.shape != shape:
+        raise ValueError(f"its object array holds a {type(array).__name__}, not an array")
+    return array
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """Read an .npz, unpickling object arrays only through keras' restricted unpickler."""
-    try:
-        with np.load(path) as f:
-            return {key: f[key] for key in f.files}
-    except ValueError:  # object arrays (imdb, reuters) need unpickling
-        pass
-    try:
-        import_keras()
-        from keras.src.datasets import npz_utils
-    except ImportError:  # an older or newer keras without it: the file is the user's own choice
-        with np.load(path, allow_pickle=True) as f:
-            return {key: f[key] for key in f.files}
-    return dict(npz_utils.load_npz(str(path)))
+    """Read an .npz as np.load would, except that object arrays are never freely unpickled."""
+    with zipfile.ZipFile(path) as archive:
+        return {
+            member.removesuffix(".npy"): _read_npy(archive.read(member))
+            for member in archive.namelist()
+            if member.endswith(".npy")
+        }
 
 
 def _flatten(rows: Sequence) -> Sequences:
@@ -125,11 +166,13 @@ def read_local(name: str, path: Path, num_words: int) -> Raw:
     try:
         arrays = _load_npz(path)
     except Exception as exc:  # a truncated download, a wrong file renamed: one line, not a trace
-        raise HpoError(f"{path}: not a readable keras {name} file ({exc})") from exc
+        raise HpoError(f"{path}: not a readable keras {name} file ({first_line(exc)})") from exc
     try:
         return _read_arrays(name, arrays, num_words, str(path))
     except KeyError as exc:
         raise HpoError(f"{path}: missing array {exc} for dataset {name}") from exc
+    except (TypeError, ValueError) as exc:  # rows that are not lists of word indices
+        raise HpoError(f"{path}: not a keras {name} file ({first_line(exc)})") from exc
 
 
 def _read_arrays(name: str, f: dict[str, np.ndarray], num_words: int, source: str) -> Raw:

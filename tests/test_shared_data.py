@@ -1,0 +1,100 @@
+"""Issue 35, items 4, 9 and 13: data in a shared setting never runs code, passwords never
+reach a printed line, and a study's stored preparation is written once and checked on load."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, write_tiny_datasets
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+import hpo
+from hpo.data import keras_files
+
+# --- item 4: the Keras floor, and keras' dataset files read without running code --------------
+
+
+def test_the_keras_floor_excludes_the_versions_with_known_bypasses():
+    """safe_mode bypasses fixed by 3.11.3 and 3.14; keras' own imdb/reuters loaders unpickle
+    freely (allow_pickle=True) up to 3.15.0."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    keras = [Requirement(r) for r in project["dependencies"] if r.startswith("keras")]
+    assert len(keras) == 1
+    for unsafe in ("3.10.0", "3.11.2", "3.13.2", "3.14.1", "3.15.0"):
+        assert not keras[0].specifier.contains(unsafe), unsafe
+    import keras as installed
+
+    assert keras[0].specifier.contains(Version(installed.__version__).base_version)
+
+
+class _Gadget:
+    """An object whose unpickling calls os.system: what a crafted imdb.npz would hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _without_keras_npz_utils(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a keras without keras.src.datasets.npz_utils (all releases before 3.15.1)."""
+    from hpo.backend import import_keras
+
+    import_keras()
+    import keras.src.datasets as datasets
+
+    monkeypatch.setitem(sys.modules, "keras.src.datasets.npz_utils", None)
+    monkeypatch.delattr(datasets, "npz_utils", raising=False)
+
+
+@pytest.mark.parametrize("name", ["imdb", "reuters"])
+def test_a_pickled_gadget_in_a_dataset_file_runs_nothing(tmp_path, monkeypatch, name):
+    _without_keras_npz_utils(monkeypatch)
+    marker = tmp_path / "ran"
+    rows = np.empty(2, dtype=object)
+    rows[0], rows[1] = [1, 2, 3], _Gadget(marker)
+    labels = np.array([0, 1])
+    path = tmp_path / f"{name}.npz"
+    if name == "imdb":
+        np.savez(path, x_train=rows, y_train=labels, x_test=rows, y_test=labels)
+    else:
+        np.savez(path, x=rows, y=labels)
+    with pytest.raises(hpo.HpoError) as refused:
+        keras_files.read_local(name, path, 100)
+    assert not marker.exists(), "the file's pickle ran a command"
+    message = str(refused.value)
+    assert "\n" not in message and "posix.system" in message, message
+
+
+def test_keras_format_files_still_load_as_keras_wrote_them(tmp_path, monkeypatch):
+    """The tiny imdb and reuters in keras' layout (object arrays of lists) read exactly as an
+    unrestricted np.load reads them, on any keras."""
+    _without_keras_npz_utils(monkeypatch)
+    folder = write_tiny_datasets(tmp_path / "datasets")
+    for name in ("imdb", "reuters"):
+        with np.load(folder / f"{name}.npz", allow_pickle=True) as trusted:  # our own file
+            expected = {key: trusted[key] for key in trusted.files}
+        got = keras_files._load_npz(folder / f"{name}.npz")
+        assert sorted(got) == sorted(expected)
+        for key, array in got.items():
+            assert array.dtype == expected[key].dtype and len(array) == len(expected[key])
+            assert all(np.array_equal(a, b) for a, b in zip(array, expected[key], strict=True))
+        raw = keras_files.read_local(name, folder / f"{name}.npz", 100)
+        rows = sum(len(a) for a in expected.values() if a.dtype == object)
+        assert len(raw.x_train) + len(raw.x_test) == rows
+
+
+def test_an_object_array_of_anything_but_int_lists_is_refused(tmp_path):
+    rows = np.empty(2, dtype=object)
+    rows[0], rows[1] = [1, 2], {"not": "a row"}
+    path = tmp_path / "reuters.npz"
+    np.savez(path, x=rows, y=np.array([0, 1]))
+    with pytest.raises(hpo.HpoError, match="reuters"):
+        keras_files.read_local("reuters", path, 100)

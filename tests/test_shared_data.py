@@ -16,6 +16,7 @@ from packaging.version import Version
 
 import hpo
 from hpo.data import keras_files
+from hpo.search import launch, storage
 
 # --- item 4: the Keras floor, and keras' dataset files read without running code --------------
 
@@ -98,3 +99,51 @@ def test_an_object_array_of_anything_but_int_lists_is_refused(tmp_path):
     np.savez(path, x=rows, y=np.array([0, 1]))
     with pytest.raises(hpo.HpoError, match="reuters"):
         keras_files.read_local("reuters", path, 100)
+
+
+# --- item 9: passwords never printed ----------------------------------------------------------
+
+SECRET = "s3cret-pw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://u:{SECRET}@db.example/hpo",
+        f"postgresql+psycopg://u@db.example/hpo?password={SECRET}",
+        f"postgresql+psycopg://u@db.example/hpo?sslmode=require&sslpassword={SECRET}",
+        f"mysql+pymysql://root@db.example/hpo?passwd={SECRET}&charset=utf8mb4",
+        f"mysql+pymysql://root@db.example/hpo?PASSWORD={SECRET}",
+    ],
+)
+def test_no_password_reaches_a_printed_url(url):
+    shown = storage.redact(url)
+    assert SECRET not in shown and "***" in shown, shown
+    assert "db.example/hpo" in shown  # still says which database
+    line = launch.command_line(["worker", *launch.location_options(url, None)])
+    assert SECRET not in line, line
+    if "charset" in url:
+        assert "charset=utf8mb4" in shown  # only the secrets are hidden
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        SECRET,  # a password pasted into --storage
+        f"postgresql+psycopg://u:{SECRET}@db.example:port/hpo",  # not a port
+        f"postgresql+psycopg://u:{SECRET}@@db.example/hpo",
+        f"postgresql+psycopg://u:{SECRET}@with@db.example/hpo",  # an @ in the password
+    ],
+)
+def test_a_url_that_cannot_be_parsed_is_not_echoed(url):
+    assert SECRET not in storage.redact(url)
+    with pytest.raises(hpo.HpoError) as refused:
+        storage.open_storage(url)
+    assert SECRET not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_an_unreachable_server_is_named_without_its_query_password():
+    with pytest.raises(hpo.HpoError) as refused:
+        storage.open_storage(f"postgresql+psycopg://u@127.0.0.1:1/hpo?password={SECRET}")
+    assert "cannot connect" in str(refused.value)
+    assert SECRET not in str(refused.value), refused.value

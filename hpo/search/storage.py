@@ -49,12 +49,34 @@ log = logging.getLogger("hpo.search.storage")
 logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced by ***, safe to print."""
+UNPARSEABLE = "<a storage URL that cannot be parsed>"
+# Query keys that carry a secret: ?password= (psycopg, PyMySQL), ?passwd= (MySQLdb, PyMySQL),
+# ?sslpassword=, a token, a key; any key naming one of these is hidden.
+SECRET_KEYS = ("pass", "pwd", "secret", "token", "key", "auth", "credential")
+
+
+def _parsed(url: str) -> sqlalchemy.URL | None:
+    """SQLAlchemy's reading of `url`, or None when it has none or an ambiguous one: an @ left
+    in the host means an unencoded @ in the password, whose tail would show as the host."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable storage URL>"
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is no number
+        return None
+    return None if "@" in (parsed.host or "") else parsed
+
+
+def redact(url: str) -> str:
+    """The URL with its password and any secret query value (?password=, ?passwd=, …)
+    replaced by ***, safe to print; nothing of a URL that cannot be parsed."""
+    parsed = _parsed(url)
+    if parsed is None:
+        return UNPARSEABLE
+    query = {
+        key: "***" if any(word in key.lower() for word in SECRET_KEYS) else value
+        for key, value in parsed.query.items()
+    }
+    shown = parsed.set(query=query).render_as_string(hide_password=True)
+    return shown.replace("%2A%2A%2A", "***")  # as the password is shown, not percent-encoded
 
 
 class StorageUnavailable(HpoError):
@@ -393,13 +415,13 @@ def open_storage(
     """The study database at `url`. Failing to reach it now is an error at once; losing it
     later is waited out for `reconnect_s` seconds."""
     shown = redact(url)
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError as exc:
+    parsed = _parsed(url)
+    if parsed is None:  # not echoed: it may be, or hold, a password
         raise HpoError(
-            f"storage {url!r} is not a database URL (examples: {DEFAULT_URL}, "
-            "postgresql+psycopg://user:pass@host/db, mysql+pymysql://user:pass@host/db)"
-        ) from exc
+            f"--storage (or HPO_STORAGE) is not a database URL (examples: {DEFAULT_URL}, "
+            "postgresql+psycopg://user:pass@host/db, mysql+pymysql://user:pass@host/db; "
+            "write an @ or / in a password as %40 or %2F)"
+        )
     if parsed.get_backend_name() == "sqlite":
         _prepare_sqlite(parsed, shown)
     try:

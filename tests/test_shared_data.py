@@ -6,16 +6,18 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+import uuid
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
-from conftest import REPO, write_tiny_datasets
+from conftest import REPO, SERVERS, reachable, write_tiny_datasets
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 import hpo
-from hpo.data import keras_files
+from hpo.data import keras_files, stored
 from hpo.search import launch, storage
 
 # --- item 4: the Keras floor, and keras' dataset files read without running code --------------
@@ -147,3 +149,106 @@ def test_an_unreachable_server_is_named_without_its_query_password():
         storage.open_storage(f"postgresql+psycopg://u@127.0.0.1:1/hpo?password={SECRET}")
     assert "cannot connect" in str(refused.value)
     assert SECRET not in str(refused.value), refused.value
+
+
+# --- item 13: the stored preparation, written once and checked on load ------------------------
+
+
+@pytest.fixture(params=["sqlite", *sorted(SERVERS)])
+def shared_study(request, tmp_path):
+    """A fresh study in each storage kind, and a second handle on it (another worker)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    else:
+        url = SERVERS[request.param]
+        if not reachable(url):
+            pytest.skip(f"{request.param} is not reachable at {url}")
+    name = f"prep-{uuid.uuid4().hex[:12]}"
+    first = optuna.create_study(storage=storage.open_storage(url), study_name=name)
+    second = optuna.load_study(study_name=name, storage=storage.open_storage(url))
+    yield first, second
+    optuna.delete_study(study_name=name, storage=storage.open_storage(url))
+
+
+def _preparation(value: float, columns: int = 10) -> dict:
+    return {"means": [value] * columns, "columns": [f"c{i}" for i in range(columns)]}
+
+
+@pytest.mark.parametrize("columns", [10, 12_000], ids=["one chunk", "many chunks"])
+def test_two_first_workers_with_different_files_store_one_preparation(
+    shared_study, monkeypatch, columns
+):
+    """Worker B checks, finds nothing and stores its file's preparation between worker A's
+    check and A's write: exactly one of them must win, the other stop."""
+    a_study, b_study = shared_study
+    a, b = _preparation(1.0, columns), _preparation(2.0, columns // 2)
+    real = optuna.Study.set_user_attr
+    outcomes: dict[str, str] = {}
+
+    def interleaved(self, key, value):
+        if self is a_study and "b" not in outcomes:
+            outcomes["b"] = "running"
+            try:
+                stored.save_or_check(b_study, b, "b.csv")
+                outcomes["b"] = "stored"
+            except hpo.HpoError:
+                outcomes["b"] = "refused"
+        return real(self, key, value)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", interleaved)
+    try:
+        stored.save_or_check(a_study, a, "a.csv")
+        outcomes["a"] = "stored"
+    except hpo.HpoError as exc:
+        assert "file was changed" in str(exc)
+        outcomes["a"] = "refused"
+    monkeypatch.setattr(optuna.Study, "set_user_attr", real)
+    assert sorted(outcomes.values()) == ["refused", "stored"], outcomes
+    winner = a if outcomes["a"] == "stored" else b
+    for study in shared_study:
+        assert stored.load(study) == winner
+        stored.save_or_check(study, winner, "same.csv")  # the winner's data goes on
+
+
+def test_the_same_file_from_two_first_workers_is_accepted_by_both(shared_study, monkeypatch):
+    a_study, b_study = shared_study
+    same = _preparation(3.0)
+    real = optuna.Study.set_user_attr
+    done: list[str] = []
+
+    def interleaved(self, key, value):
+        if self is a_study and not done:
+            done.append("b")
+            stored.save_or_check(b_study, same, "b.csv")
+        return real(self, key, value)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", interleaved)
+    stored.save_or_check(a_study, same, "a.csv")
+    assert done == ["b"] and stored.load(b_study) == same
+
+
+def test_a_changed_stored_preparation_is_refused_on_load(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", study_name="p")
+    stored.save_or_check(study, _preparation(1.0), "a.csv")
+    chunks = [k for k in study.user_attrs if k.startswith(f"{stored.KEY}.")]
+    assert len(chunks) == 1
+    study.set_user_attr(chunks[0], study.user_attrs[chunks[0]].replace("1.0", "9.0"))
+    with pytest.raises(hpo.HpoError, match="SHA-256") as refused:
+        stored.load(study)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_preparation_stored_before_this_change_still_loads(tmp_path):
+    """Studies stored by earlier hpo: chunks `preparation.N`, a 16-digit digest."""
+    import hashlib
+    import json
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'old.db'}", study_name="old")
+    text = json.dumps(_preparation(1.0), sort_keys=True)
+    study.set_user_attr(f"{stored.KEY}.0", text)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    study.set_user_attr(stored.KEY, {"chunks": 1, "sha256": digest})
+    assert stored.load(study) == _preparation(1.0)
+    stored.save_or_check(study, _preparation(1.0), "a.csv")
+    with pytest.raises(hpo.HpoError, match="file was changed"):
+        stored.save_or_check(study, _preparation(2.0), "a.csv")

@@ -290,18 +290,32 @@ def predict(
 @app.command(epilog="Example: hpo dashboard --port 8080")
 def dashboard(
     storage_url: StorageOpt = storage.DEFAULT_URL,
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; beyond 127.0.0.1 a token or --read-only.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
     artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
     screenshot: Annotated[
         Path | None, typer.Option(help="Save a PNG of the page with headless Chromium, then exit.")
     ] = None,
     study: Annotated[str | None, typer.Option(help="With --screenshot: this study's page.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HPO_DASHBOARD_TOKEN",
+            show_default=False,
+            help="Required of every request (?token= once, or Authorization: Bearer); beyond "
+            "127.0.0.1 without it or --read-only, one is made and printed.",
+        ),
+    ] = None,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Refuse every write: delete, rename, tell, upload.")
+    ] = False,
 ) -> None:
     """Browse the studies of a storage in optuna-dashboard."""
     from hpo.results import dashboard as board
 
-    board.run(storage_url, host, port, artifacts, screenshot, study, console)
+    board.run(storage_url, host, port, artifacts, screenshot, study, console, token, read_only)
 
 
 @app.command(epilog="Example: hpo studies")
@@ -313,7 +327,10 @@ def studies() -> None:
 @app.command("list", epilog="Example: hpo list --storage sqlite:///storage/hpo.db")
 def list_studies(storage_url: StorageOpt = storage.DEFAULT_URL) -> None:
     """List the studies in a storage: trial counts, best values, and the queue's state."""
-    console.print(summary.storage_table(storage.open_storage(storage_url)))
+    table, reasons = summary.storage_listing(storage.open_storage(storage_url))
+    console.print(table)
+    for reason in reasons:  # why a submitted study is not served, whole on one line
+        console.print(reason, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: hpo submit imdb --trials 50 --priority 2")

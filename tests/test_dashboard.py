@@ -3,6 +3,7 @@
 import json
 import shutil
 import socket
+import subprocess
 import tempfile
 import urllib.request
 import uuid
@@ -74,6 +75,25 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
+def dom_of(url: str, *flags: str) -> str:
+    """The page at `url` as headless Chromium renders it (its scripts run), as text."""
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [
+                dashboard.find_chromium(),
+                *dashboard.CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=8000",
+                *flags,
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+
+
 @needs_chromium
 def test_page_renders_in_headless_chromium(served, workdir):
     png = workdir / "trials.png"
@@ -81,6 +101,36 @@ def test_page_renders_in_headless_chromium(served, workdir):
     assert "tiny (id=1)" in dom
     assert "3 Trials" in dom
     assert png.stat().st_size > 20_000  # a rendered page, not a blank one
+    # DNS rebinding: another site's name resolved to 127.0.0.1 gets nothing from the server.
+    port = served.rsplit(":", 1)[1]
+    rebound = dom_of(
+        f"http://rebind.example:{port}/dashboard/studies/1/trials",
+        "--host-resolver-rules=MAP rebind.example 127.0.0.1",
+    )
+    assert "answers only to localhost" in rebound and "tiny" not in rebound
+    # Beyond loopback: nothing without the token; the printed URL (?token=) logs in, and the
+    # page's own requests then carry the cookie it set.
+    guarded = dashboard.make_app_server(
+        DEFAULT_URL, "0.0.0.0", 0, workdir / "storage" / "artifacts"
+    )
+    read_only = dashboard.make_app_server(
+        DEFAULT_URL, "0.0.0.0", 0, workdir / "storage" / "artifacts", read_only=True
+    )
+    for server in (guarded, read_only):
+        dashboard.serve_in_thread(server)
+    try:
+        page = f"http://127.0.0.1:{guarded.server_port}/dashboard/studies/1/trials"
+        refused = dom_of(page)
+        assert "needs its token" in refused and "tiny" not in refused
+        dom = dom_of(f"{page}?token={guarded.access.token}")
+        assert "tiny (id=1)" in dom and "3 Trials" in dom
+        # --read-only without a token: the page reads as on loopback
+        dom = dom_of(f"http://127.0.0.1:{read_only.server_port}/dashboard/studies/1/trials")
+        assert "tiny (id=1)" in dom and "3 Trials" in dom
+    finally:
+        for server in (guarded, read_only):
+            server.shutdown()
+            server.server_close()
 
 
 @needs_chromium
@@ -93,6 +143,14 @@ def test_screenshot_command(workdir, capsys):
     )
     assert code == 0, err
     assert "/dashboard/studies/1" in out and png.stat().st_size > 20_000
+    # Beyond loopback the screenshot logs in with the token it made (a refusal is a small PNG)
+    png.unlink()
+    code, out, err = run_cli(
+        capsys, "dashboard", "--host", "0.0.0.0", "--port", "0", "--study", "tiny",
+        "--screenshot", str(png),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "token" not in out and png.stat().st_size > 20_000
 
 
 def test_serves_database_server_storages(server_url):

@@ -22,6 +22,7 @@ import optuna
 from rich.console import Console
 
 from hpo import artifacts as artifact_stores
+from hpo import names
 from hpo.errors import HpoError
 from hpo.results import handover as handover_lib
 from hpo.results import summary
@@ -215,7 +216,7 @@ def analyze(
             prepared,
             seeds=seeds,
             top=top,
-            folder=Path(out) if out else REPORTS / name,
+            folder=Path(out) if out else REPORTS / names.folder(name),
             store=store,
             candidates=candidates,
             handover=handover,
@@ -284,7 +285,9 @@ def experiment(
         results = exp.retrain_variants(
             result.study, base, wanted, prepared, list(range(seeds)), on_run=on_run
         )
-    return exp.write_report(results, xspec, result.study, Path(out) if out else REPORTS / name)
+    return exp.write_report(
+        results, xspec, result.study, Path(out) if out else REPORTS / names.folder(name)
+    )
 
 
 def load_model(
@@ -305,7 +308,7 @@ def load_model(
     return predict_lib.open_predictor(
         found,
         Path(model) if model else None,
-        REPORTS / name,
+        REPORTS / names.folder(name),
         lambda: _open_existing(name, storage),
         name,
         lambda: artifact_stores.open_store(artifacts, create=False),

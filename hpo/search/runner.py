@@ -12,6 +12,7 @@ import optuna
 from rich.console import Console
 
 from hpo import artifacts as artifact_stores
+from hpo import names
 from hpo.backend import freeze_heap, import_keras
 from hpo.data import stored
 from hpo.data.load import load_source
@@ -55,6 +56,11 @@ def open_study(
     """The study `study_name` in the storage (`storage`, else opened at `storage_url`),
     created for `spec` or checked to be of it."""
     storage = storage or open_storage(storage_url, heartbeat_s, reconnect_s)
+    if names.problem(study_name) is not None:  # an odd name may load, never be made anew
+        try:
+            storage.get_study_id_from_name(study_name)
+        except KeyError:
+            names.check_new(study_name)
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,

@@ -3,7 +3,7 @@
 Each file is read at most once per process while it is unchanged (its size and modification
 time are the key), and every problem reading it is one HpoError line naming the file. A
 header that names a column twice is refused: pandas would rename the copy `name.1` and train
-on it.
+on it; so are rows with more fields than the header, which pandas would shift.
 """
 
 from __future__ import annotations
@@ -96,10 +96,12 @@ def _read_table(path: Path, kind: str) -> pd.DataFrame:
         if kind == "csv":
             # The header as written: pandas renames a second `price` to `price.1` and reads on.
             header = [str(c) for c in pd.read_csv(path, header=None, nrows=1).iloc[0]]
-            df = pd.read_csv(path)
+            df = _read_csv(path, len(header))
         else:
             df = pd.read_parquet(path)
             header = [str(c) for c in df.columns]
+    except HpoError:
+        raise
     except pd.errors.EmptyDataError:
         raise HpoError(f"{name}: empty file (no columns, no rows)") from None
     except UnicodeDecodeError as exc:
@@ -121,6 +123,25 @@ def _read_table(path: Path, kind: str) -> pd.DataFrame:
     if len(df) == 0:
         raise HpoError(f"{name}: no rows (only the header)")
     return df
+
+
+def _read_csv(path: Path, columns: int) -> pd.DataFrame:
+    """The rows under the header. Rows with more fields than the header are refused: pandas
+    would take the first column as the index and shift every column's values one to the left
+    (index_col=False), or drop the last field (its ParserWarning)."""
+    import warnings
+
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            return pd.read_csv(path, index_col=False)
+        except pd.errors.ParserWarning:
+            raise HpoError(
+                f"{path.name}: some rows have more fields than the header's {columns} columns "
+                "(a stray comma, or a column without a name?)"
+            ) from None
 
 
 @functools.lru_cache(maxsize=4)

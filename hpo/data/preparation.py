@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from hpo.data.values import (
+    beyond_float32,
+    check_float32,
     check_present,
     format_labels,
     label_keys,
@@ -120,6 +122,10 @@ class Preparation:
             x = np.column_stack([to_float(df[c], c, source) for c in self.numeric])
             if self.standardize:
                 x = (x - np.asarray(self.means)) / np.asarray(self.stds)
+            beyond = beyond_float32(x)
+            if beyond.any():
+                i = int(np.flatnonzero(beyond)[0])
+                check_float32(x[:, i], f"column {self.numeric[i]!r}", source)
             parts.append(x.astype(np.float32))
         unseen = {}
         for column, categories in self.categories.items():
@@ -141,9 +147,11 @@ class Preparation:
             )
         x = numeric_array(x, "x", source).reshape(len(x), -1)
         if self.standardize:
-            out = x.astype(np.float32)
-            out -= np.asarray(self.means, dtype=np.float32)
-            out /= np.asarray(self.stds, dtype=np.float32)
+            with np.errstate(over="ignore"):  # x was finite: an infinity now is an overflow
+                out = x.astype(np.float32)
+                out -= np.asarray(self.means, dtype=np.float32)
+                out /= np.asarray(self.stds, dtype=np.float32)
+            check_float32(out, "array x", source)
             return out
         if self.dtype == "uint8":
             if x.dtype.kind not in "bu" or x.dtype.itemsize != 1:
@@ -151,7 +159,10 @@ class Preparation:
                     f"{source}: x has dtype {x.dtype}, the training x was uint8; convert it"
                 )
             return x.astype(np.uint8, copy=False)
-        return x.astype(np.float32)
+        with np.errstate(over="ignore"):
+            out = x.astype(np.float32)
+        check_float32(out, "array x", source)
+        return out
 
     def encode_labels(self, y: Any, source: str = "rows") -> np.ndarray:
         """Original labels → int64 0..K-1 (classification) or float32 (regression)."""

@@ -115,6 +115,28 @@ def check_finite(a: np.ndarray, column: str, source: str) -> None:
         )
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def beyond_float32(a: np.ndarray) -> np.ndarray:
+    """Per column (for a 1-D array, in all), how many values float32 cannot hold (of values
+    checked finite: an infinity here is a float32 overflow). The model reads float32, where
+    a finite float64 beyond ±3.4e38 would silently become an infinity."""
+    if a.dtype.kind == "f" and a.dtype.itemsize <= 4:  # already float32: no float64 copy
+        return (~np.isfinite(a)).sum(axis=0)
+    return (~(np.abs(a) <= FLOAT32_MAX)).sum(axis=0)
+
+
+def check_float32(a: np.ndarray, what: str, source: str) -> None:
+    """One line when `what` (e.g. "column 'price'") has values beyond float32's range."""
+    count = int(np.sum(beyond_float32(a)))
+    if count:
+        raise HpoError(
+            f"{source}: {what} has {count} values beyond float32's range (±3.4e38) once "
+            "prepared; scale them down or drop them"
+        )
+
+
 def check_present(s: pd.Series, column: str, source: str) -> None:
     missing = int(s.isna().sum())
     if missing:
@@ -145,4 +167,5 @@ def regression_target(values: pd.Series, target: str, source: str) -> np.ndarray
         )
     a = converted.to_numpy(dtype=np.float64, na_value=np.nan)
     check_finite(a, target, source)
+    check_float32(a, f"the target {target!r}", source)
     return a.astype(np.float32)

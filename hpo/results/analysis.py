@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.backend import import_keras, set_random_seed
 from hpo.data.prepared import Prepared
+from hpo.data.values import some
 from hpo.errors import HpoError
 from hpo.results import handover as handover_lib
 from hpo.results import report as report_lib
@@ -144,16 +145,72 @@ class AnalysisResult:
         return self.results[0]
 
 
-def _replace_dir(staging: Path, folder: Path) -> None:
-    """Move a finished staging folder into place, so `folder` is never half-written."""
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-        staging.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+# What analyze wrote before it marked its folders (handover.MARK): such a folder, holding
+# nothing else, is hpo's to replace.
+LEGACY = {
+    "report.md",
+    "params.json",
+    "handover.json",
+    "preparation.json",
+    *handover_lib.FILES.values(),
+}
+
+
+def check_target(folder: Path) -> None:
+    """Refuse a report folder that is not hpo's to replace: a file, a link, or a folder holding
+    anything hpo did not write there (its mark lists what it wrote). An absent or empty folder
+    is fine. So `--out ~/thesis` is one line, never the loss of the user's files."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise HpoError(f"{folder}: not a folder hpo wrote (a file or a link); choose another --out")
+    try:
+        entries = sorted(p.name for p in folder.iterdir())
+    except OSError as exc:
+        raise HpoError(f"{folder}: cannot read it ({exc.strerror})") from exc
+    if not entries:
+        return
+    mark = handover_lib.read_mark(folder)
+    if mark:
+        written = mark.get("files")
+        ours = {f for f in written if isinstance(f, str)} if isinstance(written, list) else set()
+        ours.add(handover_lib.MARK)
+    elif "params.json" in entries:  # a report of an hpo that did not mark its folders
+        ours = LEGACY | {e for e in entries if e.endswith(".png")}
     else:
-        staging.rename(folder)
+        raise HpoError(
+            f"{folder}: not a report folder hpo wrote (it holds {some(entries)}); hpo replaces "
+            "only its own: choose another --out"
+        )
+    foreign = [e for e in entries if e not in ours]
+    if foreign:
+        raise HpoError(
+            f"{folder}: holds {some(foreign)}, which hpo did not write there; move it out or "
+            "choose another --out"
+        )
+
+
+def _replace_dir(staging: Path, folder: Path) -> None:
+    """Move a finished staging folder into place, so `folder` is never half-written. The folder
+    it replaces, checked again to be hpo's, is first moved into a new hidden folder of this
+    process's own, so no other name beside it is touched, then deleted."""
+    try:
+        if not folder.exists() and not folder.is_symlink():
+            staging.rename(folder)
+            return
+        check_target(folder)  # again: it may have changed while the models trained
+        trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+        try:
+            folder.rename(trash / folder.name)
+            try:
+                staging.rename(folder)
+            except OSError:
+                (trash / folder.name).rename(folder)  # the old report stays
+                raise
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+    except OSError as exc:
+        raise HpoError(f"{folder}: cannot put the report there ({exc.strerror or exc})") from exc
 
 
 def _staging_dir(folder: Path) -> Path:
@@ -191,6 +248,7 @@ def analyze_study(
     kept predictions (with an artifact store), save the models, write the report and the
     study attrs; the model handed over is `handover`'s, or the next one that exists."""
     check_options(seeds, top, candidates, handover)
+    check_target(folder)  # before any retraining
     ranked = ranked_trials(study, max(top, candidates))
     trials = ranked[:top]
     notes: list[str] = []
@@ -253,9 +311,14 @@ def analyze_study(
             handed,
         )
         report_lib.write(study, spec, results, staging, data.notes, handed)
+        handover_lib.mark(staging, study.study_name)
         _replace_dir(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    # Published last, once every file is uploaded: an interrupted analyze leaves the storage
+    # handing over the previous model, whole, and describing it, never a half-uploaded one.
+    if store is not None:
+        study.set_user_attr(handover_lib.ATTR, _upload(study, folder, store, handed))
     study.set_user_attr(
         "analysis",
         {
@@ -265,8 +328,6 @@ def analyze_study(
             "report": str(folder / "report.md"),
         },
     )
-    if store is not None:
-        _upload(study, folder, store, handed)
     _save_note(study, spec, result)
     return result
 
@@ -297,10 +358,13 @@ def _handed_over(wanted: str, selected: bool, seeds: bool) -> tuple[str, str | N
     raise AssertionError("best always exists")
 
 
-def _upload(study: optuna.Study, folder: Path, store: Any, handed: handover_lib.Handed) -> None:
+def _upload(
+    study: optuna.Study, folder: Path, store: Any, handed: handover_lib.Handed
+) -> dict[str, str]:
     """Figures and report as Optuna artifacts, so optuna-dashboard shows them with the study;
     the handed-over model and its data's preparation too, so `hpo predict` finds them on any
-    machine that reaches the storage and the artifact store (prediction.fetch_handover)."""
+    machine that reaches the storage and the artifact store (prediction.fetch_handover).
+    Returns the handover record, for the caller to publish once all is uploaded."""
     from optuna.artifacts import upload_artifact
 
     def upload(path: Path) -> str:
@@ -314,7 +378,7 @@ def _upload(study: optuna.Study, folder: Path, store: Any, handed: handover_lib.
         kept = {
             key: upload(folder / name) for key, name in files.items() if (folder / name).is_file()
         }
-    study.set_user_attr(handover_lib.ATTR, {"file": handed.file, **kept})
+    return {"file": handed.file, **kept}
 
 
 def _save_note(study: optuna.Study, spec: StudySpec, result: AnalysisResult) -> None:

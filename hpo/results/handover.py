@@ -10,7 +10,9 @@ the others), beside the best single trial's under the same protocol, so neither 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,27 @@ CANDIDATES = 25  # AutoGluon's ensemble size; TabRepo saw no gain above 25
 STEPS = 25
 ATTR = "handover_artifacts"  # study user attr: the artifact ids of the handed-over files
 FILES = {"best": "model.keras", "seeds": "ensemble.keras", "selected": "selected.keras"}
+# In every report folder analyze writes: the study it is of and the files hpo wrote there.
+# analyze replaces only a folder so marked, holding only those files; predict trusts the
+# storage's record of a report folder only when the folder is so marked for that study.
+MARK = ".hpo-report.json"
+
+
+def mark(folder: Path, study: str) -> None:
+    """Mark `folder` as hpo's report of `study`, listing the files in it now."""
+    written = sorted(p.name for p in folder.iterdir())
+    (folder / MARK).write_text(json.dumps({"study": study, "files": written}, indent=1))
+
+
+def read_mark(folder: Path) -> dict[str, Any]:
+    """The mark of a report folder hpo wrote ({"study", "files"}); {} when there is none."""
+    try:
+        found = json.loads((folder / MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return found
 
 
 @dataclass

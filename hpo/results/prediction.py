@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
+import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +29,13 @@ from hpo.data import stored
 from hpo.data.own import read_rows
 from hpo.data.preparation import Preparation
 from hpo.errors import HpoError, first_line
+from hpo.results import handover as handover_lib
 from hpo.results.handover import ATTR
 from hpo.study.studyfile import Identity
 
 MODEL_FILES = ("ensemble.keras", "model.keras")  # before handover.json: the ensemble first
+HANDED = tuple(handover_lib.FILES.values())  # the only files a handover may name
+PREPARATION = "preparation.json"
 WRITTEN = (".csv", ".parquet", ".npz")
 
 
@@ -59,9 +66,11 @@ class Predictor:
             raise HpoError(f"--out {out}: write .csv, .parquet or .npz")
         if isinstance(rows, str | Path):
             frame, x, unseen = read_rows(Path(rows), self.preparation)
+            self._check_columns(frame, probabilities, Path(rows).name)
             predicted = self._frame(x, unseen, probabilities)
         else:
             frame = rows if isinstance(rows, pd.DataFrame) else None
+            self._check_columns(frame, probabilities, "rows")
             predicted = self.predict(rows, probabilities)
         if frame is not None:
             joined = pd.concat([frame.reset_index(drop=True), predicted], axis=1)
@@ -70,6 +79,27 @@ class Predictor:
         if out is not None:
             write(predicted, out)
         return predicted
+
+    def columns(self, probabilities: bool = False) -> list[str]:
+        """The columns predictions come in."""
+        prep = self.preparation
+        if prep.task == "regression":
+            return ["prediction"]
+        extra = [f"probability_{label}" for label in prep.labels] if probabilities else []
+        return ["prediction", "probability", *extra]
+
+    def _check_columns(self, frame: pd.DataFrame | None, probabilities: bool, source: str) -> None:
+        """Rows that already have a column the predictions add: refused, or the output would
+        hold two `prediction` columns and a reader would take either."""
+        if frame is None:
+            return
+        have = {str(c) for c in frame.columns}
+        clash = [c for c in self.columns(probabilities) if c in have]
+        if clash:
+            raise HpoError(
+                f"{source}: the rows already have a column {clash[0]!r}, which hpo predict "
+                "adds; rename or drop it"
+            )
 
     def _frame(self, x: np.ndarray, unseen: dict[str, int], probabilities: bool) -> pd.DataFrame:
         output = np.asarray(self.model.predict(x, batch_size=1024, verbose=0), dtype=np.float64)
@@ -95,25 +125,32 @@ class Predictor:
 
 
 def write(frame: pd.DataFrame, out: Path) -> None:
-    """The predictions as .csv, .parquet or .npz (one array a column)."""
+    """The predictions as .csv, .parquet or .npz (one array a column), written whole or not at
+    all: to a temporary file of this process beside `out`, renamed onto it once complete, so an
+    interrupted predict leaves the last output (or none), never a valid-looking part of one."""
+    if out.suffix not in WRITTEN:
+        raise HpoError(f"--out {out}: write .csv, .parquet or .npz")
+    partial = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".csv":
-            frame.to_csv(out, index=False)
-        elif out.suffix == ".parquet":
-            frame.to_parquet(out, index=False)
-        elif out.suffix == ".npz":
-            # Text (labels, categories) as fixed-width strings: object arrays need pickle to load.
-            columns = {str(c): frame[c].to_numpy() for c in frame.columns}
-            np.savez(
-                out, **{c: a.astype(str) if a.dtype == object else a for c, a in columns.items()}
-            )
-        else:
-            raise HpoError(f"--out {out}: write .csv, .parquet or .npz")
+        with partial.open("xb") as f:  # created as any new file (umask), by this process only
+            if out.suffix == ".csv":
+                frame.to_csv(f, index=False)
+            elif out.suffix == ".parquet":
+                frame.to_parquet(f, index=False)
+            else:
+                # Text (labels, categories) as fixed-width strings: object arrays need pickle.
+                columns = {str(c): frame[c].to_numpy() for c in frame.columns}
+                np.savez(
+                    f, **{c: a.astype(str) if a.dtype == object else a for c, a in columns.items()}
+                )
+        os.replace(partial, out)
     except ImportError as exc:
         raise HpoError(f"--out {out}: writing .parquet needs pyarrow: pip install pyarrow") from exc
     except OSError as exc:
-        raise HpoError(f"--out {out}: cannot write there ({exc.strerror})") from exc
+        raise HpoError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def model_folder(
@@ -136,32 +173,80 @@ def model_folder(
     if default.is_dir():
         return default, None
     found = study()
-    report = found.user_attrs.get("analysis", {}).get("report")
-    if report and Path(report).parent.is_dir():
-        return Path(report).parent, None
+    analysis = found.user_attrs.get("analysis")
+    report = analysis.get("report") if isinstance(analysis, dict) else None
+    if isinstance(report, str):  # the storage's word: only a folder hpo wrote for this study
+        recorded = Path(report).parent
+        if handover_lib.read_mark(recorded).get("study") == found.study_name:
+            return recorded, None
     if store is not None and ATTR in found.user_attrs:
         return fetch_handover(found, store()), None
     raise HpoError(f"no saved model in {default}: run hpo analyze first (or pass --model DIR)")
 
 
+def _artifact_id(value: Any) -> bool:
+    """Optuna names an artifact by a UUID: anything else is no artifact of hpo's."""
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def handover_record(study: optuna.Study) -> tuple[str, dict[str, str]]:
+    """The handed-over model's file name and {"model": id, "preparation": id} from the study's
+    handover record, checked: whoever writes the storage must not choose a path on this
+    machine, so only hpo's own file names and Optuna's artifact ids are taken."""
+    record = study.user_attrs[ATTR]
+    where = f"study {study.study_name!r}'s handover record"
+    if not isinstance(record, dict):
+        raise HpoError(f"{where} is not a mapping; run hpo analyze again")
+    if record.get("file") not in HANDED:
+        raise HpoError(
+            f"{where} names {record.get('file')!r}, not one of {', '.join(HANDED)}; "
+            "run hpo analyze again"
+        )
+    ids = {key: record[key] for key in ("model", "preparation") if key in record}
+    bad = next((key for key in ("model", *ids) if not _artifact_id(ids.get(key))), None)
+    if bad is not None:
+        raise HpoError(f"{where} holds no artifact id for the {bad} ({ids.get(bad)!r})")
+    return record["file"], ids
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """`path` holds `text`, written to a file of this process and renamed onto it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def fetch_handover(study: optuna.Study, store: Any) -> Path:
     """The handed-over model and its data's preparation, fetched from the artifact store into
-    hpo's cache folder (once: artifacts never change), for a machine without analyze's folder."""
+    hpo's cache folder (once: artifacts never change), for a machine without analyze's folder.
+    The folder's name is a digest of the record: no name from the storage becomes a path."""
     from optuna.artifacts import download_artifact
     from optuna.artifacts.exceptions import ArtifactNotFound
 
-    record = study.user_attrs[ATTR]
-    folder = cache.root() / "models" / f"{study.study_name}-{record['model'][:8]}"
-    files = {"model": record["file"], "preparation": "preparation.json"}
+    file, ids = handover_record(study)
+    folder = cache.root() / "models" / cache.key(study.study_name, file, ids)
+    files = {"model": file, "preparation": PREPARATION}
     try:
         for key, name in files.items():
-            if key in record and not (folder / name).is_file():
+            if key in ids and not (folder / name).is_file():
                 folder.mkdir(parents=True, exist_ok=True)
-                partial = folder / f".{name}.part"  # renamed once whole: no truncated model
-                download_artifact(
-                    artifact_store=store, file_path=str(partial), artifact_id=record[key]
-                )
-                os.replace(partial, folder / name)
+                # Downloaded into a folder of this process's own, renamed once whole: neither
+                # a truncated model nor another process's (or a killed one's) leftover.
+                part = Path(tempfile.mkdtemp(prefix=".fetch-", dir=folder))
+                try:
+                    download_artifact(
+                        artifact_store=store, file_path=str(part / name), artifact_id=ids[key]
+                    )
+                    os.replace(part / name, folder / name)
+                finally:
+                    shutil.rmtree(part, ignore_errors=True)
+        _replace_text(folder / "handover.json", json.dumps({"model": file}))
     except ArtifactNotFound as exc:
         raise HpoError(
             f"study {study.study_name!r}'s model is not in the artifact store (is --artifacts "
@@ -169,16 +254,21 @@ def fetch_handover(study: optuna.Study, store: Any) -> Path:
         ) from exc
     except OSError as exc:
         raise HpoError(f"cannot fetch study {study.study_name!r}'s model ({exc})") from exc
-    (folder / "handover.json").write_text(json.dumps({"model": record["file"]}))
     return folder
 
 
 def handed_over(folder: Path) -> Path:
-    """The model analyze handed over in `folder` (handover.json names it); in a folder of an
-    earlier hpo, the seeds' ensemble, else the model."""
+    """The model analyze handed over in `folder` (handover.json names it, one of hpo's model
+    files); in a folder of an earlier hpo, the seeds' ensemble, else the model."""
     record = folder / "handover.json"
     if record.is_file():
-        path = folder / json.loads(record.read_text(encoding="utf-8"))["model"]
+        try:
+            name = json.loads(record.read_text(encoding="utf-8"))["model"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HpoError(f"{record}: not a handover record; run hpo analyze again") from exc
+        if name not in HANDED:
+            raise HpoError(f"{record}: the handover names {name!r}, not one of {', '.join(HANDED)}")
+        path = folder / name
         if not path.is_file():
             raise HpoError(f"{path}: the handed-over model is missing; run hpo analyze again")
         return path
@@ -207,7 +297,7 @@ def open_predictor(
     folder, path = model_folder(explicit, default, study, store)
     if path is None:
         path = handed_over(folder)
-    saved = folder / "preparation.json"
+    saved = folder / PREPARATION
     if saved.is_file():
         preparation = json.loads(saved.read_text(encoding="utf-8"))
     else:

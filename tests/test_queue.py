@@ -203,7 +203,8 @@ def test_stop_resume_and_sigterm_requeue_the_trial_in_flight(workdir, capsys):
 @pytest.mark.usefixtures("postgres")
 def test_own_data_reaches_a_worker_without_the_file(workdir, tmp_path_factory, capsys):
     """The prepared arrays travel through the shared artifact store: a worker in another
-    folder, with neither the study file nor the CSV, trains the study; its cache is reused."""
+    folder, with neither the study file nor the CSV (deleted after submit: not even at its
+    absolute path), trains the study from what submit stored; its cache is reused."""
     from test_own_data import churn, study_file
 
     name = f"own-{uuid.uuid4().hex[:6]}"
@@ -215,6 +216,7 @@ def test_own_data_reaches_a_worker_without_the_file(workdir, tmp_path_factory, c
     assert run_cli(capsys, "submit", str(path), "--trials", "3", *args)[0] == 0
     assert run_cli(capsys, "submit", str(path), "--trials", "4", *args)[0] == 0  # extended
     assert len(list(shared.rglob("*"))) == 1  # the same arrays: uploaded once
+    (workdir / "churn.csv").unlink()  # the worker needs only the record and the arrays
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     proc = worker(elsewhere, POSTGRES, "--artifacts", str(shared), "--studies", name,
                   "--recycle-after", "0",

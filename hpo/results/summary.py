@@ -72,9 +72,17 @@ def _cell(column: str, value: object) -> str:
 
 
 def storage_table(storage: optuna.storages.BaseStorage) -> Table:
+    """`hpo list`'s table (storage_listing)."""
+    return storage_listing(storage)[0]
+
+
+def storage_listing(storage: optuna.storages.BaseStorage) -> tuple[Table, list[str]]:
     """`hpo list`: every study's trial counts and best value; for a submitted study (hpo
-    submit) also its queue state, budget, workers on it now, and trials finished a minute."""
+    submit) also its queue state, budget, workers on it now, and trials finished a minute;
+    and one line for each submitted study that is not served, saying why (paused, left, or
+    a worker that could not serve it), so its submitter is told."""
     table = Table(title="studies")
+    reasons: list[str] = []
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
     # A study's name is never cut short: it is what the other commands take.
     longest = max((len(s.study_name) for s in summaries), default=5)
@@ -93,7 +101,10 @@ def storage_table(storage: optuna.storages.BaseStorage) -> Table:
         best = summary.best_trial.value if summary.best_trial else None
         entry = queue.Entry.of(summary.study_name, summary._study_id, summary.user_attrs)
         queued = ["", "", "", "", ""]
-        if entry is not None:
+        if entry is not None and entry.malformed:
+            queued = [queue.LEFT, "", "", "", ""]
+            reasons.append(f"{summary.study_name}: {entry.reason}")
+        elif entry is not None:
             standing = queue.Standing.of(trials)
             state = queue.state(entry, standing)
             queued = [
@@ -103,6 +114,9 @@ def storage_table(storage: optuna.storages.BaseStorage) -> Table:
                 f"{standing.per_minute:.1f}" if state == "running" else "",
                 f"{entry.priority:g}",
             ]
+            why = entry.why()
+            if why and state != queue.DONE:
+                reasons.append(f"{summary.study_name}: {why}")
         table.add_row(
             summary.study_name,
             info.get("dataset", "?"),
@@ -111,7 +125,7 @@ def storage_table(storage: optuna.storages.BaseStorage) -> Table:
             "" if best is None else f"{best:.4f}",
             *queued,
         )
-    return table
+    return table, reasons
 
 
 def study_files_table() -> Table:

@@ -4,8 +4,8 @@ Optuna's `n_trials` is per process, and MaxTrialsCallback checks only after a tr
 workers sharing a study overshoot. Here the budget is a property of the study:
 
 - a trial *counts* when it finished on its own: COMPLETE, PRUNED, or FAILED with a reason the
-  objective recorded (a NaN loss). A trial failed by the heartbeat (its worker died), by Ctrl-C
-  or for being over budget does not count: it is re-run or was never run;
+  objective recorded (a NaN loss). A trial failed by the heartbeat (its worker died: DIED), by
+  Ctrl-C or for being over budget does not count: it is re-run or was never run;
 - a new trial is *admitted* only if fewer than N trials with smaller numbers (numbers are
   assigned atomically by the storage) are counted, running or waiting. Whatever order workers
   check in, the counted trials can never exceed N. A trial that is not admitted fails at once
@@ -24,7 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 OVER_BUDGET = "over budget"  # the fail_reason of a trial created after the budget was taken
 STOPPED = "stopped"  # the fail_reason of a trial ended by `hpo stop`: run again on resume
-NOT_COUNTED = ("interrupted", OVER_BUDGET, STOPPED)
+# The fail_reason of a trial whose worker stopped beating (killed, out of memory): re-run.
+DIED = "its worker died (no heartbeat)"
+NOT_COUNTED = ("interrupted", OVER_BUDGET, STOPPED, DIED)
 
 
 def counts_toward_budget(trial: FrozenTrial) -> bool:

@@ -37,12 +37,14 @@ from hpo.errors import HpoError, first_line
 from hpo.search import batched, queue, runner
 from hpo.search import workers as hpo_workers
 from hpo.search.budget import (
+    DIED,
     STOPPED,
     Budget,
     OverBudget,
     counts_toward_budget,
     fail_stale,
     failed_as_stale,
+    over_budget,
 )
 from hpo.search.interrupt import GracefulInterrupt, exit_code
 from hpo.search.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
@@ -55,6 +57,9 @@ STOP_CHECK_S = float(os.environ.get("HPO_STOP_CHECK_S", 5.0))
 KEEP = 3  # studies whose data and compiled arrays a worker keeps between trials
 STALE_CHECK_S = 5.0  # how often a worker waiting on a study's last trials seeks dead ones
 FAILURES_TO_LEAVE = 3  # trials that raise in a row before a worker leaves their study
+# Trials of a study whose workers died (out of memory, killed) in a row before every worker
+# leaves it: under a restart policy it would otherwise kill the whole pool over and over.
+DEATHS_TO_LEAVE = 3
 
 
 class Stopped(KeyboardInterrupt):
@@ -85,8 +90,8 @@ class StopCheck:
         if time.monotonic() - self.last < self.every_s:
             return
         self.last = time.monotonic()
-        record = self.store.get_study_user_attrs(self.study_id).get(queue.ATTR) or {}
-        if record.get("state") == queue.PAUSED:
+        record = self.store.get_study_user_attrs(self.study_id).get(queue.ATTR)
+        if isinstance(record, dict) and record.get("state") == queue.PAUSED:
             raise Stopped
 
 
@@ -116,7 +121,10 @@ class Worker:
         self.studies: dict[str, tuple[optuna.Study, StudySpec]] = {}
         self.stale_checked: dict[str, float] = {}  # when each study's dead trials were sought
         self.failures: dict[str, int] = {}  # trials that raised in a row, by study
-        self.left: set[str] = set()  # studies this worker cannot serve (said once)
+        # Studies this worker cannot serve (said once), with when they were submitted then:
+        # submitted or resumed again, they are tried again.
+        self.left: dict[str, float] = {}
+        self.store.get_heartbeat_stale_trial_callback().after.append(self._died)
         self.signals: GracefulInterrupt | None = None
         self.recycler: hpo_workers.Recycler | None = None  # when this process restarts
         self.recycled: str | None = None  # why it should restart now (serve returned None)
@@ -131,14 +139,19 @@ class Worker:
         (stride scheduling): over time each gets trials in proportion to its priority, and a
         study submitted late neither waits for the others nor takes every worker to catch up.
         Running trials are counted too, so workers that choose at once spread out."""
-        queued = [
-            entry
-            for entry in queue.entries(self.store, self.pattern)
-            if entry.state == queue.QUEUED and entry.name not in self.left
-        ]
+        queued = []
+        for entry in queue.entries(self.store, self.pattern):
+            if self.left.get(entry.name, entry.since) != entry.since:
+                del self.left[entry.name]  # submitted again: try it again
+            if entry.malformed and entry.name not in self.left:
+                self._leave(entry, entry.reason or "malformed")
+            if entry.state == queue.QUEUED and entry.name not in self.left:
+                queued.append(entry)
         if not queued:
             return None
-        newest = max(entry.since for entry in queued)
+        # Trials started since the newest joined, in the database's order of trials: the
+        # workers' clocks, in their own time zones, are not compared.
+        newest = max(entry.since_trial for entry in queued)
         tallies = queue.tallies(self.store, queued, newest)
         open_slots = []
         for entry in queued:
@@ -153,11 +166,21 @@ class Worker:
         return min(open_slots)[-1] if open_slots else None
 
     def _mark_done(self, entry: queue.Entry) -> None:
-        """Record the study as done, so idle reads skip its trials until it is extended."""
-        record = self.store.get_study_user_attrs(entry.study_id).get(queue.ATTR) or {}
-        if record.get("state") == queue.QUEUED and record.get("trials") == entry.trials:
-            record = {**record, "state": "done"}
-            self.store.set_study_user_attr(entry.study_id, queue.ATTR, record)
+        """Record the study as done, so idle reads skip its trials until it is extended: a
+        compare-and-set, so a submit or stop that lands after this worker read the record is
+        kept, never overwritten."""
+
+        def done(record: object) -> dict | None:
+            if (
+                queue.malformed(record) is None
+                and record.get("state", queue.QUEUED) == queue.QUEUED
+                and record.get("trials") == entry.trials
+            ):
+                return {**record, "state": queue.DONE}
+            return None
+
+        record, wrote = queue.update(self.store, entry.study_id, done)
+        if wrote:
             queue.note(optuna.load_study(study_name=entry.name, storage=self.store), record)
             self.console.print(f"{entry.name}: done ({entry.trials} trials)", highlight=False)
 
@@ -216,9 +239,29 @@ class Worker:
         served.budget.total = entry.trials  # hpo submit may have extended it
         objective = served.objective
         stop = StopCheck(self.store, entry.study_id)
-        objective.check_interrupt = self._checks(stop)
         objective.trial_number = None  # set by the objective once the trial exists
         asked: list[optuna.Trial] = []  # a batch's trials
+        requeued: list[int] = []
+
+        def requeue_in_flight() -> None:
+            numbers = [t.number for t in asked] or [objective.trial_number]
+            for number in numbers:
+                if number not in requeued and self._requeue(served.study, entry, number):
+                    requeued.append(number)
+
+        check = self._checks(stop)
+
+        def check_then_requeue() -> None:
+            """An interrupted trial's parameters are queued again *before* it is failed:
+            queued after, another worker could take the slot its failure frees, and they
+            would wait for ever."""
+            try:
+                check()
+            except KeyboardInterrupt:
+                requeue_in_flight()
+                raise
+
+        objective.check_interrupt = check_then_requeue
         ran = 1
         try:
             ran = batched.run_trials(
@@ -231,8 +274,7 @@ class Worker:
                 asked,
             )
         except KeyboardInterrupt as exc:  # paused, or this worker was asked to stop
-            numbers = [t.number for t in asked] or [objective.trial_number]
-            requeued = [n for n in numbers if self._requeue(served.study, entry, n)]
+            requeue_in_flight()  # those a second signal ended outside a check
             why = "stopped (hpo stop)" if isinstance(exc, Stopped) else "interrupted"
             self.console.print(
                 f"{entry.name}: trial {', '.join(map(str, requeued)) or None} {why}; its "
@@ -292,11 +334,39 @@ class Worker:
         study.enqueue_trial(trial.params, user_attrs={"requeued_from": number})
         return True
 
-    def _leave(self, entry: queue.Entry, why: str) -> None:
-        self.left.add(entry.name)
+    def _leave(self, entry: queue.Entry, why: str, every_worker: bool = False) -> None:
+        """Stop serving the study, and say why where its submitter looks (`hpo list`, the
+        dashboard note): for this worker, or for all (`every_worker`)."""
+        self.left[entry.name] = entry.since
         self.served.pop(entry.name, None)
         self.studies.pop(entry.name, None)
         self.console.print(f"{entry.name}: this worker leaves the study: {why}", highlight=False)
+        queue.leave(self.store, entry, why, every_worker=every_worker)
+
+    def _died(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """After a trial of `study` was failed because its worker died: when its last
+        DEATHS_TO_LEAVE ended trials all died (out of memory, killed), every worker leaves
+        the study, with that reason, until `hpo resume`."""
+        ended = sorted(
+            (t for t in study.get_trials(deepcopy=False) if t.state.is_finished()),
+            key=lambda t: t.number,
+        )
+        last = [t for t in ended if not over_budget(t)][-DEATHS_TO_LEAVE:]
+        died = [t for t in last if t.user_attrs.get("fail_reason") == DIED]
+        if len(died) < DEATHS_TO_LEAVE:
+            return
+        entry = next(
+            (e for e in queue.entries(self.store, study.study_name) if e.name == study.study_name),
+            None,
+        )
+        if entry is None or entry.state != queue.QUEUED:
+            return
+        self._leave(
+            entry,
+            f"the workers of its last {DEATHS_TO_LEAVE} trials died (out of memory, or "
+            f"killed); make its space smaller, then hpo resume {entry.name}",
+            every_worker=True,
+        )
 
     def _serve(self, entry: queue.Entry) -> Served | None:
         """The study's objective and data, kept for the KEEP studies served last (each holds

@@ -4,16 +4,27 @@ The database is the only server. A queued study is an ordinary Optuna study with
 user attr (ATTR) saying how many trials it should have, its priority, the options it was
 submitted with and, for own data, where its prepared arrays are in the artifact store.
 `hpo submit` writes it, `hpo stop` and `hpo resume` change its state, workers read it: no
-second server, no new protocol. The state stored is "queued" or "paused"; `hpo list` derives
+second server, no new protocol. The state stored is "queued", "paused", "done" (a worker saw
+the budget met) or "left" (no worker serves it: its workers kept dying); `hpo list` derives
 "running" (trials in flight) and "done" (the budget met).
+
+Several people and machines write these records at once, so every change is a compare-and-set
+in the database (`update`: storage.update_study_attr, with a version counter): a submit that
+lands between a worker's read and its write is never overwritten. A record that does not hold
+what hpo writes (by hand, an older hpo, an attacker) is one study left with the reason, never
+a worker's crash; a study whose own data cannot be served says why on `hpo list` and the note.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import math
+import os
+import socket
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,14 +38,22 @@ from hpo.errors import HpoError
 from hpo.search import runner, storage
 from hpo.search.budget import OVER_BUDGET, counts, counts_toward_budget, over_budget
 from hpo.study import studyfile
+from hpo.study.space import Choice
 from hpo.study.studyfile import StudySpec
 
 ATTR = "hpo_queue"
 NOTE = "**Queue:**"  # how the queue's note on the study (optuna-dashboard) begins
-QUEUED, PAUSED = "queued", "paused"
+QUEUED, PAUSED, DONE, LEFT = "queued", "paused", "done", "left"
+STATES = (QUEUED, PAUSED, DONE, LEFT)
 # What a worker applies to the study file.
 OPTIONS = ("sampler", "pruner", "max_epochs", "patience", "seed")
 RATE_WINDOW = timedelta(minutes=10)  # `hpo list`'s trials per minute: over the last 10 minutes
+# A study's share against a priority-1 study: bounded, so no study starves the others.
+PRIORITY_MIN, PRIORITY_MAX = 0.01, 100.0
+# What one submitted study may ask of a shared pool's workers: a worker that runs out of memory
+# on a 10**6-unit layer or vocabulary dies, and the next one takes the same trial.
+SHARED_LIMITS = {"layers": 16, "units": 4096, "batch_size": 8192}
+NUM_WORDS_MAX = 100_000
 
 
 @dataclass
@@ -45,34 +64,111 @@ class Entry:
     study_id: int
     trials: int  # the budget: finished trials it should have in all
     priority: float
-    state: str  # QUEUED or PAUSED
+    state: str  # QUEUED, PAUSED, DONE or LEFT
     options: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] | None = None  # own data: its arrays in the artifact store
-    reason: str | None = None  # why it was paused
+    reason: str | None = None  # why it was paused or left
     since: float = 0.0  # when it was last submitted or resumed (time.time())
     recorded: dict[str, Any] = field(default_factory=dict)  # its runner.SPEC_ATTR
+    since_trial: int = 0  # the storage's newest trial id then (fair shares count from it)
+    left: dict[str, Any] | None = None  # the last worker that could not serve it, and why
+    malformed: bool = False  # its record is not what hpo writes: left, with the reason
 
     @classmethod
     def of(cls, name: str, study_id: int, attrs: dict[str, Any]) -> Entry | None:
-        record = attrs.get(ATTR)
-        if not isinstance(record, dict):
+        """The entry of a study's attrs; None for a study never submitted."""
+        if ATTR not in attrs:
             return None
+        record = attrs[ATTR]
+        recorded = attrs.get(runner.SPEC_ATTR)
+        recorded = recorded if isinstance(recorded, dict) else {}
+        problem = malformed(record)
+        if problem is not None:
+            why = f"its queue record is malformed ({problem}); hpo submit it again"
+            return cls(name, study_id, 0, 1.0, LEFT, reason=why, recorded=recorded, malformed=True)
         return cls(
             name,
             study_id,
-            int(record["trials"]),
-            float(record.get("priority", 1)),
+            record["trials"],
+            float(record.get("priority", 1.0)),
             record.get("state", QUEUED),
             dict(record.get("options") or {}),
             record.get("data"),
             record.get("reason"),
             float(record.get("since") or record.get("submitted") or 0.0),
-            attrs.get(runner.SPEC_ATTR) or {},
+            recorded,
+            int(record.get("since_trial") or 0),
+            record.get("left"),
         )
+
+    def why(self) -> str | None:
+        """Why it is not served (paused, left, or a worker that could not serve it)."""
+        if self.state in (PAUSED, LEFT) and self.reason:
+            return self.reason
+        if self.state == QUEUED and self.left:
+            return f"left by {self.left.get('by')}: {self.left.get('reason')}"
+        return None
+
+
+def malformed(record: Any) -> str | None:
+    """What in a queue record is not what hpo writes, or None: checked before any use, so a
+    record written by hand or by an attacker is one study left, not a crash of every worker
+    (a KeyError, a priority of 0 dividing) under a restart policy."""
+    if not isinstance(record, dict):
+        return f"not a table: {type(record).__name__}"
+    trials = record.get("trials")
+    if trials is None:
+        return "trials: missing"
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        return f"trials: must be a whole number of at least 1, got {trials!r}"
+    priority = record.get("priority", 1.0)
+    if not _number(priority) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        return f"priority: must be from {PRIORITY_MIN:g} to {PRIORITY_MAX:g}, got {priority!r}"
+    if record.get("state", QUEUED) not in STATES:
+        return f"state: must be one of {', '.join(STATES)}, got {record.get('state')!r}"
+    for key, kind in (("options", dict), ("data", dict), ("left", dict), ("reason", str)):
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            return f"{key}: must be a {kind.__name__}, got {record[key]!r}"
+    data = record.get("data")
+    named = data is None or all(isinstance(data.get(k), str) for k in ("artifact_id", "sha256"))
+    if not named:
+        return "data: must name its artifact_id and sha256"
+    for key in ("since", "submitted", "since_trial"):
+        if record.get(key) is not None and not _number(record[key]):
+            return f"{key}: must be a number, got {record[key]!r}"
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def update(
+    store: storage.ReconnectingRDBStorage, study_id: int, change: Callable[[Any], dict | None]
+) -> tuple[Any, bool]:
+    """Change a study's queue record with no lost update (storage.update_study_attr: a
+    compare-and-set, retried on conflict), its version counted up. `change` gets the record
+    as stored now (None when absent) and returns the new one, or None to leave it. Returns
+    (the record now, whether this call wrote it)."""
+
+    def versioned(current: Any) -> dict | None:
+        new = change(current)
+        if new is None:
+            return None
+        version = current.get("version", 0) if isinstance(current, dict) else 0
+        version = version if isinstance(version, int) and not isinstance(version, bool) else 0
+        return {**new, "version": version + 1}
+
+    return store.update_study_attr(study_id, ATTR, versioned)
+
+
+def worker_id() -> str:
+    """This worker, as the queue record names it: host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def entries(store: optuna.storages.BaseStorage, pattern: str = "*") -> list[Entry]:
-    """The queued and paused studies whose names match `pattern` (one query for all)."""
+    """The submitted studies whose names match `pattern` (one query for all)."""
     found = []
     for frozen in store.get_all_studies():
         if fnmatch.fnmatchcase(frozen.study_name, pattern):
@@ -84,14 +180,50 @@ def entries(store: optuna.storages.BaseStorage, pattern: str = "*") -> list[Entr
 
 def spec_of(entry: Entry) -> StudySpec:
     """The study file the study was submitted with, as recorded in it, and its options: a
-    worker trains what the submitter asked for, whatever study files its own machine has."""
+    worker trains what the submitter asked for, whatever study files its own machine has.
+    For own data the task and training rows come from the record too (what submit found in
+    the file), so a worker needs only the record and the arrays in the artifact store, never
+    the submitter's file."""
     recorded = entry.recorded
     text = recorded.get("study_file_text")
-    if not text:
+    if not isinstance(text, str) or not text:
         raise HpoError(f"study {entry.name!r} records no study file (it was not submitted by hpo)")
-    source = recorded.get("study_file") or entry.name
-    spec = studyfile.parse(tomllib.loads(text), source)
-    return spec.with_overrides(**{k: v for k, v in entry.options.items() if k in OPTIONS})
+    source = str(recorded.get("study_file") or entry.name)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise HpoError(f"{source}: the recorded study file is not valid TOML ({exc})") from exc
+    known = None
+    data = entry.data or {}
+    if isinstance(data.get("task"), str) and isinstance(data.get("rows"), int):
+        known = studyfile.Known(task=data["task"], rows=data["rows"])
+    spec = studyfile.parse(doc, source, known)
+    spec = spec.with_overrides(**{k: v for k, v in entry.options.items() if k in OPTIONS})
+    check_shared(spec)
+    return spec
+
+
+def check_shared(spec: StudySpec) -> None:
+    """Refuse a study whose space asks more of a shared pool's workers than SHARED_LIMITS
+    and NUM_WORDS_MAX: its trials would run them out of memory one after another. Checked by
+    submit and again by the worker (the record may have been written by hand)."""
+    source = spec.path or spec.name
+    for name, limit in SHARED_LIMITS.items():
+        dim = spec.space.dims.get(name)
+        if dim is None:
+            continue
+        values = dim.values if isinstance(dim, Choice) else (dim.high,)
+        top = max((v for v in values if _number(v)), default=0)
+        if top > limit:
+            raise HpoError(
+                f"{source}: space.{name}: {top} is more than a shared pool allows "
+                f"({limit}); hpo optimize runs it on your own machine"
+            )
+    if spec.num_words > NUM_WORDS_MAX:
+        raise HpoError(
+            f"{source}: study.num_words: {spec.num_words} is more than a shared pool allows "
+            f"({NUM_WORDS_MAX}); hpo optimize runs it on your own machine"
+        )
 
 
 def submit(
@@ -111,9 +243,14 @@ def submit(
     study submitted before keeps its priority (1 for a new one) and options unless given."""
     if trials < 1:
         raise HpoError(f"--trials must be at least 1, got {trials}")
-    if priority is not None and not priority > 0:
-        raise HpoError(f"--priority must be above 0, got {priority}")
+    bounded = _number(priority) and PRIORITY_MIN <= priority <= PRIORITY_MAX
+    if priority is not None and not bounded:
+        raise HpoError(
+            f"--priority must be above 0, from {PRIORITY_MIN:g} to {PRIORITY_MAX:g} (a share "
+            f"against a priority-1 study), got {priority:g}"
+        )
     spec = studyfile.load(str(target)).with_overrides(**overrides)
+    check_shared(spec)
     name = study or spec.name
     data_record = None
     prepared = None
@@ -122,26 +259,37 @@ def submit(
 
         with console.status(f"loading {spec.dataset}…"):
             prepared = load_source(spec.source, data_dir)
-    opened = runner.open_study(spec, storage_url, name)
-    old = opened.user_attrs.get(ATTR) or {}
+    store = storage.open_storage(storage_url)
+    opened = runner.open_study(spec, storage_url, name, storage=store)
+    old = opened.user_attrs.get(ATTR)
+    old = old if isinstance(old, dict) and malformed(old) is None else {}
     if prepared is not None:
         from hpo.data import shipped, stored
 
         stored.save_or_check(opened, prepared.preparation.to_dict(), spec.dataset)
         with console.status("uploading the prepared data to the artifact store…"):
-            store = artifact_stores.open_store(artifacts)
-            data_record = shipped.upload(prepared, store, opened, old.get("data"))
+            artifact_store = artifact_stores.open_store(artifacts)
+            data_record = shipped.upload(prepared, artifact_store, opened, old.get("data"))
+        # What a worker needs to read the study file without the training file.
+        data_record = {**data_record, "task": prepared.task, "rows": len(prepared.x_train)}
     given = {k: overrides.get(k) for k in OPTIONS if overrides.get(k) is not None}
-    record = {
-        "state": QUEUED,
-        "trials": trials,
-        "priority": priority if priority is not None else old.get("priority", 1.0),
-        "options": {**(old.get("options") or {}), **given},
-        "data": data_record,
-        "submitted": time.time(),
-        "since": time.time(),
-    }
-    opened.set_user_attr(ATTR, record)
+    since_trial = store.last_trial_id()
+
+    def change(current: Any) -> dict:
+        current = current if isinstance(current, dict) and malformed(current) is None else {}
+        now = time.time()
+        return {
+            "state": QUEUED,
+            "trials": trials,
+            "priority": priority if priority is not None else current.get("priority", 1.0),
+            "options": {**(current.get("options") or {}), **given},
+            "data": data_record,
+            "submitted": now,
+            "since": now,
+            "since_trial": since_trial,
+        }
+
+    record, _ = update(store, opened._study_id, change)
     note(opened, record)
     return name
 
@@ -156,19 +304,52 @@ def set_state(name: str, storage_url: str, state: str, reason: str | None = None
             f"no study named {name!r} in {storage.redact(storage_url)} "
             "(hpo list shows the studies there)"
         ) from exc
-    study = optuna.load_study(study_name=name, storage=store)
-    record = study.user_attrs.get(ATTR)
-    if not isinstance(record, dict):
-        raise HpoError(
-            f"study {name!r} was not submitted to the queue (hpo submit); an hpo optimize "
-            "run stops with Ctrl-C"
-        )
-    record = {**record, "state": state, "reason": reason}
-    if state == QUEUED:  # it joins the queue's fair shares from now (hpo.search.pool)
-        record["since"] = time.time()
-    study.set_user_attr(ATTR, record)
-    note(study, record)
+    since_trial = store.last_trial_id()
+
+    def change(record: Any) -> dict:
+        if record is None:
+            raise HpoError(
+                f"study {name!r} was not submitted to the queue (hpo submit); an hpo optimize "
+                "run stops with Ctrl-C"
+            )
+        problem = malformed(record)
+        if problem is not None:
+            raise HpoError(
+                f"study {name!r}: its queue record is malformed ({problem}); hpo submit it "
+                f"again (--study {name})"
+            )
+        record = {**record, "state": state, "reason": reason}
+        if state == QUEUED:  # it joins the queue's fair shares from now (hpo.search.pool)
+            record.update(since=time.time(), since_trial=since_trial)
+            record.pop("left", None)  # the workers try it again
+        return record
+
+    record, _ = update(store, study_id, change)
+    note(optuna.load_study(study_name=name, storage=store), record)
     return Entry.of(name, study_id, {ATTR: record})
+
+
+def leave(
+    store: storage.ReconnectingRDBStorage, entry: Entry, reason: str, *, every_worker: bool
+) -> None:
+    """Say on the study's record, and so on `hpo list` and its note, why it is not served:
+    by this worker only (its data, its artifact store), or by any worker (`every_worker`: its
+    state becomes LEFT until `hpo resume`). A paused or resubmitted study is left alone."""
+    if entry.malformed:
+        return  # nothing to write into: `hpo list` shows why from the record itself
+
+    def change(record: Any) -> dict | None:
+        if malformed(record) is not None or record.get("state", QUEUED) != QUEUED:
+            return None
+        if record.get("since", record.get("submitted")) != entry.since and entry.since:
+            return None  # submitted or resumed since this worker read it: try it again
+        if every_worker:
+            return {**record, "state": LEFT, "reason": reason}
+        return {**record, "left": {"by": worker_id(), "reason": reason, "at": time.time()}}
+
+    record, wrote = update(store, entry.study_id, change)
+    if wrote:
+        note(optuna.load_study(study_name=entry.name, storage=store), record)
 
 
 def note(study: optuna.Study, record: dict[str, Any]) -> None:
@@ -178,13 +359,16 @@ def note(study: optuna.Study, record: dict[str, Any]) -> None:
     existing = get_note(study)
     if existing and not existing.startswith(NOTE):
         return  # the study's note is analyze's or the user's: the queue's must not erase it
-    when = datetime.fromtimestamp(record["submitted"]).strftime("%Y-%m-%d %H:%M")
+    when = datetime.fromtimestamp(record.get("submitted") or 0).strftime("%Y-%m-%d %H:%M")
     line = (
         f"{NOTE} {record['state']} · budget {record['trials']} trials · priority "
         f"{record['priority']:g} · submitted {when}"
     )
     if record.get("reason"):
         line += f" · {record['reason']}"
+    left = record.get("left")
+    if record["state"] == QUEUED and isinstance(left, dict):
+        line += f" · left by {left.get('by')}: {left.get('reason')}"
     save_note(
         study, line + "\n\n(`hpo list` shows the queue; `hpo stop` and `hpo resume` change it)"
     )
@@ -225,13 +409,14 @@ class Tally:
 
     finished: int = 0  # trials that count towards the budget
     running: int = 0
-    started_since: int = 0  # trials (placeholders aside) started since the given moment
+    started_since: int = 0  # trials (placeholders aside) started since the given trial id
 
 
-def tallies(store: Any, entries: list[Entry], since: float) -> dict[int, Tally]:
-    """Each entry's Tally, by study id, from one grouped query (storage.trial_tally)."""
+def tallies(store: Any, entries: list[Entry], since_trial: int) -> dict[int, Tally]:
+    """Each entry's Tally, by study id, from one grouped query (storage.trial_tally); started
+    counts the trials made after trial id `since_trial`."""
     found = {entry.study_id: Tally() for entry in entries}
-    rows = store.trial_tally(list(found), datetime.fromtimestamp(since))
+    rows = store.trial_tally(list(found), since_trial)
     for study_id, state, reason_json, count, recent in rows:
         if not isinstance(state, TrialState):  # a driver that gives the stored name
             state = TrialState[state] if isinstance(state, str) else TrialState(state)
@@ -247,8 +432,8 @@ def tallies(store: Any, entries: list[Entry], since: float) -> dict[int, Tally]:
 
 
 def state(entry: Entry, standing: Standing) -> str:
-    if entry.state == PAUSED:
-        return PAUSED
+    if entry.state in (PAUSED, LEFT):
+        return entry.state
     if standing.finished >= entry.trials:
-        return "done"
+        return DONE
     return "running" if standing.running else QUEUED

@@ -13,15 +13,20 @@ module: use `redact(url)` in anything printed.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
+import json
 import logging
 import os
 import random
 import threading
 import time
 import warnings
-from datetime import datetime
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -30,9 +35,17 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError
+from hpo.search.budget import DIED
 
 DEFAULT_URL = "sqlite:///storage/hpo.db"
 HEARTBEAT_S = 60  # seconds between a running trial's heartbeats; grace is 3 times that
+GRACE_BEATS = 3  # a trial is stale after this many of its own heartbeat intervals of silence
+# The trial system attr holding the heartbeat interval of the worker that runs the trial, so
+# a checking worker judges it by that worker's setting, not its own (bounded: a trial cannot
+# claim to be alive for ever).
+HEARTBEAT_ATTR = "hpo_heartbeat_s"
+HEARTBEAT_MAX_S = 3600
+CAS_TRIES = 100  # compare-and-set attempts on a study attr before giving up (update_study_attr)
 MAX_RETRY = 3
 RECONNECT_S = float(os.environ.get("HPO_RECONNECT_S", 300))  # how long to wait for a lost DB
 DRIVERS = {
@@ -200,6 +213,7 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
                 self.engine.dispose()
             raise
         self._silent_since: dict[int, float] = {}
+        self._beats_told: set[int] = set()  # trials whose heartbeat interval is recorded
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -221,40 +235,132 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
         except RuntimeError as exc:  # "... Please execute `$ optuna storage upgrade ...`"
             raise HpoError(f"storage {redact(self.url)}: {exc}") from exc
 
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Optuna's heartbeat (written in the database's time); with the first, the trial
+        records this worker's interval (HEARTBEAT_ATTR), by which every checker judges it."""
+        super().record_heartbeat(trial_id)
+        if trial_id in self._beats_told or not self.heartbeat_interval:
+            return
+        # A trial that ended meanwhile is judged by nobody.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, self.heartbeat_interval)
+        self._beats_told.add(trial_id)
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Optuna's stale trials, plus RUNNING trials that never sent a first heartbeat for a
-        whole grace period: Optuna skips those, so a worker killed in the instant between
-        creating a trial and its first heartbeat would hold a budget slot forever. The
-        silence is timed here, on this process' clock, not against the trial's start time,
-        which another machine's clock wrote."""
-        stale = super()._get_stale_trial_ids(study_id)
+        """The RUNNING trials whose worker died, each marked so (fail_reason DIED) before
+        Optuna fails it:
+
+        - a trial silent for GRACE_BEATS of *its own* worker's heartbeat intervals
+          (HEARTBEAT_ATTR), timed in the database's clock: a worker started with
+          `--heartbeat 5` must not fail the live trials of workers that beat every 60 s;
+        - a trial that never sent a first heartbeat for this worker's grace period: Optuna
+          skips those, so a worker killed between creating a trial and its first heartbeat
+          would hold a budget slot forever. The silence is timed on this process' clock, not
+          against the trial's start time, which another machine's clock wrote."""
         trials, beats = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+        attrs = models.TrialSystemAttributeModel.__table__
+        told = sqlalchemy.and_(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == HEARTBEAT_ATTR)
         query = (
-            sqlalchemy.select(trials.c.trial_id)
-            .outerjoin(beats, beats.c.trial_id == trials.c.trial_id)
+            sqlalchemy.select(trials.c.trial_id, beats.c.heartbeat, attrs.c.value_json)
+            .select_from(
+                trials.outerjoin(beats, beats.c.trial_id == trials.c.trial_id).outerjoin(
+                    attrs, told
+                )
+            )
             .where(trials.c.study_id == study_id)
             .where(trials.c.state == TrialState.RUNNING)
-            .where(beats.c.trial_id.is_(None))
         )
+        own = self.grace_period or GRACE_BEATS * (self.heartbeat_interval or 0)
         with self.engine.connect() as connection:
-            silent = set(connection.execute(query).scalars())
-        now = time.monotonic()
-        self._silent_since = {t: self._silent_since.get(t, now) for t in silent}
-        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
-        return stale + [t for t, since in self._silent_since.items() if now - since > grace]
+            now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
+            rows = connection.execute(query).all()
+        now = now.replace(tzinfo=None)
+        stale, silent = [], set()
+        for trial_id, beat, interval in rows:
+            if beat is None:
+                silent.add(trial_id)
+            elif now - beat.replace(tzinfo=None) > timedelta(seconds=_grace(interval, own)):
+                stale.append(trial_id)
+        clock = time.monotonic()
+        self._silent_since = {t: self._silent_since.get(t, clock) for t in silent}
+        stale += [t for t, since in self._silent_since.items() if clock - since > own]
+        return [trial_id for trial_id in stale if self._mark_died(trial_id)]
 
-    def trial_tally(self, study_ids: list[int], since: datetime) -> list[tuple]:
+    def _mark_died(self, trial_id: int) -> bool:
+        """Say why the trial is failed (a death does not count towards the budget, and a
+        study whose workers keep dying is left: hpo.search.pool); False when it ended
+        meanwhile, so it is not failed."""
+        try:
+            self.set_trial_user_attr(trial_id, "fail_reason", DIED)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        return True
+
+    def update_study_attr(
+        self, study_id: int, key: str, change: Callable[[Any], Any]
+    ) -> tuple[Any, bool]:
+        """Change a study user attr with no lost update: read it, `change(value)` (None when
+        absent) gives the new value (None: leave it), written only if the stored text is
+        still what was read (compare-and-set in one UPDATE; a concurrent first write fails
+        on the table's unique key), else read again and retried. Returns (the value now,
+        whether this call wrote it). A writer whose value always differs (a version
+        counter) is safe even where the database compares text without case."""
+        table = models.StudyUserAttributeModel.__table__
+        where = (table.c.study_id == study_id, table.c.key == key)
+        for _ in range(CAS_TRIES):
+            with self.engine.connect() as connection:
+                read = sqlalchemy.select(table.c.value_json).where(*where)
+                old = connection.execute(read).scalar_one_or_none()
+            current = None if old is None else json.loads(old)
+            value = change(current)
+            if value is None:
+                return current, False
+            text = json.dumps(value)
+            try:
+                with self.engine.begin() as connection:
+                    if old is None:
+                        insert = sqlalchemy.insert(table)
+                        connection.execute(
+                            insert.values(study_id=study_id, key=key, value_json=text)
+                        )
+                        return value, True
+                    written = connection.execute(
+                        sqlalchemy.update(table)
+                        .where(*where, table.c.value_json == old)
+                        .values(value_json=text)
+                    ).rowcount
+            except sqlalchemy.exc.IntegrityError:
+                continue  # another writer made it first: read theirs
+            if written:
+                return value, True
+        raise HpoError(
+            f"storage {self.shown}: study attr {key!r} kept changing under {CAS_TRIES} "
+            "attempts to update it; try again"
+        )
+
+    def last_trial_id(self) -> int:
+        """The newest trial's id in the whole storage (0 when none): ids are given in the
+        order trials are made, by the database, so "started after" needs no clock."""
+        trials = models.TrialModel.__table__
+        with self.engine.connect() as connection:
+            found = connection.execute(sqlalchemy.select(sqlalchemy.func.max(trials.c.trial_id)))
+            return int(found.scalar() or 0)
+
+    def trial_tally(self, study_ids: list[int], since: int) -> list[tuple]:
         """For the queue (hpo.search.queue.tallies): the trials of `study_ids` grouped by
-        study, state and fail_reason (JSON), each group's count and how many of it started at
-        or after `since`. One query, whatever the number of studies: a worker choosing among
-        many queued studies costs the database no more than one study."""
+        study, state and fail_reason (JSON), each group's count and how many of it were
+        started after trial id `since` (last_trial_id: the database's order, not the
+        workers' clocks, which may be in other time zones). One query, whatever the number
+        of studies: a worker choosing among many queued studies costs the database no more
+        than one study."""
         if not study_ids:
             return []
         trials, attrs = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
         reason = sqlalchemy.and_(
             attrs.c.trial_id == trials.c.trial_id, attrs.c.key == "fail_reason"
         )
-        recent = sqlalchemy.case((trials.c.datetime_start >= since, 1), else_=0)
+        started = sqlalchemy.and_(trials.c.trial_id > since, trials.c.state != TrialState.WAITING)
+        recent = sqlalchemy.case((started, 1), else_=0)
         query = (
             sqlalchemy.select(
                 trials.c.study_id,
@@ -271,6 +377,34 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
             return [tuple(row) for row in connection.execute(query)]
 
 
+def _grace(interval_json: str | None, own: float) -> float:
+    """A trial's grace: GRACE_BEATS of the interval its worker recorded, else this worker's."""
+    try:
+        interval = json.loads(interval_json) if interval_json is not None else None
+    except ValueError:
+        interval = None
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval != interval:
+        return own
+    return GRACE_BEATS * min(max(float(interval), 1.0), HEARTBEAT_MAX_S)
+
+
+class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's re-run of a trial whose worker died, without the dead trial's fail_reason
+    (the re-run has not died), then each of `after` (hpo.search.pool: a study whose
+    workers keep dying is left)."""
+
+    def __init__(self, max_retry: int | None = None) -> None:
+        super().__init__(max_retry=max_retry)
+        self.after: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = []
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        rerun = copy.copy(trial)
+        rerun.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+        super().__call__(study, rerun)
+        for hook in self.after:
+            hook(study, trial)
+
+
 for _name in (
     # BaseStorage and BaseHeartbeat, and the private methods Optuna's _CachedStorage calls.
     *sorted(optuna.storages.BaseStorage.__abstractmethods__),
@@ -282,6 +416,8 @@ for _name in (
     "_set_trial_param",
     "_get_best_trial_id",
     "trial_tally",
+    "update_study_attr",
+    "last_trial_id",
 ):
     setattr(ReconnectingRDBStorage, _name, _retried(getattr(ReconnectingRDBStorage, _name)))
 
@@ -349,10 +485,8 @@ def _rdb_storage(
                 engine_kwargs=_engine_kwargs(parsed),
                 skip_compatibility_check=True,  # checked below, with one connection
                 heartbeat_interval=heartbeat_s,
-                grace_period=3 * heartbeat_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRY
-                ),
+                grace_period=GRACE_BEATS * heartbeat_s,
+                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=MAX_RETRY),
             )
             try:
                 storage.check_schema()

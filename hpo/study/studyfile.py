@@ -149,7 +149,19 @@ def identity(target: str) -> Identity:
     return Identity(str(name), str(study.get("dataset", "")), False)
 
 
-def parse(doc: dict[str, Any], source: str) -> StudySpec:
+@dataclass(frozen=True)
+class Known:
+    """What parsing a [data] study needs of its training file, known without it: a queued
+    study's record says what `hpo submit` found (hpo.search.queue), so a worker on another
+    machine never reads the submitter's file."""
+
+    task: str  # as inferred from, or checked against, the target column
+    rows: int  # training rows, the test rows held out
+
+
+def parse(doc: dict[str, Any], source: str, known: Known | None = None) -> StudySpec:
+    """A study file's TOML → StudySpec. For own data the task and the training rows are read
+    from the file (its [data] table), unless `known` gives them."""
     unknown_tables = set(doc) - {"study", "space", "sampler", "pruner", "data"}
     if unknown_tables:
         raise HpoError(
@@ -169,7 +181,10 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
     table = None
     if "data" in doc:
         table = _own_data(doc["data"], study, source)
-        dataset, task = table.train.name, infer_task(table)
+        dataset = table.train.name
+        task = known.task if known else infer_task(table)
+        if task not in METRICS:
+            raise HpoError(f"{source}: study.task: must be one of {', '.join(TASKS)}, got {task!r}")
     else:
         dataset, task = _builtin(study, source)
 
@@ -196,7 +211,10 @@ def parse(doc: dict[str, Any], source: str) -> StudySpec:
     except ValueError as exc:
         raise HpoError(f"{source}: study.validation: {exc}") from exc
     # Your own table: what the file leaves out of [space] and max_epochs is scaled to its rows.
-    rows = _fitting_rows(training_rows(table), validation) if table else None
+    if table is None:
+        rows = None
+    else:
+        rows = _fitting_rows(known.rows if known else training_rows(table), validation)
     max_epochs = study.get("max_epochs", 20 if rows is None else table_max_epochs(rows))
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
         raise HpoError(

@@ -4,6 +4,7 @@ replaces only folders it wrote; outputs are whole or absent; bad rows are one li
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from pathlib import Path
 
@@ -266,6 +267,9 @@ def test_interrupted_analyze_publishes_nothing(searched, workdir, capsys, monkey
         hpo.analyze(searched, seeds=2, handover="seeds", progress=False)
     study = optuna.load_study(study_name="tiny", storage=DEFAULT_URL)
     assert {k: study.user_attrs[k] for k in ("analysis", ATTR)} == before
+    # and the local report still is the one the storage hands over
+    handed = json.loads((workdir / "storage" / "reports" / "tiny" / "handover.json").read_text())
+    assert handed["model"] == before[ATTR]["file"] == "model.keras"
 
 
 # --- item 11: bad rows, one line each ------------------------------------------------------

@@ -312,13 +312,16 @@ def analyze_study(
         )
         report_lib.write(study, spec, results, staging, data.notes, handed)
         handover_lib.mark(staging, study.study_name)
+        # Uploaded from the finished staging folder, before it replaces the local report: the
+        # local folder then runs ahead of the storage only for a rename and two writes.
+        record = _upload(study, staging, store, handed) if store is not None else None
         _replace_dir(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     # Published last, once every file is uploaded: an interrupted analyze leaves the storage
     # handing over the previous model, whole, and describing it, never a half-uploaded one.
-    if store is not None:
-        study.set_user_attr(handover_lib.ATTR, _upload(study, folder, store, handed))
+    if record is not None:
+        study.set_user_attr(handover_lib.ATTR, record)
     study.set_user_attr(
         "analysis",
         {

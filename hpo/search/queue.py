@@ -195,8 +195,9 @@ def spec_of(entry: Entry) -> StudySpec:
         raise HpoError(f"{source}: the recorded study file is not valid TOML ({exc})") from exc
     known = None
     data = entry.data or {}
-    if isinstance(data.get("task"), str) and isinstance(data.get("rows"), int):
-        known = studyfile.Known(task=data["task"], rows=data["rows"])
+    rows = data.get("rows")
+    if isinstance(data.get("task"), str) and isinstance(rows, int) and rows >= 1:
+        known = studyfile.Known(task=data["task"], rows=rows)
     spec = studyfile.parse(doc, source, known)
     spec = spec.with_overrides(**{k: v for k, v in entry.options.items() if k in OPTIONS})
     check_shared(spec)

@@ -21,7 +21,7 @@ from rich.console import Console
 from hpo import artifacts as artifact_stores
 from hpo import resources
 from hpo.errors import HpoError
-from hpo.search import batched, runner, storage
+from hpo.search import batched, budget, runner, storage
 from hpo.search import workers as hpo_workers
 from hpo.search.interrupt import GracefulInterrupt
 from hpo.study import studyfile
@@ -103,8 +103,8 @@ def run_optimize(target: str | Path, **options: Any) -> OptimizeRun:
     returned still running. From the start, a first Ctrl-C or SIGTERM only asks to stop: one
     that lands while TensorFlow is imported or the data is loaded is not lost, and the study
     says how to resume."""
-    with GracefulInterrupt():
-        return _run_optimize(target, **options)
+    with GracefulInterrupt() as signals:
+        return _run_optimize(target, signals=signals, **options)
 
 
 def _run_optimize(
@@ -123,6 +123,7 @@ def _run_optimize(
     batch_trials: int | str = batched.AUTO,
     log_dir: Path = Path("storage/logs"),
     artifacts: str = artifact_stores.DEFAULT,
+    signals: GracefulInterrupt,
     **overrides: Any,
 ) -> OptimizeRun:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # hpo reports the study itself
@@ -177,7 +178,7 @@ def _run_optimize(
     children = []
     if str(workers) == "auto" and not inherited:
         console.print(f"workers auto: {n_workers} (for {os.cpu_count()} cores, {gpus} GPUs)")
-    if n_workers > 1 and not inherited:
+    if n_workers > 1 and not inherited and not signals.requested:
         shares = resources.share_gpu_memory(n_workers, gpus)
         if gpus:
             console.print(
@@ -192,6 +193,7 @@ def _run_optimize(
             child_argv += ["--timeout", str(timeout)]
         children = hpo_workers.spawn(n_workers - 1, log_dir, name, child_argv)
         console.print(f"{len(children)} more workers started; their logs: {log_dir}/")
+    signals.adopt([*children, *inherited])  # a stop signal to this process stops them too
     try:
         result = runner.run(
             spec,
@@ -210,14 +212,17 @@ def _run_optimize(
             batch_trials=batched.resolve(batch_setting),
         )
     except storage.StorageUnavailable as exc:
-        hpo_workers.interrupt(children, inherited)
+        hpo_workers.interrupt(signals, children, inherited)
         again = resume_line(argv, str(workers))
         raise HpoError(
             f"{exc}. Finished trials are saved there; when it is back, resume with: {again}"
         ) from exc
     except BaseException:
-        hpo_workers.interrupt(children, inherited)  # they stop after their current epoch
+        hpo_workers.interrupt(signals, children, inherited)  # they stop after their epoch
         raise
+    if result.interrupted:  # the children were passed the signal: they end at their epoch
+        hpo_workers.interrupt(signals, children, inherited)
+        result.finished_after = budget.finished(result.study)  # their trials counted too
     return OptimizeRun(
         spec,
         name,

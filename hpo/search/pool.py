@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import time
 from collections import OrderedDict
@@ -451,36 +450,35 @@ def start(
         raise HpoError("--poll must be above 0")
     recycler = None if recycle_after is None else hpo_workers.Recycler(recycle_after)
     children: list[subprocess.Popen] = []
-    if not restarted:
-        console.print(
-            f"worker on {redact(storage_url)} · {count} slot(s) · studies "
-            f"{options.get('pattern', '*')} · reads the queue every "
-            f"{options.get('poll_s', POLL_S):g} s when idle",
-            highlight=False,
-        )
-        if count > 1:
-            resources.share_gpu_memory(count, gpus)
-            child = hpo_workers.with_option(argv, "--slots", "1")
-            children = hpo_workers.spawn(count - 1, log_dir, "pool", child)
-            console.print(f"{count - 1} more worker processes; their logs: {log_dir}/")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the worker says each trial itself
-    logging.getLogger("hpo").setLevel(logging.WARNING)
-    try:
-        worker = Worker(storage_url, console=console, **options)
-        code = worker.serve(recycler)
-    except BaseException:
-        hpo_workers.interrupt(children, inherited)  # they end their epoch and re-queue
-        raise
-    if code is None:
-        console.print(
-            f"restarting this worker {worker.recycled} to release the memory "
-            "Keras keeps across trials",
-            highlight=False,
-        )
-        hpo_workers.restart(argv, [c.pid for c in children] + inherited, None)
-    if code == exit_code(signal.SIGINT):  # Ctrl-C reached the whole process group
-        hpo_workers.wait(children)
-        hpo_workers.wait_pids(inherited)
-    else:  # SIGTERM (docker stop, Kubernetes) reached this process only: pass it on
-        hpo_workers.interrupt(children, inherited)
+    with GracefulInterrupt() as signals:  # the command's, entered again: shared
+        if not restarted:
+            console.print(
+                f"worker on {redact(storage_url)} · {count} slot(s) · studies "
+                f"{options.get('pattern', '*')} · reads the queue every "
+                f"{options.get('poll_s', POLL_S):g} s when idle",
+                highlight=False,
+            )
+            if count > 1 and not signals.requested:
+                resources.share_gpu_memory(count, gpus)
+                child = hpo_workers.with_option(argv, "--slots", "1")
+                children = hpo_workers.spawn(count - 1, log_dir, "pool", child)
+                console.print(f"{count - 1} more worker processes; their logs: {log_dir}/")
+        # A signal to this process alone (docker stop, Kubernetes, kill PID) is passed on.
+        signals.adopt([*children, *inherited])
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # the worker says each trial itself
+        logging.getLogger("hpo").setLevel(logging.WARNING)
+        try:
+            worker = Worker(storage_url, console=console, **options)
+            code = worker.serve(recycler)
+        except BaseException:
+            hpo_workers.interrupt(signals, children, inherited)  # they end their epoch, re-queue
+            raise
+        if code is None:
+            console.print(
+                f"restarting this worker {worker.recycled} to release the memory "
+                "Keras keeps across trials",
+                highlight=False,
+            )
+            hpo_workers.restart(argv, [c.pid for c in children] + inherited, None)
+        hpo_workers.interrupt(signals, children, inherited)  # passed on already: waits
     return code

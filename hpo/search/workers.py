@@ -2,22 +2,31 @@
 
 The parent runs one worker itself and starts K-1 copies of its own command line with
 `--workers 1`; their output goes to storage/logs/. They share nothing but the storage, so they
-are exactly what a user would start by hand on several machines. Ctrl-C in the terminal
-reaches every process of the group, and each stops after its current epoch.
+are exactly what a user would start by hand on several machines.
+
+A stop reaches the children through the parent only, whoever sends it (a terminal's Ctrl-C,
+`docker stop`, Kubernetes, `kill PID`): they run in their own process group, and the parent
+passes each SIGINT or SIGTERM on as it came (hpo.search.interrupt), so each child gets it
+once and stops after its current epoch. A child starts with both signals at their defaults,
+whatever it inherited (a job started with `&` from a script has SIGINT ignored), and, on
+Linux, gets SIGTERM when its parent dies without passing a signal on (SIGKILL, SIGHUP).
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hpo.errors import HpoError
 from hpo.resources import resident_mb
+from hpo.search.interrupt import GracefulInterrupt
 
 CHILD_PIDS = "HPO_CHILD_PIDS"
 DEADLINE = "HPO_DEADLINE"
@@ -27,6 +36,7 @@ RESTARTED = "HPO_RESTARTED"
 RECYCLE_AFTER = "auto"  # --recycle-after's default: restart on memory growth (Recycler)
 RECYCLE_GROWTH_MB = 1024  # memory a worker may gain after its first trial before it restarts
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 class Recycler:
@@ -142,9 +152,37 @@ def wait_pids(pids: list[int]) -> list[int]:
     return codes
 
 
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, loaded before any fork (a child between fork and exec should load
+    nothing); None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _child_setup(prctl: Callable[..., int] | None) -> Callable[[], None]:
+    """What a child runs between fork and exec: SIGINT and SIGTERM back to their defaults
+    (Python then installs its Ctrl-C handler, and hpo its own), and SIGTERM when the parent
+    dies. Only system calls: it runs in a copy of a process that may have threads."""
+
+    def setup() -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+    return setup
+
+
 def spawn(count: int, log_dir: Path, study: str, argv: list[str]) -> list[subprocess.Popen]:
-    """`count` more workers running `hpo ARGV`, each logging to LOG_DIR/STUDY-workerI.log."""
+    """`count` more workers running `hpo ARGV`, each logging to LOG_DIR/STUDY-workerI.log, in
+    a process group of its own: a stop reaches it through this process (the module's doc)."""
     log_dir.mkdir(parents=True, exist_ok=True)
+    setup = _child_setup(_prctl())
     children = []
     for i in range(1, count + 1):
         log = open(log_dir / f"{study}-worker{i}.log", "w")  # noqa: SIM115 (kept by the child)
@@ -154,20 +192,20 @@ def spawn(count: int, log_dir: Path, study: str, argv: list[str]) -> list[subpro
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                process_group=0,
+                preexec_fn=setup,
             )
         )
         log.close()  # the child holds its own descriptor
     return children
 
 
-def interrupt(children: list[subprocess.Popen], inherited: list[int]) -> None:
-    """Ask every child to stop as Ctrl-C would, and wait for them."""
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGINT)
-    for pid in inherited:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
+def interrupt(
+    signals: GracefulInterrupt, children: list[subprocess.Popen], inherited: list[int]
+) -> None:
+    """Ask every child not asked yet to stop (as this process was, else as Ctrl-C would), and
+    wait for them."""
+    signals.tell_children()
     wait(children)
     wait_pids(inherited)
 

@@ -204,6 +204,50 @@ def test_an_interrupted_trials_parameters_are_queued_before_its_slot_frees(
     delete(server_url, name)
 
 
+def test_a_dead_workers_parameters_are_queued_before_its_slot_frees(
+    workdir, capsys, server_url, monkeypatch
+):
+    """The same race when a worker dies: the moment the heartbeat check writes its trial's
+    FAIL, another worker takes the free slot; it must run the dead trial's parameters."""
+    name = unique("dead")
+    path = tiny_study(workdir, epochs=1)
+    submit(capsys, path, name, server_url, "--trials", "1")
+    checker = pool.Worker(server_url, console=Console(quiet=True), pattern=name)
+    other = pool.Worker(server_url, console=Console(quiet=True), pattern=name)
+    study = optuna.load_study(study_name=name, storage=checker.store)
+    dead = study.ask()
+    dead.suggest_float("x", 0.0, 1.0)
+    checker.store.record_heartbeat(dead._trial_id)
+    stale(checker.store, dead._trial_id)
+    taken: list[dict] = []
+
+    def take_the_slot() -> None:
+        assert other.choose().name == name
+        mine = optuna.load_study(study_name=name, storage=other.store)
+        trial = mine.ask()
+        budget.Budget(1).admit(trial)
+        trial.suggest_float("x", 0.0, 1.0)
+        taken.append(trial.params)
+        mine.tell(trial, 0.5)
+
+    write = checker.store.set_trial_state_values
+
+    def then_the_other_worker(trial_id, state, values=None):
+        done = write(trial_id, state, values)
+        if trial_id == dead._trial_id and state == TrialState.FAIL and not taken:
+            take_the_slot()
+        return done
+
+    monkeypatch.setattr(checker.store, "set_trial_state_values", then_the_other_worker)
+    budget.fail_stale(study)
+    trials = optuna.load_study(study_name=name, storage=server_url).trials
+    assert trials[dead.number].user_attrs["fail_reason"] == budget.DIED
+    assert taken == [trials[dead.number].params]  # the re-run took the slot
+    assert not [t for t in trials if t.state == TrialState.WAITING]
+    assert budget.trial_counts(trials)["finished"] == 1
+    delete(server_url, name)
+
+
 # --- item 7: a malformed record, bounds, a study that kills its workers -------------------
 
 
@@ -348,5 +392,8 @@ def test_each_trial_is_judged_by_its_own_workers_heartbeat(server_url):
                 .where(beats.c.trial_id == trial._trial_id)
                 .values(heartbeat=when - timedelta(seconds=10))
             )
-    assert fast._get_stale_trial_ids(study._study_id) == [dead._trial_id]
+    budget.fail_stale(optuna.load_study(study_name=name, storage=fast))
+    states = {t.number: t.state for t in optuna.load_study(study_name=name, storage=fast).trials}
+    assert states[alive.number] == TrialState.RUNNING  # its grace is 3 x 60 s
+    assert states[dead.number] == TrialState.FAIL  # its grace is 3 x 1 s
     delete(server_url, name)

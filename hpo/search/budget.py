@@ -48,7 +48,7 @@ def finished(study: optuna.Study) -> int:
 
 def over_budget(trial: FrozenTrial) -> bool:
     """A trial made after another worker took the last slot: it never ran, it is no failure."""
-    # The state too: a re-run of a trial (RetryHeartbeatStaleTrialCallback) copies its attrs.
+    # The state too: a re-run of a dead worker's trial (hpo.search.storage) copies its attrs.
     return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == OVER_BUDGET
 
 
@@ -120,8 +120,9 @@ class Budget:
 
 
 def fail_stale(study: optuna.Study) -> None:
-    """Fail the study's trials whose worker stopped beating (it died): the retry callback of
-    hpo's storage queues each again, so its budget slot is run by a live worker."""
+    """Fail the study's trials whose worker stopped beating (it died): hpo's storage queues
+    each again first (ReconnectingRDBStorage._bury), so its budget slot is run by a live
+    worker."""
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

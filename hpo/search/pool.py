@@ -123,7 +123,7 @@ class Worker:
         # Studies this worker cannot serve (said once), with when they were submitted then:
         # submitted or resumed again, they are tried again.
         self.left: dict[str, float] = {}
-        self.store.get_heartbeat_stale_trial_callback().after.append(self._died)
+        self.store.after_death.append(self._died)
         self.signals: GracefulInterrupt | None = None
         self.recycler: hpo_workers.Recycler | None = None  # when this process restarts
         self.recycled: str | None = None  # why it should restart now (serve returned None)
@@ -342,22 +342,18 @@ class Worker:
         self.console.print(f"{entry.name}: this worker leaves the study: {why}", highlight=False)
         queue.leave(self.store, entry, why, every_worker=every_worker)
 
-    def _died(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """After a trial of `study` was failed because its worker died: when its last
+    def _died(self, study_id: int, trial: optuna.trial.FrozenTrial) -> None:
+        """After a trial of a study was failed because its worker died: when its last
         DEATHS_TO_LEAVE ended trials all died (out of memory, killed), every worker leaves
         the study, with that reason, until `hpo resume`."""
-        ended = sorted(
-            (t for t in study.get_trials(deepcopy=False) if t.state.is_finished()),
-            key=lambda t: t.number,
-        )
+        trials = self.store.get_all_trials(study_id, deepcopy=False)
+        ended = sorted((t for t in trials if t.state.is_finished()), key=lambda t: t.number)
         last = [t for t in ended if not over_budget(t)][-DEATHS_TO_LEAVE:]
         died = [t for t in last if t.user_attrs.get("fail_reason") == DIED]
         if len(died) < DEATHS_TO_LEAVE:
             return
-        entry = next(
-            (e for e in queue.entries(self.store, study.study_name) if e.name == study.study_name),
-            None,
-        )
+        name = self.store.get_study_name_from_id(study_id)
+        entry = next((e for e in queue.entries(self.store, name) if e.name == name), None)
         if entry is None or entry.state != queue.QUEUED:
             return
         self._leave(

@@ -5,16 +5,16 @@
   (`mysql+pymysql://user:pass@host/db`) when several workers share a study.
 
 Every storage gets a heartbeat, so a trial whose process died is marked FAILED after the grace
-period and re-run by RetryHeartbeatStaleTrialCallback. A database that goes away for a while
-(a restart, a network cut) is waited for: each storage operation is retried with exponential
-backoff for up to `reconnect_s` seconds, and the wait is logged. Passwords never leave this
-module: use `redact(url)` in anything printed.
+period (its own worker's) and re-run, the re-run queued before the failure frees its slot
+(as Optuna's RetryHeartbeatStaleTrialCallback would, but in that order). A database that
+goes away for a while (a restart, a network cut) is waited for: each storage operation is
+retried with exponential backoff for up to `reconnect_s` seconds, and the wait is logged.
+Passwords never leave this module: use `redact(url)` in anything printed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import json
 import logging
@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError
-from hpo.search.budget import DIED
+from hpo.search.budget import DIED, OVER_BUDGET
 
 DEFAULT_URL = "sqlite:///storage/hpo.db"
 HEARTBEAT_S = 60  # seconds between a running trial's heartbeats; grace is 3 times that
@@ -214,10 +214,13 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
             raise
         self._silent_since: dict[int, float] = {}
         self._beats_told: set[int] = set()  # trials whose heartbeat interval is recorded
+        # Called with (study id, trial) after a dead worker's trial is failed (_bury).
+        self.after_death: list[Callable[[int, optuna.trial.FrozenTrial], None]] = []
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         del state["one_call_at_a_time"]  # a lock does not pickle
+        state["after_death"] = []  # nor need a copy call back into this process
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -247,8 +250,9 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
         self._beats_told.add(trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """The RUNNING trials whose worker died, each marked so (fail_reason DIED) before
-        Optuna fails it:
+        """Fail the RUNNING trials whose worker died, each re-run queued first (_bury), and
+        return none: Optuna's fail_stale_trials, which calls this, would fail them first and
+        queue the re-run after, and another worker could take the slot in between. Dead is:
 
         - a trial silent for GRACE_BEATS of *its own* worker's heartbeat intervals
           (HEARTBEAT_ATTR), timed in the database's clock: a worker started with
@@ -275,26 +279,93 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
             now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
             rows = connection.execute(query).all()
         now = now.replace(tzinfo=None)
-        stale, silent = [], set()
+        dead, silent = [], set()
         for trial_id, beat, interval in rows:
             if beat is None:
                 silent.add(trial_id)
             elif now - beat.replace(tzinfo=None) > timedelta(seconds=_grace(interval, own)):
-                stale.append(trial_id)
+                dead.append((trial_id, beat))
         clock = time.monotonic()
         self._silent_since = {t: self._silent_since.get(t, clock) for t in silent}
-        stale += [t for t, since in self._silent_since.items() if clock - since > own]
-        return [trial_id for trial_id in stale if self._mark_died(trial_id)]
+        dead += [(t, None) for t, since in self._silent_since.items() if clock - since > own]
+        for trial_id, beat in dead:
+            self._bury(study_id, trial_id, beat)
+        return []
 
-    def _mark_died(self, trial_id: int) -> bool:
-        """Say why the trial is failed (a death does not count towards the budget, and a
-        study whose workers keep dying is left: hpo.search.pool); False when it ended
-        meanwhile, so it is not failed."""
+    def _bury(self, study_id: int, trial_id: int, beat: Any) -> None:
+        """Fail a trial whose worker died, its re-run queued *before* it is failed, so the
+        budget slot its failure frees is the re-run's, not a new trial's:
+
+        1. claim it (a compare-and-set on its heartbeat row): of several workers checking
+           at once, one buries it; one that dies meanwhile leaves a fresh heartbeat, which
+           goes stale again;
+        2. say why (fail_reason DIED: not counted towards the budget);
+        3. queue the re-run, as Optuna's RetryHeartbeatStaleTrialCallback does (the same
+           parameters, system attrs failed_trial and retry_history, at most MAX_RETRY);
+        4. fail it; if its worker was alive after all and ended it, withdraw the re-run;
+        5. tell `after_death` (hpo.search.pool: a study whose workers keep dying is left)."""
+        if not self._claim(trial_id, beat):
+            return
         try:
             self.set_trial_user_attr(trial_id, "fail_reason", DIED)
         except optuna.exceptions.UpdateFinishedTrialError:
-            return False
-        return True
+            return  # it ended meanwhile
+        trial = self.get_trial(trial_id)
+        rerun = self._queue_rerun(study_id, trial)
+        try:
+            self.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            if rerun is not None:
+                self._withdraw(rerun)
+            return
+        trial = self.get_trial(trial_id)
+        for hook in self.after_death:
+            hook(study_id, trial)
+
+    def _claim(self, trial_id: int, beat: Any) -> bool:
+        """Take the burial of a dead trial: its heartbeat set to now only if it is still the
+        one read (`beat`, None for none: a first one inserted, the row being unique)."""
+        beats = models.TrialHeartbeatModel.__table__
+        try:
+            with self.engine.begin() as connection:
+                if beat is None:
+                    connection.execute(
+                        sqlalchemy.insert(beats).values(
+                            trial_id=trial_id, heartbeat=sqlalchemy.func.now()
+                        )
+                    )
+                    return True
+                claimed = connection.execute(
+                    sqlalchemy.update(beats)
+                    .where(beats.c.trial_id == trial_id, beats.c.heartbeat <= beat)
+                    .values(heartbeat=sqlalchemy.func.now())
+                )
+                return claimed.rowcount == 1
+        except sqlalchemy.exc.IntegrityError:
+            return False  # another worker inserted it first
+
+    def _queue_rerun(self, study_id: int, trial: optuna.trial.FrozenTrial) -> int | None:
+        """The dead trial's re-run, WAITING (its id), or None after MAX_RETRY re-runs."""
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        if len(history) > MAX_RETRY:
+            return None
+        attrs = {"failed_trial": trial.number, **trial.system_attrs, "retry_history": history}
+        user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+        template = optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=user_attrs,
+            system_attrs=attrs,
+        )
+        return self.create_new_trial(study_id, template_trial=template)
+
+    def _withdraw(self, trial_id: int) -> None:
+        """A re-run no longer needed, if no worker took it yet: failed as never run."""
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            if self.get_trial(trial_id).state == TrialState.WAITING:
+                self.set_trial_user_attr(trial_id, "fail_reason", OVER_BUDGET)
+                self.set_trial_state_values(trial_id, TrialState.FAIL)
 
     def update_study_attr(
         self, study_id: int, key: str, change: Callable[[Any], Any]
@@ -388,23 +459,6 @@ def _grace(interval_json: str | None, own: float) -> float:
     return GRACE_BEATS * min(max(float(interval), 1.0), HEARTBEAT_MAX_S)
 
 
-class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Optuna's re-run of a trial whose worker died, without the dead trial's fail_reason
-    (the re-run has not died), then each of `after` (hpo.search.pool: a study whose
-    workers keep dying is left)."""
-
-    def __init__(self, max_retry: int | None = None) -> None:
-        super().__init__(max_retry=max_retry)
-        self.after: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = []
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        rerun = copy.copy(trial)
-        rerun.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
-        super().__call__(study, rerun)
-        for hook in self.after:
-            hook(study, trial)
-
-
 for _name in (
     # BaseStorage and BaseHeartbeat, and the private methods Optuna's _CachedStorage calls.
     *sorted(optuna.storages.BaseStorage.__abstractmethods__),
@@ -486,7 +540,6 @@ def _rdb_storage(
                 skip_compatibility_check=True,  # checked below, with one connection
                 heartbeat_interval=heartbeat_s,
                 grace_period=GRACE_BEATS * heartbeat_s,
-                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=MAX_RETRY),
             )
             try:
                 storage.check_schema()

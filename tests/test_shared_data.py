@@ -151,6 +151,27 @@ def test_an_unreachable_server_is_named_without_its_query_password():
     assert SECRET not in str(refused.value), refused.value
 
 
+def test_child_workers_get_the_storage_url_in_their_environment_not_their_command_line(
+    tmp_path, monkeypatch
+):
+    """`ps` shows every user a process' command line: the children of --workers/--slots get
+    the URL (its password) as HPO_STORAGE instead, and a study name read from the storage
+    does not pick where their logs go."""
+    from hpo.search import workers
+
+    started = []
+    monkeypatch.setattr(
+        workers.subprocess, "Popen", lambda args, **kw: started.append((args, kw["env"]))
+    )
+    url = f"postgresql+psycopg://u:{SECRET}@db/hpo"
+    workers.spawn(2, tmp_path / "logs", "../../escaped", ["worker", "--storage", url, "-q"])
+    assert len(started) == 2
+    for args, env in started:
+        assert SECRET not in " ".join(args) and args[-2:] == ["worker", "-q"]
+        assert env["HPO_STORAGE"] == url
+    assert [p.parent for p in tmp_path.rglob("*.log")] == [tmp_path / "logs"] * 2
+
+
 # --- item 13: the stored preparation, written once and checked on load ------------------------
 
 

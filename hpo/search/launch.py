@@ -187,8 +187,6 @@ def _run_optimize(
                 "on demand (TensorFlow)"
             )
         child_argv = hpo_workers.with_option(argv, "--workers", "1")
-        if os.environ.get("HPO_STORAGE") == storage_url:  # inherited: no password in `ps`
-            child_argv = hpo_workers.without_option(child_argv, "--storage")
         if timeout is not None:
             child_argv += ["--timeout", str(timeout)]
         children = hpo_workers.spawn(n_workers - 1, log_dir, name, child_argv)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hpo import names
 from hpo.errors import HpoError
 from hpo.resources import resident_mb
 from hpo.search.interrupt import GracefulInterrupt
@@ -178,20 +179,36 @@ def _child_setup(prctl: Callable[..., int] | None) -> Callable[[], None]:
     return setup
 
 
+def _storage_in_environment(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`argv` without its --storage, and this process' environment with that URL as
+    HPO_STORAGE: a command line is shown by `ps` to every user of the machine, its
+    password included; a process' environment is not."""
+    env = dict(os.environ)
+    for i, arg in enumerate(argv):
+        if arg == "--storage" and i + 1 < len(argv):
+            env["HPO_STORAGE"] = argv[i + 1]
+        elif arg.startswith("--storage="):
+            env["HPO_STORAGE"] = arg.partition("=")[2]
+    return without_option(argv, "--storage"), env
+
+
 def spawn(count: int, log_dir: Path, study: str, argv: list[str]) -> list[subprocess.Popen]:
     """`count` more workers running `hpo ARGV`, each logging to LOG_DIR/STUDY-workerI.log, in
     a process group of its own: a stop reaches it through this process (the module's doc)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     setup = _child_setup(_prctl())
+    argv, env = _storage_in_environment(argv)
     children = []
     for i in range(1, count + 1):
-        log = open(log_dir / f"{study}-worker{i}.log", "w")  # noqa: SIM115 (kept by the child)
+        log_file = log_dir / f"{names.folder(study)}-worker{i}.log"  # a name read from storage
+        log = open(log_file, "w")  # noqa: SIM115 (kept by the child)
         children.append(
             subprocess.Popen(
                 [sys.executable, "-m", "hpo", *argv],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=env,
                 process_group=0,
                 preexec_fn=setup,
             )

@@ -310,7 +310,7 @@ def open_predictor(
     import hpo.train.model  # noqa: F401  (registers hpo's layers, so saved models load)
 
     try:
-        model = keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)  # no Lambda's code
     except Exception as exc:
         why = f"{type(exc).__name__}: {first_line(exc)}"
         raise HpoError(f"{path}: cannot load the model ({why})") from exc

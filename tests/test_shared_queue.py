@@ -154,6 +154,30 @@ class Interrupted:
         return 0.0
 
 
+def other_worker_takes_the_slot_at_fail(
+    monkeypatch, first: pool.Worker, other: pool.Worker, name: str
+) -> list[dict]:
+    """Force the interleaving: the instant `first` writes a trial's FAIL, `other` chooses
+    the study, asks a trial and finishes it; returns the parameters `other` ran."""
+    taken: list[dict] = []
+    write = first.store.set_trial_state_values
+
+    def then_the_other_worker(trial_id, state, values=None):
+        done = write(trial_id, state, values)
+        if state == TrialState.FAIL and not taken:
+            assert other.choose().name == name
+            study = optuna.load_study(study_name=name, storage=other.store)
+            trial = study.ask()
+            budget.Budget(1).admit(trial)
+            trial.suggest_float("x", 0.0, 1.0)
+            taken.append(trial.params)
+            study.tell(trial, 0.5)
+        return done
+
+    monkeypatch.setattr(first.store, "set_trial_state_values", then_the_other_worker)
+    return taken
+
+
 def test_an_interrupted_trials_parameters_are_queued_before_its_slot_frees(
     workdir, capsys, server_url, monkeypatch
 ):
@@ -174,26 +198,7 @@ def test_an_interrupted_trials_parameters_are_queued_before_its_slot_frees(
     monkeypatch.setattr(pool.StopCheck, "__call__", stop_now)
     first = Stopping(server_url, console=Console(quiet=True), pattern=name)
     other = pool.Worker(server_url, console=Console(quiet=True), pattern=name)
-    taken: list[dict] = []
-
-    def take_the_slot() -> None:
-        assert other.choose().name == name
-        study = optuna.load_study(study_name=name, storage=other.store)
-        trial = study.ask()
-        budget.Budget(1).admit(trial)
-        trial.suggest_float("x", 0.0, 1.0)
-        taken.append(trial.params)
-        study.tell(trial, 0.5)
-
-    write = first.store.set_trial_state_values
-
-    def then_the_other_worker(trial_id, state, values=None):
-        done = write(trial_id, state, values)
-        if state == TrialState.FAIL and not taken:
-            take_the_slot()
-        return done
-
-    monkeypatch.setattr(first.store, "set_trial_state_values", then_the_other_worker)
+    taken = other_worker_takes_the_slot_at_fail(monkeypatch, first, other, name)
     first.run_one(first.choose())
     trials = optuna.load_study(study_name=name, storage=server_url).trials
     stopped = trials[0]
@@ -219,26 +224,7 @@ def test_a_dead_workers_parameters_are_queued_before_its_slot_frees(
     dead.suggest_float("x", 0.0, 1.0)
     checker.store.record_heartbeat(dead._trial_id)
     stale(checker.store, dead._trial_id)
-    taken: list[dict] = []
-
-    def take_the_slot() -> None:
-        assert other.choose().name == name
-        mine = optuna.load_study(study_name=name, storage=other.store)
-        trial = mine.ask()
-        budget.Budget(1).admit(trial)
-        trial.suggest_float("x", 0.0, 1.0)
-        taken.append(trial.params)
-        mine.tell(trial, 0.5)
-
-    write = checker.store.set_trial_state_values
-
-    def then_the_other_worker(trial_id, state, values=None):
-        done = write(trial_id, state, values)
-        if trial_id == dead._trial_id and state == TrialState.FAIL and not taken:
-            take_the_slot()
-        return done
-
-    monkeypatch.setattr(checker.store, "set_trial_state_values", then_the_other_worker)
+    taken = other_worker_takes_the_slot_at_fail(monkeypatch, checker, other, name)
     budget.fail_stale(study)
     trials = optuna.load_study(study_name=name, storage=server_url).trials
     assert trials[dead.number].user_attrs["fail_reason"] == budget.DIED

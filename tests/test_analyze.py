@@ -9,6 +9,7 @@ from conftest import run_cli, tiny_study
 
 from hpo.data import builtin
 from hpo.search.storage import DEFAULT_URL
+from hpo.study.space import BOOK_CONFIGS
 
 
 @pytest.fixture
@@ -178,7 +179,7 @@ def test_experiment_does_not_queue_a_waiting_variant_twice():
     from hpo.results import one_factor as exp
 
     study = optuna.create_study()
-    wanted = exp.variants(exp.BOOK_CONFIGS["imdb"], {"units": [8]})
+    wanted = exp.variants(BOOK_CONFIGS["imdb"], {"units": [8]})
     study.enqueue_trial(wanted[1])
     assert exp.missing(study, wanted) == [wanted[0]]
 
@@ -190,7 +191,7 @@ def test_experiment_trains_every_epoch_whatever_the_study_file_says():
 
     spec = studyfile.load("imdb")
     assert spec.patience > 0 and spec.pruner["name"] == "median"
-    varied = exp.experiment_spec(spec, exp.BOOK_CONFIGS["imdb"], {"units": [8]}, epochs=None)
+    varied = exp.experiment_spec(spec, BOOK_CONFIGS["imdb"], {"units": [8]}, epochs=None)
     assert (varied.patience, varied.pruner, varied.max_epochs) == (0, {"name": "none"}, 20)
 
 

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from hpo.errors import HpoError
-from hpo.study.space import BOOK_DEFAULTS, Choice, FloatRange, IntRange, parse_space
+from hpo.study.space import Choice, FloatRange, IntRange, book_config, parse_space
 
 
 def test_forms_and_defaults():
@@ -23,7 +23,7 @@ def test_forms_and_defaults():
     assert space.dims["learning_rate"] == FloatRange(1e-4, 1e-2, None, True)
     assert space.dims["dropout"] == Choice((0.25,))
     # Left out: the book's configuration, loss chosen by the task.
-    assert space.dims["optimizer"] == Choice((BOOK_DEFAULTS["optimizer"],))
+    assert space.dims["optimizer"] == Choice((book_config(None, "binary")["optimizer"],))
     assert space.dims["loss"] == Choice(("binary_crossentropy",))
     assert space.searched() == ["layers", "units", "learning_rate"]
 

@@ -203,20 +203,32 @@ def test_own_space_and_max_epochs_win(tmp_path, monkeypatch):
     assert studyfile.load(own_table(tmp_path, monkeypatch, 200, space=book)).space.searched() == []
 
 
-def test_builtin_studies_keep_the_books_defaults(tmp_path):
-    # A built-in dataset's file that leaves [space] and max_epochs out: the book's model.
-    spec = studyfile.load(write(tmp_path, '[study]\ndataset = "boston_housing"\n'))
+@pytest.mark.parametrize(
+    ("name", "units", "batch", "loss"),
+    [
+        ("boston_housing", (64, 64), 16, "mse"),
+        ("imdb", (16, 16), 512, "binary_crossentropy"),
+        ("reuters", (64, 64), 512, "categorical_crossentropy"),
+        ("mnist", (512,), 128, "sparse_categorical_crossentropy"),
+    ],
+)
+def test_an_empty_space_is_the_books_model_for_that_dataset(tmp_path, name, units, batch, loss):
+    # A built-in dataset's file that leaves [space] and max_epochs out: the book's model for it.
+    spec = studyfile.load(write(tmp_path, f'[study]\ndataset = "{name}"\n'))
     assert spec.space.searched() == [] and spec.max_epochs == 20
     assert {name: dim.values[0] for name, dim in spec.space.dims.items()} == {
-        "layers": 2,
-        "units": 16,
+        "layers": len(units),
+        "units": units[0],
         "activation": "relu",
-        "loss": "mse",
+        "loss": loss,
         "optimizer": "rmsprop",
         "learning_rate": 1e-3,
-        "batch_size": 512,
+        "batch_size": batch,
         "dropout": 0.0,
     }
+
+
+def test_builtin_study_files_keep_their_own_epochs_and_batches():
     # The built-in study files: their own epochs and batch sizes, as written.
     epochs = {"imdb": 20, "reuters": 20, "boston_housing": 200, "mnist": 15}
     batches = {

@@ -26,51 +26,9 @@ from hpo.results import analysis
 from hpo.results.report import markdown_table
 from hpo.results.retrained import Retrained, test_metrics
 from hpo.search.budget import counts_toward_budget
-from hpo.study.space import BOOK_DEFAULTS, DEFAULT_LOSS, PARAMS, Choice, Space, parse_space
+from hpo.study.space import BOOK_CONFIGS as BOOK_CONFIGS  # where bench/ scripts import it
+from hpo.study.space import PARAMS, Choice, Space, book_config, parse_space
 from hpo.study.studyfile import StudySpec
-
-BOOK_CONFIGS: dict[str, dict[str, Any]] = {
-    "imdb": {
-        "layers": 2,
-        "units": 16,
-        "activation": "relu",
-        "loss": "binary_crossentropy",
-        "optimizer": "rmsprop",
-        "learning_rate": 1e-3,
-        "batch_size": 512,
-        "dropout": 0.0,
-    },
-    "reuters": {
-        "layers": 2,
-        "units": 64,
-        "activation": "relu",
-        "loss": "categorical_crossentropy",
-        "optimizer": "rmsprop",
-        "learning_rate": 1e-3,
-        "batch_size": 512,
-        "dropout": 0.0,
-    },
-    "boston_housing": {
-        "layers": 2,
-        "units": 64,
-        "activation": "relu",
-        "loss": "mse",
-        "optimizer": "rmsprop",
-        "learning_rate": 1e-3,
-        "batch_size": 16,
-        "dropout": 0.0,
-    },
-    "mnist": {
-        "layers": 1,
-        "units": 512,
-        "activation": "relu",
-        "loss": "sparse_categorical_crossentropy",
-        "optimizer": "rmsprop",
-        "learning_rate": 1e-3,
-        "batch_size": 128,
-        "dropout": 0.0,
-    },
-}
 
 
 def _convert(name: str, text: str) -> Any:
@@ -85,9 +43,7 @@ def _convert(name: str, text: str) -> Any:
 def base_config(spec: StudySpec) -> dict[str, Any]:
     """The configuration variants vary from: the book's for its datasets; for your own data,
     the defaults a study file's [space] starts from (the book's Dense stack for the task)."""
-    if spec.data is None:
-        return dict(BOOK_CONFIGS[spec.dataset])
-    return {**BOOK_DEFAULTS, "loss": DEFAULT_LOSS[spec.task]}
+    return book_config(spec.dataset if spec.data is None else None, spec.task)
 
 
 def parse_vary(items: list[str], task: str) -> dict[str, list[Any]]:

@@ -76,20 +76,63 @@ PARAMS: dict[str, ParamRule] = {
     "dropout": ParamRule("float", _float_in(0.0, 1.0, open_low=False, open_high=True)),
 }
 
-BOOK_DEFAULTS: dict[str, Any] = {
-    "layers": 2,
-    "units": 16,
-    "activation": "relu",
-    "optimizer": "rmsprop",
-    "learning_rate": 1e-3,
-    "batch_size": 512,
-    "dropout": 0.0,
-}
 DEFAULT_LOSS = {
     "binary": "binary_crossentropy",
     "multiclass": "sparse_categorical_crossentropy",
     "regression": "mse",
 }
+# The book's model for each built-in dataset (Deep Learning with Python, chapters 2 and 3):
+# what a study file's [space] leaves out keeps these values, and `hpo experiment` varies them.
+BOOK_CONFIGS: dict[str, dict[str, Any]] = {
+    "imdb": {
+        "layers": 2,
+        "units": 16,
+        "activation": "relu",
+        "loss": "binary_crossentropy",
+        "optimizer": "rmsprop",
+        "learning_rate": 1e-3,
+        "batch_size": 512,
+        "dropout": 0.0,
+    },
+    "reuters": {
+        "layers": 2,
+        "units": 64,
+        "activation": "relu",
+        "loss": "categorical_crossentropy",
+        "optimizer": "rmsprop",
+        "learning_rate": 1e-3,
+        "batch_size": 512,
+        "dropout": 0.0,
+    },
+    "boston_housing": {
+        "layers": 2,
+        "units": 64,
+        "activation": "relu",
+        "loss": "mse",
+        "optimizer": "rmsprop",
+        "learning_rate": 1e-3,
+        "batch_size": 16,
+        "dropout": 0.0,
+    },
+    "mnist": {
+        "layers": 1,
+        "units": 512,
+        "activation": "relu",
+        "loss": "sparse_categorical_crossentropy",
+        "optimizer": "rmsprop",
+        "learning_rate": 1e-3,
+        "batch_size": 128,
+        "dropout": 0.0,
+    },
+}
+
+
+def book_config(dataset: str | None, task: str) -> dict[str, Any]:
+    """The book's model for a built-in `dataset`; for your own data (None), the book's first
+    Dense stack (IMDB's: 2 × 16 relu units, rmsprop at 1e-3, batch 512) with the task's loss."""
+    if dataset is not None:
+        return dict(BOOK_CONFIGS[dataset])
+    return {**BOOK_CONFIGS["imdb"], "loss": DEFAULT_LOSS[task]}
 
 
 # Your own data: what a study file without [space] searches, and its epoch budget.
@@ -287,8 +330,8 @@ def parse_space(
     table: Any, task: str, source: str, defaults: Mapping[str, Any] | None = None
 ) -> Space:
     """Validate a [space] table for `task`; `source` names the file in error messages.
-    Parameters the table leaves out take `defaults` (entries as [space] writes them, e.g.
-    `table_space`), else the book's values."""
+    Parameters the table leaves out take `defaults` (entries as [space] writes them: a
+    dataset's `book_config`, or `table_space`), else `book_config(None, task)`."""
     if not isinstance(table, dict):
         raise HpoError(f"{source}: [space] must be a table of parameters")
     unknown = set(table) - set(PARAMS)
@@ -306,7 +349,7 @@ def parse_space(
             )
         return lambda v: None
 
-    fallback = {**BOOK_DEFAULTS, "loss": DEFAULT_LOSS[task], **(defaults or {})}
+    fallback = {**book_config(None, task), **(defaults or {})}
     dims = {
         key: _parse_entry(source, key, table.get(key, fallback[key]), allowed(key))
         for key in PARAMS

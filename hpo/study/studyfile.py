@@ -18,7 +18,7 @@ from hpo.data.own import infer_task, training_rows
 from hpo.data.spec import TASKS, DataSpec, Source, Validation, parse_table
 from hpo.errors import HpoError
 from hpo.study import algorithms
-from hpo.study.space import Space, parse_space, table_max_epochs, table_space
+from hpo.study.space import Space, book_config, parse_space, table_max_epochs, table_space
 
 METRICS = {
     "binary": {"val_accuracy": "maximize", "val_loss": "minimize"},
@@ -245,7 +245,8 @@ def parse(doc: dict[str, Any], source: str, known: Known | None = None) -> Study
     if not isinstance(name, str) or not name.strip():
         raise HpoError(f"{source}: study.name: must be a non-empty string, got {name!r}")
 
-    defaults = None if rows is None else table_space(rows)
+    # What [space] leaves out: the book's model for a built-in dataset; searched for your own.
+    defaults = book_config(dataset, task) if rows is None else table_space(rows)
     space = parse_space(doc.get("space", {}), task, source, defaults)
     if metric == "val_loss" and "loss" in space.searched():
         raise HpoError(

@@ -2,6 +2,13 @@
 from submit to a first trial, and the database's load per trial, on PostgreSQL.
 
     python bench/study_queue.py [--workers 4] [--trial-s 0.4] [--scale-workers 32]
+        [--budget 150] [--parts fairness,latency,scale]
+
+Question: does a pool of workers share itself by priority, keep every budget exact when a
+worker dies, and start a new study at once?
+Goal: shares within a few % of the priorities; exactly --budget trials a study; a first trial
+within a second of `hpo submit`.
+Machine: any; PostgreSQL at 127.0.0.1:5432 (user postgres).
 
 Workers are real `hpo.search.pool.Worker`s (the queue reads, the choice, the budget, the stop
 check, the heartbeat), each in its own process, with one change: a trial trains nothing, it
@@ -45,6 +52,9 @@ from rich.console import Console  # noqa: E402
 from hpo.search import pool, queue  # noqa: E402
 from hpo.search.budget import Budget, OverBudget, finished  # noqa: E402
 from hpo.study import studyfile  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import _common  # noqa: E402
 
 ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 URL = "postgresql+psycopg://postgres@127.0.0.1:5432/hpo_bench_queue"
@@ -165,7 +175,7 @@ def wait_done(names: list[str], trials: int, timeout: float = 900) -> None:
     raise SystemExit(f"timed out waiting for {names}")
 
 
-def fairness(opts, counts) -> None:
+def fairness(opts, counts) -> dict:
     fresh_database()
     submit("warmup", 1)  # creates the tables before the workers race to
     procs = start(opts.workers, opts.trial_s, counts)
@@ -198,10 +208,13 @@ def fairness(opts, counts) -> None:
     ]
     print(f"\n1. fairness: {opts.workers} workers, {opts.trial_s} s trials, budget {opts.budget}")
     print(f"   window with all three running: {(window[1] - window[0]).total_seconds():.0f} s")
+    shares = {}
     for n, p in zip(names, priorities, strict=True):
         share, want = started[n] / total, p / sum(priorities)
         counted = finished(studies[n])
         running = sum(t.state.name == "RUNNING" for t in trials[n])
+        shares[n] = {"priority": p, "share": round(share, 3), "want": round(want, 3)}
+        shares[n] |= {"finished": counted, "running": running}
         print(
             f"   {n} (priority {p}): {started[n]} trials started in the window, share "
             f"{share:.3f} (wanted {want:.3f}, off by {abs(share - want) / want:.1%}); "
@@ -212,9 +225,11 @@ def fairness(opts, counts) -> None:
         f"re-run as #{', #'.join(str(t.number) for t in reruns)} "
         f"({reruns[0].state.name if reruns else 'never'})"
     )
+    rerun = reruns[0].state.name if reruns else None
+    return {"budget": opts.budget, "studies": shares, "killed": dead.state.name, "rerun": rerun}
 
 
-def latency(opts, counts) -> None:
+def latency(opts, counts) -> dict:
     procs = start(opts.workers, opts.trial_s, counts)
     time.sleep(5)  # idle
     delays = []
@@ -231,10 +246,12 @@ def latency(opts, counts) -> None:
         f"\n2. submit to first trial on an idle pool (poll 0.5 s): mean "
         f"{statistics.fmean(delays):.2f} s, worst {max(delays):.2f} s"
     )
+    return {"mean_s": round(statistics.fmean(delays), 2), "worst_s": round(max(delays), 2)}
 
 
-def scale(opts, counts) -> None:
+def scale(opts, counts) -> dict:
     print(f"\n3. scale: {opts.scale_workers} workers, trials of {opts.trial_s} s")
+    rows = []
     for studies, each in ((8, 40), (1, 320)):
         fresh_database()
         submit("warmup", 1)
@@ -252,6 +269,8 @@ def scale(opts, counts) -> None:
             f"   {studies} studies x {each} trials: {queries / done:.0f} queries a trial "
             f"(all workers', idle reads included), {done / wall:.1f} trials/s"
         )
+        rows.append({"studies": studies, "trials": each, "queries_per_trial": queries / done})
+        rows[-1]["trials_per_s"] = round(done / wall, 1)
     worker = pool.Worker(URL, console=Console(quiet=True))
     seen = count_queries(worker.store.engine)
     worker.choose()
@@ -260,21 +279,29 @@ def scale(opts, counts) -> None:
         f"{seen[0]} queries; at the default poll of {pool.POLL_S:g} s, "
         f"{seen[0] / pool.POLL_S:.1f} queries/s per idle worker"
     )
+    return {"workers": opts.scale_workers, "rows": rows, "idle_read_queries": seen[0]}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _common.parser(__doc__)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--trial-s", type=float, default=0.4)
+    p.add_argument("--budget", type=int, default=150)
+    p.add_argument("--scale-workers", type=int, default=32)
+    p.add_argument("--parts", default="fairness,latency,scale")
+    return p
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--trial-s", type=float, default=0.4)
-    parser.add_argument("--budget", type=int, default=150)
-    parser.add_argument("--scale-workers", type=int, default=32)
-    parser.add_argument("--parts", default="fairness,latency,scale")
-    opts = parser.parse_args()
+    opts = parser().parse_args()
     mp.set_start_method("fork")
     counts = mp.Queue()
     print(f"bench/study_queue.py on {os.cpu_count()} cores, {datetime.now():%Y-%m-%d %H:%M}")
+    parts = {"fairness": fairness, "latency": latency, "scale": scale}
+    record = {"workers": opts.workers, "trial_s": opts.trial_s}
     for part in opts.parts.split(","):
-        {"fairness": fairness, "latency": latency, "scale": scale}[part](opts, counts)
+        record[part] = parts[part](opts, counts)
+    _common.emit(record)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A Boston housing search, old engine vs this tree, in one run: wall time and test MAE.
 
-    python bench/boston_search.py [--trials 50] [--old-trials N] [--seeds 0]
+    python bench/archive/boston_search.py [--trials 50] [--old-trials N] [--seeds 0]
         [--backends tensorflow,jax] [--old-rev 5c9f029] [--new-rev REV] [--analyze-seeds 3]
         [--dataset boston_housing]
 
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import optuna
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OLD_REV = "5c9f029"  # main as landed on 2026-11-28, before hpo/train/engine.py
 
 

@@ -1,6 +1,6 @@
 """What a new program of the fused loop costs before its first epoch ends, and an epoch after.
 
-    python bench/compile_time.py [--data-dir DIR] [--epochs 200] [--later 20] [--reverse]
+    python bench/archive/compile_time.py [--data-dir DIR] [--epochs 200] [--later 20] [--reverse]
 
 Boston's 4-fold trials, one structure after another in one process (the first warms up
 TensorFlow's or JAX's own machinery and is printed apart), each a fresh FusedTrainer as a
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 CHANGES = [
     ("warm-up (the book's)", {}),

@@ -1,6 +1,6 @@
 """Does the training loop change what a Boston trial records? fit and fused, paired.
 
-    python bench/engine_equivalence.py --data-dir ../shared/datasets
+    python bench/archive/engine_equivalence.py --data-dir ../shared/datasets
         [--backend tensorflow] [--configs 6] [--config JSON ...] [--seeds 0,1,2] [--test]
 
 A study picks its best trial by the 4-fold validation curve, and `hpo analyze` retrains that
@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def configurations(space, count: int, extra: list[str]) -> list[dict]:

@@ -1,6 +1,6 @@
 """The arithmetic under a Boston epoch: a bare XLA loop of a stacked 4-fold network's steps.
 
-    python bench/epoch_arithmetic.py [--units 128] [--layers 3] [--batch 8] [--steps 38]
+    python bench/archive/epoch_arithmetic.py [--units 128] [--layers 3] [--batch 8] [--steps 38]
 
 No Keras and no hpo: TensorFlow with XLA runs one epoch of plain SGD steps (forward, gradient,
 update) of `--layers` Dense layers of `--units` relu units and one output, for 4 folds side by
@@ -8,7 +8,7 @@ side as hpo's FoldDense stacks them (einsum "bki,kio->bko": the fold axis after 
 axis), and again with the fold axis first ("kbi,kio->kbo"), on random data with Boston's 13
 features. Prints milliseconds an epoch (100 epochs after one that compiles) and the
 multiply-adds' rate. What hpo's epoch adds to this (the optimizer's state, dropout, metrics,
-the validation pass) is in bench/compile_time.py's later epochs.
+the validation pass) is in bench/archive/compile_time.py's later epochs.
 """
 
 from __future__ import annotations

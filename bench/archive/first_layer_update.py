@@ -1,14 +1,14 @@
 """Where a wide text epoch goes: the first layer's gradient and update, by optimizer.
 
-    python bench/first_layer_update.py [--data-dir DIR] [--epochs 6] [--units 128,16]
+    python bench/archive/first_layer_update.py [--data-dir DIR] [--epochs 6] [--units 128,16]
         [--batches 128,512]
 
 IMDB on word ids (the fused loop's "ids" form; the book's holdout of 10,000 reviews), 2 layers,
-relu, no dropout (bench/word_ids.py's model and timing), for each optimizer hpo's spaces offer
-and once with the first Dense layer frozen: then no kernel gradient is made dense and the
-10,000 x units kernel is not updated, so the difference is what the first layer's gradient and
-update cost every step. Prints the median seconds of an epoch after the first. The backend is
-KERAS_BACKEND's. Needs the real imdb.npz: --data-dir or HPO_DATA_DIR.
+relu, no dropout (bench/archive/word_ids.py's model and timing), for each optimizer hpo's
+spaces offer and once with the first Dense layer frozen: then no kernel gradient is made dense
+and the 10,000 x units kernel is not updated, so the difference is what the first layer's
+gradient and update cost every step. Prints the median seconds of an epoch after the first.
+The backend is KERAS_BACKEND's. Needs the real imdb.npz: --data-dir or HPO_DATA_DIR.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from word_ids import epochs_of  # bench/word_ids.py: one model's epochs, timed
+from word_ids import epochs_of  # bench/archive/word_ids.py: one model's epochs, timed
 
 VARIANTS = [("rmsprop", False), ("sgd", False), ("adam", False), ("rmsprop", True)]
 

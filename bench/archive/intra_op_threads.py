@@ -1,7 +1,7 @@
 """Milliseconds per epoch of the fused loop with TensorFlow's default thread pool and with one
 intra-op thread, for small and large structures of the built-in dense studies.
 
-    python bench/intra_op_threads.py [--data-dir DIR] [--epochs 30]
+    python bench/archive/intra_op_threads.py [--data-dir DIR] [--epochs 30]
         [--datasets boston_housing,mnist]
 
 TensorFlow reads TF_NUM_INTRAOP_THREADS once, when it starts, so each setting runs in a child
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 BOOK = {

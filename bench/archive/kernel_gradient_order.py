@@ -1,6 +1,6 @@
 """Does the order of a batch's words change what the ids form's kernel gradient costs?
 
-    python bench/kernel_gradient_order.py [--data-dir DIR] [--units 128] [--batch 512]
+    python bench/archive/kernel_gradient_order.py [--data-dir DIR] [--units 128] [--batch 512]
 
 The ids form (hpo/train/word_ids.py) lays a batch's words out row after row. Its kernel
 gradient gathers each position's row gradient and scatter-adds it into the 10,000 x units
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 BATCHES = 20
 

@@ -1,6 +1,6 @@
 """hpo on small public tables against a cross-validated linear model on the same rows.
 
-    python bench/linear_baseline.py [--datasets wine,breast_cancer,diabetes] [--trials 15]
+    python bench/archive/linear_baseline.py [--datasets wine,breast_cancer,diabetes] [--trials 15]
         [--seed 0] [--seeds 3] [--book] [--studies FILE.toml …] [--linear-only] [--keep DIR]
 
 Each dataset is one that scikit-learn ships (no download): wine (178 rows, 13 features,
@@ -49,7 +49,7 @@ try:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 except ImportError:
-    sys.exit("bench/linear_baseline.py needs scikit-learn: pip install scikit-learn")
+    sys.exit("bench/archive/linear_baseline.py needs scikit-learn: pip install scikit-learn")
 
 LOADERS = {
     "wine": sk_datasets.load_wine,

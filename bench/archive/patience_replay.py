@@ -1,6 +1,6 @@
 """Replay finished searches' learning curves with each patience: epochs saved, values moved.
 
-    python bench/patience_replay.py STORAGE.db [STORAGE.db …] [--study bench]
+    python bench/archive/patience_replay.py STORAGE.db [STORAGE.db …] [--study bench]
         [--patience 3,4,5,10,20,40]
 
 Each storage holds one finished study searched with every trial training all its epochs

@@ -1,6 +1,6 @@
 """How many programs a finished search's trials compiled, and would with other program keys.
 
-    python bench/program_replay.py STORAGE.db [...] [--study bench] [--keep 8]
+    python bench/archive/program_replay.py STORAGE.db [...] [--study bench] [--keep 8]
 
 Replays each storage's trials, in order, through a worker's program cache (the last `--keep`
 structures, least recently used out, as hpo.train.programs.DeviceCache keeps them) and counts

@@ -1,6 +1,6 @@
 """Replay finished searches' reported curves under other pruners: epochs saved, best moved.
 
-    python bench/pruner_replay.py STORAGE.db [STORAGE.db …] [--study NAME]
+    python bench/archive/pruner_replay.py STORAGE.db [STORAGE.db …] [--study NAME]
         [--pruners "median n_warmup_steps=40" "median n_warmup_steps=20" …]
 
 Each storage holds one finished study (bench/whole_search.py --keep keeps them). For each

@@ -1,6 +1,6 @@
 """What restarting a worker costs, and how much memory it holds back: `--recycle-after`.
 
-    python bench/recycle.py [--dataset boston_housing] [--trials 50] [--seed 0]
+    python bench/archive/recycle.py [--dataset boston_housing] [--trials 50] [--seed 0]
         [--modes 10,auto,0] [--data-dir DIR]
 
 For each mode, `hpo optimize DATASET --trials N --seed S --recycle-after MODE` as a user runs
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import optuna
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from hpo.resources import resident_mb  # noqa: E402  (the hpo beside this script)

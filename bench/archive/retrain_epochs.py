@@ -1,6 +1,6 @@
 """Does an IMDB trial's best epoch still fit the retrain on more rows? And fused vs fit.
 
-    python bench/retrain_epochs.py --data-dir ../shared/datasets
+    python bench/archive/retrain_epochs.py --data-dir ../shared/datasets
         [--configs 7] [--seeds 0,1] [--fit-seeds 0] [--draw-seed 0] [--check]
 
 `hpo analyze` retrains a configuration from scratch on all training rows for the best epoch E
@@ -27,7 +27,7 @@ configuration that analysis.retrain(epochs=E) with the same seed tests the same.
 
 For the second question, with each --fit-seeds seed the same trial also runs through model.fit
 (HPO_ENGINE=fit), and its best epoch E_fit is paired with the fused loop's E (as
-bench/engine_equivalence.py did for Boston's k-fold trials).
+bench/archive/engine_equivalence.py did for Boston's k-fold trials).
 
 The configurations: the book's (2 x 16 relu, rmsprop 1e-3, batch 512, binary_crossentropy) and
 --configs - 1 drawn uniformly from studies/imdb.toml's space (learning rate log-uniform) with
@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PSEUDO_TEST = 5000  # the last rows of the training set
 HOLDOUT = 8000  # the first rows of the remaining 20,000: 60/40 as the real 15,000/10,000
 

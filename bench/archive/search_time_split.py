@@ -1,9 +1,9 @@
 """Where a finished search's time inside its trials went: compiling, epochs, the rest.
 
-    python bench/search_time_split.py STORAGE.db [...] [--study bench] [--keep 8]
+    python bench/archive/search_time_split.py STORAGE.db [...] [--study bench] [--keep 8]
 
 Reads each storage's trials (from `bench/whole_search.py --keep DIR`: study "bench", one
-worker), marks the trials that compiled a new program (bench/program_replay.py's replay of a
+worker), marks the trials that compiled a new program (bench/archive/program_replay.py's replay of a
 worker's program cache) and fits each trial's duration, start to end, by least squares:
 
     seconds = compile x [new program] + per_trial + sum over first-layer widths of
@@ -11,7 +11,8 @@ worker's program cache) and fits each trial's duration, start to end, by least s
 
 (a width's epochs cost alike; a new program's first epoch is in `compile`). Prints the fit and
 what it puts on each part of the time inside the trials. A fit, not a timer: its parts are
-estimates, to be read beside measured ones (bench/compile_time.py, bench/word_ids.py).
+estimates, to be read beside measured ones (bench/archive/compile_time.py,
+bench/archive/word_ids.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# bench/program_replay.py: what a program is compiled for, and a worker's cache replayed
+# bench/archive/program_replay.py: what a program is compiled for, and a worker's cache replayed
 from program_replay import KEY, kept_searches, new_programs
 
 

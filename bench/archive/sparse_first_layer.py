@@ -1,7 +1,7 @@
 """The first layer of a text model on word ids instead of multi-hot rows: one training step's
 forward and kernel gradient, dense against bag-of-ids, on this machine's CPU (issue #22).
 
-    python bench/sparse_first_layer.py [--batch 512] [--vocab 10000] [--repeat 20]
+    python bench/archive/sparse_first_layer.py [--batch 512] [--vocab 10000] [--repeat 20]
 
 For each backend (JAX, TensorFlow), first-layer width (16, 128) and ids per row (130, about an
 IMDB review's distinct words after length buckets; 586, the longest review), times one step of

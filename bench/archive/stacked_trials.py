@@ -1,6 +1,6 @@
 """Many small trials as one compiled program (issue #22, part 2), measured before it is built.
 
-    python bench/stacked_trials.py --data-dir ../shared/datasets [--slots 1,2,4,8,16]
+    python bench/archive/stacked_trials.py --data-dir ../shared/datasets [--slots 1,2,4,8,16]
         [--epochs 40] [--backends tensorflow,jax] [--storage URL --study NAME] [--window 8]
 
 1. Speed. N Boston trials of the book's model (4-fold, batch 16, rmsprop) trained as one
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRIAL_EPOCHS = 200  # studies/boston_housing.toml
 CANNOT_VARY = ("layers", "optimizer", "activation", "batch_size", "loss")
 

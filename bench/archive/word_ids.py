@@ -1,6 +1,6 @@
 """Text's first layer on word ids against dense, by width: seconds per epoch of the fused loop.
 
-    python bench/word_ids.py --data-dir ../shared/datasets [--units 16,32,64,128]
+    python bench/archive/word_ids.py --data-dir ../shared/datasets [--units 16,32,64,128]
         [--backends tensorflow,jax] [--datasets imdb,reuters] [--epochs 5]
 
 For each backend (a child process each: KERAS_BACKEND is read at import), dataset and width of
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOLDOUT = {"imdb": 10000, "reuters": 1000}
 
 

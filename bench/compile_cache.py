@@ -2,6 +2,10 @@
 
     KERAS_BACKEND=jax python bench/compile_cache.py [--data-dir DIR] [--epochs 3]
 
+Question: how much of a JAX trial is compilation that JAX's persistent cache saves?
+Goal: a warm cache removes the compile time of every shape compiled before.
+Machine: any, under KERAS_BACKEND=jax; needs the real imdb.npz.
+
 Runs the same IMDB trials (the book's model and two other shapes, hpo's objective, 3 epochs)
 in three fresh processes: with the cache switched off, with an empty cache (it fills), and
 with the cache the previous process filled (what a recycled or second worker sees). Prints
@@ -18,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _common
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = [{}, {"units": 32}, {"layers": 1}]  # changes to the book's IMDB model
@@ -53,12 +59,16 @@ def run(env: dict[str, str], epochs: int) -> list[float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    parser = _common.parser(__doc__)
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.child:
         child(args.epochs)
         return
@@ -77,7 +87,7 @@ def main() -> None:
     print(f"{'mode':<26} " + " ".join(f"{name:>12}" for name in names))
     for mode, seconds in results.items():
         print(f"{mode:<26} " + " ".join(f"{s:>12.2f}" for s in seconds))
-    print(json.dumps({"epochs": args.epochs, "shapes": SHAPES, "seconds": results}))
+    _common.emit({"epochs": args.epochs, "shapes": SHAPES, "seconds": results})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
     python bench/handover.py boston_housing|STUDY.toml --seeds 0,1,2,3,4 [--trials 50]
         [--analyze-seeds 3] [--data-dir ../shared/datasets] [--out results.jsonl]
 
+Question: which handover of `hpo analyze` tests best, on average and at worst over search
+seeds: the best trial retrained, the seeds' ensemble, or the ensemble of trials?
+Goal: the default handover never tests worse than the best trial retrained, on average.
+Machine: any; the built-in datasets need ../shared/datasets.
+
 For each search seed, as a user runs it: `hpo optimize DATASET --trials N --seed S` in a fresh
 SQLite storage, then `hpo analyze DATASET --seeds K` (the default handover, which also builds
 the other two). Reads params.json: the best trial retrained (mean over the K seeds), the K
@@ -17,39 +22,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+import _common
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "hpo", *args],
-        cwd=cwd,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return time.perf_counter() - start
-
-
 def one(dataset: str, seed: int, opts: argparse.Namespace) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"handover-{Path(dataset).stem}-{seed}-"))
-    env = {**os.environ, "HPO_CACHE_DIR": opts.cache, "PYTHONPATH": str(ROOT)}
-    env.pop("HPO_STORAGE", None)
+    env = _common.hpo_env(opts.cache)
     common = ["--storage", f"sqlite:///{folder}/bench.db", "--data-dir", opts.data_dir]
-    search = run(
-        ["optimize", dataset, "--trials", str(opts.trials), "--seed", str(seed), *common],
-        folder,
-        env,
-    )
-    analyze = run(["analyze", dataset, "--seeds", str(opts.analyze_seeds), *common], folder, env)
+    optimize = ["optimize", dataset, "--trials", str(opts.trials), "--seed", str(seed)]
+    search = _common.run_hpo([*optimize, *common], env, folder)
+    analyze = ["analyze", dataset, "--seeds", str(opts.analyze_seeds), *common]
+    analysis = _common.run_hpo(analyze, env, folder)
     [report] = (folder / "storage" / "reports").iterdir()  # one study: the study's name
     saved = json.loads((report / "params.json").read_text())
     metric = "mae" if "mae" in saved["test"] else "accuracy"
@@ -66,13 +54,13 @@ def one(dataset: str, seed: int, opts: argparse.Namespace) -> dict:
         "nested": selected.get("nested"),
         "handover": saved["handover"],
         "search_s": round(search),
-        "analyze_s": round(analyze),
+        "analyze_s": round(analysis),
         "folder": str(folder),
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    parser = _common.parser(__doc__)
     parser.add_argument("dataset")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--trials", type=int, default=50)
@@ -80,7 +68,11 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "hpo-bench-cache"))
     parser.add_argument("--out", default=None)
-    opts = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    opts = parser().parse_args()
     rows = []
     for seed in [int(s) for s in opts.seeds.split(",")]:
         row = one(opts.dataset, seed, opts)
@@ -92,13 +84,16 @@ def main() -> None:
     metric = rows[0]["metric"]
     worst = max if metric == "mae" else min
     print(f"\n{opts.dataset}, test {metric}, {len(rows)} search seeds")
+    summary = {}
     for key in ("best", "seeds", "selected"):
         values = [r[key] for r in rows if r[key] is not None]
         if values:
+            summary[key] = {"mean": sum(values) / len(values), "worst": worst(values)}
             print(
-                f"{key:>9}: mean {sum(values) / len(values):.4f}  worst {worst(values):.4f}  "
+                f"{key:>9}: mean {summary[key]['mean']:.4f}  worst {worst(values):.4f}  "
                 f"({', '.join(f'{v:.4f}' for v in values)})"
             )
+    _common.emit({"dataset": opts.dataset, "metric": metric, "summary": summary, "rows": rows})
 
 
 if __name__ == "__main__":

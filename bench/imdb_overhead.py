@@ -2,6 +2,11 @@
 
     python bench/imdb_overhead.py [--epochs 6] [--backends tensorflow,jax] [--rss-trials 3]
 
+Question: how fast is an epoch through hpo, against the bare model.fit of the book's model,
+and how much memory does a worker hold?
+Goal: an epoch <= 1.05x a bare fit's; a worker's peak RSS <= 1 GB.
+Machine: any; the TensorFlow child needs TensorFlow, the JAX child JAX.
+
 For each backend (a child process each, since KERAS_BACKEND is read at import) and dataset,
 seconds per training epoch (epoch 1, which compiles, left out; validation pass included) of
 the book's model (IMDB 2x16 relu, Reuters 2x64 relu, rmsprop, batch 512, the book's holdout):
@@ -38,6 +43,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import _common
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK_MODELS = {
@@ -217,8 +224,8 @@ def worker_memory(trials: int, workers: int, data_dir: str | None, python: str) 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    parser = _common.parser(__doc__)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--backends", default="tensorflow,jax")
     parser.add_argument("--datasets", default="imdb,reuters")
@@ -231,7 +238,11 @@ def main() -> None:
         "run it (the dev extra adds JAX, which TensorFlow then imports: about 120 MB more)",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     datasets = args.datasets.split(",")
     if args.child:
         child(args.data_dir, args.epochs, datasets)
@@ -268,7 +279,7 @@ def main() -> None:
     for row in memory:
         workers, rss, pss, private = row.values()
         print(f"{workers:>7} {rss:>16.0f} {pss:>14.0f} {private:>18.0f}")
-    print(json.dumps({"per_epoch": results, "worker_memory_mb": memory}))
+    _common.emit({"per_epoch": results, "worker_memory_mb": memory})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@ pruning vs random search without pruning, over several seeds.
 
     python bench/search_efficiency.py [--target 0.885] [--seeds 0 1 2] [--max-trials 60]
 
+Question: does TPE with median pruning reach a validation accuracy in fewer epochs than
+random search without pruning?
+Goal: fewer epochs trained to reach --target, median over the seeds.
+Machine: any; needs the real imdb.npz.
+
 Each run is a fresh in-memory study on hpo's objective and studies/imdb.toml's search space
 (20 epochs at most per trial), stopped as soon as a trial's best epoch reaches --target. Prints
 per mode the epochs trained (all epochs of all trials, pruned ones included) for each seed,
@@ -14,12 +19,13 @@ HPO_DATA_DIR).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+import _common
 
 MODES = {"TPE + median pruner": ("tpe", "median"), "random, no pruning": ("random", "none")}
 
@@ -61,13 +67,17 @@ def run(mode: str, seed: int, target: float, max_trials: int, prepared) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    parser = _common.parser(__doc__)
     parser.add_argument("--target", type=float, default=0.885)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-trials", type=int, default=60)
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     import optuna
 
@@ -96,7 +106,7 @@ def main() -> None:
         trials = [str(r["trials"]) for r in rows]
         print(f"{mode:<20} {', '.join(shown):<24} {median:>7.0f} {', '.join(trials):<18}")
         summary[mode] = {"runs": rows, "median_epochs": median}
-    print(json.dumps({"target": args.target, "backend": keras.backend.backend(), **summary}))
+    _common.emit({"target": args.target, "backend": keras.backend.backend(), **summary})
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@
                                              pgbouncer journal]
                                  [--pool 1] [--growth]
 
+Question: how many trials a second can W workers push through one storage, and does any
+trial get lost or counted twice?
+Goal: exactly --trials counted trials on every storage, no worker error, 128 workers served.
+Machine: any; PostgreSQL, MariaDB and PgBouncer at 127.0.0.1 for those storages.
+
 Each worker is a separate process doing what `hpo optimize` does around a trial (wait for a
 slot in the study-wide budget, ask, admit, tell; Optuna's heartbeat thread beats once per
 trial) with an objective that returns at once, so the time measured is the storage's and the
@@ -33,7 +38,6 @@ a temporary folder. --pool: HPO_DB_POOL of the workers, 1 (one connection kept) 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -44,6 +48,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+
+import _common
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -296,8 +302,8 @@ def run(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    parser = _common.parser(__doc__)
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument(
@@ -312,7 +318,11 @@ def main() -> None:
     parser.add_argument(
         "--reconnect", type=float, default=60.0, help="the workers' --reconnect (seconds)"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -362,7 +372,7 @@ def main() -> None:
                         f"  {early['loop_ms']} → {late['loop_ms']}"
                     )
                 print(line, row["first_error"] or "", row["first_retry"] or "", flush=True)
-    print(json.dumps(rows))
+    _common.emit({"trials": args.trials, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -2,15 +2,20 @@
 
     python bench/throughput.py [--trials 8] [--workers 2] [--epochs 20] [--json out.json]
 
+Question: how many more trials a minute does hpo run than the loop users write from Optuna's
+Keras example, with one worker and with K?
+Goal: >= 5x the naive loop's trials/min on a CPU, >= 10x on one GPU (docs/benchmarks.md).
+Machine: any; the figures in docs/benchmarks.md are from this project's 2-core CPU.
+
 Side by side on this machine, the same search space (studies/imdb.toml), sampler, pruner and
 seed, `--epochs` epochs at most per trial, each mode a fresh process timed from its start:
 
 - naive: what users write from Optuna's Keras example, one process, trials one after another,
   each trial calling keras.datasets.imdb.load_data() and vectorizing with the book's
   vectorize_sequences (float64), then model.fit with optuna_integration's KerasPruningCallback;
-- hpo, 1 worker: `hpo optimize` (data read and vectorized once into its disk cache, which
-  starts empty, bit-packed, memory-mapped; compiled steps of 32 batches; large validation
-  batches);
+- hpo, 1 worker: `hpo optimize` as it stands (the data read once into its disk cache, which
+  starts empty, and memory-mapped; reviews trained on their word ids; one compiled call an
+  epoch, the fused loop of hpo/train/engine.py, not model.fit);
 - hpo, K workers: the same with `--workers K`.
 
 Prints trials/min, epochs/min (pruning differs between modes, so both count), mean GPU
@@ -30,6 +35,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import _common
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,8 +155,8 @@ def study_counts(storage: str, name: str) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    parser = _common.parser(__doc__)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="K for the last mode")
     parser.add_argument("--epochs", type=int, default=20)
@@ -157,7 +164,11 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--naive-child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.naive_child:
         print(json.dumps(naive_loop(args.trials, args.epochs, args.seed)))
         return
@@ -218,7 +229,7 @@ def main() -> None:
         "epochs": args.epochs,
         "modes": modes,
     }
-    print(json.dumps(report))
+    _common.emit(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

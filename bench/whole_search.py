@@ -4,6 +4,11 @@
         [--variants "--batch-trials 1" "--batch-trials 8"] [--trees DIR ...]
         [--data-dir DIR] [--keep DIR]
 
+Question: how long does a whole `hpo optimize` search take as a user runs it, and does an
+option (a variant) make it faster without a worse best value?
+Goal: Boston's 50 trials <= 1 min, IMDB's <= 2 min (issue #22's goals, docs/benchmarks.md).
+Machine: any; needs the real dataset files.
+
 For each seed and variant, `hpo optimize TARGET --trials N --seed S VARIANT` as a user runs it
 (a fresh SQLite storage and cache folder), one after another (seed by seed, the variants in
 turn), with the hpo beside this script. TARGET is a built-in dataset or a study file:
@@ -24,18 +29,15 @@ variant the mean wall time and the mean and worst best value over the seeds, and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+import _common
 import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,16 +57,12 @@ def one_search(target: str, variant: str, seed: int, args, tmp: Path, root: Path
     folder = Path(tempfile.mkdtemp(dir=tmp))
     storage = f"sqlite:///{folder}/bench.db"
     settings, options = environment(variant)
-    env = {**os.environ, "HPO_CACHE_DIR": str(folder / "cache"), "PYTHONPATH": str(root)}
-    env.pop("HPO_STORAGE", None)
-    env.update(settings)
-    command = [sys.executable, "-m", "hpo", "optimize", target, "--trials", str(args.trials)]
+    env = _common.hpo_env(folder / "cache", PYTHONPATH=str(root), **settings)
+    command = ["optimize", target, "--trials", str(args.trials)]
     command += ["--seed", str(seed), "--storage", storage, *options]
     command += ["--artifacts", str(folder / "artifacts"), "--data-dir", args.data_dir]
     command += ["--study", "bench"]
-    start = time.perf_counter()
-    subprocess.run(command, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
+    seconds = _common.run_hpo(command, env, root)
     study = optuna.load_study(study_name="bench", storage=storage)
     if args.keep:  # a copy through SQLite: the last commits may still be in the WAL file
         kept = Path(args.keep) / f"{seed}-{args.runs.index((variant, root))}.db"
@@ -85,8 +83,8 @@ def one_search(target: str, variant: str, seed: int, args, tmp: Path, root: Path
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    parser = _common.parser(__doc__)
     parser.add_argument("--target", default="boston_housing")
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--seeds", default="0,1,2")
@@ -94,7 +92,11 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
     parser.add_argument("--keep", help="a folder to keep each search's SQLite storage in")
     parser.add_argument("--trees", nargs="+", help="checkouts of hpo to run the command from")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.variants is None:  # with --trees: the command as it stands, from each tree
         args.variants = [""] if args.trees else ["--batch-trials 1", "--batch-trials 8"]
     trees = [Path(tree).resolve() for tree in args.trees] if args.trees else [ROOT]
@@ -121,7 +123,7 @@ def main() -> None:
             f"mean, {statistics.mean(r['epochs'] for r in mine):.0f} epochs, "
             f"best value mean {statistics.mean(best):.4f}, worst {worst:.4f}"
         )
-    print(json.dumps({"target": args.target, "trials": args.trials, "rows": rows}))
+    _common.emit({"target": args.target, "trials": args.trials, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 #   docker build -t hpo:gpu --build-arg GPU=cuda12 .  # + jax[cuda12], KERAS_BACKEND=jax
 #   docker run --rm hpo optimize imdb --storage postgresql+psycopg://… --study s --trials 100
 #
-# See docs/cluster.md (compose.yaml, deploy/k8s).
+# See docs/scale-out.md (compose.yaml, deploy/k8s).
 ARG PYTHON_VERSION=3.12
 FROM python:${PYTHON_VERSION}-slim
 

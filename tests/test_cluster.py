@@ -4,8 +4,8 @@ The manifests are rendered with `kubectl kustomize` when kubectl is installed, a
 the small renderer here (resources, labels, images, strategic-merge patches: what
 deploy/k8s uses), whose output is compared with kubectl's. Every hpo command line in them is
 parsed against hpo's own CLI, so a renamed option fails here, not in a cluster; so are the
-`docker compose` and `kubectl exec` command lines of docs/cluster.md and the pool's `hpo`
-commands in docs/cluster.md and docs/distributed.md.
+`docker compose` and `kubectl exec` command lines of docs/scale-out.md and the pool's `hpo`
+commands in it.
 """
 
 from __future__ import annotations
@@ -256,8 +256,8 @@ def test_either_kind_of_workers_can_be_left_out_with_a_label_selector(rendered):
 
 
 def apply_texts() -> str:
-    """Where the manifests say how to apply them: docs/cluster.md and their own comments."""
-    files = [REPO / "docs" / "cluster.md", *sorted(K8S.rglob("*.yaml"))]
+    """Where the manifests say how to apply them: docs/scale-out.md and their own comments."""
+    files = [REPO / "docs" / "scale-out.md", *sorted(K8S.rglob("*.yaml"))]
     return "\n".join(f.read_text(encoding="utf-8") for f in files)
 
 
@@ -408,9 +408,9 @@ def test_compose_runs_a_pool_by_default_and_one_study_behind_a_profile():
 
 
 def doc_compose_commands() -> list[list[str]]:
-    """Each `docker compose …` that docs/cluster.md and compose.yaml's comments give, as its
-    words (without those that elide their arguments with …)."""
-    texts = [(REPO / "docs" / "cluster.md").read_text(encoding="utf-8")]
+    """Each `docker compose …` that docs/scale-out.md and compose.yaml's comments give, as
+    its words (without those that elide their arguments with …)."""
+    texts = [(REPO / "docs" / "scale-out.md").read_text(encoding="utf-8")]
     texts.append((REPO / "compose.yaml").read_text(encoding="utf-8"))
     found = []
     for text in texts:
@@ -472,7 +472,7 @@ def pool_hpo_calls(page) -> list[list[str]]:
     return calls
 
 
-@pytest.mark.parametrize("page", ["cluster.md", "distributed.md"])
+@pytest.mark.parametrize("page", ["scale-out.md"])
 def test_the_pools_documented_commands_parse(page):
     calls = pool_hpo_calls(REPO / "docs" / page)
     assert {"worker", "submit", "list", "stop", "resume"} <= {c[0] for c in calls}

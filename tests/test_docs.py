@@ -3,6 +3,8 @@ of docs/ link only to what exists. Fast: nothing is trained, `--help` runs in th
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
 import subprocess
 import sys
@@ -137,3 +139,44 @@ def test_the_code_map_lists_every_module_and_only_those():
     packages = {p.parent.name for p in (REPO / "hpo").glob("*/__init__.py")}
     assert packages == {"data", "study", "train", "search", "results"}
     assert all(f"hpo/{name}/" in code_map for name in packages)  # each stage in the picture
+
+
+def test_the_commands_page_is_the_commands_help():
+    """docs/commands.md is generated from `--help` (docs/commands.py), as sqlite-utils keeps
+    its CLI reference: a changed option or help text without a regenerated page fails."""
+    spec = importlib.util.spec_from_file_location("commands_page", REPO / "docs" / "commands.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    page = (REPO / "docs" / "commands.md").read_text(encoding="utf-8")
+    assert page == generator.render(), "docs/commands.md is stale: run python docs/commands.py"
+
+
+def hpo_variables() -> dict[str, bool]:
+    """Each HPO_* name hpo's code holds as a whole string, and whether its line marks it
+    `# internal` (hpo's hand-off to its own child processes, not a user's setting)."""
+    found: dict[str, bool] = {}
+    for path in sorted((REPO / "hpo").rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            value = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(value, str) and re.fullmatch(r"HPO_[A-Z0-9_]+", value):
+                internal = "# internal" in lines[node.lineno - 1]
+                found[value] = found.get(value, False) or internal
+    return found
+
+
+def test_every_variable_hpo_reads_is_in_the_environment_table():
+    page = (REPO / "docs" / "environment.md").read_text(encoding="utf-8")
+    rows = [line for line in page.splitlines() if line.startswith("| `HPO_")]
+    documented = {name for row in rows for name in re.findall(r"`(HPO_[A-Z0-9_]+)`", row)}
+    read = hpo_variables()
+    assert {"HPO_STORAGE", "HPO_DEBUG", "HPO_CHILD_PIDS"} <= set(read)  # the scan finds them
+    missing = {name for name, internal in read.items() if not internal} - documented
+    assert not missing, f"read by hpo, not in docs/environment.md: {sorted(missing)}"
+    elsewhere = " ".join(
+        (REPO / name).read_text(encoding="utf-8")
+        for name in ("compose.yaml", ".env.example", "tests/conftest.py")
+    )
+    stale = {name for name in documented - set(read) if name not in elsewhere}
+    assert not stale, f"in docs/environment.md, read nowhere: {sorted(stale)}"

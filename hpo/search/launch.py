@@ -137,7 +137,7 @@ def _run_optimize(
     if trials > 1 and not spec.space.searched() and os.environ.get(hpo_workers.RESTARTED) != "1":
         console.print(
             "note: this study's space searches nothing: every trial trains the same "
-            "configuration; add a [space] table (docs/studies.md)",
+            "configuration; add a [space] table (docs/study-file.md)",
             highlight=False,
             markup=False,
         )

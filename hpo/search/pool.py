@@ -6,7 +6,7 @@ of the queued studies, and picks the study furthest below its share of the trial
 there, with the options the study was submitted with and under the study's exact budget
 (hpo.search.budget), then reads the queue again, so a study submitted a moment ago is served
 from the next trial on. With nothing to run it sleeps `poll_s` between reads, each a few
-queries (docs/distributed.md#a-pool-of-workers).
+queries (docs/budget-and-storage.md#the-queue-and-fair-shares).
 
 `hpo stop` is seen within STOP_CHECK_S seconds at the end of an epoch: the trial ends, failed
 with reason "stopped" (it does not count), and its parameters are queued again to run first
@@ -52,7 +52,7 @@ from hpo.study.studyfile import StudySpec
 
 POLL_S = 2.0  # seconds between reads of an idle queue
 # A running trial looks for `hpo stop` at an epoch's end, this often at most (seconds).
-STOP_CHECK_S = float(os.environ.get("HPO_STOP_CHECK_S", 5.0))
+STOP_CHECK_S = float(os.environ.get("HPO_STOP_CHECK_S", 5.0))  # internal: the tests shorten it
 KEEP = 3  # studies whose data and compiled arrays a worker keeps between trials
 STALE_CHECK_S = 5.0  # how often a worker waiting on a study's last trials seeks dead ones
 FAILURES_TO_LEAVE = 3  # trials that raise in a row before a worker leaves their study

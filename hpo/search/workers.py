@@ -29,9 +29,10 @@ from hpo.errors import HpoError
 from hpo.resources import resident_mb
 from hpo.search.interrupt import GracefulInterrupt
 
-CHILD_PIDS = "HPO_CHILD_PIDS"
-DEADLINE = "HPO_DEADLINE"
-RESTARTED = "HPO_RESTARTED"
+# internal: hpo sets these for its own child and restarted processes, not for users
+CHILD_PIDS = "HPO_CHILD_PIDS"  # internal
+DEADLINE = "HPO_DEADLINE"  # internal
+RESTARTED = "HPO_RESTARTED"  # internal
 
 
 RECYCLE_AFTER = "auto"  # --recycle-after's default: restart on memory growth (Recycler)

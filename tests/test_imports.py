@@ -122,6 +122,7 @@ def test_no_import_circle_among_hpo_modules():
 # The pipeline, bottom first. A module of the package's top folder that is not named here is a
 # new module whose stage nobody chose yet: the test below fails until it is added.
 BOTTOM = {"hpo.errors", "hpo.cache", "hpo.backend", "hpo.resources", "hpo.artifacts", "hpo.names"}
+BOTTOM |= {"hpo.optuna_private"}
 STAGES = ["hpo.data", "hpo.study", "hpo.train", "hpo.search", "hpo.results"]
 TOP = {"hpo", "hpo.__main__", "hpo.api", "hpo.cli", "hpo.options"}
 

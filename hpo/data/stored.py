@@ -22,9 +22,9 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.storages._rdb import models  # the schema: the claim is one INSERT into it
 
 from hpo.errors import HpoError, first_line
+from hpo.optuna_private import models, rdb_storage_of, study_id  # the claim: one INSERT
 
 KEY = "preparation"
 CHUNK = 50_000  # characters per user attr, below MySQL's 65,535-byte TEXT
@@ -62,10 +62,9 @@ def save_or_check(study: optuna.Study, preparation: dict[str, Any], source: str)
 
 def _claim(study: optuna.Study, index: dict[str, Any]) -> dict[str, Any]:
     """Store `index` under KEY unless a worker did first; the index that holds now."""
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # Optuna's cache around an RDBStorage
+    backend = rdb_storage_of(study)
     if isinstance(backend, optuna.storages.RDBStorage):
-        row = {"study_id": study._study_id, "key": KEY, "value_json": json.dumps(index)}
+        row = {"study_id": study_id(study), "key": KEY, "value_json": json.dumps(index)}
         insert = models.StudyUserAttributeModel.__table__.insert().values(**row)
         # hpo's storage takes one call at a time, so a worker keeps to one connection.
         with getattr(backend, "one_call_at_a_time", contextlib.nullcontext()):

@@ -6,6 +6,7 @@ import optuna
 import pandas as pd
 from rich.table import Table
 
+from hpo.optuna_private import study_id
 from hpo.search import queue
 from hpo.search.budget import trial_counts
 from hpo.study import studyfile
@@ -99,7 +100,7 @@ def storage_listing(storage: optuna.storages.BaseStorage) -> tuple[Table, list[s
         counts = trial_counts(trials)  # over-budget placeholders of many workers left out
         info = summary.user_attrs.get("hpo", {})
         best = summary.best_trial.value if summary.best_trial else None
-        entry = queue.Entry.of(summary.study_name, summary._study_id, summary.user_attrs)
+        entry = queue.Entry.of(summary.study_name, study_id(summary), summary.user_attrs)
         queued = ["", "", "", "", ""]
         if entry is not None and entry.malformed:
             queued = [queue.LEFT, "", "", "", ""]

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize runs
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import optuna_private
 from hpo.search.budget import Budget, OverBudget, fail_stale
 
 if TYPE_CHECKING:  # the objective imports Keras: only once a worker trains
@@ -127,7 +127,7 @@ class AskAhead:
             warnings.simplefilter("ignore", UserWarning)  # this module beats it as optimize does
             trial = self.study.ask()
         asked = Asked(trial)
-        asked.beat.enter_context(get_heartbeat_thread(trial._trial_id, self.study._storage))
+        asked.beat.enter_context(optuna_private.heartbeat(trial, self.study))
         try:
             self.budget.admit(trial)
         except OverBudget:

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize runs
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import optuna_private
 from hpo.errors import HpoError
 from hpo.search.budget import Budget, OverBudget
 
@@ -111,7 +111,7 @@ def run_batch(
 
     with contextlib.ExitStack() as beating:
         for trial in trials:
-            beating.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+            beating.enter_context(optuna_private.heartbeat(trial, study))  # as optimize beats
         try:
             groups: dict[str, list[tuple[optuna.Trial, dict[str, Any]]]] = {}
             for trial in trials:

@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from hpo import artifacts as artifact_stores
+from hpo import optuna_private
 from hpo.errors import HpoError
 from hpo.search import runner, storage
 from hpo.search.budget import OVER_BUDGET, counts, counts_toward_budget, over_budget
@@ -172,7 +173,7 @@ def entries(store: optuna.storages.BaseStorage, pattern: str = "*") -> list[Entr
     found = []
     for frozen in store.get_all_studies():
         if fnmatch.fnmatchcase(frozen.study_name, pattern):
-            entry = Entry.of(frozen.study_name, frozen._study_id, frozen.user_attrs)
+            entry = Entry.of(frozen.study_name, optuna_private.study_id(frozen), frozen.user_attrs)
             if entry is not None:
                 found.append(entry)
     return found
@@ -290,7 +291,7 @@ def submit(
             "since_trial": since_trial,
         }
 
-    record, _ = update(store, opened._study_id, change)
+    record, _ = update(store, optuna_private.study_id(opened), change)
     note(opened, record)
     return name
 

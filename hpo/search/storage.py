@@ -6,7 +6,7 @@
 
 Every storage gets a heartbeat, so a trial whose process died is marked FAILED after the grace
 period (its own worker's) and re-run, the re-run queued before the failure frees its slot
-(as Optuna's RetryHeartbeatStaleTrialCallback would, but in that order). A database that
+(hpo.search.dead_trials). A database that
 goes away for a while (a restart, a network cut) is waited for: each storage operation is
 retried with exponential backoff for up to `reconnect_s` seconds, and the wait is logged.
 Passwords never leave this module: use `redact(url)` in anything printed.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import random
@@ -24,29 +23,19 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.storages._rdb import models  # the schema, to find trials that never beat
-from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from hpo import optuna_private
 from hpo.errors import HpoError
-from hpo.search.budget import DIED, OVER_BUDGET
+from hpo.search.dead_trials import GRACE_BEATS, HEARTBEAT_ATTR, DeadTrials
+from hpo.search.storage_queries import StudyQueries
 
 DEFAULT_URL = "sqlite:///storage/hpo.db"
 HEARTBEAT_S = 60  # seconds between a running trial's heartbeats; grace is 3 times that
-GRACE_BEATS = 3  # a trial is stale after this many of its own heartbeat intervals of silence
-# The trial system attr holding the heartbeat interval of the worker that runs the trial, so
-# a checking worker judges it by that worker's setting, not its own (bounded: a trial cannot
-# claim to be alive for ever).
-HEARTBEAT_ATTR = "hpo_heartbeat_s"
-HEARTBEAT_MAX_S = 3600
-CAS_TRIES = 100  # compare-and-set attempts on a study attr before giving up (update_study_attr)
-MAX_RETRY = 3
 RECONNECT_S = float(os.environ.get("HPO_RECONNECT_S", 300))  # how long to wait for a lost DB
 DRIVERS = {
     "psycopg": "psycopg[binary]",
@@ -194,9 +183,10 @@ def _with_retries(storage: ReconnectingRDBStorage, method, args: tuple, kwargs: 
         return result
 
 
-class ReconnectingRDBStorage(optuna.storages.RDBStorage):
+class ReconnectingRDBStorage(DeadTrials, StudyQueries, optuna.storages.RDBStorage):
     """RDBStorage whose operations wait out a database that went away (pool_pre_ping replaces
-    dead pooled connections; this retries while no new one can be made)."""
+    dead pooled connections; this retries while no new one can be made), which buries dead
+    workers' trials itself (DeadTrials) and makes the queue's queries (StudyQueries)."""
 
     shown = ""
     reconnect_s = RECONNECT_S
@@ -234,7 +224,7 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
         if self.get_current_version() == self.get_head_version():
             return
         try:
-            self._version_manager.check_table_schema_compatibility()
+            optuna_private.check_schema_compatibility(self)
         except RuntimeError as exc:  # "... Please execute `$ optuna storage upgrade ...`"
             raise HpoError(f"storage {redact(self.url)}: {exc}") from exc
 
@@ -249,226 +239,17 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
             self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, self.heartbeat_interval)
         self._beats_told.add(trial_id)
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Fail the RUNNING trials whose worker died, each re-run queued first (_bury), and
-        return none: Optuna's fail_stale_trials, which calls this, would fail them first and
-        queue the re-run after, and another worker could take the slot in between. Dead is:
 
-        - a trial silent for GRACE_BEATS of *its own* worker's heartbeat intervals
-          (HEARTBEAT_ATTR), timed in the database's clock: a worker started with
-          `--heartbeat 5` must not fail the live trials of workers that beat every 60 s;
-        - a trial that never sent a first heartbeat for this worker's grace period: Optuna
-          skips those, so a worker killed between creating a trial and its first heartbeat
-          would hold a budget slot forever. The silence is timed on this process' clock, not
-          against the trial's start time, which another machine's clock wrote."""
-        trials, beats = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
-        attrs = models.TrialSystemAttributeModel.__table__
-        told = sqlalchemy.and_(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == HEARTBEAT_ATTR)
-        query = (
-            sqlalchemy.select(trials.c.trial_id, beats.c.heartbeat, attrs.c.value_json)
-            .select_from(
-                trials.outerjoin(beats, beats.c.trial_id == trials.c.trial_id).outerjoin(
-                    attrs, told
-                )
-            )
-            .where(trials.c.study_id == study_id)
-            .where(trials.c.state == TrialState.RUNNING)
-        )
-        own = self.grace_period or GRACE_BEATS * (self.heartbeat_interval or 0)
-        with self.engine.connect() as connection:
-            now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
-            rows = connection.execute(query).all()
-        now = now.replace(tzinfo=None)
-        dead, silent = [], set()
-        for trial_id, beat, interval in rows:
-            if beat is None:
-                silent.add(trial_id)
-            elif now - beat.replace(tzinfo=None) > timedelta(seconds=_grace(interval, own)):
-                dead.append((trial_id, beat))
-        clock = time.monotonic()
-        self._silent_since = {t: self._silent_since.get(t, clock) for t in silent}
-        dead += [(t, None) for t, since in self._silent_since.items() if clock - since > own]
-        for trial_id, beat in dead:
-            self._bury(study_id, trial_id, beat)
-        return []
-
-    def _bury(self, study_id: int, trial_id: int, beat: Any) -> None:
-        """Fail a trial whose worker died, its re-run queued *before* it is failed, so the
-        budget slot its failure frees is the re-run's, not a new trial's:
-
-        1. claim it (a compare-and-set on its heartbeat row): of several workers checking
-           at once, one buries it; one that dies meanwhile leaves a fresh heartbeat, which
-           goes stale again;
-        2. say why (fail_reason DIED: not counted towards the budget);
-        3. queue the re-run, as Optuna's RetryHeartbeatStaleTrialCallback does (the same
-           parameters, system attrs failed_trial and retry_history, at most MAX_RETRY);
-        4. fail it; if its worker was alive after all and ended it, withdraw the re-run;
-        5. tell `after_death` (hpo.search.pool: a study whose workers keep dying is left)."""
-        if not self._claim(trial_id, beat):
-            return
-        try:
-            self.set_trial_user_attr(trial_id, "fail_reason", DIED)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return  # it ended meanwhile
-        trial = self.get_trial(trial_id)
-        rerun = self._queue_rerun(study_id, trial)
-        try:
-            self.set_trial_state_values(trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            if rerun is not None:
-                self._withdraw(rerun)
-            return
-        trial = self.get_trial(trial_id)
-        for hook in self.after_death:
-            hook(study_id, trial)
-
-    def _claim(self, trial_id: int, beat: Any) -> bool:
-        """Take the burial of a dead trial: its heartbeat set to now only if it is still the
-        one read (`beat`, None for none: a first one inserted, the row being unique)."""
-        beats = models.TrialHeartbeatModel.__table__
-        try:
-            with self.engine.begin() as connection:
-                if beat is None:
-                    connection.execute(
-                        sqlalchemy.insert(beats).values(
-                            trial_id=trial_id, heartbeat=sqlalchemy.func.now()
-                        )
-                    )
-                    return True
-                claimed = connection.execute(
-                    sqlalchemy.update(beats)
-                    .where(beats.c.trial_id == trial_id, beats.c.heartbeat <= beat)
-                    .values(heartbeat=sqlalchemy.func.now())
-                )
-                return claimed.rowcount == 1
-        except sqlalchemy.exc.IntegrityError:
-            return False  # another worker inserted it first
-
-    def _queue_rerun(self, study_id: int, trial: optuna.trial.FrozenTrial) -> int | None:
-        """The dead trial's re-run, WAITING (its id), or None after MAX_RETRY re-runs."""
-        history = [*trial.system_attrs.get("retry_history", []), trial.number]
-        if len(history) > MAX_RETRY:
-            return None
-        attrs = {"failed_trial": trial.number, **trial.system_attrs, "retry_history": history}
-        user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
-        template = optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=trial.params,
-            distributions=trial.distributions,
-            user_attrs=user_attrs,
-            system_attrs=attrs,
-        )
-        return self.create_new_trial(study_id, template_trial=template)
-
-    def _withdraw(self, trial_id: int) -> None:
-        """A re-run no longer needed, if no worker took it yet: failed as never run."""
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            if self.get_trial(trial_id).state == TrialState.WAITING:
-                self.set_trial_user_attr(trial_id, "fail_reason", OVER_BUDGET)
-                self.set_trial_state_values(trial_id, TrialState.FAIL)
-
-    def update_study_attr(
-        self, study_id: int, key: str, change: Callable[[Any], Any]
-    ) -> tuple[Any, bool]:
-        """Change a study user attr with no lost update: read it, `change(value)` (None when
-        absent) gives the new value (None: leave it), written only if the stored text is
-        still what was read (compare-and-set in one UPDATE; a concurrent first write fails
-        on the table's unique key), else read again and retried. Returns (the value now,
-        whether this call wrote it). A writer whose value always differs (a version
-        counter) is safe even where the database compares text without case."""
-        table = models.StudyUserAttributeModel.__table__
-        where = (table.c.study_id == study_id, table.c.key == key)
-        for _ in range(CAS_TRIES):
-            with self.engine.connect() as connection:
-                read = sqlalchemy.select(table.c.value_json).where(*where)
-                old = connection.execute(read).scalar_one_or_none()
-            current = None if old is None else json.loads(old)
-            value = change(current)
-            if value is None:
-                return current, False
-            text = json.dumps(value)
-            try:
-                with self.engine.begin() as connection:
-                    if old is None:
-                        insert = sqlalchemy.insert(table)
-                        connection.execute(
-                            insert.values(study_id=study_id, key=key, value_json=text)
-                        )
-                        return value, True
-                    written = connection.execute(
-                        sqlalchemy.update(table)
-                        .where(*where, table.c.value_json == old)
-                        .values(value_json=text)
-                    ).rowcount
-            except sqlalchemy.exc.IntegrityError:
-                continue  # another writer made it first: read theirs
-            if written:
-                return value, True
-        raise HpoError(
-            f"storage {self.shown}: study attr {key!r} kept changing under {CAS_TRIES} "
-            "attempts to update it; try again"
-        )
-
-    def last_trial_id(self) -> int:
-        """The newest trial's id in the whole storage (0 when none): ids are given in the
-        order trials are made, by the database, so "started after" needs no clock."""
-        trials = models.TrialModel.__table__
-        with self.engine.connect() as connection:
-            found = connection.execute(sqlalchemy.select(sqlalchemy.func.max(trials.c.trial_id)))
-            return int(found.scalar() or 0)
-
-    def trial_tally(self, study_ids: list[int], since: int) -> list[tuple]:
-        """For the queue (hpo.search.queue.tallies): the trials of `study_ids` grouped by
-        study, state and fail_reason (JSON), each group's count and how many of it were
-        started after trial id `since` (last_trial_id: the database's order, not the
-        workers' clocks, which may be in other time zones). One query, whatever the number
-        of studies: a worker choosing among many queued studies costs the database no more
-        than one study."""
-        if not study_ids:
-            return []
-        trials, attrs = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
-        reason = sqlalchemy.and_(
-            attrs.c.trial_id == trials.c.trial_id, attrs.c.key == "fail_reason"
-        )
-        started = sqlalchemy.and_(trials.c.trial_id > since, trials.c.state != TrialState.WAITING)
-        recent = sqlalchemy.case((started, 1), else_=0)
-        query = (
-            sqlalchemy.select(
-                trials.c.study_id,
-                trials.c.state,
-                attrs.c.value_json,
-                sqlalchemy.func.count(),
-                sqlalchemy.func.sum(recent),
-            )
-            .select_from(trials.outerjoin(attrs, reason))
-            .where(trials.c.study_id.in_(study_ids))
-            .group_by(trials.c.study_id, trials.c.state, attrs.c.value_json)
-        )
-        with self.engine.connect() as connection:
-            return [tuple(row) for row in connection.execute(query)]
-
-
-def _grace(interval_json: str | None, own: float) -> float:
-    """A trial's grace: GRACE_BEATS of the interval its worker recorded, else this worker's."""
-    try:
-        interval = json.loads(interval_json) if interval_json is not None else None
-    except ValueError:
-        interval = None
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval != interval:
-        return own
-    return GRACE_BEATS * min(max(float(interval), 1.0), HEARTBEAT_MAX_S)
-
-
+# What Optuna's fail_stale_trials asks for: the dead trials, buried here (DeadTrials).
+optuna_private.answer_stale_trial_ids(
+    ReconnectingRDBStorage, ReconnectingRDBStorage.bury_dead_trials
+)
 for _name in (
     # BaseStorage and BaseHeartbeat, and the private methods Optuna's _CachedStorage calls.
     *sorted(optuna.storages.BaseStorage.__abstractmethods__),
     "get_trial_id_from_study_id_trial_number",
     "record_heartbeat",
-    "_get_stale_trial_ids",
-    "_create_new_trial",
-    "_get_trials",
-    "_set_trial_param",
-    "_get_best_trial_id",
+    *optuna_private.CACHED_STORAGE_CALLS,
     "trial_tally",
     "update_study_attr",
     "last_trial_id",

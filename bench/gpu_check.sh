@@ -54,7 +54,7 @@ timeout 135 $py bench/whole_search.py --target bench/boston_rates.toml --trials 
   --seeds 0 --variants "--batch-trials 1" "--batch-trials 8" | tail -3
 
 # Asking ahead compiles the next trial's program while this one's epochs run on the GPU, which
-# leaves the CPU idle: where it should pay (docs/performance.md). Three searches share the
+# leaves the CPU idle: where it should pay (docs/lab/performance.md). Three searches share the
 # section's 135 s, so each has two thirds of the trials.
 section "Boston, $ahead_trials trials, --batch-trials 1 vs 8 vs asked ahead: the built-in study"
 timeout 135 $py bench/whole_search.py --target boston_housing --trials "$ahead_trials" \

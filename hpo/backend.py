@@ -119,9 +119,9 @@ def set_random_seed(seed: int) -> None:
 def freeze_heap() -> None:
     """Keep every object alive now out of the garbage collector's full collections.
 
-    A worker holds about 430,000 objects once TensorFlow and Keras are imported, and a full
-    collection, which Optuna runs after every trial (gc_after_trial), walked them all: 0.35 s
-    a trial in a Boston search's worker, 7 % of its time (docs/performance.md). Frozen, they
+    A worker holds hundreds of thousands of objects once TensorFlow and Keras are imported, and
+    a full collection, which Optuna runs after every trial (gc_after_trial), walked them all, a
+    noticeable part of a Boston search's time (docs/lab/performance.md). Frozen, they
     are not walked again; a trial's own garbage is still collected, and frozen objects are
     still freed by reference counting (only cycles among them are not: the modules and data
     of a worker's life). Called by a worker once the backend and the data are loaded."""

@@ -4,9 +4,8 @@ Measured on one H100 with Keras/JAX (shared/gpu/README.md): K worker processes r
 4.98 trials/min at K=1, 18.7 at K=8 and 19.2 at K=16, so eight workers per GPU is where the
 gain stops, as long as each has a core of its own to dispatch from. On a CPU-only machine a
 TensorFlow worker spreads its matrix work over all cores but traces and dispatches each trial
-on one, so a worker per core keeps the cores busy: on this project's 2-core machine
-bench/throughput.py measured 1.82 trials/min (30.9 epochs/min) with one worker and 2.02
-(40.4) with two.
+on one, so a worker per core keeps the cores busy: on this project's 2-core machine a second
+worker adds trials a minute (docs/benchmarks.md, "How many more trials a minute").
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ is always run, even past --timeout (as Optuna finishes a running trial), except 
 an error: then it is failed as "interrupted", without epochs, and does not count.
 
 $HPO_ASK_AHEAD=1 turns it on; it is off by default. On this project's 2 cores it made the same
-50 Boston trials 3 % faster on TensorFlow and 11 % on JAX (docs/performance.md, "Asking for the
-next trial ahead"): the compiling thread slows the running trial's epochs by most of what it
+Boston trials only a little faster (docs/lab/performance.md, "Asking for the next trial
+ahead"): the compiling thread slows the running trial's epochs by most of what it
 saves. It is meant for a
 GPU worker, whose epochs leave the CPU idle (not yet measured), and it changes which trials a
 seeded TPE search samples after its start-up trials.

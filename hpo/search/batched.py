@@ -48,7 +48,7 @@ def parse(setting: int | str) -> int | str:
 
 def resolve(setting: int | str) -> int:
     """The number of trials to ask for at once. auto: 1 on a CPU, where stacking measured no
-    faster (docs/performance.md), GPU_BATCH on a GPU, which one small trial leaves idle."""
+    faster (docs/lab/performance.md), GPU_BATCH on a GPU, which one small trial leaves idle."""
     if setting != AUTO:
         return int(setting)
     from hpo import resources

@@ -45,11 +45,12 @@ class Recycler:
     """When a worker restarts itself (`--recycle-after auto|N|0`).
 
     Keras and TensorFlow keep memory from trial to trial even after clear_session
-    (docs/performance.md), and a fresh process gives it back. But a restart costs TensorFlow's
-    import, the data's load and every compiled program again (7 s, and 1.6-2.5 s a program, on
-    this project's 2 cores), so `auto` restarts only once the process's resident memory has grown
-    RECYCLE_GROWTH_MB since the end of its first trial (the data, the first programs and the
-    backend's own start-up are in that baseline); N restarts after every N trials."""
+    (docs/engine.md, "Workers restarted by memory"), and a fresh process gives it back. But a
+    restart costs TensorFlow's import, the data's load and every compiled program again
+    (seconds each on a CPU: docs/lab/performance.md), so `auto` restarts only once the
+    process's resident memory has grown RECYCLE_GROWTH_MB since the end of its first trial (the
+    data, the first programs and the backend's own start-up are in that baseline); N restarts
+    after every N trials."""
 
     def __init__(self, setting: str | int | None) -> None:
         text = "0" if setting is None else str(setting).strip().lower()

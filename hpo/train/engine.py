@@ -61,8 +61,8 @@ def choose() -> str:
     """Which loop trains a trial: "fused" (this module) or Keras' "fit".
 
     $HPO_ENGINE=fused|fit forces one. By default fused wherever it exists (JAX, TensorFlow):
-    measured faster than fit for every built-in dataset on both (docs/performance.md), by 1.1x
-    (Reuters on JAX) to 1.8x (IMDB on TensorFlow) per epoch, and 16x for Boston's k-fold trials.
+    measured faster than fit for every built-in dataset on both (docs/benchmarks.md, "How fast
+    is an epoch"; why: docs/engine.md).
     """
     backend = keras.backend.backend()
     forced = os.environ.get("HPO_ENGINE", "auto")
@@ -439,7 +439,7 @@ class FusedTrainer:
         if self._traced is None:  # the first epoch of this load: trace or find the program
             self.state, sums, val_sums, predictions = self._epoch(*args)
             # tf.function looks up its trace on every call by canonicalizing each argument
-            # (1.3 ms of a 5 ms Boston epoch here: docs/performance.md); its concrete function
+            # (much of a small Boston epoch: docs/lab/performance.md); its concrete function
             # runs the same program and XLA executable without that. jax.jit's lookup is cheap.
             self._traced = (
                 self._epoch if self.stateless else self._epoch.get_concrete_function(*args)
@@ -532,8 +532,7 @@ def _compile(fn: Callable, xla: bool) -> Callable:
 
         # No autograph: the epoch's loops are explicit (fori_loop) and its Python branches on
         # static values, so converting every function it calls is tracing time for nothing
-        # (0.1-0.7 s off some Boston programs in one pair of runs, within this machine's
-        # noise: docs/performance.md).
+        # (measured within this machine's noise: docs/lab/performance.md).
         return tf.function(fn, reduce_retracing=True, jit_compile=xla, autograph=False)
     raise NotImplementedError(f"no fused training loop for the {backend} backend")
 
@@ -542,7 +541,7 @@ def _uniform_rbg(shape: tuple, seed) -> Any:
     """JAX: uniform draws in [0, 1) from XLA's own bit generator ("rbg" keys), seeded by a
     Keras seed generator's draw (two uint32). JAX's default, ThreeFry, is written out as many
     XLA operations: on this project's CPU the dropout masks were half of a Boston program's
-    compilation, and these compile in 0.5 s less a program (docs/performance.md)."""
+    compilation, and these compile faster (docs/lab/performance.md)."""
     import jax
     import jax.numpy as jnp
 

@@ -39,9 +39,9 @@ class DeviceCache(InputCache):
 def trainer(model: keras.Model, *, cache: DeviceCache, **options: Any) -> FusedTrainer:
     """A FusedTrainer for `model` (FusedTrainer's options): the program an earlier model of
     the same structure compiled, if `cache` holds it, restarted with this model's weights,
-    learning rate, dropout rates and seed; else a new one, kept in `cache`. In a search about
-    half the trials repeat an earlier trial's layers, units, activation, loss, optimizer and
-    batch size (docs/performance.md)."""
+    learning rate, dropout rates and seed; else a new one, kept in `cache`. In a search many
+    trials repeat an earlier trial's layers, units, activation, loss, optimizer and batch size
+    (docs/engine.md, "Compiling less")."""
     key = program_key(model, **options)
     program = cache.programs.pop(key, None)
     if program is None:

@@ -134,8 +134,8 @@ class ReportAhead:
     """Tell the storage of each epoch on a thread while the next epoch trains.
 
     A fused epoch of a small model takes a few milliseconds, and so do its storage calls
-    (trial.report and should_prune: a database transaction, and the pruner's reads): 4 ms an
-    epoch on SQLite, a sixth of a Boston search (docs/performance.md). The compiled epoch
+    (trial.report and should_prune: a database transaction, and the pruner's reads), a good
+    part of a Boston search on SQLite (docs/engine.md, "The host's work"). The compiled epoch
     leaves Python free, so here epoch e's calls run on a thread while epoch e+1 trains, and
     their answer is taken (settle) before epoch e+1 is recorded: a trial pruned at epoch e is
     pruned there, its curve ending at e, as before; only epoch e+1's arithmetic is wasted.

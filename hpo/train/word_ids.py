@@ -106,9 +106,9 @@ def choose(packed: bool, folds: int = 1, rows: int = MIN_ROWS) -> str:
 
     ids needs bit-packed text (hpo.train.model.UnpackBits, then Dense) and one model, not
     stacked k-fold ones. It is the default for text of at least MIN_ROWS training rows:
-    measured 2x to 5x faster per epoch than dense on JAX and TensorFlow, IMDB and Reuters,
-    for first layers of 16 to 128 units (bench/word_ids.py, docs/performance.md), once it is
-    compiled (on TensorFlow, with XLA: about a second more per program). On fewer rows the
+    measured faster per epoch than dense on JAX and TensorFlow, IMDB and Reuters, for first
+    layers of 16 to 128 units (docs/benchmarks.md, "How fast is an epoch"), once it is
+    compiled (on TensorFlow, with XLA: longer per program). On fewer rows the
     epochs are too short to repay that. Except under JAX on a GPU whose jaxlib has the f32
     scatter-add regression (slow_gpu_scatter). $HPO_FIRST_LAYER=dense forces dense, ids asks
     for ids (still dense where ids cannot be used)."""

@@ -115,7 +115,11 @@ def main() -> None:
     entry = provenance(shown)
     start = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, str(script), *options], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), *options],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # its rows as they come
     )
     lines = []
     for line in child.stdout:

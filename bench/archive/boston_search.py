@@ -86,7 +86,7 @@ def one_search(code: Path, side: str, backend: str, seed: int, args, tmp: Path) 
     return row
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="boston_housing", help="a built-in study")
     parser.add_argument("--trials", type=int, default=50)
@@ -107,7 +107,11 @@ def main() -> None:
     parser.add_argument("--analyze-seeds", type=int, default=0)
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     if not args.data_dir:
         raise SystemExit("give --data-dir or set HPO_DATA_DIR (keras' dataset files)")
     args.data_dir = str(Path(args.data_dir).resolve())

@@ -14,7 +14,7 @@ runs its graph executor. The backend is KERAS_BACKEND's. Needs the real boston_h
 --data-dir or HPO_DATA_DIR (e.g. ../shared/datasets). --reverse traces the structures after
 the warm-up in the opposite order, as another process of a search meets them (TensorFlow's
 persistent XLA cache, `TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=DIR`, finds a program
-only when it is traced at the same point: docs/performance.md).
+only when it is traced at the same point: docs/lab/performance.md).
 """
 
 from __future__ import annotations

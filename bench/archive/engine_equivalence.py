@@ -86,7 +86,7 @@ def seed_spread(rows: list[dict], key: str) -> float:
     return statistics.fmean(statistics.stdev(v) for v in by_config.values() if len(v) > 1)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"))
     parser.add_argument("--configs", type=int, default=6, help="the book's and N-1 random")
@@ -100,7 +100,11 @@ def main() -> None:
     parser.add_argument("--test", action="store_true", help="also retrain and test each trial")
     parser.add_argument("--epochs", type=int, help="max_epochs (default: the study file's 200)")
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     if not args.data_dir:
         raise SystemExit("give --data-dir or set HPO_DATA_DIR (a folder with boston_housing.npz)")
     os.environ["KERAS_BACKEND"] = args.backend

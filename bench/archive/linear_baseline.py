@@ -48,14 +48,10 @@ try:
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-except ImportError:
-    sys.exit("bench/archive/linear_baseline.py needs scikit-learn: pip install scikit-learn")
+except ImportError:  # said in main(), so that its parser is importable without it
+    sk_datasets = None
 
-LOADERS = {
-    "wine": sk_datasets.load_wine,
-    "breast_cancer": sk_datasets.load_breast_cancer,
-    "diabetes": sk_datasets.load_diabetes,
-}
+LOADERS = {"wine": "load_wine", "breast_cancer": "load_breast_cancer", "diabetes": "load_diabetes"}
 BOOK_STUDY = "max_epochs = 20\n"  # the book's configuration, fixed: what hpo searched before
 BOOK_SPACE = """[space]
 layers = 2
@@ -71,7 +67,8 @@ dropout = 0.0
 def write_table(name: str, folder: Path, book: bool = False) -> Path:
     """NAME.csv (the target in column "target") and a study file with [study] and [data]
     only; with `book`, NAME-book.toml with the book's fixed configuration written out."""
-    LOADERS[name](as_frame=True).frame.to_csv(folder / f"{name}.csv", index=False)
+    table = getattr(sk_datasets, LOADERS[name])(as_frame=True).frame
+    table.to_csv(folder / f"{name}.csv", index=False)
     study = f"{name}-book" if book else name
     path = folder / f"{study}.toml"
     path.write_text(
@@ -160,7 +157,7 @@ def linear(study: Path) -> dict:
     }
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default=",".join(LOADERS))
     parser.add_argument("--studies", nargs="*", default=[], help="existing study files too")
@@ -170,7 +167,13 @@ def main() -> None:
     parser.add_argument("--book", action="store_true", help="also the book's fixed configuration")
     parser.add_argument("--linear-only", action="store_true", help="no hpo runs, baselines only")
     parser.add_argument("--keep", help="scratch folder to use and keep (default: a temporary one)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
+    if sk_datasets is None:
+        sys.exit("bench/archive/linear_baseline.py needs scikit-learn: pip install scikit-learn")
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")  # 1.9's notices
 
     scratch = Path(args.keep or tempfile.mkdtemp(prefix="hpo-linear-")).resolve()

@@ -69,12 +69,16 @@ def replay(path: str, study_name: str, patiences: list[int]) -> None:
         )
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("storages", nargs="+")
     parser.add_argument("--study", default="bench")
     parser.add_argument("--patience", default="3,4,5,10,20,40")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for path in args.storages:
         replay(path, args.study, [int(p) for p in args.patience.split(",")])

@@ -186,7 +186,7 @@ def describe(params: dict) -> str:
     )
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", type=int, default=7, help="the book's and N-1 drawn")
     parser.add_argument("--seeds", default="0,1", help="comma-separated trial seeds")
@@ -194,7 +194,11 @@ def main() -> None:
     parser.add_argument("--draw-seed", type=int, default=0, help="numpy seed of the draws")
     parser.add_argument("--check", action="store_true", help="retrain(E) == the curve at E?")
     parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     if not args.data_dir:
         raise SystemExit("give --data-dir or set HPO_DATA_DIR (a folder with imdb.npz)")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")

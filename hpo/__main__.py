@@ -5,7 +5,6 @@ they are let through, and one that arrived then or lands while the new process i
 importing (seconds: TensorFlow) ends it with the resume line, not a traceback or silence.
 """
 
-import re
 import shlex
 import signal
 import sys
@@ -13,6 +12,19 @@ import sys
 
 def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signum)
+
+
+def _shown(arg: str) -> str:
+    """`arg` safe to print: a URL's password and secret query values hidden, as in every resume
+    line (hpo.search.storage.redact, imported only now: the signals are ignored by then)."""
+    if "://" not in arg:
+        return arg
+    try:
+        from hpo.search.storage import redact
+    except Exception:  # an import cut short: show nothing of the URL
+        return "***"
+    name, equals, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    return f"{name}{equals}{redact(value)}"
 
 
 signal.signal(signal.SIGTERM, _stop)
@@ -24,8 +36,7 @@ except KeyboardInterrupt as exc:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signum = exc.args[0] if exc.args else signal.SIGINT
-    # The database password is hidden, as in every resume line (hpo.search.launch).
-    shown = [re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", arg) for arg in sys.argv[1:]]
+    shown = [_shown(arg) for arg in sys.argv[1:]]
     print(
         f"interrupted while starting: resume with: {shlex.join(['hpo', *shown])}",
         file=sys.stderr,

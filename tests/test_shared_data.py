@@ -273,3 +273,28 @@ def test_a_preparation_stored_before_this_change_still_loads(tmp_path):
     stored.save_or_check(study, _preparation(1.0), "a.csv")
     with pytest.raises(hpo.HpoError, match="file was changed"):
         stored.save_or_check(study, _preparation(2.0), "a.csv")
+
+
+def test_a_stop_while_starting_shows_no_query_password(tmp_path):
+    """The "interrupted while starting" resume line (hpo/__main__.py, before hpo is imported)
+    hides a ?password= as every other printed URL does."""
+    import signal
+    import subprocess
+    import time
+
+    url = f"postgresql+psycopg://u@db.example/hpo?password={SECRET}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "list", "--storage", url],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    status = Path(f"/proc/{proc.pid}/status")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until __main__ catches SIGTERM: it is importing hpo
+        caught = next(line for line in status.read_text().splitlines() if line[:7] == "SigCgt:")
+        if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "interrupted while starting" in err, err
+    assert SECRET not in out + err and "password=***" in err

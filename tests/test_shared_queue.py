@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from hpo.search import budget, pool, queue, runner, storage
+from hpo.search.search_options import SearchOptions
 
 # The tests ask for trials as a worker does, beating their heartbeat by hand.
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
@@ -126,7 +127,7 @@ def test_a_submit_between_a_workers_read_and_write_is_not_lost(workdir, capsys, 
 
     def extend() -> None:
         quiet = Console(quiet=True)
-        queue.submit(path, trials=5, study=name, storage_url=server_url, console=quiet)
+        queue.submit(SearchOptions(path, trials=5, study=name, storage_url=server_url), None, quiet)
 
     with before_its_write(worker.store.engine, extend) as fired:
         assert worker.choose() is None  # budget met: it marks the study done
@@ -382,4 +383,28 @@ def test_each_trial_is_judged_by_its_own_workers_heartbeat(server_url):
     states = {t.number: t.state for t in optuna.load_study(study_name=name, storage=fast).trials}
     assert states[alive.number] == TrialState.RUNNING  # its grace is 3 x 60 s
     assert states[dead.number] == TrialState.FAIL  # its grace is 3 x 1 s
+    delete(server_url, name)
+
+
+def test_a_worker_in_another_time_zone_is_not_taken_for_dead(server_url, monkeypatch):
+    """Heartbeats are the server's CURRENT_TIMESTAMP in a column without a zone: a worker whose
+    session runs in New York (PGTZ, a server default) must not look 5 hours silent to a
+    checker in UTC. Every hpo session speaks UTC."""
+    name = unique("zone")
+    monkeypatch.setenv("PGTZ", "America/New_York")  # libpq's session zone, for PostgreSQL
+    writer = storage.open_storage(server_url, heartbeat_s=60)
+    with writer.engine.connect() as connection:
+        if "mysql" in server_url:  # the server's default zone, for MariaDB: the session's own
+            zone = connection.exec_driver_sql("SELECT @@session.time_zone").scalar_one()
+        else:
+            zone = connection.exec_driver_sql("SHOW TIME ZONE").scalar_one()
+    assert zone in ("UTC", "+00:00"), zone
+    study = optuna.create_study(study_name=name, storage=writer)
+    alive = study.ask()
+    writer.record_heartbeat(alive._trial_id)
+    monkeypatch.delenv("PGTZ")
+    checker = storage.open_storage(server_url, heartbeat_s=60)
+    budget.fail_stale(optuna.load_study(study_name=name, storage=checker))
+    trials = optuna.load_study(study_name=name, storage=checker).trials
+    assert trials[alive.number].state == TrialState.RUNNING
     delete(server_url, name)

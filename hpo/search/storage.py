@@ -364,7 +364,30 @@ def _rdb_storage(
             connection.exec_driver_sql("PRAGMA journal_mode=WAL")
         sqlalchemy.event.listen(storage.engine, "connect", _sync_at_checkpoints)
         storage.engine.dispose()  # the connections opened so far: new ones run the listener
+    elif parsed.get_backend_name() in UTC_SESSION:
+        utc = functools.partial(_utc_session, UTC_SESSION[parsed.get_backend_name()])
+        sqlalchemy.event.listen(storage.engine, "connect", utc)
+        storage.engine.dispose()
     return storage
+
+
+# Optuna writes heartbeats and start times as the server's CURRENT_TIMESTAMP into columns
+# without a time zone: each session's own zone (PGTZ, a server default, DST) would shift them
+# by hours against another worker's now(), and a live trial would look dead. Every hpo session
+# speaks UTC (PgBouncer keeps a client's TimeZone across server connections); SQLite's
+# CURRENT_TIMESTAMP is UTC already.
+UTC_SESSION = {
+    "postgresql": "SET TIME ZONE 'UTC'",
+    "mysql": "SET time_zone = '+00:00'",
+    "mariadb": "SET time_zone = '+00:00'",
+}
+
+
+def _utc_session(statement: str, connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute(statement)
+    cursor.close()
+    connection.commit()  # a SET in PostgreSQL's open transaction would be rolled back with it
 
 
 def _sync_at_checkpoints(connection, _record) -> None:

@@ -135,6 +135,7 @@ def test_no_password_reaches_a_printed_url(url):
         f"postgresql+psycopg://u:{SECRET}@db.example:port/hpo",  # not a port
         f"postgresql+psycopg://u:{SECRET}@@db.example/hpo",
         f"postgresql+psycopg://u:{SECRET}@with@db.example/hpo",  # an @ in the password
+        f"postgresql+psycopg://u:p@{SECRET}/x@db.example/hpo",  # an @, then a /, in it
     ],
 )
 def test_a_url_that_cannot_be_parsed_is_not_echoed(url):

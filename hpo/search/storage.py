@@ -59,12 +59,17 @@ SECRET_KEYS = ("pass", "pwd", "secret", "token", "key", "auth", "credential")
 
 def _parsed(url: str) -> sqlalchemy.URL | None:
     """SQLAlchemy's reading of `url`, or None when it has none or an ambiguous one: an @ left
-    in the host means an unencoded @ in the password, whose tail would show as the host."""
+    in a server's host or database name means an unencoded @ in the password (and a / after
+    it, for the database), whose tail would show as the host or the database."""
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is no number
         return None
-    return None if "@" in (parsed.host or "") else parsed
+    if "@" in (parsed.host or ""):
+        return None
+    if parsed.get_backend_name() != "sqlite" and "@" in (parsed.database or ""):
+        return None  # a SQLite file's path may hold an @; a server's database name does not
+    return parsed
 
 
 def redact(url: str) -> str:

@@ -46,7 +46,7 @@ def test_analyze_retrains_tests_and_saves(searched, workdir, capsys):
     assert scores["accuracy"] == pytest.approx(accuracy["runs"][0], abs=1e-6)
 
     # The ensemble: the three seeds' models (the first is the one above), their mean output.
-    ensemble = model_lib.keras.saving.load_model(folder / "ensemble.keras")
+    ensemble = model_lib.keras.saving.load_model(folder / "seed-ensemble.keras")
     members = [ensemble.get_layer(f"member_{i}") for i in range(3)]
     x = prepared.x_test[:50]
     np.testing.assert_allclose(members[0].predict(x, verbose=0), model.predict(x, verbose=0))
@@ -67,7 +67,13 @@ def test_analyze_retrains_tests_and_saves(searched, workdir, capsys):
     # Three figures, the report and the handed-over model for the study, and each trial's
     # validation predictions.
     names = sorted(m.filename for m in optuna.artifacts.get_all_artifact_meta(study))
-    assert names == ["curves.png", "history.png", "importances.png", "report.md", "selected.keras"]
+    assert names == [
+        "curves.png",
+        "history.png",
+        "importances.png",
+        "report.md",
+        "trial-ensemble.keras",
+    ]
     trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     store = workdir / "storage" / "artifacts"
     assert all((store / t.user_attrs["val_predictions"]["artifact_id"]).is_file() for t in trials)

@@ -53,7 +53,13 @@ def test_api_serves_studies_trials_and_curves(served):
     assert "Best configuration" in detail["note"]["body"]  # written by hpo analyze
     # analyze's figures, report and handed-over model
     names = sorted(artifact["filename"] for artifact in detail["artifacts"])
-    assert names == ["curves.png", "history.png", "importances.png", "report.md", "selected.keras"]
+    assert names == [
+        "curves.png",
+        "history.png",
+        "importances.png",
+        "report.md",
+        "trial-ensemble.keras",
+    ]
     assert {a["key"] for a in detail["user_attrs"]} >= {"hpo", "analysis"}
 
 

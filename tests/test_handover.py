@@ -1,7 +1,8 @@
-"""The model a search hands over: each trial's kept validation predictions, the ensemble of
-trials chosen from them, its file, its fallbacks and its bad inputs (tiny data)."""
+"""The model a search hands over: each trial's kept validation predictions, the trial
+ensemble chosen from them, its file, its fallbacks and its bad inputs (tiny data)."""
 
 import json
+import uuid
 
 import numpy as np
 import optuna
@@ -39,14 +40,14 @@ def test_trials_keep_their_best_epochs_out_of_fold_predictions(boston, workdir):
         assert mae == pytest.approx(trial.value, rel=2e-3)
 
 
-def test_analyze_hands_over_the_ensemble_of_trials(boston, workdir, capsys):
+def test_analyze_hands_over_the_trial_ensemble(boston, workdir, capsys):
     code, out, err = run_cli(capsys, "analyze", str(boston), "--seeds", "2")
     assert code == 0, err
     folder = workdir / "storage" / "reports" / "tiny"
     saved = json.loads((folder / "params.json").read_text())
     assert json.loads((folder / "handover.json").read_text()) == {  # the default handover
-        "handover": "selected",
-        "model": "selected.keras",
+        "handover": "trial-ensemble",
+        "model": "trial-ensemble.keras",
     }
     selected = saved["selected"]
     weights = [m["weight"] for m in selected["members"]]
@@ -57,7 +58,7 @@ def test_analyze_hands_over_the_ensemble_of_trials(boston, workdir, capsys):
     # analyze reported.
     from hpo.train import model as model_lib
 
-    ensemble = model_lib.keras.saving.load_model(folder / "selected.keras")
+    ensemble = model_lib.keras.saving.load_model(folder / "trial-ensemble.keras")
     prepared = builtin.load("boston_housing")
     y = prepared.y_test[:, None]
     scores = ensemble.evaluate(prepared.x_test, y, verbose=0, return_dict=True)
@@ -66,18 +67,18 @@ def test_analyze_hands_over_the_ensemble_of_trials(boston, workdir, capsys):
         2 * len(weights)
     )
     report = (folder / "report.md").read_text()
-    assert "## Handover" in report and "Handed over: **selected**" in report
+    assert "## Handover" in report and "Handed over: **trial-ensemble**" in report
     assert f"{selected['test']['mae']:.4f}" in out and "scored nested" in out
     study = optuna.load_study(study_name="tiny", storage=DEFAULT_URL)
-    assert study.user_attrs["analysis"]["handover"] == "selected"
+    assert study.user_attrs["analysis"]["handover"] == "trial-ensemble"
     from optuna_dashboard import get_note
 
-    assert "Ensemble of trials" in get_note(study)
+    assert "Trial ensemble" in get_note(study)
 
     # Each handover can be chosen; predict's model is the one handover.json names.
     code, _, err = run_cli(capsys, "analyze", str(boston), "--handover", "seeds", "--seeds", "2")
     assert code == 0, err
-    assert json.loads((folder / "handover.json").read_text())["model"] == "ensemble.keras"
+    assert json.loads((folder / "handover.json").read_text())["model"] == "seed-ensemble.keras"
     code, _, err = run_cli(capsys, "analyze", str(boston), "--handover", "best")
     assert code == 0, err
     assert json.loads((folder / "handover.json").read_text())["model"] == "model.keras"
@@ -85,6 +86,27 @@ def test_analyze_hands_over_the_ensemble_of_trials(boston, workdir, capsys):
     assert code == 0, err  # one seed: its ensemble is the best trial's model, no note
     assert json.loads((folder / "handover.json").read_text())["model"] == "model.keras"
     assert "not available" not in out
+
+
+def test_earlier_hpo_handover_names_still_load(workdir):
+    """Folders and records written before the trial ensemble had its name (selected.keras, and
+    ensemble.keras for the seeds') still hand over their model; `selected` is still taken."""
+    from hpo.results import analysis, prediction
+    from hpo.results import handover as handover_lib
+
+    for old in ("selected.keras", "ensemble.keras"):
+        folder = workdir / old.removesuffix(".keras")
+        folder.mkdir()
+        (folder / old).write_bytes(b"a model")
+        (folder / "params.json").write_text("{}")
+        (folder / "handover.json").write_text(json.dumps({"handover": "selected", "model": old}))
+        assert prediction.handed_over(folder) == folder / old
+        analysis.check_target(folder)  # an unmarked folder of earlier hpo's: still replaceable
+        study = optuna.create_study()
+        study.set_user_attr(handover_lib.ATTR, {"file": old, "model": str(uuid.uuid4())})
+        assert prediction.handover_record(study)[0] == old
+    assert handover_lib.canonical("selected") == "trial-ensemble"
+    analysis.check_options(1, 1, 1, "selected")
 
 
 def test_analyze_holds_at_most_the_candidates_predictions(boston, workdir, capsys, monkeypatch):
@@ -106,7 +128,7 @@ def test_handover_bad_input_is_one_line(boston, workdir, capsys):
     code, _, err = run_cli(capsys, "analyze", str(boston), "--artifacts", str(workdir / "nowhere"))
     assert code == 2 and "no such folder" in err and len(err.strip().splitlines()) == 1
     # A store without the trials' predictions (each worker kept its own on another machine):
-    # analyze still hands over a model, and says why it is not an ensemble of trials.
+    # analyze still hands over a model, and says why it is not a trial ensemble.
     other = workdir / "other"
     other.mkdir()
     code, out, err = run_cli(capsys, "analyze", str(boston), "--artifacts", str(other))
@@ -147,6 +169,6 @@ def test_trials_without_kept_predictions_fall_back_with_a_note(workdir, capsys, 
     code, out, err = run_cli(capsys, "analyze", str(path), "--handover", "selected")
     assert code == 0, err
     assert "2 of the top 2 trials kept no validation predictions" in out
-    assert "handover selected not available" in out
+    assert "handover trial-ensemble not available" in out  # `selected`: its old name
     handover = json.loads((workdir / "storage" / "reports" / "tiny" / "handover.json").read_text())
     assert handover == {"handover": "best", "model": "model.keras"}

@@ -28,5 +28,5 @@ def test_quickstart_notebook_runs(workdir):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(str(o.get("text", "")) + str(o.get("data", {})) for o in outputs)
     assert "test MAE" in text and "prediction" in text
-    assert "ensemble of trials" in text and "handed over: selected" in text  # the default
+    assert "trial ensemble" in text and "handed over: trial-ensemble" in text  # the default
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the learning curves

@@ -82,8 +82,8 @@ def test_csv_classification_from_python(churn_study, workdir):
     assert study.best_trial.user_attrs["best_epoch"] >= 1
     result = hpo.analyze(churn_study, seeds=2, progress=False)
     assert 0.0 <= result.best.mean("accuracy") <= 1.0
-    assert result.model_path.name == "selected.keras"  # the default: the ensemble of trials
-    assert result.handed.name == "selected" and result.handed.selection is not None
+    assert result.model_path.name == "trial-ensemble.keras"  # the default: the trial ensemble
+    assert result.handed.name == "trial-ensemble" and result.handed.selection is not None
     assert (result.folder / "preparation.json").is_file()
 
     predicted = hpo.predict(churn_study, workdir / "new.csv", probabilities=True)

@@ -138,7 +138,7 @@ class AnalysisResult:
     folder: Path
     report: Path
     model_path: Path  # the handed-over model, the one hpo predict uses
-    handed: handover_lib.Handed  # which it is, and the ensemble of trials if one was built
+    handed: handover_lib.Handed  # which it is, and the trial ensemble if one was built
 
     @property
     def best(self) -> Retrained:
@@ -153,6 +153,7 @@ LEGACY = {
     "handover.json",
     "preparation.json",
     *handover_lib.FILES.values(),
+    *handover_lib.OLD_FILES.values(),
 }
 
 
@@ -227,7 +228,7 @@ def check_options(seeds: int, top: int, candidates: int, handover: str) -> None:
     """analyze's options, checked before anything is opened or loaded."""
     if seeds < 1 or top < 1 or candidates < 1:
         raise HpoError("--seeds, --top and --candidates must be at least 1")
-    if handover not in handover_lib.HANDOVERS:
+    if handover_lib.canonical(handover) not in handover_lib.HANDOVERS:
         raise HpoError(f"--handover must be one of {', '.join(handover_lib.HANDOVERS)}")
 
 
@@ -248,6 +249,7 @@ def analyze_study(
     kept predictions (with an artifact store), save the models, write the report and the
     study attrs; the model handed over is `handover`'s, or the next one that exists."""
     check_options(seeds, top, candidates, handover)
+    handover = handover_lib.canonical(handover)
     check_target(folder)  # before any retraining
     ranked = ranked_trials(study, max(top, candidates))
     trials = ranked[:top]
@@ -287,7 +289,7 @@ def analyze_study(
             selected, selected_test = _selected_model(
                 [(retrained[t.number], w) for t, w in members], data
             )
-            selected.save(staging / handover_lib.FILES["selected"])
+            selected.save(staging / handover_lib.FILES["trial-ensemble"])
         name, note = _handed_over(handover, chosen is not None, best.ensemble_model is not None)
         notes += [note] if note else []
         handed = handover_lib.Handed(name, chosen, selected_test, notes)
@@ -351,12 +353,12 @@ def _selected_model(members: list[tuple[Retrained, float]], data: Prepared):
 
 def _handed_over(wanted: str, selected: bool, seeds: bool) -> tuple[str, str | None]:
     """The handover that exists, nearest to `wanted`, and a note when it is not `wanted`."""
-    exists = {"selected": selected, "seeds": seeds, "best": True}
+    exists = {"trial-ensemble": selected, "seeds": seeds, "best": True}
     for name in handover_lib.HANDOVERS[handover_lib.HANDOVERS.index(wanted) :: -1]:
         if exists[name]:
             if name == wanted or wanted == "seeds":  # one seed's ensemble is its model
                 return name, None
-            why = "no ensemble of trials was built"
+            why = "no trial ensemble was built"
             return name, f"handover {wanted} not available ({why}): handing over {name}"
     raise AssertionError("best always exists")
 
@@ -403,7 +405,7 @@ def _save_note(study: optuna.Study, spec: StudySpec, result: AnalysisResult) -> 
         )
     handed = result.handed
     if handed.selection is not None and handed.selected_test is not None:
-        body += "\n\n## Ensemble of trials\n\n" + ", ".join(
+        body += "\n\n## Trial ensemble\n\n" + ", ".join(
             f"test {m} {handed.selected_test[m]:.4f}" for m in metrics
         )
         for trial, weight in handed.selection.members():

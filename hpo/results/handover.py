@@ -1,7 +1,8 @@
-"""The model a search hands over: the best trial retrained, its seeds' ensemble, or an
-ensemble chosen from the search's own trials.
+"""The model a search hands over: the best trial retrained (`best`), its seeds' ensemble
+(`seeds`), or the trial ensemble (`trial-ensemble`, the default), chosen from the search's own
+trials.
 
-The third is Caruana's ensemble selection (hpo.results.selection) over the validation
+The trial ensemble is Caruana's ensemble selection (hpo.results.selection) over the validation
 predictions each trial kept at its best epoch (hpo.train.predictions): the top candidates of
 the search, chosen greedily with replacement on the study's own metric, no model retrained to
 choose them. Its score is reported nested (weights chosen on some validation rows, scored on
@@ -24,14 +25,29 @@ from hpo.results import selection
 from hpo.study.studyfile import StudySpec
 from hpo.train import predictions
 
-HANDOVERS = ("best", "seeds", "selected")
-# The measurements (docs/results.md#handover) justify the ensemble of trials: over Boston's
-# five search seeds it tested 2.30 MAE on average against the seeds' ensemble's 2.40.
-DEFAULT = "selected"
+# The three models analyze can hand over, by the name --handover gives them: the best trial
+# retrained, its seeds' ensemble, and the trial ensemble (several trials, chosen as above).
+HANDOVERS = ("best", "seeds", "trial-ensemble")
+ALIASES = {"selected": "trial-ensemble"}  # its name before issue 36, still accepted
+# The measurements (docs/results.md#handover) justify the trial ensemble over the seeds'.
+DEFAULT = "trial-ensemble"
 CANDIDATES = 25  # AutoGluon's ensemble size; TabRepo saw no gain above 25
 STEPS = 25
 ATTR = "handover_artifacts"  # study user attr: the artifact ids of the handed-over files
-FILES = {"best": "model.keras", "seeds": "ensemble.keras", "selected": "selected.keras"}
+FILES = {
+    "best": "model.keras",
+    "seeds": "seed-ensemble.keras",
+    "trial-ensemble": "trial-ensemble.keras",
+}
+# What earlier hpo wrote for the seeds' ensemble and the trial ensemble: still loaded.
+OLD_FILES = {"seeds": "ensemble.keras", "trial-ensemble": "selected.keras"}
+
+
+def canonical(name: str) -> str:
+    """A --handover name as hpo now calls it: `selected` is the trial ensemble's old name."""
+    return ALIASES.get(name, name)
+
+
 # In every report folder analyze writes: the study it is of and the files hpo wrote there.
 # analyze replaces only a folder so marked, holding only those files; predict trusts the
 # storage's record of a report folder only when the folder is so marked for that study.
@@ -88,9 +104,9 @@ class Selection:
 class Handed:
     """What analyze handed over, and what it compared it with."""
 
-    name: str  # best | seeds | selected
-    selection: Selection | None = None  # the ensemble chosen from the trials, if any
-    selected_test: dict[str, float] | None = None  # its test metrics
+    name: str  # best | seeds | trial-ensemble
+    selection: Selection | None = None  # the trial ensemble, if one was built
+    selected_test: dict[str, float] | None = None  # the trial ensemble's test metrics
     notes: list[str] = field(default_factory=list)  # why a handover fell back, and the like
 
     @property
@@ -140,13 +156,13 @@ def choose_ensemble(
         if count
     ]
     if not kept:
-        return None, "; ".join(notes) + ": no ensemble of trials"
+        return None, "; ".join(notes) + ": no trial ensemble"
     metric = selection_metric(spec, trials[0].params.get("loss", ""))
     score, maximize = selection.scorer(spec.task, metric)
     try:
         nested = selection.nested_scores(np.stack(kept), y, score, maximize, steps=STEPS)
     except HpoError as exc:  # e.g. fewer validation rows than the nested score's 5 parts
-        return None, f"{exc}: no ensemble of trials"
+        return None, f"{exc}: no trial ensemble"
     return Selection(trials, nested.weights, metric, nested, len(y)), "; ".join(notes) or None
 
 

@@ -1,7 +1,7 @@
 """Predictions of a tuned model on new rows, prepared exactly as the study's training rows were.
 
-`hpo analyze` saves the models (model.keras; ensemble.keras when it retrained several seeds;
-selected.keras, the ensemble of trials), handover.json naming the one to use, and
+`hpo analyze` saves the models (model.keras; seed-ensemble.keras when it retrained several
+seeds; trial-ensemble.keras, the trial ensemble), handover.json naming the one to use, and
 preparation.json, what hpo learned from the training rows (a Preparation). Here
 new rows go through that preparation and the model, and come out as the value (regression) or
 the class with its probability (classification), with the original class labels.
@@ -34,7 +34,8 @@ from hpo.results.handover import ATTR
 from hpo.study.studyfile import Identity
 
 MODEL_FILES = ("ensemble.keras", "model.keras")  # before handover.json: the ensemble first
-HANDED = tuple(handover_lib.FILES.values())  # the only files a handover may name
+# The only files a handover may name: hpo's, and the names earlier hpo gave them.
+HANDED = (*handover_lib.FILES.values(), *handover_lib.OLD_FILES.values())
 PREPARATION = "preparation.json"
 WRITTEN = (".csv", ".parquet", ".npz")
 

@@ -172,8 +172,8 @@ def versions(seeds: Sequence[int]) -> dict[str, str]:
 def handover_section(
     study: optuna.Study, spec: StudySpec, best: Retrained, handed: Handed
 ) -> list[str]:
-    """The three handovers side by side, which one `hpo predict` uses, and the ensemble of
-    trials: its members and its nested validation score beside the best single trial's."""
+    """The three handovers side by side, which one `hpo predict` uses, and the trial
+    ensemble: its members and its nested validation score beside the best single trial's."""
     metrics = test_metrics(spec.task)
     seeds = len(best.seeds)
     rows = [
@@ -195,11 +195,11 @@ def handover_section(
     if chosen is not None and handed.selected_test is not None:
         rows.append(
             [
-                f"ensemble of {len(chosen.members())} trials (Caruana selection"
+                f"trial ensemble, {len(chosen.members())} trials (Caruana selection"
                 + ("" if spec.task == "regression" else f"; loss: {DEFAULT_LOSS[spec.task]}")
                 + ")",
                 *[f"{handed.selected_test[m]:.4f}" for m in metrics],
-                f"`{FILES['selected']}`",
+                f"`{FILES['trial-ensemble']}`",
             ]
         )
     lines = [
@@ -216,7 +216,7 @@ def handover_section(
     nested = chosen.nested
     lines += [
         "",
-        f"The ensemble of trials was chosen from the top {len(chosen.candidates)} trials' "
+        f"The trial ensemble was chosen from the top {len(chosen.candidates)} trials' "
         f"predictions of {chosen.rows} validation rows, by greedy selection with replacement "
         f"on {chosen.metric}. Scored nested (weights chosen on 4/5 of the rows, scored on the "
         f"other 1/5, rotating): ensemble **{nested.ensemble:.4f}**, best single trial "
@@ -275,7 +275,7 @@ def write(
         together = ", ".join(f"{m} {head.ensemble[m]:.4f}" for m in metrics)
         lines += [
             f"The ensemble of those {len(head.seeds)} models (their mean prediction, saved as "
-            f"`ensemble.keras`): test {together}.",
+            f"`{FILES['seeds']}`): test {together}.",
             "",
         ]
     if handed is not None:

@@ -11,6 +11,7 @@ competing write between one side's read and its write.
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from datetime import datetime, timedelta
 
@@ -91,6 +92,29 @@ def test_own_data_is_specified_without_the_csv_and_a_worker_says_why_it_left(wor
     assert "own: left by" in shown and "not in the artifact store" in shown, shown
     note = get_note(optuna.load_study(study_name="own", storage=url))
     assert note.startswith("**Queue:** queued") and "not in the artifact store" in note
+
+
+def test_a_record_that_names_a_local_file_is_left_unread(workdir, capsys):
+    """A queue record whose shipped arrays were removed (data: null) by whoever writes the
+    storage would make a worker read the [data] path the record names and copy its values
+    into the storage: the worker leaves the study instead, and reads nothing."""
+    from test_own_data import churn, study_file
+
+    url = f"sqlite:///{workdir}/files.db"
+    churn(160).to_csv(workdir / "churn.csv", index=False)
+    data = 'train = "churn.csv"\ntarget = "left"\ndrop = ["id"]\ncategorical = ["plan"]'
+    path = study_file(workdir, "files", data)
+    submit(capsys, path, "files", url, "--trials", "2", "--artifacts", str(workdir / "shared"))
+    study = optuna.load_study(study_name="files", storage=url)
+    study.set_user_attr(queue.ATTR, {**study.user_attrs[queue.ATTR], "data": None})
+    (workdir / "churn.csv").write_text("secret,left\nhunter2,yes\nhunter3,no\n")
+
+    out = Console(record=True, width=200)
+    worker = pool.Worker(url, console=out, artifacts=str(workdir / "shared"))
+    worker.run_one(worker.choose())
+    assert "not shipped" in out.export_text(), out.export_text()
+    stored = json.dumps(optuna.load_study(study_name="files", storage=url).user_attrs)
+    assert "hunter" not in stored
 
 
 # --- item 6: no lost update to the queue record -------------------------------------------
@@ -304,29 +328,30 @@ def stale(store, trial_id: int) -> None:
         )
 
 
-def test_a_study_whose_workers_die_in_a_row_is_left(workdir, capsys):
+@pytest.mark.parametrize("name", ["oom", "oom[1]"])  # a name that is also a glob pattern
+def test_a_study_whose_workers_die_in_a_row_is_left(workdir, capsys, name):
     """Each trial's worker is killed (out of memory): after DEATHS_TO_LEAVE in a row the
     study is left for every worker, with the reason on `hpo list`; resume queues it again."""
     url = f"sqlite:///{workdir}/oom.db"
     path = tiny_study(workdir, epochs=1)
-    submit(capsys, path, "oom", url, "--trials", "5")
+    submit(capsys, path, name, url, "--trials", "5")
     chooser = pool.Worker(url, console=Console(quiet=True), heartbeat_s=1)
-    study = optuna.load_study(study_name="oom", storage=chooser.store)
+    study = optuna.load_study(study_name=name, storage=chooser.store)
     for _ in range(pool.DEATHS_TO_LEAVE):
-        assert chooser.choose().name == "oom"
+        assert chooser.choose().name == name
         trial = study.ask()
         trial.suggest_int("units", 8, 16)
         chooser.store.record_heartbeat(trial._trial_id)
         stale(chooser.store, trial._trial_id)
         budget.fail_stale(study)
     assert chooser.choose() is None
-    after = record(url, "oom")
+    after = record(url, name)
     assert after["state"] == queue.LEFT and "died" in after["reason"], after
     rows, shown = list_rows(capsys, url)
-    assert "left" in rows["oom"] and "died" in shown
+    assert "left" in rows[name] and "died" in shown
     assert budget.finished(study) == 0  # the dead trials do not count
-    assert run_cli(capsys, "resume", "oom", "--storage", url)[0] == 0
-    assert chooser.choose().name == "oom"
+    assert run_cli(capsys, "resume", name, "--storage", url)[0] == 0
+    assert chooser.choose().name == name
 
 
 # --- item 12: clocks and heartbeat settings across machines -------------------------------

@@ -352,8 +352,8 @@ class Worker:
         died = [t for t in last if t.user_attrs.get("fail_reason") == DIED]
         if len(died) < DEATHS_TO_LEAVE:
             return
-        name = self.store.get_study_name_from_id(study_id)
-        entry = next((e for e in queue.entries(self.store, name) if e.name == name), None)
+        name = self.store.get_study_name_from_id(study_id)  # by id: a name may hold [ * ?
+        entry = queue.Entry.of(name, study_id, self.store.get_study_user_attrs(study_id))
         if entry is None or entry.state != queue.QUEUED:
             return
         self._leave(
@@ -409,6 +409,8 @@ class Worker:
 
             with self.console.status(f"{entry.name}: fetching its data…"):
                 prepared = shipped.fetch(entry.data, store)
+        elif spec.data is not None:  # a path the storage names: never read on a worker
+            raise HpoError(queue.NOT_SHIPPED)
         else:
             prepared = runner.load_data(spec, self.data_dir, study, self.console)
         from hpo.train.objective import Objective

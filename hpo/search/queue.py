@@ -179,6 +179,12 @@ def entries(store: optuna.storages.BaseStorage, pattern: str = "*") -> list[Entr
     return found
 
 
+NOT_SHIPPED = (
+    "its own data was not shipped with it (a worker reads only the arrays hpo submit "
+    "uploads, never a file the queue names): hpo submit it again"
+)
+
+
 def spec_of(entry: Entry) -> StudySpec:
     """The study file the study was submitted with, as recorded in it, and its options: a
     worker trains what the submitter asked for, whatever study files its own machine has.
@@ -199,6 +205,8 @@ def spec_of(entry: Entry) -> StudySpec:
     rows = data.get("rows")
     if isinstance(data.get("task"), str) and isinstance(rows, int) and rows >= 1:
         known = studyfile.Known(task=data["task"], rows=rows)
+    elif "data" in doc:  # parsing would read the file the record names, on this machine
+        raise HpoError(NOT_SHIPPED)
     spec = studyfile.parse(doc, source, known)
     spec = spec.with_overrides(**{k: v for k, v in entry.options.items() if k in OPTIONS})
     check_shared(spec)

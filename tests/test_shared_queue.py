@@ -290,6 +290,32 @@ def test_a_malformed_queue_record_is_one_study_left_not_a_crash(workdir, capsys)
     assert record(url, "zero")["priority"] == 1
 
 
+def test_an_older_hpos_record_keeps_its_study_and_options(workdir, capsys):
+    """A record an older hpo wrote with a priority beyond today's bounds is served with its
+    priority bounded, not left; a malformed record submitted again keeps its options; shipped
+    data named by anything but a UUID and a SHA-256 (both become paths) is malformed."""
+    url = f"sqlite:///{workdir}/old.db"
+    path = tiny_study(workdir, epochs=1)
+    for name in ("big", "small", "odd"):
+        submit(capsys, path, name, url, "--trials", "3", "--max-epochs", "2")
+    store = storage.open_storage(url)
+    for name, priority in (("big", 200.0), ("small", 0.001)):
+        study_id = store.get_study_id_from_name(name)
+        store.set_study_user_attr(study_id, queue.ATTR, {**record(url, name), "priority": priority})
+    entries = {e.name: e for e in queue.entries(store)}
+    assert entries["big"].state == entries["small"].state == queue.QUEUED
+    assert (entries["big"].priority, entries["small"].priority) == (
+        queue.PRIORITY_MAX,
+        queue.PRIORITY_MIN,
+    )
+    odd = {**record(url, "odd"), "data": {"artifact_id": "../../x", "sha256": "../y"}}
+    store.set_study_user_attr(store.get_study_id_from_name("odd"), queue.ATTR, odd)
+    assert queue.malformed(odd).startswith("data:")
+    assert {e.name: e for e in queue.entries(store)}["odd"].state == queue.LEFT
+    submit(capsys, path, "odd", url, "--trials", "4")
+    assert record(url, "odd")["options"]["max_epochs"] == 2  # kept from the malformed record
+
+
 def test_submit_bounds_the_priority_and_the_space(workdir, capsys):
     """A shared pool's limits: no infinite priority, no layer or vocabulary that would run
     every worker out of memory; checked on submit, and again by the worker (a record

@@ -21,9 +21,11 @@ import fnmatch
 import json
 import math
 import os
+import re
 import socket
 import time
 import tomllib
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -91,7 +93,7 @@ class Entry:
             name,
             study_id,
             record["trials"],
-            float(record.get("priority", 1.0)),
+            min(max(float(record.get("priority", 1.0)), PRIORITY_MIN), PRIORITY_MAX),
             record.get("state", QUEUED),
             dict(record.get("options") or {}),
             record.get("data"),
@@ -123,17 +125,17 @@ def malformed(record: Any) -> str | None:
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         return f"trials: must be a whole number of at least 1, got {trials!r}"
     priority = record.get("priority", 1.0)
-    if not _number(priority) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        return f"priority: must be from {PRIORITY_MIN:g} to {PRIORITY_MAX:g}, got {priority!r}"
+    if not _number(priority) or priority <= 0:  # an older hpo's 200 or 0.001: bounded on read
+        return f"priority: must be a number above 0, got {priority!r}"
     if record.get("state", QUEUED) not in STATES:
         return f"state: must be one of {', '.join(STATES)}, got {record.get('state')!r}"
     for key, kind in (("options", dict), ("data", dict), ("left", dict), ("reason", str)):
         if record.get(key) is not None and not isinstance(record[key], kind):
             return f"{key}: must be a {kind.__name__}, got {record[key]!r}"
     data = record.get("data")
-    named = data is None or all(isinstance(data.get(k), str) for k in ("artifact_id", "sha256"))
-    if not named:
-        return "data: must name its artifact_id and sha256"
+    if data is not None and not (_uuid(data.get("artifact_id")) and _sha256(data.get("sha256"))):
+        # Both become paths on a worker (the artifact store's file, the cache's copy).
+        return "data: must name its artifact_id (a UUID) and sha256 (64 hex digits)"
     for key in ("since", "submitted", "since_trial"):
         if record.get(key) is not None and not _number(record[key]):
             return f"{key}: must be a number, got {record[key]!r}"
@@ -142,6 +144,17 @@ def malformed(record: Any) -> str | None:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _uuid(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
+def _sha256(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
 def update(
@@ -286,13 +299,20 @@ def submit(
     since_trial = store.last_trial_id()
 
     def change(current: Any) -> dict:
-        current = current if isinstance(current, dict) and malformed(current) is None else {}
+        current = current if isinstance(current, dict) else {}
+        kept = current.get("options") if isinstance(current.get("options"), dict) else {}
+        if priority is not None:
+            share = priority
+        elif malformed(current) is None:  # an older hpo's priority, bounded as on read
+            share = min(max(float(current.get("priority", 1.0)), PRIORITY_MIN), PRIORITY_MAX)
+        else:
+            share = 1.0
         now = time.time()
         return {
             "state": QUEUED,
             "trials": trials,
-            "priority": priority if priority is not None else current.get("priority", 1.0),
-            "options": {**(current.get("options") or {}), **given},
+            "priority": share,
+            "options": {**kept, **given},  # a malformed record's options are kept too
             "data": data_record,
             "submitted": now,
             "since": now,

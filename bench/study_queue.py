@@ -51,6 +51,7 @@ from rich.console import Console  # noqa: E402
 
 from hpo.search import pool, queue  # noqa: E402
 from hpo.search.budget import Budget, OverBudget, finished  # noqa: E402
+from hpo.search.search_options import SearchOptions  # noqa: E402
 from hpo.study import studyfile  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -138,10 +139,8 @@ def stop(procs: list[mp.Process], counts) -> int:
 
 
 def submit(name: str, trials: int, priority: float = 1.0) -> float:
-    queue.submit(
-        TARGET, trials=trials, priority=priority, study=name, storage_url=URL,
-        console=Console(quiet=True),
-    )  # fmt: skip
+    options = SearchOptions(TARGET, trials=trials, study=name, storage_url=URL)
+    queue.submit(options, priority, Console(quiet=True))
     return time.time()
 
 

@@ -29,6 +29,7 @@ from hpo.results import summary
 from hpo.search import launch, queue, runner, storage
 from hpo.search import workers as hpo_workers
 from hpo.search.progress import RetrainStatus
+from hpo.search.search_options import SearchOptions
 from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
 
@@ -43,8 +44,9 @@ def _console(progress: bool | Console) -> Console:
     return Console(quiet=not progress)
 
 
-def finish_optimize(run: launch.OptimizeRun, trials: int, console: Console, err: Console) -> None:
+def finish_optimize(run: launch.OptimizeRun, console: Console, err: Console) -> None:
     """Wait for the workers started, then say how the study stands and what to type next."""
+    trials = run.options.trials
     codes = hpo_workers.wait(run.children) + hpo_workers.wait_pids(run.inherited)
     failed = [code for code in codes if code not in (0, 130, 143)]  # 130, 143: interrupted
     if failed:
@@ -62,7 +64,7 @@ def finish_optimize(run: launch.OptimizeRun, trials: int, console: Console, err:
             f"Resume with: {run.again}"
         )
         return
-    analyze_argv = ["analyze", run.argv[1], "--study", run.name, *run.location]
+    analyze_argv = ["analyze", run.options.target, "--study", run.name, *run.options.location()]
     console.print(
         f"{result.finished_after} finished trials in {run.name}. Retrain the best and test it "
         f"with: {launch.command_line(analyze_argv)}"
@@ -94,25 +96,25 @@ def optimize(
     worker processes on this machine; each trial keeps its validation predictions in the
     artifact store `artifacts` (a folder, or s3://BUCKET). Returns the optuna.Study (an
     interrupted one included: call optimize again to resume it)."""
-    console = _console(progress)
-    run = launch.run_optimize(
-        target,
+    options = SearchOptions(
+        str(target),
         trials=trials,
         study=study,
         storage_url=storage,
-        data_dir=data_dir,
-        console=console,
-        timeout=timeout,
-        workers=workers,
-        batch_trials=batch_trials,
-        artifacts=artifacts,
         sampler=sampler,
         pruner=pruner,
         max_epochs=max_epochs,
         patience=patience,
         seed=seed,
+        timeout=timeout,
+        data_dir=data_dir,
+        artifacts=artifacts,
+        workers=str(workers),
+        batch_trials=batch_trials,
     )
-    finish_optimize(run, trials, console, Console(stderr=True))
+    console = _console(progress)
+    run = launch.run_optimize(options, console)
+    finish_optimize(run, console, Console(stderr=True))
     return run.result.study
 
 
@@ -137,21 +139,20 @@ def submit(
     was submitted with before), and return its name
     at once. Own data is uploaded to the artifact store `artifacts`, which the workers share;
     submitting an existing study sets its budget (and queues it again if it was paused)."""
-    return queue.submit(
+    options = SearchOptions(
         str(target),
         trials=trials,
-        priority=priority,
         study=study,
         storage_url=storage,
-        artifacts=artifacts,
-        data_dir=data_dir,
-        console=_console(progress),
         sampler=sampler,
         pruner=pruner,
         max_epochs=max_epochs,
         patience=patience,
         seed=seed,
+        data_dir=data_dir,
+        artifacts=artifacts,
     )
+    return queue.submit(options, priority, _console(progress))
 
 
 def _open_existing(name: str, storage_url: str) -> optuna.Study:
@@ -262,16 +263,16 @@ def experiment(
         f"experiment [bold]{name}[/] · {len(wanted)} variants · "
         f"{xspec.max_epochs} epochs · {seeds} seed(s)"
     )
-    result = runner.run(
-        xspec,
-        storage_url=storage,
-        study_name=name,
+    options = SearchOptions(
+        str(target),
         trials=len(wanted),
-        timeout=None,
+        study=name,
+        storage_url=storage,
         data_dir=data_dir,
-        console=console,
         artifacts=None,  # one factor at a time hands over no ensemble of its variants
+        batch_trials=1,
     )
+    result = runner.run(xspec, name, options, console)
     if result.interrupted:
         argv = ["experiment", str(target), *[f"--vary={v}" for v in vary], "--study", name]
         argv += launch.location_options(storage, data_dir)

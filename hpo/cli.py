@@ -13,7 +13,6 @@ import optuna
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
-from rich.table import Table
 
 import hpo
 from hpo import api
@@ -30,21 +29,30 @@ from hpo.options import (
     HeartbeatOpt,
     MaxEpochsOpt,
     PatienceOpt,
+    PollOpt,
+    PriorityOpt,
     PrunerOpt,
+    ReadOnlyOpt,
     ReconnectOpt,
     RecycleOpt,
+    ReportOpt,
     SamplerOpt,
     SeedOpt,
+    SlotsOpt,
     StorageOpt,
+    StudiesOpt,
     StudyOpt,
     TargetArg,
+    TimeoutOpt,
+    TokenOpt,
     TrialsOpt,
+    WorkersOpt,
 )
 from hpo.results import summary
-from hpo.results.retrained import test_metrics
 from hpo.search import batched, launch, pool, queue, storage
 from hpo.search import workers as hpo_workers
 from hpo.search.interrupt import GracefulInterrupt, exit_code
+from hpo.search.search_options import SearchOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -81,9 +89,7 @@ def _options(
 def optimize(
     target: TargetArg,
     trials: TrialsOpt = 50,
-    timeout: Annotated[
-        float | None, typer.Option(help="Stop starting trials after S seconds.")
-    ] = None,
+    timeout: TimeoutOpt = None,
     storage_url: StorageOpt = storage.DEFAULT_URL,
     study: StudyOpt = None,
     sampler: SamplerOpt = None,
@@ -93,39 +99,33 @@ def optimize(
     seed: SeedOpt = None,
     data_dir: DataDirOpt = None,
     artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
-    workers: Annotated[
-        str,
-        typer.Option(
-            help="Worker processes on this machine, all on the same study: a number, or auto "
-            "(8 per GPU, else one per core, at most 8)."
-        ),
-    ] = "1",
+    workers: WorkersOpt = "1",
     recycle_after: RecycleOpt = hpo_workers.RECYCLE_AFTER,
     batch_trials: BatchTrialsOpt = batched.AUTO,
     heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
     reconnect: ReconnectOpt = storage.RECONNECT_S,
 ) -> None:
     """Run (or resume) a study until it has --trials finished trials, across all workers."""
-    run = launch.run_optimize(
+    options = SearchOptions(
         target,
         trials=trials,
         study=study,
         storage_url=storage_url,
-        data_dir=data_dir,
-        console=console,
-        timeout=timeout,
-        workers=workers,
-        heartbeat=heartbeat,
-        reconnect=reconnect,
-        recycle_after=recycle_after,
-        batch_trials=batch_trials,
-        artifacts=artifacts,
         sampler=sampler and sampler.value,
         pruner=pruner and pruner.value,
         max_epochs=max_epochs,
         patience=patience,
         seed=seed,
+        timeout=timeout,
+        data_dir=data_dir,
+        artifacts=artifacts,
+        workers=workers,
+        recycle_after=recycle_after,
+        batch_trials=batch_trials,
+        heartbeat=heartbeat,
+        reconnect=reconnect,
     )
+    run = launch.run_optimize(options, console)
     if run.result.recycle:
         console.print(
             f"restarting this worker {run.result.recycle} to release the memory Keras keeps "
@@ -134,7 +134,7 @@ def optimize(
         argv = hpo_workers.with_option(sys.argv[1:], "--workers", "1")
         children = [c.pid for c in run.children] + run.inherited
         hpo_workers.restart(argv, children, run.deadline)
-    api.finish_optimize(run, trials, console, err)
+    api.finish_optimize(run, console, err)
     if run.result.interrupted:
         raise typer.Exit(exit_code(run.result.signum))
 
@@ -150,7 +150,7 @@ def analyze(
     top: Annotated[int, typer.Option(help="Retrain the T best trials.")] = 1,
     candidates: CandidatesOpt = DEFAULT_CANDIDATES,
     handover: HandoverOpt = DEFAULT_HANDOVER,
-    out: Annotated[Path | None, typer.Option(help="Report folder [storage/reports/STUDY].")] = None,
+    out: ReportOpt = None,
     artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -169,37 +169,9 @@ def analyze(
         data_dir=data_dir,
         progress=console,
     )
-    metrics = test_metrics(result.task)
-    ensembles = seeds > 1
-    runs = len(result.best.seeds)
-    table = Table(title=f"test results of {result.study} ({runs} seed(s) each)")
-    columns = [f"test {m}" for m in metrics] + [f"ensemble {m}" for m in metrics if ensembles]
-    for column in ("trial", "epochs", *columns):
-        table.add_column(column, justify="right")
-    for r in result.results:
-        cells = [f"{r.mean(m):.4f} ± {r.std(m):.4f}" for m in metrics]
-        cells += [f"{r.ensemble[m]:.4f}" for m in metrics if r.ensemble]
-        table.add_row(str(r.trial), str(r.epochs), *cells)
-    console.print(table)
-    if ensembles:
-        console.print(f"ensemble: the mean prediction of the {seeds} seeds' models")
-    handed = result.handed
-    for note in handed.notes:
-        console.print(f"note: {note}", highlight=False)
-    if handed.selection is not None and handed.selected_test is not None:
-        chosen = handed.selection
-        members = ", ".join(f"{t.number} ({w:.2f})" for t, w in chosen.members())
-        tested = ", ".join(f"test {m} {handed.selected_test[m]:.4f}" for m in metrics)
-        console.print(
-            f"trial ensemble {members}: {tested}; validation {chosen.metric} scored nested "
-            f"{chosen.nested.ensemble:.4f} against the best single trial's "
-            f"{chosen.nested.best_single:.4f}",
-            highlight=False,
-        )
-    console.print(
-        f"report {result.report}\nhanded over ({handed.name}) {result.model_path}\n"
-        f"params {result.folder / 'params.json'}"
-    )
+    console.print(summary.analysis_table(result, seeds))
+    for line in summary.analysis_lines(result, seeds):
+        console.print(line, highlight=False)
     if (result.folder / "preparation.json").exists():
         again = ["predict", target, "NEW_ROWS.csv", "--out", "predictions.csv"]
         again += ["--study", study] if study else []
@@ -223,7 +195,7 @@ def experiment(
     seeds: Annotated[int, typer.Option(help="Retrain each variant with K seeds.")] = 1,
     study: Annotated[str | None, typer.Option(help="Study name [DATASET-experiment-…].")] = None,
     storage_url: StorageOpt = storage.DEFAULT_URL,
-    out: Annotated[Path | None, typer.Option(help="Report folder [storage/reports/STUDY].")] = None,
+    out: ReportOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Compare one factor at a time around the book's configuration, tested with K seeds."""
@@ -299,18 +271,8 @@ def dashboard(
         Path | None, typer.Option(help="Save a PNG of the page with headless Chromium, then exit.")
     ] = None,
     study: Annotated[str | None, typer.Option(help="With --screenshot: this study's page.")] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            envvar="HPO_DASHBOARD_TOKEN",
-            show_default=False,
-            help="Required of every request (?token= once, or Authorization: Bearer); beyond "
-            "127.0.0.1 without it or --read-only, one is made and printed.",
-        ),
-    ] = None,
-    read_only: Annotated[
-        bool, typer.Option("--read-only", help="Refuse every write: delete, rename, tell, upload.")
-    ] = False,
+    token: TokenOpt = None,
+    read_only: ReadOnlyOpt = False,
 ) -> None:
     """Browse the studies of a storage in optuna-dashboard."""
     from hpo.results import dashboard as board
@@ -337,13 +299,7 @@ def list_studies(storage_url: StorageOpt = storage.DEFAULT_URL) -> None:
 def submit(
     target: TargetArg,
     trials: TrialsOpt = 50,
-    priority: Annotated[
-        float | None,
-        typer.Option(
-            help="Its share of the trials against other studies (2: twice 1's) [1, or as "
-            "submitted before]."
-        ),
-    ] = None,
+    priority: PriorityOpt = None,
     storage_url: StorageOpt = storage.DEFAULT_URL,
     study: StudyOpt = None,
     sampler: SamplerOpt = None,
@@ -384,18 +340,9 @@ def worker(
     storage_url: StorageOpt = storage.DEFAULT_URL,
     artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
     data_dir: DataDirOpt = None,
-    slots: Annotated[
-        str,
-        typer.Option(
-            help="Trials trained at once on this machine: a number, or auto (as --workers)."
-        ),
-    ] = "1",
-    studies: Annotated[
-        str, typer.Option(help="Serve only the studies whose names match this glob.")
-    ] = "*",
-    poll: Annotated[
-        float, typer.Option(help="Seconds between reads of an idle queue.")
-    ] = pool.POLL_S,
+    slots: SlotsOpt = "1",
+    studies: StudiesOpt = "*",
+    poll: PollOpt = pool.POLL_S,
     recycle_after: RecycleOpt = hpo_workers.RECYCLE_AFTER,
     batch_trials: BatchTrialsOpt = batched.AUTO,
     heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
@@ -450,12 +397,12 @@ def _thread_error(hook: threading.ExceptHookArgs) -> None:
         return  # a heartbeat thread: the main thread meets the same error and reports it
     first = str(hook.exc_value).strip().splitlines()[:1]
     name = hook.thread.name if hook.thread else "a thread"
-    err.print(
-        f"warning: {name}: {hook.exc_type.__name__}: {' '.join(first)}",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
+    _say(f"warning: {name}: {hook.exc_type.__name__}: {' '.join(first)}")
+
+
+def _say(line: str) -> None:
+    """One line on stderr as written: no markup, colours or wrapping (it may be a command)."""
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:
@@ -472,29 +419,22 @@ def main() -> None:
         app()
     except KeyboardInterrupt:  # before the study's own Ctrl-C handling began, or after it
         again = sys.argv[1:2] == ["optimize"]
-        err.print(
+        _say(
             f"interrupted: resume with: {launch.command_line(sys.argv[1:])}"
             if again
-            else "interrupted",
-            markup=False,
-            highlight=False,
+            else "interrupted"
         )
         sys.exit(130)
     except HpoError as exc:
         if debug:
             raise
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        _say(f"error: {exc}")
         sys.exit(2)
     except Exception as exc:
         if debug:
             raise
         first = first_line(exc, limit=1000) if str(exc).strip() else ""
-        err.print(
-            f"error: {type(exc).__name__}: {first} (run with HPO_DEBUG=1 for the traceback)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        _say(f"error: {type(exc).__name__}: {first} (run with HPO_DEBUG=1 for the traceback)")
         sys.exit(1)
     finally:
         logging.getLogger("hpo").removeHandler(handler)

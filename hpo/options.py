@@ -4,6 +4,7 @@ place for every command that takes them (hpo.cli)."""
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -131,3 +132,40 @@ ReconnectOpt = Annotated[
         help="Seconds to wait for a database that went away before giving up.",
     ),
 ]
+
+WorkersOpt = Annotated[
+    str,
+    typer.Option(
+        help="Worker processes on this machine, all on the same study: a number, or auto "
+        "(8 per GPU, else one per core, at most 8)."
+    ),
+]
+TimeoutOpt = Annotated[float | None, typer.Option(help="Stop starting trials after S seconds.")]
+PriorityOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Its share of the trials against other studies (2: twice 1's) [1, or as "
+        "submitted before]."
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="HPO_DASHBOARD_TOKEN",
+        show_default=False,
+        help="Required of every request (?token= once, or Authorization: Bearer); beyond "
+        "127.0.0.1 without it or --read-only, one is made and printed.",
+    ),
+]
+ReadOnlyOpt = Annotated[
+    bool, typer.Option("--read-only", help="Refuse every write: delete, rename, tell, upload.")
+]
+SlotsOpt = Annotated[
+    str,
+    typer.Option(help="Trials trained at once on this machine: a number, or auto (as --workers)."),
+]
+StudiesOpt = Annotated[
+    str, typer.Option(help="Serve only the studies whose names match this glob.")
+]
+ReportOpt = Annotated[Path | None, typer.Option(help="Report folder [storage/reports/STUDY].")]
+PollOpt = Annotated[float, typer.Option(help="Seconds between reads of an idle queue.")]

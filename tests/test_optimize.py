@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from hpo.search import budget, runner
+from hpo.search.search_options import SearchOptions
 from hpo.search.storage import DEFAULT_URL
 from hpo.study import studyfile
 
@@ -100,15 +101,7 @@ batch_size = 64
     study = runner.open_study(spec, DEFAULT_URL, "tiny")
     for rate in (0.01, 0.01, 1e-7):  # a learning rate no model learns from in 6 epochs
         study.enqueue_trial({"learning_rate": rate})
-    result = runner.run(
-        spec,
-        storage_url=DEFAULT_URL,
-        study_name="tiny",
-        trials=3,
-        timeout=None,
-        data_dir=None,
-        console=Console(quiet=True),
-    )
+    result = runner.run(spec, "tiny", SearchOptions(str(path), trials=3), Console(quiet=True))
     trials = result.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
     assert 1 <= len(trials[2].user_attrs["history"]["val_accuracy"]) < 6

@@ -127,20 +127,24 @@ def test_all_addresses_refuse_an_unauthenticated_delete(serve, study_id):
     assert study_names() == []
 
 
-def test_token_in_the_url_once_sets_a_strict_cookie(serve, study_id):
-    """`?token=` (the printed URL) logs a browser in: a cookie for this site only, and the
-    token leaves the address bar; the cookie then reads and writes."""
+def test_token_in_the_url_once_sets_a_cookie(serve, study_id):
+    """`?token=` (the printed URL, clicked anywhere) logs a browser in: an HttpOnly cookie,
+    the token leaves the address bar, and the redirect stays on this site; the cookie then
+    reads and writes, but no page of another site writes with it (its Origin)."""
     port = serve("0.0.0.0", token=TOKEN).server_port
     status, headers, _ = request(port, "GET", f"/dashboard/studies/{study_id}?token={TOKEN}&a=1")
     assert status in (302, 303)
     assert headers["Location"] == f"/dashboard/studies/{study_id}?a=1"
+    assert request(port, "GET", f"//evil.example?token={TOKEN}")[1]["Location"] == "/evil.example"
     cookie = headers["Set-Cookie"]
     attributes = {part.strip().lower() for part in cookie.split(";")}
-    assert {"httponly", "samesite=strict", "path=/"} <= attributes
+    assert {"httponly", "samesite=lax", "path=/"} <= attributes
     assert TOKEN not in cookie  # the cookie is derived from the token, not the token
     session = {"Cookie": "other=1; " + cookie.split(";")[0]}
     assert request(port, "GET", "/api/studies", session)[0] == 200
     assert request(port, "GET", "/api/studies", {"Cookie": "hpo_dashboard=forged"})[0] == 401
+    foreign = {**session, "Origin": "http://other-service.example:9000"}
+    assert request(port, "DELETE", f"/api/studies/{study_id}", foreign)[0] == 403
     assert request(port, "DELETE", f"/api/studies/{study_id}", session)[0] in (200, 204)
     assert study_names() == []
 

@@ -159,13 +159,13 @@ def guard(app: WsgiApp, access: Access) -> WsgiApp:
                 "this dashboard is read-only (hpo dashboard --read-only): nothing is changed",
                 ("Allow", "GET, HEAD"),
             )
+        if method not in READS and not _same_origin(environ):
+            # A page of another site may send a form to 127.0.0.1, or to this host with the
+            # browser's cookie (same-site ignores ports): its Origin gives it away.
+            return refuse(
+                start_response, "403 Forbidden", "a write from another site's page is refused"
+            )
         if access.token is None:
-            # Loopback without a token: a page of another site may still send a form to
-            # 127.0.0.1; its Origin gives it away (the cookie of a token is SameSite=Strict).
-            if method not in READS and not _same_origin(environ):
-                return refuse(
-                    start_response, "403 Forbidden", "a write from another site's page is refused"
-                )
             return app(environ, start_response)
         query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         given = [value for name, value in query if name == "token"]
@@ -173,8 +173,11 @@ def guard(app: WsgiApp, access: Access) -> WsgiApp:
             # The printed URL, opened once: a cookie for this site only, and the token
             # leaves the address bar (and the history, and any Referer).
             rest = urlencode([(name, value) for name, value in query if name != "token"])
-            path = quote(environ.get("PATH_INFO", "/").encode("latin-1")) or "/"
-            cookie = f"{COOKIE}={_cookie_value(access.token)}; HttpOnly; SameSite=Strict; Path=/"
+            # One leading slash: `//evil.example` would send the browser to another site.
+            path = "/" + quote(environ.get("PATH_INFO", "/").encode("latin-1")).lstrip("/")
+            # Lax, not Strict: the URL clicked in a chat or a mail (another site) lands here
+            # with the cookie; writes from another site are refused by their Origin above.
+            cookie = f"{COOKIE}={_cookie_value(access.token)}; HttpOnly; SameSite=Lax; Path=/"
             start_response(
                 "303 See Other",
                 [

@@ -1,12 +1,16 @@
-"""Tables a person reads after a run: the best trials of a study, the studies in a storage."""
+"""Tables a person reads after a run: the best trials of a study, the studies in a storage,
+analyze's test results."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import optuna
 import pandas as pd
 from rich.table import Table
 
 from hpo.optuna_private import study_id
+from hpo.results.retrained import test_metrics
 from hpo.search import queue
 from hpo.search.budget import trial_counts
 from hpo.study import studyfile
@@ -145,3 +149,42 @@ def study_files_table() -> Table:
             ", ".join(spec.space.searched()),
         )
     return table
+
+
+def analysis_table(result: Any, seeds: int) -> Table:
+    """`hpo analyze`'s test results, one row per retrained trial (`result`: an
+    hpo.results.analysis.AnalysisResult, not imported: analysis imports this module's kin)."""
+    metrics = test_metrics(result.task)
+    runs = len(result.best.seeds)
+    table = Table(title=f"test results of {result.study} ({runs} seed(s) each)")
+    columns = [f"test {m}" for m in metrics] + [f"ensemble {m}" for m in metrics if seeds > 1]
+    for column in ("trial", "epochs", *columns):
+        table.add_column(column, justify="right")
+    for r in result.results:
+        cells = [f"{r.mean(m):.4f} ± {r.std(m):.4f}" for m in metrics]
+        cells += [f"{r.ensemble[m]:.4f}" for m in metrics if r.ensemble]
+        table.add_row(str(r.trial), str(r.epochs), *cells)
+    return table
+
+
+def analysis_lines(result: Any, seeds: int) -> list[str]:
+    """What `hpo analyze` says under its table: the ensembles, the handover's notes, the trial
+    ensemble's test figures, and where the report and the handed-over model are."""
+    metrics = test_metrics(result.task)
+    lines = [f"ensemble: the mean prediction of the {seeds} seeds' models"] if seeds > 1 else []
+    handed = result.handed
+    lines += [f"note: {note}" for note in handed.notes]
+    if handed.selection is not None and handed.selected_test is not None:
+        chosen = handed.selection
+        members = ", ".join(f"{t.number} ({w:.2f})" for t, w in chosen.members())
+        tested = ", ".join(f"test {m} {handed.selected_test[m]:.4f}" for m in metrics)
+        lines.append(
+            f"trial ensemble {members}: {tested}; validation {chosen.metric} scored nested "
+            f"{chosen.nested.ensemble:.4f} against the best single trial's "
+            f"{chosen.nested.best_single:.4f}"
+        )
+    lines.append(
+        f"report {result.report}\nhanded over ({handed.name}) {result.model_path}\n"
+        f"params {result.folder / 'params.json'}"
+    )
+    return lines

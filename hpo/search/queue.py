@@ -40,6 +40,8 @@ from hpo import optuna_private
 from hpo.errors import HpoError
 from hpo.search import runner, storage
 from hpo.search.budget import OVER_BUDGET, counts, counts_toward_budget, over_budget
+from hpo.search.search_options import OVERRIDES as OPTIONS
+from hpo.search.search_options import SearchOptions
 from hpo.study import studyfile
 from hpo.study.space import Choice
 from hpo.study.studyfile import StudySpec
@@ -49,7 +51,6 @@ NOTE = "**Queue:**"  # how the queue's note on the study (optuna-dashboard) begi
 QUEUED, PAUSED, DONE, LEFT = "queued", "paused", "done", "left"
 STATES = (QUEUED, PAUSED, DONE, LEFT)
 # What a worker applies to the study file.
-OPTIONS = ("sampler", "pruner", "max_epochs", "patience", "seed")
 RATE_WINDOW = timedelta(minutes=10)  # `hpo list`'s trials per minute: over the last 10 minutes
 # A study's share against a priority-1 study: bounded, so no study starves the others.
 PRIORITY_MIN, PRIORITY_MAX = 0.01, 100.0
@@ -249,21 +250,12 @@ def check_shared(spec: StudySpec) -> None:
         )
 
 
-def submit(
-    target: str,
-    *,
-    trials: int,
-    priority: float | None = None,
-    study: str | None = None,
-    storage_url: str,
-    artifacts: str = artifact_stores.DEFAULT,
-    data_dir: str | None = None,
-    console: Console,
-    **overrides: Any,
-) -> str:
-    """Create (or extend) the study of `target` in the storage, queued for workers with a budget
-    of `trials`; returns its name. Own data is checked and uploaded to the artifact store. A
-    study submitted before keeps its priority (1 for a new one) and options unless given."""
+def submit(options: SearchOptions, priority: float | None, console: Console) -> str:
+    """Create (or extend) the study of `options.target` in the storage, queued for workers with
+    a budget of `options.trials`; returns its name. Own data is checked and uploaded to the
+    artifact store. A study submitted before keeps its priority (1 for a new one) and options
+    unless given."""
+    trials, storage_url, data_dir = options.trials, options.storage_url, options.data_dir
     if trials < 1:
         raise HpoError(f"--trials must be at least 1, got {trials}")
     bounded = _number(priority) and PRIORITY_MIN <= priority <= PRIORITY_MAX
@@ -272,9 +264,9 @@ def submit(
             f"--priority must be above 0, from {PRIORITY_MIN:g} to {PRIORITY_MAX:g} (a share "
             f"against a priority-1 study), got {priority:g}"
         )
-    spec = studyfile.load(str(target)).with_overrides(**overrides)
+    spec = options.spec()
     check_shared(spec)
-    name = study or spec.name
+    name = options.name(spec)
     data_record = None
     prepared = None
     if spec.data is not None:  # read and checked here: a bad file is one line, no study made
@@ -291,11 +283,11 @@ def submit(
 
         stored.save_or_check(opened, prepared.preparation.to_dict(), spec.dataset)
         with console.status("uploading the prepared data to the artifact store…"):
-            artifact_store = artifact_stores.open_store(artifacts)
+            artifact_store = artifact_stores.open_store(options.artifacts)
             data_record = shipped.upload(prepared, artifact_store, opened, old.get("data"))
         # What a worker needs to read the study file without the training file.
         data_record = {**data_record, "task": prepared.task, "rows": len(prepared.x_train)}
-    given = {k: overrides.get(k) for k in OPTIONS if overrides.get(k) is not None}
+    given = {k: v for k, v in options.overrides().items() if v is not None}
     since_trial = store.last_trial_id()
 
     def change(current: Any) -> dict:

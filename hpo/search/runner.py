@@ -22,6 +22,7 @@ from hpo.search import ahead, batched
 from hpo.search.budget import Budget, OverBudget, failed_as_stale, finished
 from hpo.search.interrupt import GracefulInterrupt
 from hpo.search.progress import StudyProgress
+from hpo.search.search_options import SearchOptions
 from hpo.search.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
 from hpo.search.workers import Recycler
 from hpo.study import algorithms
@@ -115,36 +116,34 @@ class RunResult:
 
 def run(
     spec: StudySpec,
-    *,
-    storage_url: str,
-    study_name: str,
-    trials: int,
-    timeout: float | None,
-    data_dir: str | None,
+    name: str,
+    options: SearchOptions,
     console: Console,
-    heartbeat_s: int = HEARTBEAT_S,
-    reconnect_s: float = RECONNECT_S,
+    *,
+    timeout: float | None = None,
     recycler: Recycler | None = None,
     notes: bool = True,
     study: optuna.Study | None = None,
-    artifacts: str | None = artifact_stores.DEFAULT,
-    batch_trials: int = 1,
 ) -> RunResult:
-    """Run trials until the study has `trials` finished ones, or until `recycler` says this
-    process should restart (Keras and TensorFlow keep memory across trials even after
-    clear_session, so a long-lived worker is restarted; see the CLI). Each trial keeps its
-    validation predictions in the artifact store at `artifacts` (None: not kept). With
-    `batch_trials` > 1 it asks for that many trials at a time and trains those of one
-    structure side by side (hpo.search.batched)."""
+    """Run trials on the study `name` until it has `options.trials` finished ones, for
+    `timeout` seconds at most (what is left of --timeout: hpo.search.launch keeps its wall-clock
+    end across restarts), or until `recycler` says this process should restart (Keras and
+    TensorFlow keep memory across trials even after clear_session, so a long-lived worker is
+    restarted; see the CLI). Each trial keeps its validation predictions in the artifact store
+    `options.artifacts` (None: not kept). With --batch-trials above 1 it asks for that many
+    trials at a time and trains those of one structure side by side (hpo.search.batched)."""
+    trials = options.trials
     if trials < 1:
         raise HpoError(f"--trials must be at least 1, got {trials}")
     if study is None:  # else the caller's open_study: its storage, not a second connection
-        study = open_study(spec, storage_url, study_name, heartbeat_s, reconnect_s)
+        study = open_study(spec, options.storage_url, name, options.heartbeat, options.reconnect)
     before = finished(study)
     if before >= trials:
         return RunResult(study, before, before, interrupted=False)
-    prepared = load_data(spec, data_dir, study, console)
+    prepared = load_data(spec, options.data_dir, study, console)
+    artifacts = options.artifacts
     store = None if artifacts is None else artifact_stores.open_store(artifacts)
+    batch_trials = batched.resolve(options.batch_trials)
     for note in prepared.notes if notes else ():
         console.print(f"data: {note}", highlight=False, markup=False)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress bar reports each trial

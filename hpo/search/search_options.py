@@ -1,0 +1,122 @@
+"""A search's options, built once and passed down.
+
+`hpo optimize` (hpo.cli) and `hpo.optimize` (hpo.api) each build one SearchOptions from what
+they were given; the launch (hpo.search.launch), the worker's study loop (hpo.search.runner)
+and `hpo submit` (hpo.search.queue) read it, and it writes the command line that child workers
+run and resume lines show (`argv`), so an option added here reaches every one of them.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpo import artifacts as artifact_stores
+from hpo.errors import HpoError
+from hpo.search import batched
+from hpo.search.storage import DEFAULT_URL, HEARTBEAT_S, RECONNECT_S, redact
+from hpo.search.workers import RECYCLE_AFTER, Recycler
+from hpo.study import studyfile
+from hpo.study.studyfile import StudySpec
+
+# The options that change the study file's settings (StudySpec.with_overrides); the queue
+# keeps those a study was submitted with.
+OVERRIDES = ("sampler", "pruner", "max_epochs", "patience", "seed")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What `hpo optimize` was asked, whichever way it was asked."""
+
+    target: str  # a built-in dataset or a STUDY.toml
+    trials: int = 50  # finished trials the study should have in all
+    study: str | None = None  # the study's name; default: the study file's
+    storage_url: str = DEFAULT_URL
+    sampler: str | None = None
+    pruner: str | None = None
+    max_epochs: int | None = None
+    patience: int | None = None
+    seed: int | None = None
+    timeout: float | None = None  # seconds after which no trial starts
+    data_dir: str | None = None
+    artifacts: str | None = artifact_stores.DEFAULT  # None: trials keep no predictions
+    workers: str = "1"  # worker processes on this machine: a number or "auto"
+    recycle_after: str | None = None  # when this process restarts (the CLI's); None: never
+    batch_trials: int | str = batched.AUTO
+    heartbeat: int = HEARTBEAT_S
+    reconnect: float = RECONNECT_S
+    log_dir: Path = Path("storage/logs")  # the child workers' logs
+
+    def __post_init__(self) -> None:
+        """Each option checked (an HpoError, one line) and written as the command line
+        writes it: a number of workers from Python (workers=4) is the text "4"."""
+        if self.heartbeat < 1 or self.reconnect < 0:
+            raise HpoError("--heartbeat must be at least 1, --reconnect at least 0")
+        recycle = None if self.recycle_after is None else Recycler(self.recycle_after).setting
+        for name, value in (
+            ("target", str(self.target)),
+            ("workers", str(self.workers)),
+            ("recycle_after", recycle),
+            ("batch_trials", batched.parse(self.batch_trials)),
+        ):
+            object.__setattr__(self, name, value)
+
+    def recycler(self) -> Recycler | None:
+        """When this process restarts itself (a new count for each process), or None."""
+        return None if self.recycle_after is None else Recycler(self.recycle_after)
+
+    def overrides(self) -> dict[str, Any]:
+        """The study file's settings these options change (None: the file's)."""
+        return {name: getattr(self, name) for name in OVERRIDES}
+
+    def spec(self) -> StudySpec:
+        """The study file of the target, with the options applied."""
+        return studyfile.load(self.target).with_overrides(**self.overrides())
+
+    def name(self, spec: StudySpec) -> str:
+        return self.study or spec.name
+
+    def location(self) -> list[str]:
+        """--storage, --data-dir and --artifacts as a command line repeats them."""
+        return location_options(self.storage_url, self.data_dir, self.artifacts)
+
+    def argv(self, name: str) -> list[str]:
+        """The command line of a worker on this study: children run it, and resume lines show
+        it. The data folder is spelt out: it may have come from an HPO_DATA_DIR of this process
+        only. Options at their defaults are left out; --workers and --timeout are the
+        caller's to add."""
+        argv = ["optimize", self.target, "--trials", str(self.trials), "--study", name]
+        argv += self.location()
+        defaults = {
+            "heartbeat": HEARTBEAT_S,
+            "reconnect": RECONNECT_S,
+            "recycle_after": RECYCLE_AFTER,
+            "batch_trials": batched.AUTO,
+        }
+        for option in (*OVERRIDES, *defaults):
+            value = getattr(self, option)
+            if value is not None and value != defaults.get(option):
+                argv += [f"--{option.replace('_', '-')}", str(value)]
+        return argv
+
+
+def location_options(
+    storage_url: str, data_dir: str | None, artifacts: str | None = artifact_stores.DEFAULT
+) -> list[str]:
+    """--storage, --data-dir and --artifacts as a command line repeats them (when not the
+    defaults)."""
+    argv = ["--storage", storage_url] if storage_url != DEFAULT_URL else []
+    argv += ["--data-dir", str(data_dir)] if data_dir else []
+    return argv + (["--artifacts", str(artifacts)] if artifacts != artifact_stores.DEFAULT else [])
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """`hpo ARGV` as a user types it, with any database password replaced by ***."""
+    shown = list(argv)
+    for i, arg in enumerate(shown[:-1]):
+        if arg == "--storage":
+            shown[i + 1] = redact(shown[i + 1])
+    return shlex.join(["hpo", *shown])

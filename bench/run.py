@@ -8,7 +8,8 @@ appends one line to `bench/results/NAME.jsonl` (append-only, committed): the ben
 whether the code the bench runs (hpo/, bench/, studies/, pyproject.toml) differed from it, the
 UTC date, the CPU model and count, the GPU if any, the load average at start and end,
 Python's, Keras', its backend's, Optuna's and NumPy's versions, and the wall seconds. A bench
-that fails, or prints no JSON object last, leaves no record.
+that fails, or prints no JSON object last, leaves no record. $BENCH_RESULTS names another
+folder for the records (bench/gpu_check.sh's, to bring them back from a device machine).
 """
 
 from __future__ import annotations
@@ -131,11 +132,11 @@ def main() -> None:
     record = last_record(lines)
     if code != 0 or record is None:
         sys.exit(f"bench/{args.name}.py exited {code}" + ("" if record else ", no JSON record"))
-    out = BENCH / "results" / f"{Path(args.name).name}.jsonl"
-    out.parent.mkdir(exist_ok=True)
+    out = Path(os.environ.get("BENCH_RESULTS", BENCH / "results"), f"{Path(args.name).name}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:
         f.write(json.dumps({**entry, "record": record}) + "\n")
-    print(f"recorded in {out.relative_to(ROOT)}", file=sys.stderr)
+    print(f"recorded in {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def bare_fit(prepared, holdout: int, epochs: int) -> float:
     import keras
     import numpy as np
 
-    from hpo.data.prepared import unpacked
+    from hpo.data.arrays import unpacked
 
     x = unpacked(prepared, prepared.x_train).astype(np.float32)
     units, outputs, loss = BOOK_MODELS[prepared.name]

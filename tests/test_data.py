@@ -5,7 +5,7 @@ import pytest
 from conftest import SHARED_DATASETS, write_tiny_datasets
 
 from hpo.data import builtin, keras_files
-from hpo.data.prepared import unpacked
+from hpo.data.arrays import unpacked
 from hpo.data.spec import Validation
 from hpo.errors import HpoError
 

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from hpo.backend import import_keras, set_random_seed
 from hpo.data import builtin
-from hpo.data.prepared import Prepared
+from hpo.data.arrays import Prepared
 from hpo.data.spec import Validation
 from hpo.study import studyfile
 from hpo.train import engine, predictions

@@ -6,7 +6,7 @@ from conftest import REPO
 
 from hpo.backend import import_keras
 from hpo.data import builtin
-from hpo.data.prepared import Prepared
+from hpo.data.arrays import Prepared
 
 keras = import_keras()
 from hpo.train import model as model_lib  # noqa: E402

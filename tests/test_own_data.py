@@ -321,18 +321,19 @@ def test_interrupt_from_python_leaves_a_resumable_study(churn_study):
 
 def test_a_large_preparation_is_stored_in_chunks(workdir):
     """MySQL keeps a user attr in 64 KB: a wide table's preparation is split and joined."""
-    from hpo.data import stored
+    from hpo.data import stored_preparation
 
     study = optuna.create_study(storage="sqlite:///chunks.db", study_name="wide")
     preparation = {"means": [0.123456789] * 12_000, "columns": [f"c{i}" for i in range(12_000)]}
-    stored.save_or_check(study, preparation, "wide.csv")
-    assert study.user_attrs[stored.KEY]["chunks"] > 1
-    assert max(len(v) for v in study.user_attrs.values() if isinstance(v, str)) <= stored.CHUNK
+    stored_preparation.save_or_check(study, preparation, "wide.csv")
+    assert study.user_attrs[stored_preparation.KEY]["chunks"] > 1
+    longest = max(len(v) for v in study.user_attrs.values() if isinstance(v, str))
+    assert longest <= stored_preparation.CHUNK
     again = optuna.load_study(study_name="wide", storage="sqlite:///chunks.db")
-    assert stored.load(again) == preparation
-    stored.save_or_check(again, preparation, "wide.csv")  # the same data: accepted
+    assert stored_preparation.load(again) == preparation
+    stored_preparation.save_or_check(again, preparation, "wide.csv")  # the same data: accepted
     with pytest.raises(hpo.HpoError, match="file was changed"):
-        stored.save_or_check(again, {**preparation, "means": [1.0]}, "wide.csv")
+        stored_preparation.save_or_check(again, {**preparation, "means": [1.0]}, "wide.csv")
 
 
 def test_the_docs_example_study_file_is_valid():

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 import hpo
-from hpo.data import keras_files, stored
+from hpo.data import keras_files, stored_preparation
 from hpo.search import launch, storage
 
 # --- item 4: the Keras floor, and keras' dataset files read without running code --------------
@@ -211,7 +211,7 @@ def test_two_first_workers_with_different_files_store_one_preparation(
         if self is a_study and "b" not in outcomes:
             outcomes["b"] = "running"
             try:
-                stored.save_or_check(b_study, b, "b.csv")
+                stored_preparation.save_or_check(b_study, b, "b.csv")
                 outcomes["b"] = "stored"
             except hpo.HpoError:
                 outcomes["b"] = "refused"
@@ -219,7 +219,7 @@ def test_two_first_workers_with_different_files_store_one_preparation(
 
     monkeypatch.setattr(optuna.Study, "set_user_attr", interleaved)
     try:
-        stored.save_or_check(a_study, a, "a.csv")
+        stored_preparation.save_or_check(a_study, a, "a.csv")
         outcomes["a"] = "stored"
     except hpo.HpoError as exc:
         assert "file was changed" in str(exc)
@@ -228,8 +228,8 @@ def test_two_first_workers_with_different_files_store_one_preparation(
     assert sorted(outcomes.values()) == ["refused", "stored"], outcomes
     winner = a if outcomes["a"] == "stored" else b
     for study in shared_study:
-        assert stored.load(study) == winner
-        stored.save_or_check(study, winner, "same.csv")  # the winner's data goes on
+        assert stored_preparation.load(study) == winner
+        stored_preparation.save_or_check(study, winner, "same.csv")  # the winner's data goes on
 
 
 def test_the_same_file_from_two_first_workers_is_accepted_by_both(shared_study, monkeypatch):
@@ -241,22 +241,22 @@ def test_the_same_file_from_two_first_workers_is_accepted_by_both(shared_study, 
     def interleaved(self, key, value):
         if self is a_study and not done:
             done.append("b")
-            stored.save_or_check(b_study, same, "b.csv")
+            stored_preparation.save_or_check(b_study, same, "b.csv")
         return real(self, key, value)
 
     monkeypatch.setattr(optuna.Study, "set_user_attr", interleaved)
-    stored.save_or_check(a_study, same, "a.csv")
-    assert done == ["b"] and stored.load(b_study) == same
+    stored_preparation.save_or_check(a_study, same, "a.csv")
+    assert done == ["b"] and stored_preparation.load(b_study) == same
 
 
 def test_a_changed_stored_preparation_is_refused_on_load(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", study_name="p")
-    stored.save_or_check(study, _preparation(1.0), "a.csv")
-    chunks = [k for k in study.user_attrs if k.startswith(f"{stored.KEY}.")]
+    stored_preparation.save_or_check(study, _preparation(1.0), "a.csv")
+    chunks = [k for k in study.user_attrs if k.startswith(f"{stored_preparation.KEY}.")]
     assert len(chunks) == 1
     study.set_user_attr(chunks[0], study.user_attrs[chunks[0]].replace("1.0", "9.0"))
     with pytest.raises(hpo.HpoError, match="SHA-256") as refused:
-        stored.load(study)
+        stored_preparation.load(study)
     assert "\n" not in str(refused.value)
 
 
@@ -267,13 +267,13 @@ def test_a_preparation_stored_before_this_change_still_loads(tmp_path):
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'old.db'}", study_name="old")
     text = json.dumps(_preparation(1.0), sort_keys=True)
-    study.set_user_attr(f"{stored.KEY}.0", text)
+    study.set_user_attr(f"{stored_preparation.KEY}.0", text)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    study.set_user_attr(stored.KEY, {"chunks": 1, "sha256": digest})
-    assert stored.load(study) == _preparation(1.0)
-    stored.save_or_check(study, _preparation(1.0), "a.csv")
+    study.set_user_attr(stored_preparation.KEY, {"chunks": 1, "sha256": digest})
+    assert stored_preparation.load(study) == _preparation(1.0)
+    stored_preparation.save_or_check(study, _preparation(1.0), "a.csv")
     with pytest.raises(hpo.HpoError, match="file was changed"):
-        stored.save_or_check(study, _preparation(2.0), "a.csv")
+        stored_preparation.save_or_check(study, _preparation(2.0), "a.csv")
 
 
 def test_a_stop_while_starting_shows_no_query_password(tmp_path):

@@ -15,7 +15,7 @@ from conftest import tiny_study
 
 from hpo.backend import import_keras, set_random_seed
 from hpo.data import builtin
-from hpo.data.prepared import Prepared
+from hpo.data.arrays import Prepared
 from hpo.study import studyfile
 from hpo.train import engine, programs, word_ids
 from hpo.train import model as model_lib

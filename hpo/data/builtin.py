@@ -21,7 +21,7 @@ import numpy as np
 
 from hpo import cache
 from hpo.data import keras_files
-from hpo.data.prepared import Prepared
+from hpo.data.arrays import Prepared
 from hpo.errors import HpoError
 
 log = logging.getLogger("hpo.data")

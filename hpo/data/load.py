@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hpo.data import builtin, own
-from hpo.data.prepared import Prepared
+from hpo.data.arrays import Prepared
 from hpo.data.spec import Source
 
 

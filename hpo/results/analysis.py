@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.backend import import_keras, set_random_seed
-from hpo.data.prepared import Prepared
+from hpo.data.arrays import Prepared
 from hpo.data.values import some
 from hpo.errors import HpoError
 from hpo.results import handover as handover_lib

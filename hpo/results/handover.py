@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from hpo.data.prepared import Prepared
+from hpo.data.arrays import Prepared
 from hpo.errors import HpoError
 from hpo.results import selection
 from hpo.study.studyfile import StudySpec

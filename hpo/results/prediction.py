@@ -25,7 +25,7 @@ import optuna
 import pandas as pd
 
 from hpo import cache
-from hpo.data import stored
+from hpo.data import stored_preparation
 from hpo.data.own import read_rows
 from hpo.data.preparation import Preparation
 from hpo.errors import HpoError, first_line
@@ -302,7 +302,7 @@ def open_predictor(
     if saved.is_file():
         preparation = json.loads(saved.read_text(encoding="utf-8"))
     else:
-        preparation = stored.load(study())
+        preparation = stored_preparation.load(study())
         if preparation is None:
             raise HpoError(f"study {name!r} has no stored preparation of its data")
     from hpo.backend import import_keras

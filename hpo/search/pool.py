@@ -405,10 +405,10 @@ class Worker:
         """The study's data, and the objective that trains its trials on it."""
         store = artifact_stores.open_store(self.artifacts)
         if entry.data is not None:
-            from hpo.data import shipped
+            from hpo.data import shipped_arrays
 
             with self.console.status(f"{entry.name}: fetching its data…"):
-                prepared = shipped.fetch(entry.data, store)
+                prepared = shipped_arrays.fetch(entry.data, store)
         elif spec.data is not None:  # a path the storage names: never read on a worker
             raise HpoError(queue.NOT_SHIPPED)
         else:

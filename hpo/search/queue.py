@@ -279,12 +279,12 @@ def submit(options: SearchOptions, priority: float | None, console: Console) -> 
     old = opened.user_attrs.get(ATTR)
     old = old if isinstance(old, dict) and malformed(old) is None else {}
     if prepared is not None:
-        from hpo.data import shipped, stored
+        from hpo.data import shipped_arrays, stored_preparation
 
-        stored.save_or_check(opened, prepared.preparation.to_dict(), spec.dataset)
+        stored_preparation.save_or_check(opened, prepared.preparation.to_dict(), spec.dataset)
         with console.status("uploading the prepared data to the artifact store…"):
             artifact_store = artifact_stores.open_store(options.artifacts)
-            data_record = shipped.upload(prepared, artifact_store, opened, old.get("data"))
+            data_record = shipped_arrays.upload(prepared, artifact_store, opened, old.get("data"))
         # What a worker needs to read the study file without the training file.
         data_record = {**data_record, "task": prepared.task, "rows": len(prepared.x_train)}
     given = {k: v for k, v in options.overrides().items() if v is not None}

@@ -14,9 +14,9 @@ from rich.console import Console
 from hpo import artifacts as artifact_stores
 from hpo import names
 from hpo.backend import freeze_heap, import_keras
-from hpo.data import stored
+from hpo.data import stored_preparation
+from hpo.data.arrays import Prepared
 from hpo.data.load import load_source
-from hpo.data.prepared import Prepared
 from hpo.errors import HpoError
 from hpo.search import ahead, batched
 from hpo.search.budget import Budget, OverBudget, failed_as_stale, finished
@@ -100,7 +100,7 @@ def load_data(
     with console.status(f"loading {spec.dataset}…"):
         prepared = load_source(spec.source, data_dir)
     if prepared.preparation is not None:
-        stored.save_or_check(study, prepared.preparation.to_dict(), spec.dataset)
+        stored_preparation.save_or_check(study, prepared.preparation.to_dict(), spec.dataset)
     return prepared
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from hpo.backend import import_keras
-from hpo.data.prepared import Prepared
+from hpo.data.arrays import Prepared
 
 keras = import_keras()  # through hpo.backend, which keeps the backend's start-up quiet
 

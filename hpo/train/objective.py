@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from hpo import resources
 from hpo.backend import import_keras, set_random_seed
 from hpo.data import builtin, own
-from hpo.data.prepared import Prepared
+from hpo.data.arrays import Prepared
 from hpo.errors import first_line
 from hpo.study.studyfile import StudySpec
 from hpo.train import engine, predictions, programs, word_ids

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from hpo import cache
+from hpo.data.arrays import Prepared
 from hpo.data.preparation import Preparation
-from hpo.data.prepared import Prepared
 from hpo.errors import HpoError
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")

@@ -353,7 +353,7 @@ def test_compose_runs_workers_and_a_local_dashboard_on_one_database():
     [volume] = services["db"]["volumes"]
     assert volume.split(":")[0] in compose["volumes"]  # a named volume, not the container
     # One artifact store for the workers and the dashboard: the trials' predictions that
-    # analyze's ensemble of trials is chosen from, on a named volume the image lets hpo write.
+    # analyze's trial ensemble is chosen from, on a named volume the image lets hpo write.
     for service in ("worker", "dashboard"):
         store = services[service]["environment"]["HPO_ARTIFACTS"]
         assert f"artifacts:{store}" in services[service]["volumes"]

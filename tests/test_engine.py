@@ -19,7 +19,7 @@ from hpo.data import builtin
 from hpo.data.arrays import Prepared
 from hpo.data.spec import Validation
 from hpo.study import studyfile
-from hpo.train import engine, predictions
+from hpo.train import compiled, engine, predictions
 from hpo.train import model as model_lib
 from hpo.train.objective import Objective
 from hpo.train.reporting import EpochReporter
@@ -455,8 +455,8 @@ def test_jax_dropout_masks_are_uniform_draws_fixed_by_their_seed():
     seeded by the layer's seed generator: uniform in [0, 1), the same for the same seed."""
     pytest.importorskip("jax")
     seed, other = np.array([7, 11], np.uint32), np.array([7, 12], np.uint32)
-    draws = np.asarray(engine._uniform_rbg((4096, 16), seed))
+    draws = np.asarray(compiled.uniform_rbg((4096, 16), seed))
     assert draws.min() >= 0.0 and draws.max() < 1.0
     assert abs(draws.mean() - 0.5) < 0.01 and abs((draws < 0.2).mean() - 0.2) < 0.01
-    np.testing.assert_array_equal(draws, np.asarray(engine._uniform_rbg((4096, 16), seed)))
-    assert not np.array_equal(draws, np.asarray(engine._uniform_rbg((4096, 16), other)))
+    np.testing.assert_array_equal(draws, np.asarray(compiled.uniform_rbg((4096, 16), seed)))
+    assert not np.array_equal(draws, np.asarray(compiled.uniform_rbg((4096, 16), other)))

@@ -32,64 +32,37 @@ and gets exactly the updates it would get alone (hpo.search.batched).
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from hpo.backend import import_keras
-from hpo.errors import HpoError
 from hpo.train import model as model_lib
 from hpo.train import word_ids
+from hpo.train.compiled import (
+    assign,
+    choose,
+    compile_epoch,
+    dropout,
+    is_dropout,
+    per_sample_loss,
+    task_metrics,
+    use_xla,
+    value_and_grad,
+    variables_of,
+)
 from hpo.train.inputs import InputCache, batch_plan
+
+__all__ = ["FusedTrainer", "choose", "use_xla"]  # choose: which loop trains (hpo.train.compiled)
 
 keras = import_keras()
 ops = keras.ops
 
-XLA_STEPS = 2000  # optimizer steps from which a dense model compiles with XLA (use_xla)
 # Optimizers whose update of a variable depends on that variable alone: stacked trials give
 # each slot its own learning rate by updating variable by variable. Nadam is not one (a step
 # also updates a product shared by all variables): its trials train one at a time.
 STACKABLE_OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
-BACKENDS = ("jax", "tensorflow")  # torch has no compiled loop here: model.fit trains there
-ENGINES = ("fused", "fit")
-
-
-def choose() -> str:
-    """Which loop trains a trial: "fused" (this module) or Keras' "fit".
-
-    $HPO_ENGINE=fused|fit forces one. By default fused wherever it exists (JAX, TensorFlow):
-    measured faster than fit for every built-in dataset on both (docs/benchmarks.md, "How fast
-    is an epoch"; why: docs/engine.md).
-    """
-    backend = keras.backend.backend()
-    forced = os.environ.get("HPO_ENGINE", "auto")
-    if forced not in ("auto", *ENGINES):
-        raise HpoError(f"HPO_ENGINE={forced}: expected auto, fused or fit")
-    if forced == "fused" and backend not in BACKENDS:
-        raise HpoError(f"HPO_ENGINE=fused: no fused loop for the {backend} backend (use fit)")
-    if forced != "auto":
-        return forced
-    return "fused" if backend in BACKENDS else "fit"
-
-
-def per_sample_loss(name: str) -> Callable:
-    """The unreduced Keras loss function: one value per sample (and per fold)."""
-    return keras.losses.get(name)
-
-
-def task_metrics(task: str, loss: str) -> dict[str, Callable]:
-    """Keras' per-sample metric functions, named as hpo.train.model names its metric objects."""
-    metrics = keras.metrics
-    if task == "regression":
-        return {"mae": metrics.mean_absolute_error, "mse": metrics.mean_squared_error}
-    if task == "binary":  # Keras keeps the last (size 1) axis here, unlike its other metrics
-        return {"accuracy": lambda y, p: ops.mean(metrics.binary_accuracy(y, p), axis=-1)}
-    if loss == "categorical_crossentropy":  # one-hot targets
-        return {"accuracy": metrics.categorical_accuracy}
-    return {"accuracy": metrics.sparse_categorical_accuracy}
 
 
 class FusedTrainer:
@@ -144,7 +117,7 @@ class FusedTrainer:
         # apply under TensorFlow), as Keras' own train_function does.
         self.stateless = keras.backend.backend() == "jax"
         self.xla = use_xla(first_layer, len(train[0]), batch_size, epochs)
-        self._epoch = _compile(self._epoch_fn, self.xla)
+        self._epoch = compile_epoch(self._epoch_fn, self.xla)
         self._traced: Callable | None = None  # _epoch's program for this load's arguments
         self.load(model, train, validation, seed, rates)
 
@@ -197,20 +170,20 @@ class FusedTrainer:
         # (or in the learning rate, an optimizer variable) share one program.
         self.rates = self._rates(model, rates)
         model.optimizer.build(model.trainable_variables)
-        values = [[v.value for v in variables] for variables in _variables(model)]
+        values = [[v.value for v in variables] for variables in variables_of(model)]
         if self.stateless:
             self.state = tuple(values)
             return
         self.state = ()
         if model is not self.model:
-            _assign(self.model, values)
+            assign(self.model, values)
 
     def _rates(self, model: keras.Model, rates: dict[str, list[float]] | None) -> tuple:
         """(dropout rates, learning rates): the dropout layers' rates and an unused 0 for one
         trial (its learning rate is the optimizer's); for stacked trials, each per slot."""
-        layers = sum(_is_dropout(layer) for layer in model_lib.chain(model))
+        layers = sum(is_dropout(layer) for layer in model_lib.chain(model))
         if self.trials == 1:
-            dropout = [layer.rate for layer in model_lib.chain(model) if _is_dropout(layer)]
+            dropout = [layer.rate for layer in model_lib.chain(model) if is_dropout(layer)]
             return (
                 ops.convert_to_tensor(np.array(dropout or [0.0], np.float32)),
                 ops.convert_to_tensor(np.zeros(1, np.float32)),
@@ -227,7 +200,7 @@ class FusedTrainer:
         """Compile anew for a larger capacity: a fresh function, so that no cached trace of
         the old capacity is reused."""
         self.capacity = capacity
-        self._epoch = _compile(lambda *args: self._epoch_fn(*args), self.xla)
+        self._epoch = compile_epoch(lambda *args: self._epoch_fn(*args), self.xla)
         self._traced = None
 
     def _call(self, trainable, non_trainable, x, rates, training: bool):
@@ -252,39 +225,14 @@ class FusedTrainer:
             x = word_ids.bag_sum(first.kernel, ids.ids, ids.starts, ids.lengths, rows, capacity)
             x = first.activation(x + first.bias)
             layers = self.tail
-        dropouts = [layer for layer in self.layers if _is_dropout(layer)]
+        dropouts = [layer for layer in self.layers if is_dropout(layer)]
         for layer in layers:
-            if not _is_dropout(layer):
+            if not is_dropout(layer):
                 x = layer(x, training=training)
             elif training:
-                x = self._dropout(layer, x, rates[0][dropouts.index(layer)])
+                rate = rates[0][dropouts.index(layer)]
+                x = dropout(x, rate, layer.seed_generator, self.stateless, self.xla, self.trials)
         return x
-
-    def _dropout(self, layer, x, rate):
-        """Dropout at `rate` (a tensor: an argument of the compiled call), its mask drawn from
-        the layer's seed generator, scaled as Keras' Dropout scales it."""
-        if self.trials > 1:  # one rate per slot: (batch, slots, units) against (1, slots, 1)
-            rate = ops.reshape(rate, (1, -1, 1))
-        if self.stateless:
-            keep = 1.0 - rate
-            kept = _uniform_rbg(ops.shape(x), layer.seed_generator.next()) < keep
-            return ops.where(kept, x / keep, ops.zeros_like(x))
-        import tensorflow as tf
-
-        seed = layer.seed_generator.next()  # as Keras draws it (an int64 pair), cast as Keras does
-        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
-        # Under XLA on a CPU, TensorFlow's default generator takes about 30 ms for a 512 x 128
-        # mask, most of an IMDB epoch; ThreeFry 0.2 ms. Without XLA TensorFlow's CPU kernel
-        # has no ThreeFry, and its default is fast.
-        algorithm = "threefry" if self.xla else None
-        if self.trials == 1:
-            return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed, rng_alg=algorithm)
-        # stateless_dropout takes one rate: the same mask rule, with a rate per slot.
-        uniform = tf.random.stateless_uniform(
-            tf.shape(x), seed, alg=algorithm or "auto_select", dtype=x.dtype
-        )
-        keep = 1.0 - rate
-        return tf.where(uniform < keep, x / keep, tf.zeros_like(x))
 
     def _rows(self, x_all, batch_rows, validation: bool):
         """A batch's input: its rows of x, or (dense/ids) what the ids form reads them from."""
@@ -316,7 +264,7 @@ class FusedTrainer:
         model = self.model
         if self.stateless:
             trainable, non_trainable, optimizer_vars = state
-            (_, (non_trainable, y_pred, losses)), grads = _value_and_grad(self._loss)(
+            (_, (non_trainable, y_pred, losses)), grads = value_and_grad(self._loss)(
                 trainable, non_trainable, x, y, w, rates
             )
             if self.trials > 1:
@@ -488,69 +436,7 @@ class FusedTrainer:
         if self.stateless:
             values = self.state
         elif self.target is not self.model:  # TensorFlow trained this program's own model
-            values = [[v.value for v in variables] for variables in _variables(self.model)]
+            values = [[v.value for v in variables] for variables in variables_of(self.model)]
         else:
             return  # TensorFlow trained the trial's model itself
-        _assign(self.target, values)
-
-
-def _is_dropout(layer) -> bool:
-    return isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None
-
-
-def _variables(model: keras.Model) -> tuple[list, list, list]:
-    return model.trainable_variables, model.non_trainable_variables, model.optimizer.variables
-
-
-def _assign(model: keras.Model, values) -> None:
-    """Set `model`'s variables (_variables' three lists) to `values`, three lists alike."""
-    for variables, new in zip(_variables(model), values, strict=True):
-        for variable, value in zip(variables, new, strict=True):
-            variable.assign(value)
-
-
-def use_xla(first_layer: str, rows: int, batch_size: int, epochs: int | None) -> bool:
-    """Whether TensorFlow compiles the epoch with XLA (JAX always does): for the ids form, which
-    XLA runs 4x faster than TensorFlow's graph executor, and for a dense model that may train
-    at least XLA_STEPS steps (a 200-epoch Boston trial: 2x faster, compilation included).
-    XLA takes longer to compile, which a short trial does not repay (with XLA everywhere the
-    test suite's tiny studies took 11.5 min instead of 7)."""
-    if first_layer == "ids":
-        return True
-    return epochs is not None and epochs * math.ceil(rows / batch_size) >= XLA_STEPS
-
-
-def _compile(fn: Callable, xla: bool) -> Callable:
-    """`fn` compiled: jax.jit, or tf.function, with XLA when `xla` (use_xla)."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.jit(fn)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        # No autograph: the epoch's loops are explicit (fori_loop) and its Python branches on
-        # static values, so converting every function it calls is tracing time for nothing
-        # (measured within this machine's noise: docs/lab/performance.md).
-        return tf.function(fn, reduce_retracing=True, jit_compile=xla, autograph=False)
-    raise NotImplementedError(f"no fused training loop for the {backend} backend")
-
-
-def _uniform_rbg(shape: tuple, seed) -> Any:
-    """JAX: uniform draws in [0, 1) from XLA's own bit generator ("rbg" keys), seeded by a
-    Keras seed generator's draw (two uint32). JAX's default, ThreeFry, is written out as many
-    XLA operations: on this project's CPU the dropout masks were half of a Boston program's
-    compilation, and these compile faster (docs/lab/performance.md)."""
-    import jax
-    import jax.numpy as jnp
-
-    key = jax.random.wrap_key_data(jnp.tile(jnp.asarray(seed, jnp.uint32), 2), impl="rbg")
-    return jax.random.uniform(key, shape)
-
-
-def _value_and_grad(fn: Callable) -> Callable:
-    """JAX's (value, aux), gradient with respect to the first argument."""
-    import jax
-
-    return jax.value_and_grad(fn, has_aux=True)
+        assign(self.target, values)

@@ -26,6 +26,7 @@ from hpo import names
 from hpo.errors import HpoError
 from hpo.results import handover as handover_lib
 from hpo.results import summary
+from hpo.results.analyze_options import REPORTS, AnalyzeOptions
 from hpo.search import launch, queue, runner, storage
 from hpo.search import workers as hpo_workers
 from hpo.search.progress import RetrainStatus
@@ -35,7 +36,6 @@ from hpo.study.studyfile import StudySpec
 
 DEFAULT_STORAGE = storage.DEFAULT_URL
 DEFAULT_ARTIFACTS = artifact_stores.DEFAULT
-REPORTS = Path("storage/reports")
 
 
 def _console(progress: bool | Console) -> Console:
@@ -195,21 +195,38 @@ def analyze(
     Returns hpo.results.analysis.AnalysisResult: `.results` (per trial: `.mean("mae")`, `.std(…)`,
     `.ensemble`, `.model`), `.handed` (`.name`, `.selection`, `.selected_test`), `.report`
     (report.md), `.folder`, `.model_path` (the handed-over model)."""
+    options = AnalyzeOptions(
+        str(target),
+        study=study,
+        storage_url=storage,
+        seeds=seeds,
+        top=top,
+        candidates=candidates,
+        handover=handover,
+        out=Path(out) if out else None,
+        artifacts=str(artifacts) if artifacts else None,
+        data_dir=data_dir,
+    )
+    return analyze_with(options, _console(progress))
+
+
+def analyze_with(options: AnalyzeOptions, console: Console):
+    """hpo.analyze, or `hpo analyze`, on options built once."""
     from hpo.backend import import_keras
     from hpo.results import analysis
     from hpo.train import predictions
 
-    analysis.check_options(seeds, top, candidates, handover)
+    seeds, top, artifacts = options.seeds, options.top, options.artifacts
+    analysis.check_options(seeds, top, options.candidates, options.handover)
     import_keras()
-    spec = studyfile.load(str(target))
-    name = study or spec.name
-    found = load_study(spec, name, storage)
-    console = _console(progress)
+    spec = studyfile.load(options.target)
+    name = options.study or spec.name
+    found = load_study(spec, name, options.storage_url)
     # A study whose trials kept predictions needs the store they are in; one that never
     # stored anything there may start it now (for the report's figures).
     kept = any(predictions.ATTR in t.user_attrs for t in found.get_trials(deepcopy=False))
     store = artifact_stores.open_store(artifacts, create=not kept) if artifacts else None
-    prepared = runner.load_data(spec, data_dir, found, console)
+    prepared = runner.load_data(spec, options.data_dir, found, console)
     with RetrainStatus(console, seeds * top) as status:
         return analysis.analyze_study(
             found,
@@ -217,10 +234,10 @@ def analyze(
             prepared,
             seeds=seeds,
             top=top,
-            folder=Path(out) if out else REPORTS / names.folder(name),
+            folder=options.folder(name),
             store=store,
-            candidates=candidates,
-            handover=handover,
+            candidates=options.candidates,
+            handover=options.handover,
             progress=status,
         )
 

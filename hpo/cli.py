@@ -49,6 +49,7 @@ from hpo.options import (
     WorkersOpt,
 )
 from hpo.results import summary
+from hpo.results.analyze_options import AnalyzeOptions
 from hpo.search import batched, launch, pool, queue, storage
 from hpo.search import workers as hpo_workers
 from hpo.search.interrupt import GracefulInterrupt, exit_code
@@ -156,10 +157,10 @@ def analyze(
 ) -> None:
     """Retrain the best trial(s) for their best epoch on all training data and test them, with
     the ensemble chosen from the search's trials; hand over one of them."""
-    result = api.analyze(
+    options = AnalyzeOptions(
         target,
         study=study,
-        storage=storage_url,
+        storage_url=storage_url,
         seeds=seeds,
         top=top,
         candidates=candidates,
@@ -167,17 +168,14 @@ def analyze(
         out=out,
         artifacts=artifacts,
         data_dir=data_dir,
-        progress=console,
     )
+    result = api.analyze_with(options, console)
     console.print(summary.analysis_table(result, seeds))
     for line in summary.analysis_lines(result, seeds):
         console.print(line, highlight=False)
     if (result.folder / "preparation.json").exists():
-        again = ["predict", target, "NEW_ROWS.csv", "--out", "predictions.csv"]
-        again += ["--study", study] if study else []
-        again += launch.location_options(storage_url, None)
-        again += ["--model", str(result.folder)] if out else []
-        console.print(f"predict with: {launch.command_line(again)}")
+        again = launch.command_line(options.predict_argv(result.folder))
+        console.print(f"predict with: {again}")
 
 
 @app.command(epilog="Example: hpo experiment imdb --vary units=16,32,64 --epochs 20 --seeds 3")
@@ -351,7 +349,7 @@ def worker(
     """Serve every queued study of a storage, fairly by priority, until stopped (SIGTERM or
     Ctrl-C: the trials in flight end their epoch and are queued again)."""
     with GracefulInterrupt():  # a signal while it starts (the storage, its slots) is not lost
-        code = pool.start(
+        code = launch.serve_queue(
             storage_url,
             slots=slots,
             argv=sys.argv[1:],

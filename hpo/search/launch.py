@@ -1,5 +1,7 @@
 """Starting a search from one command or call: open (or resume) the study, start the other
-worker processes on this machine, run trials here, and say how to resume.
+worker processes on this machine, run trials here, and say how to resume; and starting
+`hpo worker`'s processes, which serve the queue (`serve_queue`; each serves it with
+hpo.search.pool.Worker).
 
 hpo.api's `optimize` and the `hpo optimize` command both build a SearchOptions and run it
 through `run_optimize`; the command line it writes (SearchOptions.argv) is what child workers
@@ -8,9 +10,12 @@ run and what resume lines show.
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -18,13 +23,20 @@ from rich.console import Console
 
 from hpo import resources
 from hpo.errors import HpoError
-from hpo.search import budget, runner, storage
+from hpo.search import budget, pool, runner, storage
 from hpo.search import workers as hpo_workers
 from hpo.search.interrupt import GracefulInterrupt
 from hpo.search.search_options import SearchOptions, command_line, location_options
 from hpo.study.studyfile import StudySpec
 
-__all__ = ["OptimizeRun", "command_line", "location_options", "resume_line", "run_optimize"]
+__all__ = [
+    "OptimizeRun",
+    "command_line",
+    "location_options",
+    "resume_line",
+    "run_optimize",
+    "serve_queue",
+]
 
 
 @dataclass
@@ -171,3 +183,63 @@ def _start_workers(
     children = hpo_workers.spawn(n_workers - 1, options.log_dir, name, child_argv)
     console.print(f"{len(children)} more workers started; their logs: {options.log_dir}/")
     return children
+
+
+def serve_queue(
+    storage_url: str,
+    *,
+    slots: str,
+    argv: list[str],
+    console: Console,
+    recycle_after: int | str | None = None,
+    log_dir: Path = Path("storage/logs"),
+    **options: Any,
+) -> int:
+    """`hpo worker`: serve the queue here and in `slots - 1` more processes (`hpo ARGV --slots
+    1`, logging to `log_dir`); restart this process when `recycle_after` (workers.Recycler)
+    says (Keras keeps memory across trials). Returns the exit status after a signal, the
+    children ended. Run it inside a GracefulInterrupt (the command does), so a first signal
+    only asks to stop."""
+    inherited = hpo_workers.inherited_children()  # when this worker restarted itself
+    restarted = hpo_workers.restarted()
+    gpus = resources.gpu_count() if slots != "1" else 0  # asks nvidia-smi: only if needed
+    try:
+        count = resources.parse_workers(slots, gpus)
+    except ValueError as exc:
+        raise HpoError(str(exc).replace("--workers", "--slots")) from exc
+    if options.get("poll_s", pool.POLL_S) <= 0:
+        raise HpoError("--poll must be above 0")
+    recycler = None if recycle_after is None else hpo_workers.Recycler(recycle_after)
+    children: list[subprocess.Popen] = []
+    with GracefulInterrupt() as signals:  # the command's, entered again: shared
+        if not restarted:
+            console.print(
+                f"worker on {storage.redact(storage_url)} · {count} slot(s) · studies "
+                f"{options.get('pattern', '*')} · reads the queue every "
+                f"{options.get('poll_s', pool.POLL_S):g} s when idle",
+                highlight=False,
+            )
+            if count > 1 and not signals.requested:
+                resources.share_gpu_memory(count, gpus)
+                child = hpo_workers.with_option(argv, "--slots", "1")
+                children = hpo_workers.spawn(count - 1, log_dir, "pool", child)
+                console.print(f"{count - 1} more worker processes; their logs: {log_dir}/")
+        # A signal to this process alone (docker stop, Kubernetes, kill PID) is passed on.
+        signals.adopt([*children, *inherited])
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # the worker says each trial itself
+        logging.getLogger("hpo").setLevel(logging.WARNING)
+        try:
+            worker = pool.Worker(storage_url, console=console, **options)
+            code = worker.serve(recycler)
+        except BaseException:
+            hpo_workers.interrupt(signals, children, inherited)  # they end their epoch, re-queue
+            raise
+        if code is None:
+            console.print(
+                f"restarting this worker {worker.recycled} to release the memory "
+                "Keras keeps across trials",
+                highlight=False,
+            )
+            hpo_workers.restart(argv, [c.pid for c in children] + inherited, None)
+        hpo_workers.interrupt(signals, children, inherited)  # passed on already: waits
+    return code

@@ -16,21 +16,17 @@ way, and the worker exits 143 or 130.
 
 from __future__ import annotations
 
-import logging
 import os
-import subprocess
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 from rich.console import Console
 
 from hpo import artifacts as artifact_stores
-from hpo import resources
 from hpo.backend import freeze_heap
 from hpo.errors import HpoError, first_line
 from hpo.search import batched, queue, runner
@@ -420,63 +416,3 @@ class Worker:
         objective = Objective(spec, prepared, admit=budget.admit, artifact_store=store)
         freeze_heap()  # the backend's and this study's data: not walked after each trial
         return Served(study, objective, budget, (TrialFailed, OverBudget))
-
-
-def start(
-    storage_url: str,
-    *,
-    slots: str,
-    argv: list[str],
-    console: Console,
-    recycle_after: int | str | None = None,
-    log_dir: Path = Path("storage/logs"),
-    **options: Any,
-) -> int:
-    """`hpo worker`: serve the queue here and in `slots - 1` more processes (`hpo ARGV --slots
-    1`, logging to `log_dir`); restart this process when `recycle_after` (workers.Recycler)
-    says (Keras keeps memory across trials). Returns the exit status after a signal, the
-    children ended. Run it inside a GracefulInterrupt (the command does), so a first signal
-    only asks to stop."""
-    inherited = hpo_workers.inherited_children()  # when this worker restarted itself
-    restarted = hpo_workers.restarted()
-    gpus = resources.gpu_count() if slots != "1" else 0  # asks nvidia-smi: only if needed
-    try:
-        count = resources.parse_workers(slots, gpus)
-    except ValueError as exc:
-        raise HpoError(str(exc).replace("--workers", "--slots")) from exc
-    if options.get("poll_s", POLL_S) <= 0:
-        raise HpoError("--poll must be above 0")
-    recycler = None if recycle_after is None else hpo_workers.Recycler(recycle_after)
-    children: list[subprocess.Popen] = []
-    with GracefulInterrupt() as signals:  # the command's, entered again: shared
-        if not restarted:
-            console.print(
-                f"worker on {redact(storage_url)} · {count} slot(s) · studies "
-                f"{options.get('pattern', '*')} · reads the queue every "
-                f"{options.get('poll_s', POLL_S):g} s when idle",
-                highlight=False,
-            )
-            if count > 1 and not signals.requested:
-                resources.share_gpu_memory(count, gpus)
-                child = hpo_workers.with_option(argv, "--slots", "1")
-                children = hpo_workers.spawn(count - 1, log_dir, "pool", child)
-                console.print(f"{count - 1} more worker processes; their logs: {log_dir}/")
-        # A signal to this process alone (docker stop, Kubernetes, kill PID) is passed on.
-        signals.adopt([*children, *inherited])
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # the worker says each trial itself
-        logging.getLogger("hpo").setLevel(logging.WARNING)
-        try:
-            worker = Worker(storage_url, console=console, **options)
-            code = worker.serve(recycler)
-        except BaseException:
-            hpo_workers.interrupt(signals, children, inherited)  # they end their epoch, re-queue
-            raise
-        if code is None:
-            console.print(
-                f"restarting this worker {worker.recycled} to release the memory "
-                "Keras keeps across trials",
-                highlight=False,
-            )
-            hpo_workers.restart(argv, [c.pid for c in children] + inherited, None)
-        hpo_workers.interrupt(signals, children, inherited)  # passed on already: waits
-    return code

@@ -34,6 +34,8 @@ def one(dataset: str, seed: int, opts: argparse.Namespace) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"handover-{Path(dataset).stem}-{seed}-"))
     env = _common.hpo_env(opts.cache)
     common = ["--storage", f"sqlite:///{folder}/bench.db", "--data-dir", opts.data_dir]
+    if Path(dataset).is_file():  # a study file: hpo runs in the scratch folder
+        dataset = str(Path(dataset).resolve())
     optimize = ["optimize", dataset, "--trials", str(opts.trials), "--seed", str(seed)]
     search = _common.run_hpo([*optimize, *common], env, folder)
     analyze = ["analyze", dataset, "--seeds", str(opts.analyze_seeds), *common]

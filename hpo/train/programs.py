@@ -1,7 +1,8 @@
 """Trials of one structure share one compiled program of the fused loop (hpo.train.engine).
 
-Compiling is most of a short trial: on this project's 2-core CPU a Boston program takes
-1.6-2.5 s to trace and compile whatever its size, and a 200-epoch trial trains in 1-2 s more.
+Compiling is most of a short trial: on a CPU a Boston program takes about as long to trace and
+compile, whatever its size, as a 200-epoch trial takes to train (docs/engine.md, "Compiling
+less"; the figures: docs/lab/performance.md).
 The learning rate (an optimizer variable) and the dropout rates are inputs of the compiled epoch,
 not constants in it, so a later trial of the same layers, optimizer, loss and batch size
 trains in an earlier trial's program: its initial weights and seed are copied into the

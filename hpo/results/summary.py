@@ -11,7 +11,7 @@ from rich.table import Table
 
 from hpo.optuna_private import study_id
 from hpo.results.retrained import test_metrics
-from hpo.search import queue
+from hpo.search import queue, queue_standing
 from hpo.search.budget import trial_counts
 from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
@@ -110,8 +110,8 @@ def storage_listing(storage: optuna.storages.BaseStorage) -> tuple[Table, list[s
             queued = [queue.LEFT, "", "", "", ""]
             reasons.append(f"{summary.study_name}: {entry.reason}")
         elif entry is not None:
-            standing = queue.Standing.of(trials)
-            state = queue.state(entry, standing)
+            standing = queue_standing.Standing.of(trials)
+            state = queue_standing.state(entry, standing)
             queued = [
                 state,
                 str(entry.trials),

@@ -29,7 +29,7 @@ from rich.console import Console
 from hpo import artifacts as artifact_stores
 from hpo.backend import freeze_heap
 from hpo.errors import HpoError, first_line
-from hpo.search import batched, queue, runner
+from hpo.search import batched, queue, queue_standing, runner
 from hpo.search import workers as hpo_workers
 from hpo.search.budget import (
     DIED,
@@ -147,7 +147,7 @@ class Worker:
         # Trials started since the newest joined, in the database's order of trials: the
         # workers' clocks, in their own time zones, are not compared.
         newest = max(entry.since_trial for entry in queued)
-        tallies = queue.tallies(self.store, queued, newest)
+        tallies = queue_standing.tallies(self.store, queued, newest)
         open_slots = []
         for entry in queued:
             tally = tallies[entry.study_id]

@@ -77,7 +77,7 @@ class StudyQueries:
             return int(found.scalar() or 0)
 
     def trial_tally(self, study_ids: list[int], since: int) -> list[tuple]:
-        """For the queue (hpo.search.queue.tallies): the trials of `study_ids` grouped by
+        """For the queue (hpo.search.queue_standing.tallies): the trials of `study_ids` grouped by
         study, state and fail_reason (JSON), each group's count and how many of it were
         started after trial id `since` (last_trial_id: the database's order, not the
         workers' clocks, which may be in other time zones). One query, whatever the number

@@ -180,13 +180,9 @@ def main() -> None:
         # keras' own cache, where load_data finds the byte-identical file without a download
         (Path(tmp) / "keras" / "datasets").mkdir(parents=True)
         shutil.copy(source, Path(tmp) / "keras" / "datasets" / "imdb.npz")
-        env = {
-            **os.environ,
-            "KERAS_HOME": f"{tmp}/keras",
-            "HPO_CACHE_DIR": f"{tmp}/cache",  # empty: hpo pays for vectorizing once
-            "HPO_DATA_DIR": str(source.parent),
-            "PYTHONPATH": str(ROOT),
-        }
+        # the cache starts empty: hpo pays for vectorizing once
+        keras_home = {"KERAS_HOME": f"{tmp}/keras", "HPO_DATA_DIR": str(source.parent)}
+        env = _common.hpo_env(f"{tmp}/cache", **keras_home)
         modes: dict[str, dict] = {}
         cmd = [sys.executable, __file__, "--naive-child", "--trials", str(args.trials)]
         cmd += ["--epochs", str(args.epochs), "--seed", str(args.seed)]
@@ -194,12 +190,13 @@ def main() -> None:
         modes["naive Optuna loop"] = {**json.loads(out.splitlines()[-1]), "s": wall, "gpu": gpu}
         for k in (1, args.workers):
             storage, name = f"sqlite:///{tmp}/bench.db", f"workers-{k}"
-            cmd = [sys.executable, "-m", "hpo", "optimize", "imdb", "--trials", str(args.trials)]
+            cmd = ["optimize", "imdb", "--trials", str(args.trials)]
             cmd += ["--max-epochs", str(args.epochs), "--seed", str(args.seed)]
             cmd += ["--workers", str(k), "--storage", storage, "--study", name]
-            wall, gpu, _ = timed(cmd, env)
+            with GpuSampler() as gpu:
+                wall = _common.run_hpo(cmd, env)
             label = f"hpo, {k} worker" + ("s" if k > 1 else "")
-            modes[label] = {**study_counts(storage, name), "s": wall, "gpu": gpu}
+            modes[label] = {**study_counts(storage, name), "s": wall, "gpu": gpu.mean}
 
     import keras
 

@@ -10,8 +10,8 @@ Goal: shares within a few % of the priorities; exactly --budget trials a study; 
 within a second of `hpo submit`.
 Machine: any; PostgreSQL at 127.0.0.1:5432 (user postgres).
 
-Workers are real `hpo.search.pool.Worker`s (the queue reads, the choice, the budget, the stop
-check, the heartbeat), each in its own process, with one change: a trial trains nothing, it
+Workers are real `hpo.search.queue_worker.Worker`s (the queue reads, the choice, the budget,
+the stop check, the heartbeat), each in its own process, with one change: a trial trains nothing, it
 sleeps --trial-s seconds in 10 "epochs" (what a short real trial does between database calls)
 and returns a random value, so the figures are the queue's, not Keras'. Three parts:
 
@@ -20,7 +20,7 @@ and returns a random value, so the figures are the queue's, not Keras'. Three pa
    their shares of the trials started should be 1/4, 1/2, 1/4. One worker is killed
    (SIGKILL) mid-trial 24 s in and a new one started: its trial must be failed by the
    heartbeat and re-run, and every study must end with exactly 150 trials.
-2. Latency: on the idle pool, a study is submitted 5 times; the time from submit's return to
+2. Latency: on the idle queue_worker, a study is submitted 5 times; the time from submit's return to
    its first trial's start.
 3. Scale: --scale-workers workers on 8 studies of 40 trials, then on 1 study of 320 trials:
    database queries per trial (counted by each worker's SQLAlchemy engine), and the queries of
@@ -49,7 +49,7 @@ import optuna  # noqa: E402  (imported once, before the workers fork)
 import sqlalchemy  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from hpo.search import pool, queue  # noqa: E402
+from hpo.search import queue, queue_worker  # noqa: E402
 from hpo.search.budget import Budget, OverBudget, finished  # noqa: E402
 from hpo.search.search_options import SearchOptions  # noqa: E402
 from hpo.study import studyfile  # noqa: E402
@@ -91,12 +91,14 @@ class Sleeper:
         return random.random()
 
 
-class BenchWorker(pool.Worker):
+class BenchWorker(queue_worker.Worker):
     seconds = 0.4
 
-    def _open(self, entry: queue.Entry, study: optuna.Study, spec) -> pool.Served:
+    def _open(self, entry: queue.Entry, study: optuna.Study, spec) -> queue_worker.Served:
         budget = Budget(entry.trials)
-        return pool.Served(study, Sleeper(spec, budget, self.seconds), budget, (OverBudget,))
+        return queue_worker.Served(
+            study, Sleeper(spec, budget, self.seconds), budget, (OverBudget,)
+        )
 
 
 def count_queries(engine) -> list[int]:
@@ -270,13 +272,13 @@ def scale(opts, counts) -> dict:
         )
         rows.append({"studies": studies, "trials": each, "queries_per_trial": queries / done})
         rows[-1]["trials_per_s"] = round(done / wall, 1)
-    worker = pool.Worker(URL, console=Console(quiet=True))
+    worker = queue_worker.Worker(URL, console=Console(quiet=True))
     seen = count_queries(worker.store.engine)
     worker.choose()
     print(
         f"   one read of the idle queue ({len(queue.entries(worker.store))} studies, all done): "
-        f"{seen[0]} queries; at the default poll of {pool.POLL_S:g} s, "
-        f"{seen[0] / pool.POLL_S:.1f} queries/s per idle worker"
+        f"{seen[0]} queries; at the default poll of {queue_worker.POLL_S:g} s, "
+        f"{seen[0] / queue_worker.POLL_S:.1f} queries/s per idle worker"
     )
     return {"workers": opts.scale_workers, "rows": rows, "idle_read_queries": seen[0]}
 

@@ -1,6 +1,6 @@
 """`python -m hpo`: the hpo command, and how a worker that restarts itself (exec) starts again.
 
-A worker restarting itself holds Ctrl-C and SIGTERM across the exec (hpo.search.workers); here
+A worker restarting itself holds Ctrl-C and SIGTERM across the exec (hpo.search.local_workers); here
 they are let through, and one that arrived then or lands while the new process is still
 importing (seconds: TensorFlow) ends it with the resume line, not a traceback or silence.
 """

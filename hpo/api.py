@@ -27,8 +27,7 @@ from hpo.errors import HpoError
 from hpo.results import handover as handover_lib
 from hpo.results import summary
 from hpo.results.analyze_options import REPORTS, AnalyzeOptions
-from hpo.search import launch, queue, runner, storage
-from hpo.search import workers as hpo_workers
+from hpo.search import launch, local_workers, queue, storage, study_loop
 from hpo.search.progress import RetrainStatus
 from hpo.search.search_options import SearchOptions
 from hpo.study import studyfile
@@ -47,7 +46,7 @@ def _console(progress: bool | Console) -> Console:
 def finish_optimize(run: launch.OptimizeRun, console: Console, err: Console) -> None:
     """Wait for the workers started, then say how the study stands and what to type next."""
     trials = run.options.trials
-    codes = hpo_workers.wait(run.children) + hpo_workers.wait_pids(run.inherited)
+    codes = local_workers.wait(run.children) + local_workers.wait_pids(run.inherited)
     failed = [code for code in codes if code not in (0, 130, 143)]  # 130, 143: interrupted
     if failed:
         err.print(f"{len(failed)} worker(s) failed: see storage/logs/{run.name}-worker*.log")
@@ -168,7 +167,7 @@ def _open_existing(name: str, storage_url: str) -> optuna.Study:
 def load_study(spec: StudySpec, name: str, storage_url: str) -> optuna.Study:
     """An existing study of `spec`'s dataset, or an HpoError saying what is there instead."""
     found = _open_existing(name, storage_url)
-    recorded = found.user_attrs.get(runner.SPEC_ATTR, {})
+    recorded = found.user_attrs.get(study_loop.SPEC_ATTR, {})
     if recorded.get("dataset", spec.dataset) != spec.dataset:
         raise HpoError(f"study {name!r} tunes {recorded['dataset']}, not {spec.dataset}")
     return found
@@ -226,7 +225,7 @@ def analyze_with(options: AnalyzeOptions, console: Console):
     # stored anything there may start it now (for the report's figures).
     kept = any(predictions.ATTR in t.user_attrs for t in found.get_trials(deepcopy=False))
     store = artifact_stores.open_store(artifacts, create=not kept) if artifacts else None
-    prepared = runner.load_data(spec, options.data_dir, found, console)
+    prepared = study_loop.load_data(spec, options.data_dir, found, console)
     with RetrainStatus(console, seeds * top) as status:
         return analysis.analyze_study(
             found,
@@ -273,7 +272,7 @@ def experiment(
     name = study or exp.default_name(spec.name if spec.data else spec.dataset, factors)
     wanted = exp.variants(base, factors)
     console = _console(progress)
-    found = runner.open_study(xspec, storage, name)
+    found = study_loop.open_study(xspec, storage, name)
     for params in exp.missing(found, wanted):
         found.enqueue_trial(params)
     console.print(
@@ -289,7 +288,7 @@ def experiment(
         artifacts=None,  # one factor at a time hands over no ensemble of its variants
         batch_trials=1,
     )
-    result = runner.run(xspec, name, options, console)
+    result = study_loop.run(xspec, name, options, console)
     if result.interrupted:
         argv = ["experiment", str(target), *[f"--vary={v}" for v in vary], "--study", name]
         argv += launch.location_options(storage, data_dir)
@@ -298,7 +297,7 @@ def experiment(
             f"interrupted: variants trained so far are saved. Resume with: {again}"
         )
         return None
-    prepared = runner.load_data(spec, data_dir, result.study, console)
+    prepared = study_loop.load_data(spec, data_dir, result.study, console)
     with RetrainStatus(console, len(wanted) * seeds) as on_run:
         results = exp.retrain_variants(
             result.study, base, wanted, prepared, list(range(seeds)), on_run=on_run

@@ -50,8 +50,7 @@ from hpo.options import (
 )
 from hpo.results import summary
 from hpo.results.analyze_options import AnalyzeOptions
-from hpo.search import batched, launch, pool, queue, storage
-from hpo.search import workers as hpo_workers
+from hpo.search import batched, launch, local_workers, queue, queue_worker, storage
 from hpo.search.interrupt import GracefulInterrupt, exit_code
 from hpo.search.search_options import SearchOptions
 
@@ -101,7 +100,7 @@ def optimize(
     data_dir: DataDirOpt = None,
     artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
     workers: WorkersOpt = "1",
-    recycle_after: RecycleOpt = hpo_workers.RECYCLE_AFTER,
+    recycle_after: RecycleOpt = local_workers.RECYCLE_AFTER,
     batch_trials: BatchTrialsOpt = batched.AUTO,
     heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
     reconnect: ReconnectOpt = storage.RECONNECT_S,
@@ -132,9 +131,9 @@ def optimize(
             f"restarting this worker {run.result.recycle} to release the memory Keras keeps "
             "across trials"
         )
-        argv = hpo_workers.with_option(sys.argv[1:], "--workers", "1")
+        argv = local_workers.with_option(sys.argv[1:], "--workers", "1")
         children = [c.pid for c in run.children] + run.inherited
-        hpo_workers.restart(argv, children, run.deadline)
+        local_workers.restart(argv, children, run.deadline)
     api.finish_optimize(run, console, err)
     if run.result.interrupted:
         raise typer.Exit(exit_code(run.result.signum))
@@ -340,8 +339,8 @@ def worker(
     data_dir: DataDirOpt = None,
     slots: SlotsOpt = "1",
     studies: StudiesOpt = "*",
-    poll: PollOpt = pool.POLL_S,
-    recycle_after: RecycleOpt = hpo_workers.RECYCLE_AFTER,
+    poll: PollOpt = queue_worker.POLL_S,
+    recycle_after: RecycleOpt = local_workers.RECYCLE_AFTER,
     batch_trials: BatchTrialsOpt = batched.AUTO,
     heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
     reconnect: ReconnectOpt = storage.RECONNECT_S,

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from hpo.data import builtin
 from hpo.search.ahead import AskAhead
 from hpo.search.budget import Budget, finished, over_budget
-from hpo.search.workers import Recycler
+from hpo.search.local_workers import Recycler
 from hpo.study import studyfile
 from hpo.train import programs
 from hpo.train.objective import Objective

@@ -134,10 +134,10 @@ def test_analyze_bad_input(searched, workdir, capsys):
 
 def test_analyze_needs_a_completed_trial(workdir, capsys):
     path = tiny_study(workdir, epochs=2)
-    from hpo.search import runner
+    from hpo.search import study_loop
     from hpo.study import studyfile
 
-    runner.open_study(studyfile.load(str(path)), DEFAULT_URL, "tiny")
+    study_loop.open_study(studyfile.load(str(path)), DEFAULT_URL, "tiny")
     code, _, err = run_cli(capsys, "analyze", str(path))
     assert code == 2 and "has no completed trial" in err
     assert not (workdir / "storage" / "reports" / "tiny").exists()

@@ -25,7 +25,7 @@ from conftest import (
 from optuna.trial import TrialState
 from rich.console import Console
 
-from hpo.search import budget, runner
+from hpo.search import budget, study_loop
 from hpo.search.search_options import SearchOptions
 from hpo.search.storage import DEFAULT_URL
 from hpo.study import studyfile
@@ -98,10 +98,10 @@ batch_size = 64
         studyfile.load(str(path)),
         pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
     )
-    study = runner.open_study(spec, DEFAULT_URL, "tiny")
+    study = study_loop.open_study(spec, DEFAULT_URL, "tiny")
     for rate in (0.01, 0.01, 1e-7):  # a learning rate no model learns from in 6 epochs
         study.enqueue_trial({"learning_rate": rate})
-    result = runner.run(spec, "tiny", SearchOptions(str(path), trials=3), Console(quiet=True))
+    result = study_loop.run(spec, "tiny", SearchOptions(str(path), trials=3), Console(quiet=True))
     trials = result.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
     assert 1 <= len(trials[2].user_attrs["history"]["val_accuracy"]) < 6
@@ -119,7 +119,7 @@ batch_size = 16
 """
     path = tiny_study(workdir, "boston_housing", epochs=5, validation="kfold:2", space=space)
     spec = studyfile.load(str(path))
-    study = runner.open_study(spec, DEFAULT_URL, "tiny")
+    study = study_loop.open_study(spec, DEFAULT_URL, "tiny")
     study.enqueue_trial({"learning_rate": 10.0})
     study.enqueue_trial({"learning_rate": 0.01})
     code, out, err = run_cli(capsys, "optimize", str(path), "--trials", "2")
@@ -412,7 +412,7 @@ batch_size = 64
             'name = "median"', 'name = "median"\nn_startup_trials = 2\nn_warmup_steps = 1'
         )
     )
-    study = runner.open_study(studyfile.load(str(path)), DEFAULT_URL, "tiny")
+    study = study_loop.open_study(studyfile.load(str(path)), DEFAULT_URL, "tiny")
     for rate in (0.01, 0.01, 1e-7, 0.01, 1e-7, 1e-7):  # 1e-7 learns nothing: pruned
         study.enqueue_trial({"learning_rate": rate})
     cmd = ["optimize", str(path), "--trials", "6", "--recycle-after", "3"]
@@ -438,7 +438,7 @@ def test_list_leaves_out_over_budget_placeholders(workdir, capsys):
     """With many workers, trials created after the budget was taken end at once as FAIL
     "over budget": they never ran, so `hpo list` counts them neither as trials nor as failed
     (a real failure, NaN here, still counts)."""
-    study = runner.open_study(studyfile.load(str(tiny_study(workdir))), DEFAULT_URL, "tiny")
+    study = study_loop.open_study(studyfile.load(str(tiny_study(workdir))), DEFAULT_URL, "tiny")
     create = optuna.trial.create_trial
     study.add_trial(create(state=TrialState.COMPLETE, value=0.8))
     study.add_trial(create(state=TrialState.FAIL, user_attrs={"fail_reason": "NaN loss"}))
@@ -460,13 +460,13 @@ def test_a_worker_opens_its_storage_once(workdir, capsys, monkeypatch):
     same storage: a second one would hold a second server connection until garbage
     collection, and a full server would refuse workers for it."""
     opened = []
-    real = runner.open_storage
+    real = study_loop.open_storage
 
     def counting(*args, **kwargs):
         opened.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "open_storage", counting)
+    monkeypatch.setattr(study_loop, "open_storage", counting)
     code, _, err = run_cli(capsys, "optimize", str(tiny_study(workdir)), "--trials", "1")
     assert code == 0, err
     assert opened == [DEFAULT_URL]

@@ -22,7 +22,7 @@ from conftest import SERVERS, default_sigint, rdb, reachable, run_cli, tiny_stud
 from optuna.trial import TrialState
 from rich.console import Console
 
-from hpo.search import budget, pool, queue
+from hpo.search import budget, queue, queue_worker
 
 POSTGRES = SERVERS["postgresql"]
 
@@ -265,7 +265,7 @@ def test_priorities_share_the_trials_and_a_late_study_joins_fairly(workdir, caps
     for name, priority in (("high", "2"), ("low", "1")):
         assert run_cli(capsys, "submit", str(path), "--trials", "100", "--study", name,
                        "--priority", priority, "--storage", url)[0] == 0  # fmt: skip
-    chooser = pool.Worker(url, console=Console(quiet=True))
+    chooser = queue_worker.Worker(url, console=Console(quiet=True))
 
     def serve(picks: int) -> list[str]:
         order = []
@@ -362,13 +362,13 @@ def test_a_failing_study_is_left_after_three_trials_not_the_worker(workdir, caps
         def __call__(self, trial):
             raise ValueError("a shape that does not fit")
 
-    class BrokenWorker(pool.Worker):
+    class BrokenWorker(queue_worker.Worker):
         def _open(self, entry, study, spec):
-            return pool.Served(study, Broken(), budget.Budget(entry.trials), ())
+            return queue_worker.Served(study, Broken(), budget.Budget(entry.trials), ())
 
     out = Console(record=True, width=200)
     chooser = BrokenWorker(url, console=out)
-    for _ in range(pool.FAILURES_TO_LEAVE):
+    for _ in range(queue_worker.FAILURES_TO_LEAVE):
         chooser.run_one(chooser.choose())
     assert chooser.choose() is None  # left: no other study to serve
     text = out.export_text()
@@ -388,7 +388,7 @@ def test_a_worker_stacks_a_batch_and_requeues_all_of_a_stopped_one(workdir, caps
         assert run_cli(capsys, "submit", str(path), "--trials", "2", "--study", name,
                        "--storage", url)[0] == 0  # fmt: skip
     out = Console(record=True, width=200)
-    serving = pool.Worker(url, console=out, pattern="whole", batch_trials=2)
+    serving = queue_worker.Worker(url, console=out, pattern="whole", batch_trials=2)
     serving.run_one(serving.choose())
     whole = optuna.load_study(study_name="whole", storage=url).trials
     assert [t.state for t in whole] == [TrialState.COMPLETE] * 2
@@ -399,10 +399,10 @@ def test_a_worker_stacks_a_batch_and_requeues_all_of_a_stopped_one(workdir, caps
     def pause_at_epoch_2(self):
         checks.append(1)
         if len(checks) == 2:
-            raise pool.Stopped
+            raise queue_worker.Stopped
 
-    monkeypatch.setattr(pool.StopCheck, "__call__", pause_at_epoch_2)
-    serving = pool.Worker(url, console=out, pattern="stopped", batch_trials=2)
+    monkeypatch.setattr(queue_worker.StopCheck, "__call__", pause_at_epoch_2)
+    serving = queue_worker.Worker(url, console=out, pattern="stopped", batch_trials=2)
     serving.run_one(serving.choose())
     trials = optuna.load_study(study_name="stopped", storage=url).trials
     ended, waiting = trials[:2], trials[2:]

@@ -64,7 +64,7 @@ def test_resident_memory_follows_what_the_process_touches():
 
 def test_recycle_settings():
     from hpo.errors import HpoError
-    from hpo.search.workers import RECYCLE_GROWTH_MB, Recycler
+    from hpo.search.local_workers import RECYCLE_GROWTH_MB, Recycler
 
     assert (Recycler("auto").trials, Recycler("auto").growth_mb) == (None, RECYCLE_GROWTH_MB)
     assert (Recycler("3").trials, Recycler(3).growth_mb) == (3, None)
@@ -82,11 +82,11 @@ def test_recycle_settings():
 def test_auto_recycles_once_memory_grew_after_the_first_trial(monkeypatch):
     """The baseline is the memory after the first trial (its data, its first programs); only
     what later trials add counts."""
-    from hpo.search import workers
+    from hpo.search import local_workers
 
     memory = iter([900.0, 1_500.0, 2_000.0])
-    monkeypatch.setattr(workers, "resident_mb", lambda: next(memory))
-    recycler = workers.Recycler("auto")
+    monkeypatch.setattr(local_workers, "resident_mb", lambda: next(memory))
+    recycler = local_workers.Recycler("auto")
     assert recycler.due() is None  # no trial yet: no baseline, memory not read
     recycler.add_trials()  # baseline 900 MB
     assert recycler.due() is None  # 1,500: grew 600 MB

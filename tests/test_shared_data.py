@@ -158,14 +158,14 @@ def test_child_workers_get_the_storage_url_in_their_environment_not_their_comman
     """`ps` shows every user a process' command line: the children of --workers/--slots get
     the URL (its password) as HPO_STORAGE instead, and a study name read from the storage
     does not pick where their logs go."""
-    from hpo.search import workers
+    from hpo.search import local_workers
 
     started = []
     monkeypatch.setattr(
-        workers.subprocess, "Popen", lambda args, **kw: started.append((args, kw["env"]))
+        local_workers.subprocess, "Popen", lambda args, **kw: started.append((args, kw["env"]))
     )
     url = f"postgresql+psycopg://u:{SECRET}@db/hpo"
-    workers.spawn(2, tmp_path / "logs", "../../escaped", ["worker", "--storage", url, "-q"])
+    local_workers.spawn(2, tmp_path / "logs", "../../escaped", ["worker", "--storage", url, "-q"])
     assert len(started) == 2
     for args, env in started:
         assert SECRET not in " ".join(args) and args[-2:] == ["worker", "-q"]

@@ -3,7 +3,7 @@
 kills its workers is one study left with a reason, and neither the workers' clocks nor their
 own heartbeat settings decide for the others.
 
-In-process workers (pool.Worker) and fake trials: what is tested is the queue's bookkeeping,
+In-process workers (queue_worker.Worker) and fake trials: what is tested is the queue's bookkeeping,
 so each test takes a second or two. The races are forced, not hoped for: a hook runs the
 competing write between one side's read and its write.
 """
@@ -23,7 +23,7 @@ from optuna.storages._rdb import models
 from optuna.trial import TrialState
 from rich.console import Console
 
-from hpo.search import budget, pool, queue, runner, storage
+from hpo.search import budget, queue, queue_worker, storage, study_loop
 from hpo.search.search_options import SearchOptions
 
 # The tests ask for trials as a worker does, beating their heartbeat by hand.
@@ -84,7 +84,7 @@ def test_own_data_is_specified_without_the_csv_and_a_worker_says_why_it_left(wor
     assert (spec.task, spec.dataset, spec.metric) == ("binary", "churn.csv", "val_accuracy")
 
     out = Console(record=True, width=200)
-    elsewhere = pool.Worker(url, console=out, artifacts=str(workdir / "not-shared"))
+    elsewhere = queue_worker.Worker(url, console=out, artifacts=str(workdir / "not-shared"))
     elsewhere.run_one(elsewhere.choose())
     assert "own: this worker leaves the study" in out.export_text()
     rows, shown = list_rows(capsys, url)
@@ -110,7 +110,7 @@ def test_a_record_that_names_a_local_file_is_left_unread(workdir, capsys):
     (workdir / "churn.csv").write_text("secret,left\nhunter2,yes\nhunter3,no\n")
 
     out = Console(record=True, width=200)
-    worker = pool.Worker(url, console=out, artifacts=str(workdir / "shared"))
+    worker = queue_worker.Worker(url, console=out, artifacts=str(workdir / "shared"))
     worker.run_one(worker.choose())
     assert "not shipped" in out.export_text(), out.export_text()
     stored = json.dumps(optuna.load_study(study_name="files", storage=url).user_attrs)
@@ -145,7 +145,7 @@ def test_a_submit_between_a_workers_read_and_write_is_not_lost(workdir, capsys, 
     name = unique("cas")
     path = tiny_study(workdir, epochs=1)
     submit(capsys, path, name, server_url, "--trials", "1")
-    worker = pool.Worker(server_url, console=Console(quiet=True), pattern=name)
+    worker = queue_worker.Worker(server_url, console=Console(quiet=True), pattern=name)
     study = optuna.load_study(study_name=name, storage=worker.store)
     study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5))
 
@@ -180,7 +180,7 @@ class Interrupted:
 
 
 def other_worker_takes_the_slot_at_fail(
-    monkeypatch, first: pool.Worker, other: pool.Worker, name: str
+    monkeypatch, first: queue_worker.Worker, other: queue_worker.Worker, name: str
 ) -> list[dict]:
     """Force the interleaving: the instant `first` writes a trial's FAIL, `other` chooses
     the study, asks a trial and finishes it; returns the parameters `other` ran."""
@@ -213,16 +213,16 @@ def test_an_interrupted_trials_parameters_are_queued_before_its_slot_frees(
     path = tiny_study(workdir, epochs=1)
     submit(capsys, path, name, server_url, "--trials", "1")
 
-    class Stopping(pool.Worker):
+    class Stopping(queue_worker.Worker):
         def _open(self, entry, study, spec):
-            return pool.Served(study, Interrupted(), budget.Budget(entry.trials), ())
+            return queue_worker.Served(study, Interrupted(), budget.Budget(entry.trials), ())
 
     def stop_now(self) -> None:
-        raise pool.Stopped
+        raise queue_worker.Stopped
 
-    monkeypatch.setattr(pool.StopCheck, "__call__", stop_now)
+    monkeypatch.setattr(queue_worker.StopCheck, "__call__", stop_now)
     first = Stopping(server_url, console=Console(quiet=True), pattern=name)
-    other = pool.Worker(server_url, console=Console(quiet=True), pattern=name)
+    other = queue_worker.Worker(server_url, console=Console(quiet=True), pattern=name)
     taken = other_worker_takes_the_slot_at_fail(monkeypatch, first, other, name)
     first.run_one(first.choose())
     trials = optuna.load_study(study_name=name, storage=server_url).trials
@@ -242,8 +242,8 @@ def test_a_dead_workers_parameters_are_queued_before_its_slot_frees(
     name = unique("dead")
     path = tiny_study(workdir, epochs=1)
     submit(capsys, path, name, server_url, "--trials", "1")
-    checker = pool.Worker(server_url, console=Console(quiet=True), pattern=name)
-    other = pool.Worker(server_url, console=Console(quiet=True), pattern=name)
+    checker = queue_worker.Worker(server_url, console=Console(quiet=True), pattern=name)
+    other = queue_worker.Worker(server_url, console=Console(quiet=True), pattern=name)
     study = optuna.load_study(study_name=name, storage=checker.store)
     dead = study.ask()
     dead.suggest_float("x", 0.0, 1.0)
@@ -277,7 +277,7 @@ def test_a_malformed_queue_record_is_one_study_left_not_a_crash(workdir, capsys)
         store.set_study_user_attr(store.get_study_id_from_name(name), queue.ATTR, value)
 
     out = Console(record=True, width=200)
-    chooser = pool.Worker(url, console=out)
+    chooser = queue_worker.Worker(url, console=out)
     assert chooser.choose().name == "good"  # no KeyError, no ZeroDivisionError
     rows, shown = list_rows(capsys, url)
     for name in bad:
@@ -335,9 +335,9 @@ def test_submit_bounds_the_priority_and_the_space(workdir, capsys):
     submit(capsys, path, "tiny", url, "--trials", "2")
     store = storage.open_storage(url)
     study_id = store.get_study_id_from_name("tiny")
-    recorded = store.get_study_user_attrs(study_id)[runner.SPEC_ATTR]
+    recorded = store.get_study_user_attrs(study_id)[study_loop.SPEC_ATTR]
     text = recorded["study_file_text"].replace("num_words = 100", "num_words = 100000000")
-    store.set_study_user_attr(study_id, runner.SPEC_ATTR, {**recorded, "study_file_text": text})
+    store.set_study_user_attr(study_id, study_loop.SPEC_ATTR, {**recorded, "study_file_text": text})
     (entry,) = queue.entries(store, "tiny")
     with pytest.raises(Exception, match=r"study\.num_words: 100000000 is more than a shared pool"):
         queue.spec_of(entry)
@@ -361,9 +361,9 @@ def test_a_study_whose_workers_die_in_a_row_is_left(workdir, capsys, name):
     url = f"sqlite:///{workdir}/oom.db"
     path = tiny_study(workdir, epochs=1)
     submit(capsys, path, name, url, "--trials", "5")
-    chooser = pool.Worker(url, console=Console(quiet=True), heartbeat_s=1)
+    chooser = queue_worker.Worker(url, console=Console(quiet=True), heartbeat_s=1)
     study = optuna.load_study(study_name=name, storage=chooser.store)
-    for _ in range(pool.DEATHS_TO_LEAVE):
+    for _ in range(queue_worker.DEATHS_TO_LEAVE):
         assert chooser.choose().name == name
         trial = study.ask()
         trial.suggest_int("units", 8, 16)
@@ -389,7 +389,7 @@ def test_fairness_does_not_read_the_workers_clocks(workdir, capsys):
     url = f"sqlite:///{workdir}/clock.db"
     path = tiny_study(workdir, epochs=1)
     submit(capsys, path, "east", url, "--trials", "100")
-    chooser = pool.Worker(url, console=Console(quiet=True))
+    chooser = queue_worker.Worker(url, console=Console(quiet=True))
     east = optuna.load_study(study_name="east", storage=chooser.store)
     for _ in range(10):
         east.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5))

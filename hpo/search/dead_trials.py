@@ -97,7 +97,8 @@ class DeadTrials:
         3. queue the re-run, as Optuna's RetryHeartbeatStaleTrialCallback does (the same
            parameters, system attrs failed_trial and retry_history, at most MAX_RETRY);
         4. fail it; if its worker was alive after all and ended it, withdraw the re-run;
-        5. tell `after_death` (hpo.search.pool: a study whose workers keep dying is left)."""
+        5. tell `after_death` (hpo.search.queue_worker: a study whose workers keep dying is
+           left)."""
         if not self._claim(trial_id, beat):
             return
         try:

@@ -11,7 +11,7 @@ handled the same way; the process then exits 128 + the signal's number, as shell
 A process that started worker processes (`--workers`, `--slots`) passes each stop signal on
 to them as it came, SIGINT as SIGINT and SIGTERM as SIGTERM: `docker stop`, Kubernetes and
 `kill PID` signal the parent alone, and its children run in their own process group
-(hpo.search.workers.spawn), so a terminal's Ctrl-C does not reach them twice either.
+(hpo.search.local_workers.spawn), so a terminal's Ctrl-C does not reach them twice either.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Starting a search from one command or call: open (or resume) the study, start the other
 worker processes on this machine, run trials here, and say how to resume; and starting
 `hpo worker`'s processes, which serve the queue (`serve_queue`; each serves it with
-hpo.search.pool.Worker).
+hpo.search.queue_worker.Worker).
 
 hpo.api's `optimize` and the `hpo optimize` command both build a SearchOptions and run it
 through `run_optimize`; the command line it writes (SearchOptions.argv) is what child workers
@@ -23,8 +23,7 @@ from rich.console import Console
 
 from hpo import resources
 from hpo.errors import HpoError
-from hpo.search import budget, pool, runner, storage
-from hpo.search import workers as hpo_workers
+from hpo.search import budget, local_workers, queue_worker, storage, study_loop
 from hpo.search.interrupt import GracefulInterrupt
 from hpo.search.search_options import SearchOptions, command_line, location_options
 from hpo.study.studyfile import StudySpec
@@ -45,7 +44,7 @@ class OptimizeRun:
 
     spec: StudySpec
     name: str
-    result: runner.RunResult
+    result: study_loop.RunResult
     argv: list[str]  # the `hpo optimize …` arguments of one more worker, and of the resume line
     options: SearchOptions
     children: list[Any] = field(default_factory=list)  # worker processes it started
@@ -60,7 +59,7 @@ class OptimizeRun:
 def resume_line(argv: list[str], workers: str) -> str:
     """The command that resumes a study with as many workers, password hidden."""
     if workers != "1":
-        argv = hpo_workers.with_option(argv, "--workers", workers)
+        argv = local_workers.with_option(argv, "--workers", workers)
     return command_line(argv)
 
 
@@ -84,11 +83,11 @@ def _run_optimize(
     gpus = resources.gpu_count() if options.workers != "1" else 0  # nvidia-smi: only if needed
     n_workers = _worker_count(options.workers, gpus)
     argv = options.argv(name)
-    restarted = hpo_workers.restarted()
-    inherited = hpo_workers.inherited_children()  # when this worker restarted itself
-    deadline = hpo_workers.deadline(options.timeout)  # wall clock, kept across restarts
+    restarted = local_workers.restarted()
+    inherited = local_workers.inherited_children()  # when this worker restarted itself
+    deadline = local_workers.deadline(options.timeout)  # wall clock, kept across restarts
     _check_data(spec, options, console)
-    opened = runner.open_study(  # before any child, which would race to create it
+    opened = study_loop.open_study(  # before any child, which would race to create it
         spec, options.storage_url, name, options.heartbeat, options.reconnect
     )
     children = []
@@ -96,7 +95,7 @@ def _run_optimize(
         children = _start_workers(n_workers, gpus, options, name, argv, console, signals)
     signals.adopt([*children, *inherited])  # a stop signal to this process stops them too
     try:
-        result = runner.run(
+        result = study_loop.run(
             spec,
             name,
             options,
@@ -107,16 +106,16 @@ def _run_optimize(
             study=opened,
         )
     except storage.StorageUnavailable as exc:
-        hpo_workers.interrupt(signals, children, inherited)
+        local_workers.interrupt(signals, children, inherited)
         raise HpoError(
             f"{exc}. Finished trials are saved there; when it is back, resume with: "
             f"{resume_line(argv, options.workers)}"
         ) from exc
     except BaseException:
-        hpo_workers.interrupt(signals, children, inherited)  # they stop after their epoch
+        local_workers.interrupt(signals, children, inherited)  # they stop after their epoch
         raise
     if result.interrupted:  # the children were passed the signal: they end at their epoch
-        hpo_workers.interrupt(signals, children, inherited)
+        local_workers.interrupt(signals, children, inherited)
         result.finished_after = budget.finished(result.study)  # their trials counted too
     return OptimizeRun(spec, name, result, argv, options, children, inherited, deadline)
 
@@ -129,7 +128,7 @@ def _announce(spec: StudySpec, name: str, options: SearchOptions, console: Conso
         f"storage {storage.redact(options.storage_url)}"
     )
     searched = spec.space.searched()
-    if options.trials > 1 and not searched and os.environ.get(hpo_workers.RESTARTED) != "1":
+    if options.trials > 1 and not searched and os.environ.get(local_workers.RESTARTED) != "1":
         console.print(
             "note: this study's space searches nothing: every trial trains the same "
             "configuration; add a [space] table (docs/study-file.md)",
@@ -177,10 +176,10 @@ def _start_workers(
             f"{shares['XLA_PYTHON_CLIENT_MEM_FRACTION']} of its memory (JAX) or growing "
             "on demand (TensorFlow)"
         )
-    child_argv = hpo_workers.with_option(argv, "--workers", "1")
+    child_argv = local_workers.with_option(argv, "--workers", "1")
     if options.timeout is not None:
         child_argv += ["--timeout", str(options.timeout)]
-    children = hpo_workers.spawn(n_workers - 1, options.log_dir, name, child_argv)
+    children = local_workers.spawn(n_workers - 1, options.log_dir, name, child_argv)
     console.print(f"{len(children)} more workers started; their logs: {options.log_dir}/")
     return children
 
@@ -200,39 +199,39 @@ def serve_queue(
     says (Keras keeps memory across trials). Returns the exit status after a signal, the
     children ended. Run it inside a GracefulInterrupt (the command does), so a first signal
     only asks to stop."""
-    inherited = hpo_workers.inherited_children()  # when this worker restarted itself
-    restarted = hpo_workers.restarted()
+    inherited = local_workers.inherited_children()  # when this worker restarted itself
+    restarted = local_workers.restarted()
     gpus = resources.gpu_count() if slots != "1" else 0  # asks nvidia-smi: only if needed
     try:
         count = resources.parse_workers(slots, gpus)
     except ValueError as exc:
         raise HpoError(str(exc).replace("--workers", "--slots")) from exc
-    if options.get("poll_s", pool.POLL_S) <= 0:
+    if options.get("poll_s", queue_worker.POLL_S) <= 0:
         raise HpoError("--poll must be above 0")
-    recycler = None if recycle_after is None else hpo_workers.Recycler(recycle_after)
+    recycler = None if recycle_after is None else local_workers.Recycler(recycle_after)
     children: list[subprocess.Popen] = []
     with GracefulInterrupt() as signals:  # the command's, entered again: shared
         if not restarted:
             console.print(
                 f"worker on {storage.redact(storage_url)} · {count} slot(s) · studies "
                 f"{options.get('pattern', '*')} · reads the queue every "
-                f"{options.get('poll_s', pool.POLL_S):g} s when idle",
+                f"{options.get('poll_s', queue_worker.POLL_S):g} s when idle",
                 highlight=False,
             )
             if count > 1 and not signals.requested:
                 resources.share_gpu_memory(count, gpus)
-                child = hpo_workers.with_option(argv, "--slots", "1")
-                children = hpo_workers.spawn(count - 1, log_dir, "pool", child)
+                child = local_workers.with_option(argv, "--slots", "1")
+                children = local_workers.spawn(count - 1, log_dir, "pool", child)
                 console.print(f"{count - 1} more worker processes; their logs: {log_dir}/")
         # A signal to this process alone (docker stop, Kubernetes, kill PID) is passed on.
         signals.adopt([*children, *inherited])
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # the worker says each trial itself
         logging.getLogger("hpo").setLevel(logging.WARNING)
         try:
-            worker = pool.Worker(storage_url, console=console, **options)
+            worker = queue_worker.Worker(storage_url, console=console, **options)
             code = worker.serve(recycler)
         except BaseException:
-            hpo_workers.interrupt(signals, children, inherited)  # they end their epoch, re-queue
+            local_workers.interrupt(signals, children, inherited)  # they end their epoch, re-queue
             raise
         if code is None:
             console.print(
@@ -240,6 +239,6 @@ def serve_queue(
                 "Keras keeps across trials",
                 highlight=False,
             )
-            hpo_workers.restart(argv, [c.pid for c in children] + inherited, None)
-        hpo_workers.interrupt(signals, children, inherited)  # passed on already: waits
+            local_workers.restart(argv, [c.pid for c in children] + inherited, None)
+        local_workers.interrupt(signals, children, inherited)  # passed on already: waits
     return code

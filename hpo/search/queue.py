@@ -36,7 +36,7 @@ from rich.console import Console
 from hpo import artifacts as artifact_stores
 from hpo import optuna_private
 from hpo.errors import HpoError
-from hpo.search import runner, storage
+from hpo.search import storage, study_loop
 from hpo.search.search_options import OVERRIDES as OPTIONS
 from hpo.search.search_options import SearchOptions
 from hpo.study import studyfile
@@ -69,7 +69,7 @@ class Entry:
     data: dict[str, Any] | None = None  # own data: its arrays in the artifact store
     reason: str | None = None  # why it was paused or left
     since: float = 0.0  # when it was last submitted or resumed (time.time())
-    recorded: dict[str, Any] = field(default_factory=dict)  # its runner.SPEC_ATTR
+    recorded: dict[str, Any] = field(default_factory=dict)  # its study_loop.SPEC_ATTR
     since_trial: int = 0  # the storage's newest trial id then (fair shares count from it)
     left: dict[str, Any] | None = None  # the last worker that could not serve it, and why
     malformed: bool = False  # its record is not what hpo writes: left, with the reason
@@ -80,7 +80,7 @@ class Entry:
         if ATTR not in attrs:
             return None
         record = attrs[ATTR]
-        recorded = attrs.get(runner.SPEC_ATTR)
+        recorded = attrs.get(study_loop.SPEC_ATTR)
         recorded = recorded if isinstance(recorded, dict) else {}
         problem = malformed(record)
         if problem is not None:
@@ -271,7 +271,7 @@ def submit(options: SearchOptions, priority: float | None, console: Console) -> 
         with console.status(f"loading {spec.dataset}…"):
             prepared = load_source(spec.source, data_dir)
     store = storage.open_storage(storage_url)
-    opened = runner.open_study(spec, storage_url, name, storage=store)
+    opened = study_loop.open_study(spec, storage_url, name, storage=store)
     old = opened.user_attrs.get(ATTR)
     old = old if isinstance(old, dict) and malformed(old) is None else {}
     if prepared is not None:
@@ -337,7 +337,7 @@ def set_state(name: str, storage_url: str, state: str, reason: str | None = None
                 f"again (--study {name})"
             )
         record = {**record, "state": state, "reason": reason}
-        if state == QUEUED:  # it joins the queue's fair shares from now (hpo.search.pool)
+        if state == QUEUED:  # it joins the queue's fair shares from now (hpo.search.queue_worker)
             record.update(since=time.time(), since_trial=since_trial)
             record.pop("left", None)  # the workers try it again
         return record

@@ -1,7 +1,7 @@
 """A search's options, built once and passed down.
 
 `hpo optimize` (hpo.cli) and `hpo.optimize` (hpo.api) each build one SearchOptions from what
-they were given; the launch (hpo.search.launch), the worker's study loop (hpo.search.runner)
+they were given; the launch (hpo.search.launch), the worker's study loop (hpo.search.study_loop)
 and `hpo submit` (hpo.search.queue) read it, and it writes the command line that child workers
 run and resume lines show (`argv`), so an option added here reaches every one of them.
 """
@@ -17,8 +17,8 @@ from typing import Any
 from hpo import artifacts as artifact_stores
 from hpo.errors import HpoError
 from hpo.search import batched
+from hpo.search.local_workers import RECYCLE_AFTER, Recycler
 from hpo.search.storage import DEFAULT_URL, HEARTBEAT_S, RECONNECT_S, redact
-from hpo.search.workers import RECYCLE_AFTER, Recycler
 from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
 

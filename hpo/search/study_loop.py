@@ -21,10 +21,10 @@ from hpo.errors import HpoError
 from hpo.search import ahead, batched
 from hpo.search.budget import Budget, OverBudget, failed_as_stale, finished
 from hpo.search.interrupt import GracefulInterrupt
+from hpo.search.local_workers import Recycler
 from hpo.search.progress import StudyProgress
 from hpo.search.search_options import SearchOptions
 from hpo.search.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
-from hpo.search.workers import Recycler
 from hpo.study import algorithms
 from hpo.study.studyfile import StudySpec
 

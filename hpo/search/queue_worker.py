@@ -29,8 +29,7 @@ from rich.console import Console
 from hpo import artifacts as artifact_stores
 from hpo.backend import freeze_heap
 from hpo.errors import HpoError, first_line
-from hpo.search import batched, queue, queue_standing, runner
-from hpo.search import workers as hpo_workers
+from hpo.search import batched, local_workers, queue, queue_standing, study_loop
 from hpo.search.budget import (
     DIED,
     STOPPED,
@@ -121,7 +120,7 @@ class Worker:
         self.left: dict[str, float] = {}
         self.store.after_death.append(self._died)
         self.signals: GracefulInterrupt | None = None
-        self.recycler: hpo_workers.Recycler | None = None  # when this process restarts
+        self.recycler: local_workers.Recycler | None = None  # when this process restarts
         self.recycled: str | None = None  # why it should restart now (serve returned None)
 
     # --- choosing -------------------------------------------------------------------------
@@ -194,7 +193,7 @@ class Worker:
 
     # --- serving --------------------------------------------------------------------------
 
-    def serve(self, recycler: hpo_workers.Recycler | None = None) -> int | None:
+    def serve(self, recycler: local_workers.Recycler | None = None) -> int | None:
         """Serve the queue until a signal (returns its exit status) or until `recycler` says
         this process should restart (returns None; the reason is in `recycled`)."""
         self.recycler = recycler
@@ -384,7 +383,7 @@ class Worker:
     def _study(self, entry: queue.Entry) -> tuple[optuna.Study, StudySpec]:
         """The study with the sampler and pruner of the study file it was submitted with."""
         spec = queue.spec_of(entry)
-        study = optuna.load_study(  # made by hpo submit (runner.open_study): only loaded here
+        study = optuna.load_study(  # made by hpo submit (study_loop.open_study): only loaded here
             study_name=entry.name,
             storage=self.store,
             sampler=algorithms.make_sampler(spec.sampler, spec.seed),
@@ -408,7 +407,7 @@ class Worker:
         elif spec.data is not None:  # a path the storage names: never read on a worker
             raise HpoError(queue.NOT_SHIPPED)
         else:
-            prepared = runner.load_data(spec, self.data_dir, study, self.console)
+            prepared = study_loop.load_data(spec, self.data_dir, study, self.console)
         from hpo.train.objective import Objective
         from hpo.train.reporting import TrialFailed
 

@@ -126,14 +126,7 @@ def optimize(
         reconnect=reconnect,
     )
     run = launch.run_optimize(options, console)
-    if run.result.recycle:
-        console.print(
-            f"restarting this worker {run.result.recycle} to release the memory Keras keeps "
-            "across trials"
-        )
-        argv = local_workers.with_option(sys.argv[1:], "--workers", "1")
-        children = [c.pid for c in run.children] + run.inherited
-        local_workers.restart(argv, children, run.deadline)
+    launch.restart_if_due(run, sys.argv[1:], console)
     api.finish_optimize(run, console, err)
     if run.result.interrupted:
         raise typer.Exit(exit_code(run.result.signum))

@@ -32,6 +32,7 @@ __all__ = [
     "OptimizeRun",
     "command_line",
     "location_options",
+    "restart_if_due",
     "resume_line",
     "run_optimize",
     "serve_queue",
@@ -118,6 +119,20 @@ def _run_optimize(
         local_workers.interrupt(signals, children, inherited)
         result.finished_after = budget.finished(result.study)  # their trials counted too
     return OptimizeRun(spec, name, result, argv, options, children, inherited, deadline)
+
+
+def restart_if_due(run: OptimizeRun, argv: list[str], console: Console) -> None:
+    """When the run stopped for this worker to restart (--recycle-after: Keras keeps memory
+    across trials), replace this process by the command `argv` as one worker, its children
+    and --timeout's end handed on; otherwise return."""
+    if not run.result.recycle:
+        return
+    console.print(
+        f"restarting this worker {run.result.recycle} to release the memory Keras keeps "
+        "across trials"
+    )
+    children = [c.pid for c in run.children] + run.inherited
+    local_workers.restart(local_workers.with_option(argv, "--workers", "1"), children, run.deadline)
 
 
 def _announce(spec: StudySpec, name: str, options: SearchOptions, console: Console) -> None:

@@ -19,10 +19,10 @@ import optuna
 import pytest
 import sqlalchemy
 from conftest import run_cli, tiny_study
-from optuna.storages._rdb import models
 from optuna.trial import TrialState
 from rich.console import Console
 
+from hpo.optuna_private import models
 from hpo.search import budget, queue, queue_worker, storage, study_loop
 from hpo.search.search_options import SearchOptions
 

@@ -121,7 +121,7 @@ class Budget:
 
 def fail_stale(study: optuna.Study) -> None:
     """Fail the study's trials whose worker stopped beating (it died): hpo's storage queues
-    each again first (ReconnectingRDBStorage._bury), so its budget slot is run by a live
+    each again first (hpo.search.dead_trials), so its budget slot is run by a live
     worker."""
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -47,6 +47,7 @@ def finish_optimize(run: launch.OptimizeRun, console: Console, err: Console) -> 
     """Wait for the workers started, then say how the study stands and what to type next."""
     trials = run.options.trials
     codes = local_workers.wait(run.children) + local_workers.wait_pids(run.inherited)
+    codes += run.exit_codes  # those run_optimize waited for
     failed = [code for code in codes if code not in (0, 130, 143)]  # 130, 143: interrupted
     if failed:
         err.print(f"{len(failed)} worker(s) failed: see storage/logs/{run.name}-worker*.log")

@@ -164,3 +164,27 @@ def test_sigterm_to_optimize_with_workers_ends_the_tree_and_counts_right(workdir
     assert running(url, "tiny") == [], out
     finished = budget.finished(optuna.load_study(study_name="tiny", storage=rdb(url)))
     assert f"interrupted: {finished} of 4 trials finished and saved" in out, out
+
+
+def test_a_signal_while_the_parent_waits_for_its_children_is_passed_on(monkeypatch):
+    """`hpo optimize --workers K` after its own last trial: waiting for the children, it still
+    passes a SIGTERM on (before, the default handler ended the parent alone, and in a
+    container its children with it, mid-trial) and reports the run interrupted."""
+    import threading
+    from types import SimpleNamespace
+
+    from hpo.search import launch
+    from hpo.search.interrupt import GracefulInterrupt
+
+    child = subprocess.Popen(["sleep", "60"])
+    result = SimpleNamespace(interrupted=False, signum=None, study=None, finished_after=0)
+    run = SimpleNamespace(children=[child], inherited=[], result=result, exit_codes=[])
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    started = time.monotonic()
+    monkeypatch.setattr(launch.budget, "finished", lambda study: 7)  # the trials counted again
+    with GracefulInterrupt() as signals:
+        signals.adopt([child])
+        launch._wait_for_children(run, signals)
+    assert time.monotonic() - started < 30 and child.returncode == -signal.SIGTERM
+    assert run.exit_codes == [-signal.SIGTERM] and result.interrupted
+    assert (result.signum, result.finished_after) == (signal.SIGTERM, 7)

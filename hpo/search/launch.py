@@ -51,6 +51,7 @@ class OptimizeRun:
     children: list[Any] = field(default_factory=list)  # worker processes it started
     inherited: list[int] = field(default_factory=list)  # workers started before a restart
     deadline: float | None = None  # the wall-clock end of --timeout, kept across restarts
+    exit_codes: list[int] = field(default_factory=list)  # of the workers started, once ended
 
     @property
     def again(self) -> str:
@@ -70,7 +71,21 @@ def run_optimize(options: SearchOptions, console: Console) -> OptimizeRun:
     start, a first Ctrl-C or SIGTERM only asks to stop: one that lands while TensorFlow is
     imported or the data is loaded is not lost, and the study says how to resume."""
     with GracefulInterrupt() as signals:
-        return _run_optimize(options, console, signals)
+        run = _run_optimize(options, console, signals)
+        if not run.result.recycle:  # a restart hands the children on instead
+            _wait_for_children(run, signals)
+        return run
+
+
+def _wait_for_children(run: OptimizeRun, signals: GracefulInterrupt) -> None:
+    """Wait for the workers started to finish their last trials, still passing a stop signal
+    on (without this, one landing now would kill this process alone, and in a container the
+    children with it, mid-trial); if one came, count the trials they finished."""
+    run.exit_codes = local_workers.wait(run.children) + local_workers.wait_pids(run.inherited)
+    run.children, run.inherited = [], []
+    if signals.requested and not run.result.interrupted:
+        run.result.interrupted, run.result.signum = True, signals.signum
+        run.result.finished_after = budget.finished(run.result.study)
 
 
 def _run_optimize(
@@ -194,7 +209,9 @@ def _start_workers(
     child_argv = local_workers.with_option(argv, "--workers", "1")
     if options.timeout is not None:
         child_argv += ["--timeout", str(options.timeout)]
-    children = local_workers.spawn(n_workers - 1, options.log_dir, name, child_argv)
+    children = local_workers.spawn(
+        n_workers - 1, options.log_dir, name, child_argv, options.storage_url
+    )
     console.print(f"{len(children)} more workers started; their logs: {options.log_dir}/")
     return children
 
@@ -236,7 +253,7 @@ def serve_queue(
             if count > 1 and not signals.requested:
                 resources.share_gpu_memory(count, gpus)
                 child = local_workers.with_option(argv, "--slots", "1")
-                children = local_workers.spawn(count - 1, log_dir, "pool", child)
+                children = local_workers.spawn(count - 1, log_dir, "pool", child, storage_url)
                 console.print(f"{count - 1} more worker processes; their logs: {log_dir}/")
         # A signal to this process alone (docker stop, Kubernetes, kill PID) is passed on.
         signals.adopt([*children, *inherited])

@@ -165,12 +165,18 @@ def test_child_workers_get_the_storage_url_in_their_environment_not_their_comman
         local_workers.subprocess, "Popen", lambda args, **kw: started.append((args, kw["env"]))
     )
     url = f"postgresql+psycopg://u:{SECRET}@db/hpo"
-    local_workers.spawn(2, tmp_path / "logs", "../../escaped", ["worker", "--storage", url, "-q"])
+    argv = ["worker", "--storage", url, "-q"]
+    local_workers.spawn(2, tmp_path / "logs", "../../escaped", argv, url)
     assert len(started) == 2
     for args, env in started:
         assert SECRET not in " ".join(args) and args[-2:] == ["worker", "-q"]
         assert env["HPO_STORAGE"] == url
     assert [p.parent for p in tmp_path.rglob("*.log")] == [tmp_path / "logs"] * 2
+    # A parent told --storage (the default, left off its children's command line) while
+    # HPO_STORAGE names another database: its children work on the parent's storage.
+    monkeypatch.setenv("HPO_STORAGE", "postgresql+psycopg://u@elsewhere/other")
+    local_workers.spawn(1, tmp_path / "logs", "s", ["optimize"], storage.DEFAULT_URL)
+    assert started[-1][1]["HPO_STORAGE"] == storage.DEFAULT_URL
 
 
 # --- item 13: the stored preparation, written once and checked on load ------------------------

@@ -181,25 +181,22 @@ def _child_setup(prctl: Callable[..., int] | None) -> Callable[[], None]:
     return setup
 
 
-def _storage_in_environment(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """`argv` without its --storage, and this process' environment with that URL as
-    HPO_STORAGE: a command line is shown by `ps` to every user of the machine, its
-    password included; a process' environment is not."""
-    env = dict(os.environ)
-    for i, arg in enumerate(argv):
-        if arg == "--storage" and i + 1 < len(argv):
-            env["HPO_STORAGE"] = argv[i + 1]
-        elif arg.startswith("--storage="):
-            env["HPO_STORAGE"] = arg.partition("=")[2]
-    return without_option(argv, "--storage"), env
+def _storage_in_environment(argv: list[str], storage_url: str) -> tuple[list[str], dict]:
+    """`argv` without its --storage, and this process' environment with the storage it works
+    on as HPO_STORAGE: a command line is shown by `ps` to every user of the machine, its
+    password included; a process' environment is not. Always set, so a child never takes
+    another storage from an HPO_STORAGE its parent was told to ignore (--storage given)."""
+    return without_option(argv, "--storage"), {**os.environ, "HPO_STORAGE": storage_url}
 
 
-def spawn(count: int, log_dir: Path, study: str, argv: list[str]) -> list[subprocess.Popen]:
+def spawn(
+    count: int, log_dir: Path, study: str, argv: list[str], storage_url: str
+) -> list[subprocess.Popen]:
     """`count` more workers running `hpo ARGV`, each logging to LOG_DIR/STUDY-workerI.log, in
     a process group of its own: a stop reaches it through this process (the module's doc)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     setup = _child_setup(_prctl())
-    argv, env = _storage_in_environment(argv)
+    argv, env = _storage_in_environment(argv, storage_url)
     children = []
     for i in range(1, count + 1):
         log_file = log_dir / f"{names.folder(study)}-worker{i}.log"  # a name read from storage

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from hpo.optuna_private import models
-from hpo.search import budget, queue, queue_worker, storage, study_loop
+from hpo.search import budget, dead_trials, queue, queue_worker, storage, study_loop
 from hpo.search.search_options import SearchOptions
 
 # The tests ask for trials as a worker does, beating their heartbeat by hand.
@@ -250,12 +250,19 @@ def test_a_dead_workers_parameters_are_queued_before_its_slot_frees(
     checker.store.record_heartbeat(dead._trial_id)
     stale(checker.store, dead._trial_id)
     taken = other_worker_takes_the_slot_at_fail(monkeypatch, checker, other, name)
+
+    def broken(study_id, trial):
+        raise RuntimeError("a hook that fails")
+
+    checker.store.after_death.append(broken)  # its error is logged, not the served study's
     budget.fail_stale(study)
     trials = optuna.load_study(study_name=name, storage=server_url).trials
     assert trials[dead.number].user_attrs["fail_reason"] == budget.DIED
     assert taken == [trials[dead.number].params]  # the re-run took the slot
     assert not [t for t in trials if t.state == TrialState.WAITING]
     assert budget.trial_counts(trials)["finished"] == 1
+    (rerun,) = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert dead_trials.HEARTBEAT_ATTR not in rerun.system_attrs  # the dead worker's interval
     delete(server_url, name)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -20,9 +21,11 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from hpo.errors import first_line
 from hpo.optuna_private import models
 from hpo.search.budget import DIED, OVER_BUDGET
 
+log = logging.getLogger("hpo.search.dead_trials")
 GRACE_BEATS = 3  # a trial is stale after this many of its own heartbeat intervals of silence
 # The trial system attr holding the heartbeat interval of the worker that runs the trial, so
 # a checking worker judges it by that worker's setting, not its own (bounded: a trial cannot
@@ -115,7 +118,10 @@ class DeadTrials:
             return
         trial = self.get_trial(trial_id)
         for hook in self.after_death:
-            hook(study_id, trial)
+            try:
+                hook(study_id, trial)
+            except Exception as exc:  # the burial is done; not the served study's failure
+                log.warning("after a dead trial of study %s: %s", study_id, first_line(exc))
 
     def _claim(self, trial_id: int, beat: Any) -> bool:
         """Take the burial of a dead trial: its heartbeat set to now only if it is still the
@@ -144,7 +150,9 @@ class DeadTrials:
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
         if len(history) > MAX_RETRY:
             return None
-        attrs = {"failed_trial": trial.number, **trial.system_attrs, "retry_history": history}
+        # The dead worker's heartbeat interval is not the re-run's: its own worker records one.
+        kept = {k: v for k, v in trial.system_attrs.items() if k != HEARTBEAT_ATTR}
+        attrs = {**kept, "failed_trial": trial.number, "retry_history": history}
         user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
         template = optuna.trial.create_trial(
             state=TrialState.WAITING,

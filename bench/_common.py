@@ -2,7 +2,7 @@
 
 A bench prints its rows for a reader, then `emit(record)`: one JSON line, the last of its
 stdout, which `bench/run.py` keeps with its provenance in `bench/results/NAME.jsonl`. A bench
-exposes `parser()` so that tests/test_bench.py can check the commands the docs give.
+exposes `parser()` so that tests/unit/test_bench.py can check the commands the docs give.
 """
 
 from __future__ import annotations

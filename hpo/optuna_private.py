@@ -4,7 +4,7 @@ hpo needs a few of them: a trial asked outside `study.optimize` beats its heartb
 `optimize` does; a dead worker's trial is found and buried in one query over the RDB schema;
 the storage hpo wraps answers the private calls Optuna's own cache makes. Optuna may move any
 of these in a minor release (the pin is `optuna>=5,<6`), so each is reached only through this
-module, and tests/test_optuna_private.py checks every name in ACCESSED on the installed Optuna:
+module, and tests/unit/test_optuna_private.py checks every name in ACCESSED on the installed Optuna:
 an upgrade that moves one fails that test, naming it, not a worker in the middle of a study.
 """
 

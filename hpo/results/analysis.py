@@ -60,7 +60,7 @@ def retrain(
     """A fresh model trained on the whole training set; (model, test metrics).
 
     It trains in the loop the search trained in (engine.choose()): the fused loop takes the
-    same optimizer steps as model.fit (tests/test_engine.py) at a fraction of the per-epoch
+    same optimizer steps as model.fit (tests/e2e/test_engine.py) at a fraction of the per-epoch
     cost, which is most of a small network's retrain. `cache` keeps the training arrays on
     the device, and the compiled programs, from one retrain to the next."""
     keras = import_keras()

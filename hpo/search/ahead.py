@@ -8,7 +8,7 @@ ask-and-tell; TPE sees the running trial as running, as it sees another worker's
 that trial's program on a thread while this trial's epochs run. The next trial then starts at
 once. Nothing depends on timing: the next trial is always asked at the same point, its program
 is the one it would have compiled itself (from its own seed), and it trains exactly as it would
-have (tests/test_ahead.py). What changes against one trial after another is what the sampler
+have (tests/unit/test_ahead.py). What changes against one trial after another is what the sampler
 knows when it asks: not yet the running trial's value, as with two workers.
 
 The asked trial holds a slot of the study's budget and beats its heartbeat while it waits. It

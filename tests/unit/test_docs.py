@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ import typer
 from conftest import REPO
 from typer.testing import CliRunner
 
-import hpo
 from hpo.cli import app
 
 README = REPO / "README.md"
@@ -108,20 +105,6 @@ def test_each_commands_help_ends_with_an_example(command):
     assert result.exit_code == 0, result.output
     last = result.output.strip().splitlines()[-1].strip()
     assert last.startswith(f"Example: hpo {command}"), last
-
-
-def test_help_and_version():
-    result = CliRunner().invoke(app, ["--help"], terminal_width=200)
-    assert result.exit_code == 0
-    assert result.output.strip().splitlines()[-1].strip().startswith("Example: hpo optimize")
-    # Through the real entry point: the installed distribution's version.
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpo", "--version"], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    from importlib.metadata import version
-
-    assert proc.stdout.strip() == f"hpo {version('hpo')}" == f"hpo {hpo.__version__}"
 
 
 def test_the_code_map_lists_every_module_and_only_those():

@@ -1,7 +1,7 @@
 """`hpo dashboard` on a shared machine: the Host check on loopback, a token beyond it or
 `--read-only`, and a threaded server; checked with plain HTTP requests (issue 35, item 8).
 
-The dashboard's own pages in Chromium, logged in with the token: tests/test_dashboard.py.
+The dashboard's own pages in Chromium, logged in with the token: tests/e2e/test_dashboard.py.
 """
 
 from __future__ import annotations

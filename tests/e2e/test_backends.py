@@ -81,7 +81,7 @@ def test_the_exactness_tests_pass_under_jax_without_tensorflow():
     never import TensorFlow."""
     if os.environ.get("KERAS_BACKEND") == "jax":
         pytest.skip("this process already runs JAX: the marked tests run here with the rest")
-    files = ["tests/test_word_ids.py", "tests/test_batched.py"]
+    files = ["tests/e2e/test_word_ids.py", "tests/unit/test_batched.py"]
     assert run_tests_under_jax(files, "jax_too", passed=15) == ""
 
 

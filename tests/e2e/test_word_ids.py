@@ -2,7 +2,7 @@
 and training as the Dense layer on multi-hot rows, and a plain Dense model handed over.
 
 The suite runs Keras on TensorFlow; the tests marked jax_too run again in a process with
-KERAS_BACKEND=jax (tests/test_backends.py)."""
+KERAS_BACKEND=jax (tests/e2e/test_backends.py)."""
 
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def stage(module: str) -> int:
     if module in TOP:
         return len(STAGES) + 1
     raise AssertionError(
-        f"{module}: in no stage; add it to a subpackage or to tests/test_imports.py"
+        f"{module}: in no stage; add it to a subpackage or to tests/unit/test_imports.py"
     )
 
 

@@ -7,7 +7,7 @@ records, with a password in its URL; SIGTERM to the pool's PID alone ends it. Th
 will not replace a user's folder, a handover record naming a path outside the cache writes
 nothing there, no listing shows a password, and the dashboard refuses a foreign Host header
 on loopback and an unauthenticated DELETE beyond it. The pieces have tests of their own
-(tests/test_shared_*.py); this one holds them together as the commands are used.
+(tests/*/test_shared_*.py); this one holds them together as the commands are used.
 """
 
 from __future__ import annotations

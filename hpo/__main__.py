@@ -5,9 +5,13 @@ they are let through, and one that arrived then or lands while the new process i
 importing (seconds: TensorFlow) ends it with the resume line, not a traceback or silence.
 """
 
+import contextlib
+import os
 import shlex
 import signal
 import sys
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -27,8 +31,27 @@ def _shown(arg: str) -> str:
     return f"{name}{equals}{redact(value)}"
 
 
+def _as_a_child_worker() -> None:
+    """A worker started by `--workers`/`--slots` (hpo.search.local_workers.spawn): Ctrl-C back
+    to Python's default, whatever it inherited (a pool started with `&` from a script has it
+    ignored), and SIGTERM when its parent dies without passing a stop on (SIGKILL, OOM); a
+    parent already gone by now is a stop too."""
+    parent = os.environ.pop("HPO_PARENT_PID", None)  # internal
+    if parent is None:
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if str(os.getppid()) != parent:
+        raise KeyboardInterrupt(signal.SIGTERM)
+
+
 signal.signal(signal.SIGTERM, _stop)
 try:
+    _as_a_child_worker()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     from hpo.cli import main
 except KeyboardInterrupt as exc:

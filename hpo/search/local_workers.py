@@ -14,14 +14,11 @@ Linux, gets SIGTERM when its parent dies without passing a signal on (SIGKILL, S
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from hpo import names
@@ -38,7 +35,7 @@ RESTARTED = "HPO_RESTARTED"  # internal
 RECYCLE_AFTER = "auto"  # --recycle-after's default: restart on memory growth (Recycler)
 RECYCLE_GROWTH_MB = 1024  # memory a worker may gain after its first trial before it restarts
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+PARENT_PID = "HPO_PARENT_PID"  # internal: a child's parent, for its start (hpo/__main__.py)
 
 
 class Recycler:
@@ -155,32 +152,6 @@ def wait_pids(pids: list[int]) -> list[int]:
     return codes
 
 
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    """libc's prctl, loaded before any fork (a child between fork and exec should load
-    nothing); None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def _child_setup(prctl: Callable[..., int] | None) -> Callable[[], None]:
-    """What a child runs between fork and exec: SIGINT and SIGTERM back to their defaults
-    (Python then installs its Ctrl-C handler, and hpo its own), and SIGTERM when the parent
-    dies. Only system calls: it runs in a copy of a process that may have threads."""
-
-    def setup() -> None:
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
-        if prctl is not None:
-            prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-    return setup
-
-
 def _storage_in_environment(argv: list[str], storage_url: str) -> tuple[list[str], dict]:
     """`argv` without its --storage, and this process' environment with the storage it works
     on as HPO_STORAGE: a command line is shown by `ps` to every user of the machine, its
@@ -195,8 +166,11 @@ def spawn(
     """`count` more workers running `hpo ARGV`, each logging to LOG_DIR/STUDY-workerI.log, in
     a process group of its own: a stop reaches it through this process (the module's doc)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    setup = _child_setup(_prctl())
     argv, env = _storage_in_environment(argv, storage_url)
+    # The child resets its stop signals and asks for one when this process dies, itself, at
+    # its start (hpo/__main__.py): Python run between fork and exec (preexec_fn) may deadlock
+    # in a process whose other threads (JAX's, TensorFlow's) held a lock at the fork.
+    env[PARENT_PID] = str(os.getpid())
     children = []
     for i in range(1, count + 1):
         log_file = log_dir / f"{names.folder(study)}-worker{i}.log"  # a name read from storage
@@ -209,7 +183,6 @@ def spawn(
                 stdin=subprocess.DEVNULL,
                 env=env,
                 process_group=0,
-                preexec_fn=setup,
             )
         )
         log.close()  # the child holds its own descriptor

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from conftest import rdb, run_cli, tiny_study
 from optuna.trial import TrialState
 
@@ -110,9 +111,12 @@ def running(url: str, name: str) -> list[int]:
     return [t.number for t in study.get_trials(states=[TrialState.RUNNING])]
 
 
-def test_sigint_to_an_idle_pool_parent_ends_its_children(workdir):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_a_signal_to_an_idle_pool_parent_ends_its_children(workdir, sig):
     """`hpo worker --slots 2` stopped as `docker stop` does with the image's STOPSIGNAL
-    SIGINT: to the parent only. Its child must stop too, not poll on while the parent waits."""
+    SIGINT, to the parent only: its child must stop too, not poll on while the parent waits.
+    A parent killed outright (SIGKILL, the OOM killer) passes nothing on: its child stops
+    all the same (Linux's parent-death signal, asked for by the child at its start)."""
     url = f"sqlite:///{workdir}/pool.db"
     proc = start(workdir, "worker", "--storage", url, "--slots", "2", "--poll", "0.5")
     log = workdir / "storage" / "logs" / "pool-worker1.log"
@@ -122,8 +126,19 @@ def test_sigint_to_an_idle_pool_parent_ends_its_children(workdir):
         proc,
         workdir,
     )
-    code, out = signal_parent_alone(proc, signal.SIGINT, workdir)
-    assert code == 130, out
+    if sig == signal.SIGINT:
+        code, out = signal_parent_alone(proc, sig, workdir)
+        assert code == 130, out
+        return
+    (child,) = children_of(proc.pid)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + GRACE_S
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive(child):
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError(f"the child outlived its killed parent: {log.read_text()}")
 
 
 def test_sigterm_to_a_pool_started_with_sigint_ignored_ends_the_tree(workdir, capsys):

@@ -43,15 +43,17 @@ def one(dataset: str, seed: int, opts: argparse.Namespace) -> dict:
     [report] = (folder / "storage" / "reports").iterdir()  # one study: the study's name
     saved = json.loads((report / "params.json").read_text())
     metric = "mae" if "mae" in saved["test"] else "accuracy"
-    selected = saved.get("selected") or {}
+    # params.json as hpo writes it; its keys before issue 36: "selected", "ensemble_test"
+    selected = saved.get("trial_ensemble") or saved.get("selected") or {}
+    seeds = saved.get("seed_ensemble_test") or saved.get("ensemble_test") or {}
     return {
         "dataset": dataset,
         "seed": seed,
         "metric": metric,
         "best": saved["test"][metric]["mean"],
         "best_std": saved["test"][metric]["std"],
-        "seeds": (saved.get("ensemble_test") or {}).get(metric),
-        "selected": (selected.get("test") or {}).get(metric),
+        "seeds": seeds.get(metric),
+        "trial_ensemble": (selected.get("test") or {}).get(metric),
         "members": [(m["trial"], round(m["weight"], 2)) for m in selected.get("members", [])],
         "nested": selected.get("nested"),
         "handover": saved["handover"],
@@ -87,7 +89,7 @@ def main() -> None:
     worst = max if metric == "mae" else min
     print(f"\n{opts.dataset}, test {metric}, {len(rows)} search seeds")
     summary = {}
-    for key in ("best", "seeds", "selected"):
+    for key in ("best", "seeds", "trial_ensemble"):
         values = [r[key] for r in rows if r[key] is not None]
         if values:
             summary[key] = {"mean": sum(values) / len(values), "worst": worst(values)}

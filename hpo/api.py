@@ -193,7 +193,7 @@ def analyze(
     `handover` (best, seeds or trial-ensemble: the model predict uses).
 
     Returns hpo.results.analysis.AnalysisResult: `.results` (per trial: `.mean("mae")`, `.std(…)`,
-    `.ensemble`, `.model`), `.handed` (`.name`, `.selection`, `.selected_test`), `.report`
+    `.ensemble`, `.model`), `.handed` (`.name`, `.selection`, `.trial_ensemble_test`), `.report`
     (report.md), `.folder`, `.model_path` (the handed-over model)."""
     options = AnalyzeOptions(
         str(target),

@@ -284,15 +284,15 @@ def analyze_study(
         best.model.save(staging / handover_lib.FILES["best"])
         if best.ensemble_model is not None:
             best.ensemble_model.save(staging / handover_lib.FILES["seeds"])
-        selected_test = None
+        ensemble_test = None
         if chosen is not None:
-            selected, selected_test = _selected_model(
+            selected, ensemble_test = _trial_ensemble_model(
                 [(retrained[t.number], w) for t, w in members], data
             )
             selected.save(staging / handover_lib.FILES["trial-ensemble"])
         name, note = _handed_over(handover, chosen is not None, best.ensemble_model is not None)
         notes += [note] if note else []
-        handed = handover_lib.Handed(name, chosen, selected_test, notes)
+        handed = handover_lib.Handed(name, chosen, ensemble_test, notes)
         (staging / "params.json").write_text(
             json.dumps({**best.summary(), **handed.summary()}, indent=2)
         )
@@ -337,7 +337,7 @@ def analyze_study(
     return result
 
 
-def _selected_model(members: list[tuple[Retrained, float]], data: Prepared):
+def _trial_ensemble_model(members: list[tuple[Retrained, float]], data: Prepared):
     """The weighted ensemble of the selected trials' retrained models (each trial's weight
     shared by its seeds' models), and its test metrics."""
     models, weights = [], []
@@ -404,9 +404,9 @@ def _save_note(study: optuna.Study, spec: StudySpec, result: AnalysisResult) -> 
             f"test {m} {best.ensemble[m]:.4f}" for m in metrics
         )
     handed = result.handed
-    if handed.selection is not None and handed.selected_test is not None:
+    if handed.selection is not None and handed.trial_ensemble_test is not None:
         body += "\n\n## Trial ensemble\n\n" + ", ".join(
-            f"test {m} {handed.selected_test[m]:.4f}" for m in metrics
+            f"test {m} {handed.trial_ensemble_test[m]:.4f}" for m in metrics
         )
         for trial, weight in handed.selection.members():
             body += f"\n- trial {trial.number}, weight {weight:.2f}: {_params_text(trial.params)}"

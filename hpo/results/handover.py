@@ -106,7 +106,7 @@ class Handed:
 
     name: str  # best | seeds | trial-ensemble
     selection: Selection | None = None  # the trial ensemble, if one was built
-    selected_test: dict[str, float] | None = None  # the trial ensemble's test metrics
+    trial_ensemble_test: dict[str, float] | None = None  # its test metrics
     notes: list[str] = field(default_factory=list)  # why a handover fell back, and the like
 
     @property
@@ -116,8 +116,9 @@ class Handed:
     def summary(self) -> dict[str, Any]:
         selected = None
         if self.selection is not None:
-            selected = {**self.selection.summary(), "test": self.selected_test}
-        return {"handover": self.name, "selected": selected, "notes": self.notes}
+            selected = {**self.selection.summary(), "test": self.trial_ensemble_test}
+        # (records written before issue 36 name this key "selected")
+        return {"handover": self.name, "trial_ensemble": selected, "notes": self.notes}
 
 
 def selection_metric(spec: StudySpec, loss: str) -> str:

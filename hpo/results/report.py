@@ -192,13 +192,13 @@ def handover_section(
             ]
         )
     chosen = handed.selection
-    if chosen is not None and handed.selected_test is not None:
+    if chosen is not None and handed.trial_ensemble_test is not None:
         rows.append(
             [
                 f"trial ensemble, {len(chosen.members())} trials (Caruana selection"
                 + ("" if spec.task == "regression" else f"; loss: {DEFAULT_LOSS[spec.task]}")
                 + ")",
-                *[f"{handed.selected_test[m]:.4f}" for m in metrics],
+                *[f"{handed.trial_ensemble_test[m]:.4f}" for m in metrics],
                 f"`{FILES['trial-ensemble']}`",
             ]
         )

@@ -51,5 +51,5 @@ class Retrained:
             },
         }
         if self.ensemble is not None:
-            summary["ensemble_test"] = self.ensemble
+            summary["seed_ensemble_test"] = self.ensemble
         return summary

@@ -174,10 +174,10 @@ def analysis_lines(result: Any, seeds: int) -> list[str]:
     lines = [f"ensemble: the mean prediction of the {seeds} seeds' models"] if seeds > 1 else []
     handed = result.handed
     lines += [f"note: {note}" for note in handed.notes]
-    if handed.selection is not None and handed.selected_test is not None:
+    if handed.selection is not None and handed.trial_ensemble_test is not None:
         chosen = handed.selection
         members = ", ".join(f"{t.number} ({w:.2f})" for t, w in chosen.members())
-        tested = ", ".join(f"test {m} {handed.selected_test[m]:.4f}" for m in metrics)
+        tested = ", ".join(f"test {m} {handed.trial_ensemble_test[m]:.4f}" for m in metrics)
         lines.append(
             f"trial ensemble {members}: {tested}; validation {chosen.metric} scored nested "
             f"{chosen.nested.ensemble:.4f} against the best single trial's "

@@ -49,7 +49,7 @@ def test_analyze_hands_over_the_trial_ensemble(boston, workdir, capsys):
         "handover": "trial-ensemble",
         "model": "trial-ensemble.keras",
     }
-    selected = saved["selected"]
+    selected = saved["trial_ensemble"]
     weights = [m["weight"] for m in selected["members"]]
     assert sum(weights) == pytest.approx(1) and all(w > 0 for w in weights)
     assert all(round(w * 25) == pytest.approx(w * 25) for w in weights)  # 25 steps

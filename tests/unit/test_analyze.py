@@ -53,8 +53,8 @@ def test_analyze_retrains_tests_and_saves(searched, workdir, capsys):
     mean = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
     np.testing.assert_allclose(ensemble.predict(x, verbose=0), mean, rtol=1e-5, atol=1e-6)
     scores = ensemble.evaluate(prepared.x_test, y, verbose=0, return_dict=True)
-    assert scores["accuracy"] == pytest.approx(saved["ensemble_test"]["accuracy"], abs=1e-6)
-    assert f"{saved['ensemble_test']['accuracy']:.4f}" in out
+    assert scores["accuracy"] == pytest.approx(saved["seed_ensemble_test"]["accuracy"], abs=1e-6)
+    assert f"{saved['seed_ensemble_test']['accuracy']:.4f}" in out
 
     # The report and its figures, and the results back in the study for any Optuna client.
     report = (folder / "report.md").read_text()
@@ -101,8 +101,8 @@ def test_regression_ensemble_is_never_worse_than_its_seeds_on_average(workdir, c
     saved = json.loads((workdir / "storage" / "reports" / "tiny" / "params.json").read_text())
     maes = saved["test"]["mae"]["runs"]
     # |mean prediction - y| <= mean |prediction - y| for every house.
-    assert saved["ensemble_test"]["mae"] <= np.mean(maes) + 1e-6
-    assert saved["ensemble_test"]["mae"] < max(maes)
+    assert saved["seed_ensemble_test"]["mae"] <= np.mean(maes) + 1e-6
+    assert saved["seed_ensemble_test"]["mae"] < max(maes)
 
 
 def test_analyze_top_trials(searched, workdir, capsys):

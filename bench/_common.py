@@ -47,15 +47,23 @@ def hpo_env(cache: Path | str, **settings: str) -> dict[str, str]:
     return env
 
 
+def start_hpo(
+    args: list[str], env: dict[str, str], cwd: Path = ROOT, python: str = sys.executable, **popen
+) -> subprocess.Popen:
+    """`hpo ARGS` started as a user starts it, in a fresh process (of `python`: another
+    install's), for a bench that watches it run (its memory); `run_hpo` when only its time
+    counts."""
+    return subprocess.Popen([python, "-m", "hpo", *args], cwd=cwd, env=env, **popen)
+
+
 def run_hpo(args: list[str], env: dict[str, str], cwd: Path = ROOT) -> float:
     """Run `hpo ARGS` as a user does, in a fresh process; its wall seconds, start-up included."""
     start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "hpo", *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
+    proc = start_hpo(args, env, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate()
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"hpo {' '.join(args[:4])} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    if proc.returncode != 0:
+        sys.exit(f"hpo {' '.join(args[:4])} failed ({proc.returncode}):\n{err[-3000:]}")
     return seconds
 
 

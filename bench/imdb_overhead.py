@@ -185,13 +185,13 @@ def worker_memory(trials: int, workers: int, data_dir: str | None, python: str) 
     dataset are shared pages, counted once across processes by PSS)."""
     with tempfile.TemporaryDirectory() as tmp:
         total = str(trials * workers)  # --trials is the study's budget: `trials` a worker
-        cmd = [python, "-m", "hpo", "optimize", "imdb", "--trials", total, "--seed", "0"]
-        cmd += ["--max-epochs", "5", "--workers", str(workers)]
-        cmd += ["--storage", f"sqlite:///{tmp}/bench.db"]
-        if data_dir:
-            cmd += ["--data-dir", data_dir]
+        args = ["optimize", "imdb", "--trials", total, "--seed", "0"]
+        args += ["--max-epochs", "5", "--workers", str(workers)]
+        args += ["--storage", f"sqlite:///{tmp}/bench.db"]
+        if data_dir:  # the worker runs in the temporary folder
+            args += ["--data-dir", str(Path(data_dir).resolve())]
         env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-        proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL)
+        proc = _common.start_hpo(args, env, Path(tmp), python, stdout=subprocess.DEVNULL)
         hwm: dict[int, int] = {}
         peaks = {"pss": 0, "private": 0}
 

@@ -171,7 +171,13 @@ def test_stop_resume_and_sigterm_requeue_the_trial_in_flight(workdir, capsys):
         first = in_training(name, epochs)
         code, out, _ = run_cli(capsys, "stop", name, "--storage", POSTGRES)
         assert code == 0 and "paused" in out
-        wait_for(lambda: load(name, POSTGRES).trials[-1].state == TrialState.WAITING)
+
+        def requeued_then_failed() -> bool:  # in that order: the re-run holds the freed slot
+            trials = load(name, POSTGRES).trials
+            queued = trials[-1].state == TrialState.WAITING
+            return queued and trials[first.number].state.is_finished()
+
+        wait_for(requeued_then_failed)
         trials = load(name, POSTGRES).trials
         assert trials[first.number].state == TrialState.FAIL
         assert trials[first.number].user_attrs["fail_reason"] == budget.STOPPED

@@ -88,7 +88,7 @@ def storage_listing(storage: optuna.storages.BaseStorage) -> tuple[Table, list[s
     a worker that could not serve it), so its submitter is told."""
     table = Table(title="studies")
     reasons: list[str] = []
-    summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
+    summaries = _summaries(storage)
     # A study's name is never cut short: it is what the other commands take.
     longest = max((len(s.study_name) for s in summaries), default=5)
     table.add_column("study", no_wrap=True, min_width=longest)
@@ -99,10 +99,14 @@ def storage_listing(storage: optuna.storages.BaseStorage) -> tuple[Table, list[s
     for column in ("of", "now", "/min", "prio"):
         table.add_column(column, justify="right")
     for summary in summaries:
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
+        try:
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            trials = study.get_trials(deepcopy=False)
+        except KeyError:  # deleted since it was listed (by someone else on a shared storage)
+            continue
         counts = trial_counts(trials)  # over-budget placeholders of many workers left out
-        info = summary.user_attrs.get("hpo", {})
+        info = summary.user_attrs.get("hpo")
+        info = info if isinstance(info, dict) else {}  # data from a shared storage: any shape
         best = summary.best_trial.value if summary.best_trial else None
         entry = queue.Entry.of(summary.study_name, study_id(summary), summary.user_attrs)
         queued = ["", "", "", "", ""]
@@ -124,13 +128,25 @@ def storage_listing(storage: optuna.storages.BaseStorage) -> tuple[Table, list[s
                 reasons.append(f"{summary.study_name}: {why}")
         table.add_row(
             summary.study_name,
-            info.get("dataset", "?"),
-            info.get("metric", "?"),
+            str(info.get("dataset", "?")),
+            str(info.get("metric", "?")),
             *(str(counts[key]) for key in ("trials", "complete", "pruned", "failed")),
             "" if best is None else f"{best:.4f}",
             *queued,
         )
     return table, reasons
+
+
+def _summaries(storage: optuna.storages.BaseStorage, tries: int = 3) -> list:
+    """Every study's summary; read again when a study is deleted while they are read (the
+    storage is shared: another person's `hpo` or dashboard may delete one at any time)."""
+    for attempt in range(tries):
+        try:
+            return optuna.get_all_study_summaries(storage, include_best_trial=True)
+        except KeyError:
+            if attempt == tries - 1:
+                raise
+    return []
 
 
 def study_files_table() -> Table:

@@ -315,3 +315,23 @@ def test_rows_with_a_prediction_column_are_refused(workdir):
         predictor.predict_file(workdir / "rows.csv")
     with pytest.raises(hpo.HpoError, match="prediction"):
         predictor.predict_file(pd.DataFrame({"a": [1.0], "prediction": [3]}))
+
+
+def test_hpo_list_survives_what_others_do_to_a_shared_storage(workdir, capsys, monkeypatch):
+    """`hpo list` on a storage others write: a study deleted between being listed and being
+    read is left out, and an hpo attr of any shape is shown as unknown, not a crash."""
+    url = f"sqlite:///{workdir}/shared.db"
+    for name in ("kept", "gone", "odd"):
+        optuna.create_study(study_name=name, storage=url)
+    optuna.load_study(study_name="odd", storage=url).set_user_attr("hpo", "not a table")
+    load = optuna.load_study
+
+    def deleted_meanwhile(*, study_name, storage, **kwargs):
+        if study_name == "gone":
+            optuna.delete_study(study_name="gone", storage=storage)
+        return load(study_name=study_name, storage=storage, **kwargs)
+
+    monkeypatch.setattr(optuna, "load_study", deleted_meanwhile)
+    code, out, err = run_cli(capsys, "list", "--storage", url)
+    assert code == 0, err
+    assert "kept" in out and "odd" in out and "gone" not in out

@@ -24,11 +24,10 @@ def _shown(arg: str) -> str:
     if "://" not in arg:
         return arg
     try:
-        from hpo.search.storage import redact
+        from hpo.search.storage import redact_arg
     except Exception:  # an import cut short: show nothing of the URL
         return "***"
-    name, equals, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
-    return f"{name}{equals}{redact(value)}"
+    return redact_arg(arg)
 
 
 def _as_a_child_worker() -> None:

@@ -18,7 +18,7 @@ from hpo import artifacts as artifact_stores
 from hpo.errors import HpoError
 from hpo.search import batched
 from hpo.search.local_workers import RECYCLE_AFTER, Recycler
-from hpo.search.storage import DEFAULT_URL, HEARTBEAT_S, RECONNECT_S, redact
+from hpo.search.storage import DEFAULT_URL, HEARTBEAT_S, RECONNECT_S, redact, redact_arg
 from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
 
@@ -115,8 +115,8 @@ def location_options(
 
 def command_line(argv: Sequence[str]) -> str:
     """`hpo ARGV` as a user types it, with any database password replaced by ***."""
-    shown = list(argv)
-    for i, arg in enumerate(shown[:-1]):
-        if arg == "--storage":
-            shown[i + 1] = redact(shown[i + 1])
+    shown = [
+        redact(arg) if i and argv[i - 1] == "--storage" else redact_arg(arg)
+        for i, arg in enumerate(argv)
+    ]
     return shlex.join(["hpo", *shown])

@@ -86,6 +86,15 @@ def redact(url: str) -> str:
     return shown.replace("%2A%2A%2A", "***")  # as the password is shown, not percent-encoded
 
 
+def redact_arg(arg: str) -> str:
+    """A command-line argument safe to print: a URL in it, alone or as `--option=URL`,
+    redacted."""
+    if "://" not in arg:
+        return arg
+    name, equals, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    return f"{name}{equals}{redact(value)}"
+
+
 class StorageUnavailable(HpoError):
     """The database stayed unreachable for longer than the reconnect window."""
 

@@ -123,6 +123,8 @@ def test_no_password_reaches_a_printed_url(url):
     assert "db.example/hpo" in shown  # still says which database
     line = launch.command_line(["worker", *launch.location_options(url, None)])
     assert SECRET not in line, line
+    typed = launch.command_line(["optimize", "imdb", f"--storage={url}"])  # as a user typed it
+    assert SECRET not in typed and "db.example/hpo" in typed, typed
     if "charset" in url:
         assert "charset=utf8mb4" in shown  # only the secrets are hidden
 

@@ -9,6 +9,7 @@ trial's validation predictions, the report's figures, the handed-over model.
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,15 @@ from typing import Any
 from hpo.errors import HpoError
 
 DEFAULT = "storage/artifacts"
+
+
+def is_artifact_id(value: Any) -> bool:
+    """Whether `value`, read from a shared storage, is an artifact id as Optuna makes them (a
+    UUID): a store turns an id into a path, so anything else is refused before it is used."""
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 def open_store(location: str | Path, create: bool = True) -> Any:

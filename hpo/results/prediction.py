@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import optuna
 import pandas as pd
 
 from hpo import cache
+from hpo.artifacts import is_artifact_id
 from hpo.data import stored_preparation
 from hpo.data.own import read_rows
 from hpo.data.preparation import Preparation
@@ -185,14 +185,6 @@ def model_folder(
     raise HpoError(f"no saved model in {default}: run hpo analyze first (or pass --model DIR)")
 
 
-def _artifact_id(value: Any) -> bool:
-    """Optuna names an artifact by a UUID: anything else is no artifact of hpo's."""
-    try:
-        return isinstance(value, str) and str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
 def handover_record(study: optuna.Study) -> tuple[str, dict[str, str]]:
     """The handed-over model's file name and {"model": id, "preparation": id} from the study's
     handover record, checked: whoever writes the storage must not choose a path on this
@@ -207,7 +199,7 @@ def handover_record(study: optuna.Study) -> tuple[str, dict[str, str]]:
             "run hpo analyze again"
         )
     ids = {key: record[key] for key in ("model", "preparation") if key in record}
-    bad = next((key for key in ("model", *ids) if not _artifact_id(ids.get(key))), None)
+    bad = next((key for key in ("model", *ids) if not is_artifact_id(ids.get(key))), None)
     if bad is not None:
         raise HpoError(f"{where} holds no artifact id for the {bad} ({ids.get(bad)!r})")
     return record["file"], ids

@@ -24,7 +24,6 @@ import re
 import socket
 import time
 import tomllib
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -130,7 +129,9 @@ def malformed(record: Any) -> str | None:
         if record.get(key) is not None and not isinstance(record[key], kind):
             return f"{key}: must be a {kind.__name__}, got {record[key]!r}"
     data = record.get("data")
-    if data is not None and not (_uuid(data.get("artifact_id")) and _sha256(data.get("sha256"))):
+    if data is not None and not (
+        artifact_stores.is_artifact_id(data.get("artifact_id")) and _sha256(data.get("sha256"))
+    ):
         # Both become paths on a worker (the artifact store's file, the cache's copy).
         return "data: must name its artifact_id (a UUID) and sha256 (64 hex digits)"
     for key in ("since", "submitted", "since_trial"):
@@ -141,13 +142,6 @@ def malformed(record: Any) -> str | None:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _uuid(value: Any) -> bool:
-    try:
-        return isinstance(value, str) and str(uuid.UUID(value)) == value.lower()
-    except ValueError:
-        return False
 
 
 def _sha256(value: Any) -> bool:

@@ -22,11 +22,10 @@ import optuna
 from rich.console import Console
 
 from hpo import artifacts as artifact_stores
-from hpo import names
 from hpo.errors import HpoError
 from hpo.results import handover as handover_lib
 from hpo.results import summary
-from hpo.results.analyze_options import REPORTS, AnalyzeOptions
+from hpo.results.analyze_options import AnalyzeOptions, report_folder
 from hpo.search import launch, local_workers, queue, storage, study_loop
 from hpo.search.progress import RetrainStatus
 from hpo.search.search_options import SearchOptions
@@ -303,9 +302,7 @@ def experiment(
         results = exp.retrain_variants(
             result.study, base, wanted, prepared, list(range(seeds)), on_run=on_run
         )
-    return exp.write_report(
-        results, xspec, result.study, Path(out) if out else REPORTS / names.folder(name)
-    )
+    return exp.write_report(results, xspec, result.study, Path(out) if out else report_folder(name))
 
 
 def load_model(
@@ -326,7 +323,7 @@ def load_model(
     return predict_lib.open_predictor(
         found,
         Path(model) if model else None,
-        REPORTS / names.folder(name),
+        report_folder(name),
         lambda: _open_existing(name, storage),
         name,
         lambda: artifact_stores.open_store(artifacts, create=False),

@@ -15,6 +15,11 @@ from hpo.search.storage import DEFAULT_URL
 REPORTS = Path("storage/reports")  # analyze's folders: one a study, by its name
 
 
+def report_folder(name: str) -> Path:
+    """The default report folder of study `name` (a safe folder name, whatever the name)."""
+    return REPORTS / names.folder(name)
+
+
 @dataclass(frozen=True)
 class AnalyzeOptions:
     """What `hpo analyze` was asked, whichever way it was asked."""
@@ -36,7 +41,7 @@ class AnalyzeOptions:
 
     def folder(self, name: str) -> Path:
         """The report's folder for the study `name`."""
-        return self.out or REPORTS / names.folder(name)
+        return self.out or report_folder(name)
 
     def predict_argv(self, model_folder: Path) -> list[str]:
         """`hpo predict`'s command line for the model handed over in `model_folder`."""

@@ -61,7 +61,7 @@ def run(env: dict[str, str], epochs: int) -> list[float]:
 
 def parser() -> argparse.ArgumentParser:
     parser = _common.parser(__doc__)
-    parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
+    _common.add_data_dir(parser)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser

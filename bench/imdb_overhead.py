@@ -230,7 +230,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--backends", default="tensorflow,jax")
     parser.add_argument("--datasets", default="imdb,reuters")
     parser.add_argument("--rss-trials", type=int, default=3, help="0: skip the memory figures")
-    parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
+    _common.add_data_dir(parser)
     parser.add_argument(
         "--worker-python",
         default=sys.executable,

@@ -19,7 +19,6 @@ HPO_DATA_DIR).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -72,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", type=float, default=0.885)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-trials", type=int, default=60)
-    parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
+    _common.add_data_dir(parser)
     return parser
 
 

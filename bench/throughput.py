@@ -161,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="K for the last mode")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
+    _common.add_data_dir(parser)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--naive-child", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -172,9 +172,7 @@ def main() -> None:
     if args.naive_child:
         print(json.dumps(naive_loop(args.trials, args.epochs, args.seed)))
         return
-    source = Path(args.data_dir or "", "imdb.npz")
-    if not source.is_file():
-        sys.exit("needs imdb.npz: pass --data-dir or set HPO_DATA_DIR (e.g. ../shared/datasets)")
+    source = _common.needs(args.data_dir, "imdb.npz")
 
     with tempfile.TemporaryDirectory() as tmp:
         # keras' own cache, where load_data finds the byte-identical file without a download

@@ -76,11 +76,6 @@ def _cell(column: str, value: object) -> str:
     return str(value)
 
 
-def storage_table(storage: optuna.storages.BaseStorage) -> Table:
-    """`hpo list`'s table (storage_listing)."""
-    return storage_listing(storage)[0]
-
-
 def storage_listing(storage: optuna.storages.BaseStorage) -> tuple[Table, list[str]]:
     """`hpo list`: every study's trial counts and best value; for a submitted study (hpo
     submit) also its queue state, budget, workers on it now, and trials finished a minute;

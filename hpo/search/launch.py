@@ -85,6 +85,7 @@ def _wait_for_children(run: OptimizeRun, signals: GracefulInterrupt) -> None:
     run.children, run.inherited = [], []
     if signals.requested and not run.result.interrupted:
         run.result.interrupted, run.result.signum = True, signals.signum
+    if run.result.interrupted:  # the trials the children finished after the stop count too
         run.result.finished_after = budget.finished(run.result.study)
 
 
@@ -130,9 +131,8 @@ def _run_optimize(
     except BaseException:
         local_workers.interrupt(signals, children, inherited)  # they stop after their epoch
         raise
-    if result.interrupted:  # the children were passed the signal: they end at their epoch
-        local_workers.interrupt(signals, children, inherited)
-        result.finished_after = budget.finished(result.study)  # their trials counted too
+    if result.interrupted:  # they end at their epoch; run_optimize waits for them and counts
+        signals.tell_children()
     return OptimizeRun(spec, name, result, argv, options, children, inherited, deadline)
 
 

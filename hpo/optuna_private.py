@@ -50,11 +50,6 @@ ACCESSED = {
 }
 
 
-def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
-    """The storage a study reads and writes (Optuna's cache around it, for an RDB one)."""
-    return study._storage
-
-
 def rdb_storage_of(study: optuna.Study) -> Any:
     """The storage under Optuna's cache (an RDBStorage for a database), else the study's."""
     storage = study._storage
@@ -64,11 +59,6 @@ def rdb_storage_of(study: optuna.Study) -> Any:
 def study_id(study: Any) -> int:
     """The storage's id of a Study, FrozenStudy or StudySummary."""
     return study._study_id
-
-
-def trial_id(trial: optuna.Trial) -> int:
-    """The storage's id of a running trial (a FrozenTrial has `_trial_id` too)."""
-    return trial._trial_id
 
 
 def heartbeat(trial: optuna.Trial, study: optuna.Study) -> Any:

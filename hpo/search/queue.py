@@ -89,12 +89,12 @@ class Entry:
             name,
             study_id,
             record["trials"],
-            min(max(float(record.get("priority", 1.0)), PRIORITY_MIN), PRIORITY_MAX),
+            _bounded_priority(record),
             record.get("state", QUEUED),
             dict(record.get("options") or {}),
             record.get("data"),
             record.get("reason"),
-            float(record.get("since") or record.get("submitted") or 0.0),
+            _since(record),
             recorded,
             int(record.get("since_trial") or 0),
             record.get("left"),
@@ -138,6 +138,16 @@ def malformed(record: Any) -> str | None:
         if record.get(key) is not None and not _number(record[key]):
             return f"{key}: must be a number, got {record[key]!r}"
     return None
+
+
+def _since(record: dict[str, Any]) -> float:
+    """When a well-formed record was last submitted or resumed (time.time()), 0 if never said."""
+    return float(record.get("since") or record.get("submitted") or 0.0)
+
+
+def _bounded_priority(record: dict[str, Any]) -> float:
+    """A well-formed record's priority, within today's bounds (an older hpo allowed any)."""
+    return min(max(float(record.get("priority", 1.0)), PRIORITY_MIN), PRIORITY_MAX)
 
 
 def _number(value: Any) -> bool:
@@ -286,7 +296,7 @@ def submit(options: SearchOptions, priority: float | None, console: Console) -> 
         if priority is not None:
             share = priority
         elif malformed(current) is None:  # an older hpo's priority, bounded as on read
-            share = min(max(float(current.get("priority", 1.0)), PRIORITY_MIN), PRIORITY_MAX)
+            share = _bounded_priority(current)
         else:
             share = 1.0
         now = time.time()
@@ -353,7 +363,7 @@ def leave(
     def change(record: Any) -> dict | None:
         if malformed(record) is not None or record.get("state", QUEUED) != QUEUED:
             return None
-        if record.get("since", record.get("submitted")) != entry.since and entry.since:
+        if _since(record) != entry.since and entry.since:
             return None  # submitted or resumed since this worker read it: try it again
         if every_worker:
             return {**record, "state": LEFT, "reason": reason}

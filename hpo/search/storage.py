@@ -264,9 +264,8 @@ for _name in (
     "get_trial_id_from_study_id_trial_number",
     "record_heartbeat",
     *optuna_private.CACHED_STORAGE_CALLS,
-    "trial_tally",
-    "update_study_attr",
-    "last_trial_id",
+    # hpo's own queries, each retried as Optuna's calls are.
+    *(name for name in vars(StudyQueries) if not name.startswith("_")),
 ):
     setattr(ReconnectingRDBStorage, _name, _retried(getattr(ReconnectingRDBStorage, _name)))
 

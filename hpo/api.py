@@ -288,7 +288,7 @@ def experiment(
         artifacts=None,  # one factor at a time hands over no ensemble of its variants
         batch_trials=1,
     )
-    result = study_loop.run(xspec, name, options, console)
+    result = study_loop.run(xspec, name, options, console, study=found)
     if result.interrupted:
         argv = ["experiment", str(target), *[f"--vary={v}" for v in vary], "--study", name]
         argv += launch.location_options(storage, data_dir)

@@ -11,15 +11,30 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 log = logging.getLogger("hpo.cache")
+
+
+@contextlib.contextmanager
+def replaced(path: Path) -> Iterator[BinaryIO]:
+    """A new file of this process beside `path` (created as any new file is, umask), renamed
+    onto `path` when the block ends: a reader finds the old file or the whole new one, never
+    part of one, and nothing is left of it after an error or an interrupt."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    try:
+        with partial.open("xb") as f:
+            yield f
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def root() -> Path:

@@ -8,10 +8,10 @@ a damaged or substituted file is refused, never trained on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -106,13 +106,7 @@ def fetch(record: dict, store: Any) -> Prepared:
 
 def _save(path: Path, data: bytes) -> None:
     """Written whole or not at all; a cache that cannot be written only costs a download."""
-    tmp = None
-    try:
+    with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-        with os.fdopen(fd, "wb") as out:
+        with cache.replaced(path) as out:
             out.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

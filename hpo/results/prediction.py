@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -131,10 +130,9 @@ def write(frame: pd.DataFrame, out: Path) -> None:
     interrupted predict leaves the last output (or none), never a valid-looking part of one."""
     if out.suffix not in WRITTEN:
         raise HpoError(f"--out {out}: write .csv, .parquet or .npz")
-    partial = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with partial.open("xb") as f:  # created as any new file (umask), by this process only
+        with cache.replaced(out) as f:
             if out.suffix == ".csv":
                 frame.to_csv(f, index=False)
             elif out.suffix == ".parquet":
@@ -145,13 +143,10 @@ def write(frame: pd.DataFrame, out: Path) -> None:
                 np.savez(
                     f, **{c: a.astype(str) if a.dtype == object else a for c, a in columns.items()}
                 )
-        os.replace(partial, out)
     except ImportError as exc:
         raise HpoError(f"--out {out}: writing .parquet needs pyarrow: pip install pyarrow") from exc
     except OSError as exc:
         raise HpoError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def model_folder(
@@ -205,16 +200,6 @@ def handover_record(study: optuna.Study) -> tuple[str, dict[str, str]]:
     return record["file"], ids
 
 
-def _replace_text(path: Path, text: str) -> None:
-    """`path` holds `text`, written to a file of this process and renamed onto it."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
-    try:
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def fetch_handover(study: optuna.Study, store: Any) -> Path:
     """The handed-over model and its data's preparation, fetched from the artifact store into
     hpo's cache folder (once: artifacts never change), for a machine without analyze's folder.
@@ -239,7 +224,8 @@ def fetch_handover(study: optuna.Study, store: Any) -> Path:
                     os.replace(part / name, folder / name)
                 finally:
                     shutil.rmtree(part, ignore_errors=True)
-        _replace_text(folder / "handover.json", json.dumps({"model": file}))
+        with cache.replaced(folder / "handover.json") as f:
+            f.write(json.dumps({"model": file}).encode())
     except ArtifactNotFound as exc:
         raise HpoError(
             f"study {study.study_name!r}'s model is not in the artifact store (is --artifacts "

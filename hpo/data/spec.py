@@ -251,3 +251,5 @@ class Source:
     validation: Validation
     num_words: int = 10000  # imdb, reuters: the vocabulary kept
     table: DataSpec | None = None  # the [data] table of a study on the user's own file
+    input: str = "vectors"  # a built-in dataset: "vectors" (chapter 3), "sequence" or "image"
+    maxlen: int | None = None  # "sequence": word ids per sample, padded or cut

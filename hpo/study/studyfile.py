@@ -18,6 +18,7 @@ from hpo.data.own import infer_task, training_rows
 from hpo.data.spec import TASKS, DataSpec, Source, Validation, parse_table
 from hpo.errors import HpoError
 from hpo.study import algorithms
+from hpo.study.model_code import ModelCode, parse_model
 from hpo.study.space import Space, book_config, parse_space, table_max_epochs, table_space
 
 METRICS = {
@@ -37,7 +38,19 @@ STUDY_KEYS = {
     "seed",
     "smooth_epochs",
     "patience",
+    "input",
+    "maxlen",
 }
+# The inputs each built-in dataset can be fed as: "vectors", the book's chapter-3 input
+# (multi-hot words, flat pixels, standardized columns), first; then word ids padded or cut to
+# `maxlen` (chapter 11's sequence models), or 28x28x1 pixels (chapter 8's convnets).
+INPUTS = {
+    "imdb": ("vectors", "sequence"),
+    "reuters": ("vectors", "sequence"),
+    "mnist": ("vectors", "image"),
+    "boston_housing": ("vectors",),
+}
+DEFAULT_MAXLEN = 500
 
 
 @dataclass(frozen=True)
@@ -58,11 +71,16 @@ class StudySpec:
     patience: int = 0  # a trial stops this many epochs after its best one; 0: it trains on
     path: str = ""
     data: DataSpec | None = None  # the user's own file ([data]); None: a built-in dataset
+    model: ModelCode | None = None  # [model] build = "module:function"; None: hpo's Dense stack
+    input: str = "vectors"  # how a built-in dataset is fed (INPUTS)
+    maxlen: int | None = None  # input "sequence": word ids per sample, padded or cut
 
     @property
     def source(self) -> Source:
         """What the data stage needs to know of this study."""
-        return Source(self.dataset, self.validation, self.num_words, self.data)
+        return Source(
+            self.dataset, self.validation, self.num_words, self.data, self.input, self.maxlen
+        )
 
     def with_overrides(self, **changes: Any) -> StudySpec:
         """A copy with CLI options applied; None means 'keep the file's value'."""
@@ -162,11 +180,11 @@ class Known:
 def parse(doc: dict[str, Any], source: str, known: Known | None = None) -> StudySpec:
     """A study file's TOML → StudySpec. For own data the task and the training rows are read
     from the file (its [data] table), unless `known` gives them."""
-    unknown_tables = set(doc) - {"study", "space", "sampler", "pruner", "data"}
+    unknown_tables = set(doc) - {"study", "space", "sampler", "pruner", "data", "model"}
     if unknown_tables:
         raise HpoError(
             f"{source}: unknown table [{sorted(unknown_tables)[0]}] "
-            "(allowed: study, data, space, sampler, pruner)"
+            "(allowed: study, data, model, space, sampler, pruner)"
         )
     study = doc.get("study")
     if not isinstance(study, dict):
@@ -241,6 +259,8 @@ def parse(doc: dict[str, Any], source: str, known: Known | None = None) -> Study
         raise HpoError(
             f"{source}: study.patience: must be an integer ≥ 0 (0: no early stop), got {patience!r}"
         )
+    model = parse_model(doc["model"], source) if "model" in doc else None
+    kind, maxlen = _input(study, dataset if table is None else None, model, source)
     name = study.get("name", Path(source).stem)
     if not isinstance(name, str) or not name.strip():
         raise HpoError(f"{source}: study.name: must be a non-empty string, got {name!r}")
@@ -274,7 +294,34 @@ def parse(doc: dict[str, Any], source: str, known: Known | None = None) -> Study
         patience=patience,
         path=source,
         data=table,
+        model=model,
+        input=kind,
+        maxlen=maxlen,
     )
+
+
+def _input(
+    study: dict, dataset: str | None, model: ModelCode | None, source: str
+) -> tuple[str, int | None]:
+    """[study] input and maxlen, checked against the dataset (None: your own table)."""
+    kinds = INPUTS.get(dataset, ("vectors",)) if dataset else ("vectors",)
+    kind = study.get("input", "vectors")
+    if kind not in kinds:
+        what = f"{dataset} is fed as" if dataset else "your own table is fed as"
+        raise HpoError(f"{source}: study.input: {what} {' or '.join(kinds)}, not {kind!r}")
+    if kind == "sequence" and model is None:
+        raise HpoError(
+            f"{source}: study.input: word-id sequences need your own model "
+            '([model] build = "module:function"); hpo\'s Dense stack takes "vectors"'
+        )
+    if "maxlen" in study and kind != "sequence":
+        raise HpoError(f'{source}: study.maxlen: only for input = "sequence"')
+    maxlen = study.get("maxlen", DEFAULT_MAXLEN) if kind == "sequence" else None
+    if maxlen is not None and (
+        isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1
+    ):
+        raise HpoError(f"{source}: study.maxlen: must be a positive integer, got {maxlen!r}")
+    return kind, maxlen
 
 
 def _fitting_rows(total: int, validation: Validation) -> int:

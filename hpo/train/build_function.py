@@ -1,0 +1,120 @@
+"""Your own model: a study's build function imported, called with a trial's parameters and a
+description of the inputs, and its model checked and compiled.
+
+The contract (docs/build-function.md): `build(params, inputs) -> keras.Model`, where `params`
+holds every parameter of the trial's [space] (a condition that is false leaves its parameter
+out) and `inputs` is an `Inputs`. hpo compiles the model with the trial's optimizer, learning
+rate and loss, unless the function compiled it itself; then hpo keeps that, and says so once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpo.backend import import_keras
+from hpo.data.arrays import Prepared
+from hpo.errors import HpoError, first_line
+from hpo.study.model_code import ModelCode, locate
+
+keras = import_keras()
+log = logging.getLogger("hpo.model")
+BuildFn = Callable[[dict[str, Any], "Inputs"], Any]
+
+
+class BuildFailed(Exception):
+    """The build function raised or returned no Keras model: this trial fails with the first
+    line of why, and the study goes on."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a build function is told of the data: one sample's shape and dtype as hpo feeds it
+    (compact: uint8 pixels and multi-hot, uint16 word ids), the task, the number of classes
+    (1 for binary and regression), the dataset's name, the input kind ("vectors", "sequence",
+    "image" or "table"), the vocabulary for word ids, and the scale that turns the fed values
+    into the book's floats (1/255 for pixels)."""
+
+    dataset: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    task: str
+    classes: int
+    num_words: int | None = None
+    scale: float = 1.0
+
+    def input(self, name: str = "inputs"):
+        """A `keras.Input` of this shape and dtype: where a build function's model starts."""
+        return keras.Input(shape=self.shape, dtype=self.dtype, name=name)
+
+    def as_float(self, x):
+        """`x` (an `input()`) as float32, scaled as the book scales it (pixels / 255): hpo feeds
+        compact integers and they become floats inside the compiled step."""
+        if self.dtype == "float32" and self.scale == 1.0:
+            return x
+        return keras.layers.Rescaling(self.scale, name="to_float")(x)
+
+
+def load(code: ModelCode, code_paths: Sequence[str | Path] = ()) -> BuildFn:
+    """Import the study's build function: from the module file `locate` finds (a `--code-path`
+    folder, the study file's folder, or installed). Every failure is one line."""
+    path = locate(code, code_paths)
+    top = code.module.partition(".")[0]
+    root = path.parent if "." not in code.module else _package_root(path, code.module)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        loaded = sys.modules.get(code.module)
+        if loaded is not None and Path(getattr(loaded, "__file__", "") or "") != path:
+            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+                del sys.modules[name]  # another copy of the module: the located one wins
+        module = importlib.import_module(code.module)
+    except Exception as exc:  # the user's module: any error at import is one line
+        raise HpoError(
+            f"model.build: importing {code.module} failed: {type(exc).__name__}: {first_line(exc)}"
+        ) from exc
+    function = getattr(module, code.function, None)
+    if not callable(function):
+        raise HpoError(f"model.build: {code.module} has no function {code.function!r}")
+    return function
+
+
+def _package_root(path: Path, module: str) -> Path:
+    """The folder a dotted module's top package lies in (path: the module's own file)."""
+    depth = module.count(".") + (1 if path.name == "__init__.py" else 0)
+    return path.parents[depth]
+
+
+def inputs_of(data: Prepared) -> Inputs:
+    """The Inputs of prepared data, as a build function sees them."""
+    kind = getattr(data, "input_kind", None) or ("table" if data.preparation else "vectors")
+    return Inputs(
+        dataset=data.name,
+        kind=kind,
+        shape=tuple(int(n) for n in data.x_train.shape[1:]),
+        dtype="uint8" if data.packed else str(data.x_train.dtype),
+        task=data.task,
+        classes=data.n_outputs,
+        num_words=getattr(data, "num_words", None),
+        scale=data.input_scale,
+    )
+
+
+def call(function: BuildFn, params: Mapping[str, Any], inputs: Inputs) -> tuple[Any, bool]:
+    """(the model `function` builds for `params`, whether the function compiled it). A
+    function that raises or returns no Keras model raises BuildFailed with one line."""
+    try:
+        model = function(dict(params), inputs)
+    except Exception as exc:  # the user's code: its error fails this trial only
+        raise BuildFailed(
+            f"the build function raised {type(exc).__name__}: {first_line(exc)}"
+        ) from exc
+    if not isinstance(model, keras.Model):
+        raise BuildFailed(f"the build function returned {type(model).__name__}, not a keras.Model")
+    return model, model.compiled

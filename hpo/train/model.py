@@ -171,7 +171,7 @@ def build(
             rescale = keras.layers.Rescaling(std or 1.0, offset=mean, name="to_target_units")
             outputs = rescale(outputs)
     model = keras.Model(inputs, outputs)
-    _compile(model, params, data.task)
+    compile_model(model, params, data.task)
     return model
 
 
@@ -211,13 +211,16 @@ def ensemble(
         outputs.append(scale(copy(inputs)))
     combined = keras.layers.Add(name="weighted_mean")(outputs) if len(outputs) > 1 else outputs[0]
     model = keras.Model(inputs, combined, name="ensemble")
-    _compile(model, params, data.task)
+    compile_model(model, params, data.task)
     # Built now, so the saved file loads without Keras' optimizer-variables mismatch warning.
     model.optimizer.build(model.trainable_variables)
     return model
 
 
-def _compile(model: keras.Model, params: Mapping[str, Any], task: str) -> None:
+def compile_model(model: keras.Model, params: Mapping[str, Any], task: str) -> None:
+    """Compile `model` as hpo trains it: the trial's optimizer, learning rate and loss, and
+    the task's metrics under the names the logs use (accuracy, or mae and mse). Also for a
+    build function's model that its function left uncompiled."""
     optimizer = keras.optimizers.get(
         {"class_name": params["optimizer"], "config": {"learning_rate": params["learning_rate"]}}
     )

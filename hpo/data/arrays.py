@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from hpo.errors import HpoError
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,11 @@ class Prepared:
     # Own data (hpo.data.own): what was learned from the training rows, to prepare new rows.
     preparation: Any = None
     notes: tuple[str, ...] = ()  # one-liners on how own data was read (task inferred, test split)
+    # How a sample is fed: "vectors" (the book's chapter 3), "sequence" (word ids, zeros before
+    # them, as keras.utils.pad_sequences pads), "image" (height, width, channels) or "table"
+    # (own data); and the vocabulary of a text dataset (ids are below it; 0 pads).
+    input_kind: str = "vectors"
+    num_words: int | None = None
 
     @property
     def layout(self) -> str:
@@ -37,3 +45,28 @@ def unpacked(prepared: Prepared, x: np.ndarray) -> np.ndarray:
     if not prepared.packed:
         return np.asarray(x)
     return np.unpackbits(x, axis=1, count=prepared.n_features)
+
+
+def cut_to(prepared: Prepared, maxlen: int) -> Prepared:
+    """`prepared`'s word-id sequences cut to `maxlen`: the last `maxlen` columns of x, as
+    views. For sequences padded and cut at the front (hpo.data.builtin, pad_sequences' default)
+    this is exactly pad_sequences(rows, maxlen), so a trial may search `maxlen` below the
+    study's without preparing the data again."""
+    longest = prepared.x_train.shape[-1] if prepared.x_train.ndim == 2 else None
+    if prepared.input_kind != "sequence" or longest is None:
+        raise HpoError(f'maxlen: only for input = "sequence", not {prepared.input_kind!r}')
+    if isinstance(maxlen, bool) or not isinstance(maxlen, int | np.integer) or maxlen < 1:
+        raise HpoError(f"maxlen: must be a positive integer, got {maxlen!r}")
+    if maxlen > longest:
+        raise HpoError(
+            f"maxlen: {maxlen} is above the study's maxlen {longest}, which the data was "
+            "padded to; raise [study] maxlen to search longer sequences"
+        )
+    if maxlen == longest:
+        return prepared
+    return dataclasses.replace(
+        prepared,
+        n_features=int(maxlen),
+        x_train=prepared.x_train[:, -maxlen:],
+        x_test=prepared.x_test[:, -maxlen:],
+    )

@@ -18,7 +18,7 @@ from hpo.data.spec import Source
 def load_source(source: Source, data_dir: str | Path | None = None) -> Prepared:
     """The prepared data of `source`: a built-in dataset, or the user's own file ([data])."""
     if source.table is None:
-        return builtin.load(source.dataset, data_dir, source.num_words)
+        return builtin.load(source.dataset, data_dir, source.num_words, source.input, source.maxlen)
     need = source.validation.minimum_rows()
     found = own.load(
         source.table,
@@ -39,4 +39,5 @@ def load_source(source: Source, data_dir: str | Path | None = None) -> Prepared:
         y_test=found.y_test,
         preparation=prep,
         notes=found.notes,
+        input_kind="table",
     )

@@ -55,6 +55,7 @@ def unpack(data: bytes) -> Prepared:
         **arrays,
         preparation=preparation and Preparation.from_dict(preparation),
         notes=notes,
+        input_kind="table",  # only own data travels (hpo submit)
     )
 
 

@@ -143,6 +143,8 @@ def build(
     shape = features if folds == 1 else (folds, *features)
     inputs = keras.Input(shape=shape, dtype=str(data.x_train.dtype))
     x = inputs
+    if len(features) > 1:  # images: the Dense stack reads each sample (of each fold) flat
+        x = keras.layers.Reshape((*shape[: len(shape) - len(features)], -1), name="flatten")(x)
     if trials > 1:
         x = StackTrials(trials, name="stack_trials")(x)
     if data.packed:

@@ -14,7 +14,7 @@ resumable: call the same function again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from hpo.results import summary
 from hpo.results.analyze_options import AnalyzeOptions, report_folder
 from hpo.search import launch, local_workers, queue, storage, study_loop
 from hpo.search.progress import RetrainStatus
-from hpo.search.search_options import SearchOptions
+from hpo.search.search_options import SearchOptions, check_code_paths
 from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
 
@@ -86,6 +86,8 @@ def optimize(
     workers: int | str = 1,
     batch_trials: int | str = "auto",
     artifacts: str = DEFAULT_ARTIFACTS,
+    build: Callable[[dict[str, Any], Any], Any] | None = None,
+    code_paths: str | Path | Sequence[str | Path] = (),
     progress: bool | Console = True,
 ) -> optuna.Study:
     """Run (or resume) the study of `target` until it has `trials` finished trials.
@@ -93,7 +95,10 @@ def optimize(
     `target` is a built-in dataset (imdb, reuters, boston_housing, mnist) or a STUDY.toml
     path; the other arguments are those of `hpo optimize`. `workers` > 1 starts that many
     worker processes on this machine; each trial keeps its validation predictions in the
-    artifact store `artifacts` (a folder, or s3://BUCKET). Returns the optuna.Study (an
+    artifact store `artifacts` (a folder, or s3://BUCKET). `build` is your model's function,
+    `build(params, inputs) -> keras.Model` (one defined in a notebook works): it wins over the
+    study file's [model] build, and runs in this process only, so with one worker. `code_paths`
+    are folders a [model] module is looked for in first. Returns the optuna.Study (an
     interrupted one included: call optimize again to resume it)."""
     options = SearchOptions(
         str(target),
@@ -110,6 +115,8 @@ def optimize(
         artifacts=artifacts,
         workers=str(workers),
         batch_trials=batch_trials,
+        build=build,
+        code_paths=check_code_paths(code_paths),
     )
     console = _console(progress)
     run = launch.run_optimize(options, console)
@@ -131,13 +138,16 @@ def submit(
     seed: int | None = None,
     data_dir: str | None = None,
     artifacts: str = DEFAULT_ARTIFACTS,
+    code_paths: str | Path | Sequence[str | Path] = (),
     progress: bool | Console = True,
 ) -> str:
     """Queue the study of `target` for the workers of `storage` (`hpo worker`) with a budget of
     `trials` and a `priority` (a share of the trials: 2 gets twice 1's; default 1, or what it
     was submitted with before), and return its name
     at once. Own data is uploaded to the artifact store `artifacts`, which the workers share;
-    submitting an existing study sets its budget (and queues it again if it was paused)."""
+    submitting an existing study sets its budget (and queues it again if it was paused). A
+    study file's [model] module is found as `optimize` finds it (`code_paths` first) and its
+    SHA-256 recorded: a worker serves the study only with that very copy."""
     options = SearchOptions(
         str(target),
         trials=trials,
@@ -150,6 +160,7 @@ def submit(
         seed=seed,
         data_dir=data_dir,
         artifacts=artifacts,
+        code_paths=check_code_paths(code_paths),
     )
     return queue.submit(options, priority, _console(progress))
 

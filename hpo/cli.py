@@ -24,6 +24,7 @@ from hpo.options import (
     ArtifactsOpt,
     BatchTrialsOpt,
     CandidatesOpt,
+    CodePathOpt,
     DataDirOpt,
     HandoverOpt,
     HeartbeatOpt,
@@ -52,7 +53,7 @@ from hpo.results import summary
 from hpo.results.analyze_options import AnalyzeOptions
 from hpo.search import batched, launch, local_workers, queue, queue_worker, storage
 from hpo.search.interrupt import GracefulInterrupt, exit_code
-from hpo.search.search_options import SearchOptions
+from hpo.search.search_options import SearchOptions, check_code_paths
 
 app = typer.Typer(
     add_completion=False,
@@ -104,6 +105,7 @@ def optimize(
     batch_trials: BatchTrialsOpt = batched.AUTO,
     heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
     reconnect: ReconnectOpt = storage.RECONNECT_S,
+    code_path: CodePathOpt = None,
 ) -> None:
     """Run (or resume) a study until it has --trials finished trials, across all workers."""
     options = SearchOptions(
@@ -124,6 +126,7 @@ def optimize(
         batch_trials=batch_trials,
         heartbeat=heartbeat,
         reconnect=reconnect,
+        code_paths=tuple(code_path or ()),
     )
     run = launch.run_optimize(options, console)
     launch.restart_if_due(run, sys.argv[1:], console)
@@ -299,6 +302,7 @@ def submit(
     seed: SeedOpt = None,
     data_dir: DataDirOpt = None,
     artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
+    code_path: CodePathOpt = None,
 ) -> None:
     """Queue a study (or extend its budget) for the workers of a storage, and return."""
     name = api.submit(
@@ -314,6 +318,7 @@ def submit(
         seed=seed,
         data_dir=data_dir,
         artifacts=artifacts,
+        code_paths=tuple(code_path or ()),
         progress=console,
     )
     where = launch.location_options(storage_url, None, artifacts)
@@ -337,9 +342,11 @@ def worker(
     batch_trials: BatchTrialsOpt = batched.AUTO,
     heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
     reconnect: ReconnectOpt = storage.RECONNECT_S,
+    code_path: CodePathOpt = None,
 ) -> None:
     """Serve every queued study of a storage, fairly by priority, until stopped (SIGTERM or
-    Ctrl-C: the trials in flight end their epoch and are queued again)."""
+    Ctrl-C: the trials in flight end their epoch and are queued again). A study with its own
+    model is served only with its module's very copy, found on --code-path or installed."""
     with GracefulInterrupt():  # a signal while it starts (the storage, its slots) is not lost
         code = launch.serve_queue(
             storage_url,
@@ -354,6 +361,7 @@ def worker(
             heartbeat_s=heartbeat,
             reconnect_s=reconnect,
             batch_trials=batched.resolve(batched.parse(batch_trials)),
+            code_paths=check_code_paths(code_path),
         )
     raise typer.Exit(code)
 

@@ -169,3 +169,14 @@ StudiesOpt = Annotated[
 ]
 ReportOpt = Annotated[Path | None, typer.Option(help="Report folder [storage/reports/STUDY].")]
 PollOpt = Annotated[float, typer.Option(help="Seconds between reads of an idle queue.")]
+CodePathOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--code-path",
+        envvar="HPO_CODE_PATH",
+        show_default=False,
+        metavar="DIR",
+        help="A folder holding a study's [model] build module, looked in before the installed "
+        "ones (repeatable; HPO_CODE_PATH: folders separated by os.pathsep).",
+    ),
+]

@@ -95,17 +95,24 @@ def _run_optimize(
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # hpo reports the study itself
     spec = options.spec()
     name = options.name(spec)
-    _announce(spec, name, options, console)
-    recycler = options.recycler()
     gpus = resources.gpu_count() if options.workers != "1" else 0  # nvidia-smi: only if needed
     n_workers = _worker_count(options.workers, gpus)
+    _check_build(spec, options, n_workers, console)
+    _announce(spec, name, options, console)
+    recycler = options.recycler()
     argv = options.argv(name)
     restarted = local_workers.restarted()
     inherited = local_workers.inherited_children()  # when this worker restarted itself
     deadline = local_workers.deadline(options.timeout)  # wall clock, kept across restarts
     _check_data(spec, options, console)
     opened = study_loop.open_study(  # before any child, which would race to create it
-        spec, options.storage_url, name, options.heartbeat, options.reconnect
+        spec,
+        options.storage_url,
+        name,
+        options.heartbeat,
+        options.reconnect,
+        build=options.build,
+        code_paths=options.code_paths,
     )
     children = []
     if not inherited:
@@ -162,6 +169,30 @@ def _announce(spec: StudySpec, name: str, options: SearchOptions, console: Conso
         console.print(
             "note: this study's space searches nothing: every trial trains the same "
             "configuration; add a [space] table (docs/study-file.md)",
+            highlight=False,
+            markup=False,
+        )
+
+
+BUILD_NOT_SHARED = (
+    "build=: a function defined in Python reaches other workers only as an importable "
+    "module: name it in the study file's [model] build"
+)
+
+
+def _check_build(spec: StudySpec, options: SearchOptions, n_workers: int, console: Console) -> None:
+    """A function passed from Python (hpo.optimize(build=fn)) runs in this process only: no
+    code travels to a worker, through the storage or otherwise. It wins over the study
+    file's [model] build, and says so."""
+    if options.build is None:
+        return
+    if n_workers > 1:
+        raise HpoError(BUILD_NOT_SHARED)
+    if spec.model is not None:
+        passed = study_loop.function_record(options.build)["build"]
+        console.print(
+            f"note: build=: the function passed ({passed}) is used, not the study file's "
+            f"[model] build ({spec.model.build})",
             highlight=False,
             markup=False,
         )

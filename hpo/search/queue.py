@@ -39,6 +39,7 @@ from hpo.search import storage, study_loop
 from hpo.search.search_options import OVERRIDES as OPTIONS
 from hpo.search.search_options import SearchOptions
 from hpo.study import studyfile
+from hpo.study.model_code import check_build
 from hpo.study.space import Choice
 from hpo.study.studyfile import StudySpec
 
@@ -72,6 +73,10 @@ class Entry:
     since_trial: int = 0  # the storage's newest trial id then (fair shares count from it)
     left: dict[str, Any] | None = None  # the last worker that could not serve it, and why
     malformed: bool = False  # its record is not what hpo writes: left, with the reason
+    # Its build function and its module's SHA-256 and file name (study_loop.MODEL_ATTR), as
+    # submitted: a worker serves it only with a copy of that module found on its own
+    # --code-path or installed. None: hpo's Dense stack.
+    model_code: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, name: str, study_id: int, attrs: dict[str, Any]) -> Entry | None:
@@ -98,6 +103,7 @@ class Entry:
             recorded,
             int(record.get("since_trial") or 0),
             record.get("left"),
+            model_code=record.get("model_code"),
         )
 
     def why(self) -> str | None:
@@ -137,7 +143,24 @@ def malformed(record: Any) -> str | None:
     for key in ("since", "submitted", "since_trial"):
         if record.get(key) is not None and not _number(record[key]):
             return f"{key}: must be a number, got {record[key]!r}"
-    return None
+    return _model_code_problem(record.get("model_code"))
+
+
+def _model_code_problem(code: Any) -> str | None:
+    """What in a record's model_code is not what `hpo submit` writes: a build that is not
+    `module:function`, a SHA-256 that is not 64 hex digits, a file that is not a plain name.
+    Shown and compared only: a worker imports the module it finds itself, never a path."""
+    if code is None:
+        return None
+    problem = study_loop.model_record_problem(code)
+    if problem is None:
+        try:
+            check_build(code["build"], "model_code")
+        except HpoError:
+            problem = f'build: must be "module:function", got {code["build"]!r}'
+    if problem is None and not _sha256(code.get("sha256")):
+        problem = f"sha256: must be 64 hex digits, got {code.get('sha256')!r}"
+    return None if problem is None else f"model_code: {problem}"
 
 
 def _since(record: dict[str, Any]) -> float:
@@ -232,9 +255,10 @@ def check_shared(spec: StudySpec) -> None:
     and NUM_WORDS_MAX: its trials would run them out of memory one after another. Checked by
     submit and again by the worker (the record may have been written by hand)."""
     source = spec.path or spec.name
-    for name, limit in SHARED_LIMITS.items():
-        dim = spec.space.dims.get(name)
-        if dim is None:
+    for name, dim in spec.space.dims.items():
+        # A build function's own per-layer names (units_1, units_2 …) get their base's limit.
+        limit = SHARED_LIMITS.get(re.sub(r"_\d+$", "", name))
+        if limit is None:
             continue
         values = dim.values if isinstance(dim, Choice) else (dim.high,)
         top = max((v for v in values if _number(v)), default=0)
@@ -267,6 +291,8 @@ def submit(options: SearchOptions, priority: float | None, console: Console) -> 
     spec = options.spec()
     check_shared(spec)
     name = options.name(spec)
+    # Its module found here, as a worker must find its own copy: a missing one is one line.
+    model_code = study_loop.model_record(spec, code_paths=options.code_paths)
     data_record = None
     prepared = None
     if spec.data is not None:  # read and checked here: a bad file is one line, no study made
@@ -275,7 +301,9 @@ def submit(options: SearchOptions, priority: float | None, console: Console) -> 
         with console.status(f"loading {spec.dataset}…"):
             prepared = load_source(spec.source, data_dir)
     store = storage.open_storage(storage_url)
-    opened = study_loop.open_study(spec, storage_url, name, storage=store)
+    opened = study_loop.open_study(
+        spec, storage_url, name, storage=store, code_paths=options.code_paths
+    )
     old = opened.user_attrs.get(ATTR)
     old = old if isinstance(old, dict) and malformed(old) is None else {}
     if prepared is not None:
@@ -309,6 +337,7 @@ def submit(options: SearchOptions, priority: float | None, console: Console) -> 
             "submitted": now,
             "since": now,
             "since_trial": since_trial,
+            "model_code": model_code,
         }
 
     record, _ = update(store, optuna_private.study_id(opened), change)

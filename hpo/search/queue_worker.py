@@ -102,8 +102,12 @@ class Worker:
         heartbeat_s: int = HEARTBEAT_S,
         reconnect_s: float = RECONNECT_S,
         batch_trials: int = 1,
+        code_paths: tuple[str, ...] = (),
     ) -> None:
         self.url = storage_url
+        # Where a study's [model] module is looked for, before the installed ones: never
+        # beside the submitter's study file (a path of another machine, read from the storage).
+        self.code_paths = code_paths
         self.batch_trials = batch_trials  # trials asked at once (hpo.search.batched)
         self.store = open_storage(storage_url, heartbeat_s, reconnect_s)
         self.artifacts = artifacts
@@ -334,7 +338,12 @@ class Worker:
         self.left[entry.name] = entry.since
         self.served.pop(entry.name, None)
         self.studies.pop(entry.name, None)
-        self.console.print(f"{entry.name}: this worker leaves the study: {why}", highlight=False)
+        self.console.print(  # whole on one line, as `hpo list` shows it
+            f"{entry.name}: this worker leaves the study: {why}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
         queue.leave(self.store, entry, why, every_worker=every_worker)
 
     def _died(self, study_id: int, trial: optuna.trial.FrozenTrial) -> None:
@@ -381,8 +390,10 @@ class Worker:
         return served
 
     def _study(self, entry: queue.Entry) -> tuple[optuna.Study, StudySpec]:
-        """The study with the sampler and pruner of the study file it was submitted with."""
+        """The study with the sampler and pruner of the study file it was submitted with, and
+        its model's module found here with the SHA-256 it was submitted with."""
         spec = queue.spec_of(entry)
+        spec = study_loop.served_model(spec, entry.model_code, entry.name, self.code_paths)
         study = optuna.load_study(  # made by hpo submit (study_loop.open_study): only loaded here
             study_name=entry.name,
             storage=self.store,
@@ -412,6 +423,12 @@ class Worker:
         from hpo.train.reporting import TrialFailed
 
         budget = Budget(entry.trials)
-        objective = Objective(spec, prepared, admit=budget.admit, artifact_store=store)
+        objective = Objective(
+            spec,
+            prepared,
+            admit=budget.admit,
+            artifact_store=store,
+            **study_loop.model_options(spec, None, self.code_paths),
+        )
         freeze_heap()  # the backend's and this study's data: not walked after each trial
         return Served(study, objective, budget, (TrialFailed, OverBudget))

@@ -9,7 +9,7 @@ run and resume lines show (`argv`), so an option added here reaches every one of
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,12 +49,20 @@ class SearchOptions:
     heartbeat: int = HEARTBEAT_S
     reconnect: float = RECONNECT_S
     log_dir: Path = Path("storage/logs")  # the child workers' logs
+    # The model's code: a function passed from Python (hpo.optimize(build=fn); it wins over the
+    # study file's [model] build, and reaches no other process), and the folders a [model]
+    # module is looked for in before the study file's folder and the installed ones.
+    build: Callable | None = None
+    code_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Each option checked (an HpoError, one line) and written as the command line
         writes it: a number of workers from Python (workers=4) is the text "4"."""
         if self.heartbeat < 1 or self.reconnect < 0:
             raise HpoError("--heartbeat must be at least 1, --reconnect at least 0")
+        if self.build is not None and not callable(self.build):
+            raise HpoError(f"build=: must be a function, got {type(self.build).__name__}")
+        object.__setattr__(self, "code_paths", check_code_paths(self.code_paths))
         recycle = None if self.recycle_after is None else Recycler(self.recycle_after).setting
         for name, value in (
             ("target", str(self.target)),
@@ -100,7 +108,22 @@ class SearchOptions:
             value = getattr(self, option)
             if value is not None and value != defaults.get(option):
                 argv += [f"--{option.replace('_', '-')}", str(value)]
+        for folder in self.code_paths:
+            argv += ["--code-path", folder]
         return argv
+
+
+def check_code_paths(code_paths: str | Path | Sequence[str | Path] | None) -> tuple[str, ...]:
+    """--code-path's folders (one, or several), each an existing folder, or one line."""
+    if code_paths is None:
+        return ()
+    if isinstance(code_paths, str | Path):
+        code_paths = [code_paths]
+    folders = tuple(str(folder) for folder in code_paths)
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise HpoError(f"--code-path {folder}: no such folder")
+    return folders
 
 
 def location_options(

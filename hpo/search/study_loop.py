@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
+import sys
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 from rich.console import Console
@@ -26,9 +30,14 @@ from hpo.search.progress import StudyProgress
 from hpo.search.search_options import SearchOptions
 from hpo.search.storage import HEARTBEAT_S, RECONNECT_S, open_storage, redact, unavailable_in
 from hpo.study import algorithms
+from hpo.study.model_code import ModelCode, digest, locate
 from hpo.study.studyfile import StudySpec
 
 SPEC_ATTR = "hpo"  # study user attr holding what analyze needs to rebuild the objective
+# Study user attr naming the study's build function and its module's SHA-256 (and the file's
+# name, to say which file differs): what a resuming run or a worker compares its copy with.
+# Data only: no process imports or opens anything because of it.
+MODEL_ATTR = "model_code"
 
 
 def spec_record(spec: StudySpec) -> dict:
@@ -46,6 +55,104 @@ def spec_record(spec: StudySpec) -> dict:
     }
 
 
+def model_record(
+    spec: StudySpec, build: Callable | None = None, code_paths: Sequence[str | Path] = ()
+) -> dict[str, Any] | None:
+    """What a study records of its model code (MODEL_ATTR), found here as training would find
+    it: `build` (a function passed from Python) wins over the study file's [model] build; None
+    for hpo's own Dense stack. A module that cannot be found is one line."""
+    if build is not None:
+        return function_record(build)
+    if spec.model is None:
+        return None
+    path = locate(spec.model, code_paths)
+    return {"build": spec.model.build, "sha256": digest(path), "file": path.name}
+
+
+def function_record(build: Callable) -> dict[str, Any]:
+    """MODEL_ATTR for a function object: its module's file's SHA-256 when it has one (a
+    notebook's function has none: null)."""
+    module_name = getattr(build, "__module__", None) or "__main__"
+    name = getattr(build, "__qualname__", None) or getattr(build, "__name__", "build")
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    path = Path(file) if isinstance(file, str) and Path(file).is_file() else None
+    return {
+        "build": f"{module_name}:{name}",
+        "sha256": digest(path) if path else None,
+        "file": path.name if path else None,
+    }
+
+
+def model_record_problem(record: Any) -> str | None:
+    """What in a MODEL_ATTR read from the storage is not what hpo writes, or None. Its values
+    are shown and compared, never imported or opened."""
+    if not isinstance(record, dict):
+        return f"not a table: {type(record).__name__}"
+    if not isinstance(record.get("build"), str) or not record["build"]:
+        return f"build: must be a text, got {record.get('build')!r}"
+    sha = record.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        return f"sha256: must be 64 hex digits, got {sha!r}"
+    file = record.get("file")
+    if file is not None and not (isinstance(file, str) and file and Path(file).name == file):
+        return f"file: must be a file's name, got {file!r}"
+    return None
+
+
+def check_model_code(recorded: Any, local: dict[str, Any] | None, study_name: str) -> None:
+    """Refuse to train a study with another model than it records (MODEL_ATTR): another
+    build function, or a module whose SHA-256 differs. One line saying what to do."""
+    if recorded is None:
+        return
+    problem = model_record_problem(recorded)
+    if problem is not None:
+        raise HpoError(
+            f"study {study_name!r}: its {MODEL_ATTR} record is malformed ({problem}); "
+            "choose another --study"
+        )
+    if local is None:
+        raise HpoError(
+            f"study {study_name!r} trains model.build {recorded['build']}; this study file "
+            "has no [model]: add it, or choose another --study"
+        )
+    if local["build"] != recorded["build"]:
+        raise HpoError(
+            f"model.build: study {study_name!r} trains {recorded['build']}, this run builds "
+            f"{local['build']}; choose another --study"
+        )
+    theirs, ours = recorded.get("sha256"), local.get("sha256")
+    if theirs and ours and theirs != ours:
+        raise HpoError(differs(local.get("file") or recorded["build"], ours, theirs))
+
+
+def differs(file: str, here: str, theirs: str) -> str:
+    """The line that refuses a study whose module differs from the copy found here."""
+    return (
+        f"model.build: {file} here differs from the study's (sha256 {here[:8]}… vs "
+        f"{theirs[:8]}…): install the study's version or pass --code-path"
+    )
+
+
+def served_model(
+    spec: StudySpec, recorded: Any, study_name: str, code_paths: Sequence[str | Path]
+) -> StudySpec:
+    """`spec` (read from a shared storage) as a pool worker trains it, or one line why it
+    cannot: its module is looked for on `code_paths` and installed only (never beside the
+    submitter's study file, a path of another machine), and must have the SHA-256 the study
+    records."""
+    if spec.model is None:
+        if recorded is not None:
+            raise HpoError(f"its {MODEL_ATTR} names a model but its study file has no [model]")
+        return spec
+    if recorded is None or model_record_problem(recorded) or not recorded.get("sha256"):
+        raise HpoError(
+            f"it records no SHA-256 of its model code ({spec.model.build}); hpo submit it again"
+        )
+    spec = replace(spec, model=ModelCode(spec.model.build))  # no folder of another machine
+    check_model_code(recorded, model_record(spec, code_paths=code_paths), study_name)
+    return spec
+
+
 def open_study(
     spec: StudySpec,
     storage_url: str,
@@ -53,9 +160,14 @@ def open_study(
     heartbeat_s: int = HEARTBEAT_S,
     reconnect_s: float = RECONNECT_S,
     storage: optuna.storages.BaseStorage | None = None,
+    *,
+    build: Callable | None = None,
+    code_paths: Sequence[str | Path] = (),
 ) -> optuna.Study:
     """The study `study_name` in the storage (`storage`, else opened at `storage_url`),
-    created for `spec` or checked to be of it."""
+    created for `spec` or checked to be of it: its dataset, its metric and its model code
+    (`build`, else the study file's [model] found on `code_paths`: model_record)."""
+    model = model_record(spec, build, code_paths)  # a missing module: one line, no study made
     storage = storage or open_storage(storage_url, heartbeat_s, reconnect_s)
     if names.problem(study_name) is not None:  # an odd name may load, never be made anew
         try:
@@ -84,6 +196,10 @@ def open_study(
             f"study {study_name!r} in {redact(storage_url)} tunes "
             f"{recorded.get('dataset')} on {recorded.get('metric')}; choose another --study"
         )
+    recorded_model = study.user_attrs.get(MODEL_ATTR)
+    if recorded_model is None and model is not None:
+        study.set_user_attr(MODEL_ATTR, model)
+    check_model_code(recorded_model, model, study_name)
     if study.metric_names is None:
         with warnings.catch_warnings():  # metric names are "experimental" in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -102,6 +218,16 @@ def load_data(
     if prepared.preparation is not None:
         stored_preparation.save_or_check(study, prepared.preparation.to_dict(), spec.dataset)
     return prepared
+
+
+def model_options(
+    spec: StudySpec, build: Callable | None, code_paths: Sequence[str | Path]
+) -> dict[str, Any]:
+    """The Objective's arguments for the study's own model: the function passed from Python,
+    and where its [model] module is found; none for hpo's Dense stack."""
+    if build is None and spec.model is None:
+        return {}
+    return {"build": build, "code_paths": tuple(str(p) for p in code_paths)}
 
 
 @dataclass
@@ -136,7 +262,15 @@ def run(
     if trials < 1:
         raise HpoError(f"--trials must be at least 1, got {trials}")
     if study is None:  # else the caller's open_study: its storage, not a second connection
-        study = open_study(spec, options.storage_url, name, options.heartbeat, options.reconnect)
+        study = open_study(
+            spec,
+            options.storage_url,
+            name,
+            options.heartbeat,
+            options.reconnect,
+            build=options.build,
+            code_paths=options.code_paths,
+        )
     before = finished(study)
     if before >= trials:
         return RunResult(study, before, before, interrupted=False)
@@ -168,6 +302,7 @@ def run(
             check_interrupt=ctrl_c.check,
             admit=budget.admit,
             artifact_store=store,
+            **model_options(spec, options.build, options.code_paths),
         )
         own_failures = (TrialFailed, OverBudget)  # a trial's own ends: recorded, not raised
         why_not = batch_trials > 1 and objective.unstackable()

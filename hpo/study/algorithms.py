@@ -9,6 +9,7 @@ epochs), most of a 50-trial budget.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -85,6 +86,13 @@ def make_sampler(config: dict[str, Any], seed: int | None = None) -> optuna.samp
     kwargs = {**SAMPLER_DEFAULTS.get(config["name"], {}), **options}
     if seed is not None:
         kwargs["seed"] = seed
+    if config["name"] == "tpe" and kwargs.get("multivariate") and "group" not in kwargs:
+        # A space with `when` or per-layer parameters changes from trial to trial: multivariate
+        # TPE then models each set of parameters that occur together (group) jointly, where
+        # without it any parameter not in every trial is sampled independently.
+        with warnings.catch_warnings():  # hpo's choice, not the user's experimental option
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return cls(**kwargs, group=True)
     if config["name"] == "cmaes":  # CMA-ES cannot sample categoricals; let it say so once, quietly
         kwargs.setdefault("warn_independent_sampling", False)
     return cls(**kwargs)

@@ -267,7 +267,7 @@ def parse(doc: dict[str, Any], source: str, known: Known | None = None) -> Study
 
     # What [space] leaves out: the book's model for a built-in dataset; searched for your own.
     defaults = book_config(dataset, task) if rows is None else table_space(rows)
-    space = parse_space(doc.get("space", {}), task, source, defaults)
+    space = parse_space(doc.get("space", {}), task, source, defaults, custom=model is not None)
     if metric == "val_loss" and "loss" in space.searched():
         raise HpoError(
             f"{source}: study.metric: val_loss is not comparable across trials when "

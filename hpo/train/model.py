@@ -84,15 +84,27 @@ class FoldDense(keras.layers.Layer):
     fold f's rows, so training them together is training them apart, in one step instead of k.
     """
 
-    def __init__(self, units: int, activation: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        units: int,
+        activation: str | None = None,
+        kernel_regularizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.units = units
         self.activation = keras.activations.get(activation)
+        # An L2 penalty on the (folds, inputs, units) kernel is the sum of each fold's own:
+        # fold f's slice gets the gradient of its own penalty, as a model alone would.
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
     def build(self, input_shape) -> None:
         folds, features = input_shape[-2], input_shape[-1]
         self.kernel = self.add_weight(
-            name="kernel", shape=(folds, features, self.units), initializer=FoldInitializer()
+            name="kernel",
+            shape=(folds, features, self.units),
+            initializer=FoldInitializer(),
+            regularizer=self.kernel_regularizer,
         )
         self.bias = self.add_weight(name="bias", shape=(folds, self.units), initializer="zeros")
 
@@ -107,6 +119,7 @@ class FoldDense(keras.layers.Layer):
             **super().get_config(),
             "units": self.units,
             "activation": keras.activations.serialize(self.activation),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
         }
 
 
@@ -129,16 +142,46 @@ class StackTrials(keras.layers.Layer):
         return (input_shape[0], self.trials * folds, input_shape[-1])
 
 
+def stack_blocker(params: Mapping[str, Any]) -> str | None:
+    """Why the model of `params` cannot be built with folds or trials stacked side by side
+    (FoldDense, StackTrials), in one line; None when it can. BatchNormalization normalizes by
+    the statistics of its batch, which in a stacked model would be every fold's and every
+    trial's rows together: such folds train one after another instead."""
+    if params.get("batch_norm", False):
+        return (
+            "batch_norm: BatchNormalization's batch statistics would mix the stacked "
+            "folds' or trials' rows"
+        )
+    return None
+
+
+def layer_units(params: Mapping[str, Any], layer: int) -> int:
+    """The width of hidden layer `layer` (from 1): units_<layer> where [space] searches units
+    per layer (per_layer = true), else the one units of every layer."""
+    key = f"units_{layer}"
+    return int(params[key] if key in params else params["units"])
+
+
 def build(
     params: Mapping[str, Any], data: Prepared, folds: int = 1, trials: int = 1
 ) -> keras.Model:
     """The book's stack of Dense layers, sized and trained as `params` says.
 
+    Each hidden layer is `layer_units` wide; `l2` (optional, default 0) puts an L2 penalty on
+    the hidden layers' kernels (not the output layer's, as the book's chapter 5 does), carried
+    as the model's `losses`; `batch_norm` (optional, default false) makes each hidden layer
+    Dense without activation → BatchNormalization → activation (the Dense bias is redundant
+    there, but kept: the fused loop's word-ids form reads the first layer's kernel and bias).
+
     With `folds` > 1, the k-fold models of one trial as one model (FoldDense layers): its input
     is (batch, folds, features), one sample of each fold's training rows per batch row, and
     its output has the same fold axis (see stack_folds). With `trials` > 1, that many trials'
     models (k-fold or single) side by side, their slots along the fold axis (StackTrials); a
-    Dropout layer is there if `params` has a dropout, each trial's rate given in training."""
+    Dropout layer is there if `params` has a dropout, each trial's rate given in training.
+    Either is a ValueError where `stack_blocker` gives a reason."""
+    blocker = stack_blocker(params)
+    if blocker and (folds > 1 or trials > 1):
+        raise ValueError(f"this model cannot be stacked: {blocker}")
     features = data.x_train.shape[1:]
     shape = features if folds == 1 else (folds, *features)
     inputs = keras.Input(shape=shape, dtype=str(data.x_train.dtype))
@@ -155,8 +198,16 @@ def build(
         # than converting every batch on the host and keeps the data compact in memory.
         x = keras.layers.Rescaling(data.input_scale, name="to_float")(x)
     dense = keras.layers.Dense if folds == 1 and trials == 1 else FoldDense
-    for _ in range(params["layers"]):
-        x = dense(params["units"], activation=params["activation"])(x)
+    l2 = float(params.get("l2", 0.0))
+    regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
+    for layer in range(1, params["layers"] + 1):
+        units = layer_units(params, layer)
+        if params.get("batch_norm", False):  # never stacked: dense is Dense here
+            x = dense(units, kernel_regularizer=regularizer)(x)
+            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.Activation(params["activation"])(x)
+        else:
+            x = dense(units, activation=params["activation"], kernel_regularizer=regularizer)(x)
         if params["dropout"] > 0:
             x = keras.layers.Dropout(params["dropout"])(x)
     if data.task == "binary":

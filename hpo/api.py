@@ -196,11 +196,15 @@ def analyze(
     out: str | Path | None = None,
     artifacts: str | Path | None = DEFAULT_ARTIFACTS,
     data_dir: str | None = None,
+    build: Callable[[dict[str, Any], Any], Any] | None = None,
+    code_paths: str | Path | Sequence[str | Path] = (),
     progress: bool | Console = True,
 ):
     """Retrain the best trial(s) for their best epoch on all training data and test them, and
     the ensemble chosen from the top `candidates` trials' validation predictions; hand over
-    `handover` (best, seeds or trial-ensemble: the model predict uses).
+    `handover` (best, seeds or trial-ensemble: the model predict uses). A study of your own
+    model retrains it from `build` (the function `optimize` was given), else from the study
+    file's [model] module, looked for on `code_paths`, beside the study file, then installed.
 
     Returns hpo.results.analysis.AnalysisResult: `.results` (per trial: `.mean("mae")`, `.std(…)`,
     `.ensemble`, `.model`), `.handed` (`.name`, `.selection`, `.trial_ensemble_test`), `.report`
@@ -216,12 +220,15 @@ def analyze(
         out=Path(out) if out else None,
         artifacts=str(artifacts) if artifacts else None,
         data_dir=data_dir,
+        code_paths=check_code_paths(code_paths),
     )
-    return analyze_with(options, _console(progress))
+    return analyze_with(options, _console(progress), build)
 
 
-def analyze_with(options: AnalyzeOptions, console: Console):
-    """hpo.analyze, or `hpo analyze`, on options built once."""
+def analyze_with(
+    options: AnalyzeOptions, console: Console, build: Callable[..., Any] | None = None
+):
+    """hpo.analyze, or `hpo analyze`, on options built once; `build`: a function from Python."""
     from hpo.backend import import_keras
     from hpo.results import analysis
     from hpo.train import predictions
@@ -232,6 +239,9 @@ def analyze_with(options: AnalyzeOptions, console: Console):
     spec = studyfile.load(options.target)
     name = options.study or spec.name
     found = load_study(spec, name, options.storage_url)
+    # The model code found here must be the one the study trained (its recorded SHA-256).
+    local = study_loop.model_record(spec, build, options.code_paths)
+    study_loop.check_model_code(found.user_attrs.get(study_loop.MODEL_ATTR), local, name)
     # A study whose trials kept predictions needs the store they are in; one that never
     # stored anything there may start it now (for the report's figures).
     kept = any(predictions.ATTR in t.user_attrs for t in found.get_trials(deepcopy=False))
@@ -249,6 +259,8 @@ def analyze_with(options: AnalyzeOptions, console: Console):
             candidates=options.candidates,
             handover=options.handover,
             progress=status,
+            build=build,
+            code_paths=options.code_paths,
         )
 
 
@@ -323,10 +335,13 @@ def load_model(
     storage: str = DEFAULT_STORAGE,
     model: str | Path | None = None,
     artifacts: str = DEFAULT_ARTIFACTS,
+    code_paths: str | Path | Sequence[str | Path] = (),
 ):
     """The model `hpo analyze` handed over for a study, with the preparation of its data: a
     Predictor (hpo.results.prediction; `.predict(rows)`, `.model`). Found in analyze's folder
-    (`model`, else storage/reports/STUDY), else fetched from the artifact store `artifacts`."""
+    (`model`, else storage/reports/STUDY), else fetched from the artifact store `artifacts`.
+    A study of your own model imports its [model] module first (on `code_paths`, beside the
+    study file, or installed), so the custom layers it registers load."""
     from hpo.results import prediction as predict_lib
 
     found = studyfile.identity(str(target))
@@ -338,6 +353,8 @@ def load_model(
         lambda: _open_existing(name, storage),
         name,
         lambda: artifact_stores.open_store(artifacts, create=False),
+        code=predict_lib.model_code(str(target)),
+        code_paths=check_code_paths(code_paths),
     )
 
 
@@ -351,10 +368,18 @@ def predict(
     model: str | Path | None = None,
     artifacts: str = DEFAULT_ARTIFACTS,
     probabilities: bool = False,
+    code_paths: str | Path | Sequence[str | Path] = (),
 ):
     """Predictions of the tuned model for `rows` (a .csv/.parquet/.npz path, a DataFrame or an
     array), prepared as the study's training rows were; written to `out` when given. Returns a
     pandas DataFrame: the value for regression; the class and its probability (and each class'
     probability with `probabilities=True`) for classification."""
-    predictor = load_model(target, study=study, storage=storage, model=model, artifacts=artifacts)
+    predictor = load_model(
+        target,
+        study=study,
+        storage=storage,
+        model=model,
+        artifacts=artifacts,
+        code_paths=code_paths,
+    )
     return predictor.predict_file(rows, out=Path(out) if out else None, probabilities=probabilities)

@@ -9,6 +9,7 @@ standard deviation, so one lucky initialisation is not mistaken for a better con
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -21,17 +22,20 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.backend import import_keras, set_random_seed
-from hpo.data.arrays import Prepared
+from hpo.data.arrays import Prepared, cut_to
 from hpo.data.values import some
-from hpo.errors import HpoError
+from hpo.errors import HpoError, first_line
 from hpo.results import handover as handover_lib
 from hpo.results import report as report_lib
 from hpo.results.retrained import Retrained, test_metrics
 from hpo.search.progress import RetrainStatus
 from hpo.study.space import DEFAULT_LOSS
 from hpo.study.studyfile import StudySpec
-from hpo.train import engine, programs, word_ids
+from hpo.train import build_function, engine, programs, word_ids
 from hpo.train import model as model_lib
+from hpo.train.build_function import BuildFailed, BuildFn
+
+log = logging.getLogger("hpo.analysis")
 
 
 def ranked_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
@@ -50,27 +54,63 @@ def best_epoch(trial: FrozenTrial) -> int:
     return epoch
 
 
+def trial_data(params: Mapping[str, Any], data: Prepared) -> Prepared:
+    """The data a trial trained on: the study's, its word-id sequences cut to the trial's
+    `maxlen` where it searched one (the last `maxlen` columns, hpo.data.arrays.cut_to)."""
+    maxlen = params.get("maxlen")
+    if maxlen is None or data.input_kind != "sequence":
+        return data
+    return cut_to(data, maxlen)
+
+
+def build_model(
+    params: Mapping[str, Any], data: Prepared, build: BuildFn | None = None
+) -> tuple[Any, bool]:
+    """(a fresh model of `params`, whether the build function compiled it): hpo's Dense stack,
+    or the study's build function's model, compiled as the objective compiles it (hpo's
+    optimizer, learning rate and loss, unless the function compiled it itself)."""
+    if build is None:
+        return model_lib.build(params, data), False
+    inputs = build_function.inputs_of(data)
+    try:
+        model, by_user = build_function.call(build, params, inputs)
+        if not model.built:  # a Sequential model without an Input, as the objective builds it
+            model.build((None, *inputs.shape))
+    except BuildFailed as exc:
+        raise HpoError(f"retraining with {_params_text(params)}: {exc}") from exc
+    except Exception as exc:  # Keras' error building the user's model for these inputs
+        raise HpoError(
+            f"retraining with {_params_text(params)}: its model could not be built for inputs "
+            f"of shape {inputs.shape}: {type(exc).__name__}: {first_line(exc)}"
+        ) from exc
+    if not by_user:
+        model_lib.compile_model(model, params, data.task)
+    return model, by_user
+
+
 def retrain(
     params: Mapping[str, Any],
     data: Prepared,
     epochs: int,
     seed: int,
     cache: programs.DeviceCache | None = None,
+    build: BuildFn | None = None,
 ):
     """A fresh model trained on the whole training set; (model, test metrics).
 
     It trains in the loop the search trained in (engine.choose()): the fused loop takes the
     same optimizer steps as model.fit (tests/e2e/test_engine.py) at a fraction of the per-epoch
     cost, which is most of a small network's retrain. `cache` keeps the training arrays on
-    the device, and the compiled programs, from one retrain to the next."""
-    keras = import_keras()
-    keras.backend.clear_session()
-    set_random_seed(seed)
-    model = model_lib.build(params, data)
-    y = model_lib.targets(data.y_train, data.task, params["loss"], data.n_outputs)
-    if engine.choose() == "fused":
-        trainer = programs.trainer(
-            model,
+    the device, and the compiled programs, from one retrain to the next. A build function's
+    model trains in the fused loop called whole (one input, one output, compiled by hpo),
+    else, or where the fused loop fails on it, with model.fit from the same seed."""
+    data = trial_data(params, data)
+    model, by_user = _fresh(params, data, seed, build)
+    # A model its function compiled trains on targets in the form of its own loss.
+    loss = _loss_name(model.loss, params["loss"]) if by_user else params["loss"]
+    y = model_lib.targets(data.y_train, data.task, loss, data.n_outputs)
+    if engine.choose() == "fused" and _fusable(model, by_user):
+        options = dict(
             cache=cache or programs.DeviceCache(),
             loss=params["loss"],
             task=data.task,
@@ -78,18 +118,71 @@ def retrain(
             validation=None,
             batch_size=params["batch_size"],
             seed=seed,
-            first_layer=word_ids.choose(data.packed, rows=len(data.x_train)),
             epochs=epochs,
         )
-        trainer.fit(epochs)
-    else:
-        model.fit(data.x_train, y, epochs=epochs, batch_size=params["batch_size"], verbose=0)
-    return model, evaluate(model, params, data)
+        if build is None:
+            first = word_ids.choose(data.packed, rows=len(data.x_train))
+            programs.trainer(model, first_layer=first, **options).fit(epochs)
+            return model, evaluate(model, params, data)
+        try:
+            programs.trainer(model, whole=True, **options).fit(epochs)
+            return model, evaluate(model, params, data, by_user)
+        except Exception as exc:  # the user's layers in a loop they were not written for
+            log.warning(
+                "retraining with model.fit: the fused loop cannot run this model (%s: %s)",
+                type(exc).__name__,
+                first_line(exc),
+            )
+            model, by_user = _fresh(params, data, seed, build)
+    model.fit(data.x_train, y, epochs=epochs, batch_size=params["batch_size"], verbose=0)
+    return model, evaluate(model, params, data, by_user)
 
 
-def evaluate(model, params: Mapping[str, Any], data: Prepared) -> dict[str, float]:
-    """The model's test metrics (test_metrics(task)), as Keras computes them."""
+def _fresh(
+    params: Mapping[str, Any], data: Prepared, seed: int, build: BuildFn | None
+) -> tuple[Any, bool]:
+    """A new model of `params` from `seed`, in a fresh Keras session."""
+    import_keras().backend.clear_session()
+    set_random_seed(seed)
+    return build_model(params, data, build)
+
+
+def _fusable(model: Any, by_user: bool) -> bool:
+    """Whether the fused loop can train this model, as the objective decides: one the build
+    function compiled keeps its own compile (its loss, its optimizer), which only model.fit
+    honours; the loop calls a functional or Sequential model of one input and one output of
+    shape (batch, values)."""
+    if by_user:
+        return False
+    try:
+        ins, outs = model.inputs, model.outputs
+    except (AttributeError, ValueError):  # a subclassed model
+        return False
+    return len(ins) == 1 and len(outs) == 1 and len(outs[0].shape) == 2
+
+
+def _loss_name(loss: Any, default: str) -> str:
+    """The name of a compiled model's loss (a string, a Loss object, a function): which form
+    its targets take (model_lib.targets: one-hot or not), as the objective reads it."""
+    if isinstance(loss, str):
+        return loss
+    fn = getattr(loss, "fn", None)  # Keras' LossFunctionWrapper: CategoricalCrossentropy()
+    name = getattr(fn or loss, "__name__", None)
+    return name if isinstance(name, str) else default
+
+
+def evaluate(
+    model, params: Mapping[str, Any], data: Prepared, by_user: bool = False
+) -> dict[str, float]:
+    """The model's test metrics (test_metrics(task)), as Keras computes them. A model its build
+    function compiled is scored as hpo compiles (the trial's loss, the task's metrics) through
+    a wrapper sharing its weights, so every trial's test figures mean the same."""
     targets = model_lib.targets(data.y_test, data.task, params["loss"], data.n_outputs)
+    if by_user:
+        keras = import_keras()
+        inputs = keras.Input(shape=data.x_test.shape[1:], dtype=str(data.x_test.dtype))
+        model = keras.Model(inputs, model(inputs))
+        model_lib.compile_model(model, params, data.task)
     scores = model.evaluate(
         data.x_test, targets, verbose=0, batch_size=model_lib.VALIDATION_BATCH, return_dict=True
     )
@@ -105,13 +198,16 @@ def retrain_config(
     on_run: Callable[[int], None] | None = None,
     ensemble: bool = False,
     cache: programs.DeviceCache | None = None,
+    build: BuildFn | None = None,
+    notes: list[str] | None = None,
 ) -> Retrained:
     """Retrain with each seed; with `ensemble` and several seeds, also test their mean prediction
-    (by convexity its MAE is never above the seeds' mean MAE: it is the model to deploy)."""
+    (by convexity its MAE is never above the seeds' mean MAE: it is the model to deploy). A
+    model Keras cannot copy into an ensemble (combine) gets none, and a line in `notes`."""
     result = Retrained(trial, dict(params), epochs, list(seeds))
     members = []
     for seed in seeds:
-        model, metrics = retrain(params, data, epochs, seed, cache)
+        model, metrics = retrain(params, data, epochs, seed, cache, build)
         result.runs.append(metrics)
         members.append(model)
         if on_run:
@@ -119,9 +215,62 @@ def retrain_config(
     result.model = members[0] if members else None
     result.models = members
     if ensemble and len(members) > 1:
-        result.ensemble_model = model_lib.average(members, params, data)
-        result.ensemble = evaluate(result.ensemble_model, params, data)
+        cut = trial_data(params, data)
+        try:
+            result.ensemble_model = combine(members, [1.0] * len(members), params, cut)
+        except EnsembleFailed as exc:
+            if notes is not None:
+                notes.append(f"no seeds' ensemble of trial {trial}: {exc}")
+        else:
+            result.ensemble = evaluate(result.ensemble_model, params, cut)
     return result
+
+
+class EnsembleFailed(Exception):
+    """Keras could not copy a member into an ensemble (a subclassed model without get_config):
+    one line, and the single model is handed over instead."""
+
+
+def combine(
+    members: list[Any], weights: list[float], params: Mapping[str, Any], data: Prepared
+) -> Any:
+    """model_lib.ensemble of trained `members` taking `data`'s input: a member that reads
+    shorter word-id sequences (a trial's own `maxlen`) is given the last columns it trained on
+    (fitted_to). Keras' clone_model copies functional and Sequential models, and subclassed
+    ones that serialize (get_config, a registered class); one that does not raises
+    EnsembleFailed."""
+    try:
+        fitted = [fitted_to(member, data) for member in members]
+        return model_lib.ensemble(fitted, weights, params, data)
+    except Exception as exc:  # Keras' errors on a model it cannot clone: any type
+        raise EnsembleFailed(
+            f"Keras cannot copy the model into one ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
+
+
+def fitted_to(member: Any, data: Prepared) -> Any:
+    """`member` taking `data`'s samples: as it is, or, where it reads shorter word-id
+    sequences than `data` holds (its trial searched a lower `maxlen`), behind standard Keras
+    layers that pass it the last columns, as hpo.data.arrays.cut_to does (Reshape to one
+    channel, Cropping1D from the front, Reshape back). Standard layers only: the ensemble's
+    file loads where hpo is not installed, and under safe_mode."""
+    keras = import_keras()
+    length = data.x_train.shape[1:]
+    try:
+        wanted = tuple(member.inputs[0].shape[1:])
+    except (AttributeError, IndexError, ValueError):  # a subclassed model: fed as it is
+        return member
+    if data.input_kind != "sequence" or len(length) != 1 or len(wanted) != 1:
+        return member
+    if wanted[0] is None or wanted[0] == length[0]:
+        return member
+    if wanted[0] > length[0]:
+        raise ValueError(f"a member reads {wanted[0]} word ids, more than the data's {length[0]}")
+    inputs = keras.Input(shape=length, dtype=str(data.x_train.dtype))
+    x = keras.layers.Reshape((length[0], 1))(inputs)
+    x = keras.layers.Cropping1D((length[0] - wanted[0], 0))(x)
+    x = keras.layers.Reshape(wanted)(x)
+    return keras.Model(inputs, member(x), name=f"last_{wanted[0]}_ids")
 
 
 def check_fits(spec: StudySpec, trial: FrozenTrial) -> None:
@@ -244,13 +393,22 @@ def analyze_study(
     candidates: int = handover_lib.CANDIDATES,
     handover: str = handover_lib.DEFAULT,
     progress: RetrainStatus | None = None,
+    build: BuildFn | None = None,
+    code_paths: tuple[str, ...] = (),
 ) -> AnalysisResult:
     """Retrain the top trials and the members of the ensemble chosen from the candidates'
     kept predictions (with an artifact store), save the models, write the report and the
-    study attrs; the model handed over is `handover`'s, or the next one that exists."""
+    study attrs; the model handed over is `handover`'s, or the next one that exists.
+
+    A study with a build function ([model]) retrains its models from it: `build`, else the
+    function imported from the study's module (beside the study file, on `code_paths`, or
+    installed: never a path the storage names); importing it also registers the custom layers
+    its models are saved with."""
     check_options(seeds, top, candidates, handover)
     handover = handover_lib.canonical(handover)
     check_target(folder)  # before any retraining
+    if build is None and spec.model is not None:
+        build = build_function.load(spec.model, code_paths)
     ranked = ranked_trials(study, max(top, candidates))
     trials = ranked[:top]
     notes: list[str] = []
@@ -271,25 +429,33 @@ def analyze_study(
         base = spec.seed or 0
         seed_list = list(range(base, base + seeds))
         cache = programs.DeviceCache()  # the arrays and programs, made once for every retrain
+        given = {"cache": cache, "build": build, "notes": notes}
         results = [
-            retrain_config(t.params, data, best_epoch(t), seed_list, t.number, on_run, True, cache)
+            retrain_config(
+                t.params, data, best_epoch(t), seed_list, t.number, on_run, True, **given
+            )
             for t in trials
         ]
         retrained = {r.trial: r for r in results}
         for t in extra:
             retrained[t.number] = retrain_config(
-                t.params, data, best_epoch(t), seed_list, t.number, on_run, cache=cache
+                t.params, data, best_epoch(t), seed_list, t.number, on_run, **given
             )
         best = results[0]
-        best.model.save(staging / handover_lib.FILES["best"])
+        _save(best.model, staging / handover_lib.FILES["best"])
         if best.ensemble_model is not None:
-            best.ensemble_model.save(staging / handover_lib.FILES["seeds"])
+            _save(best.ensemble_model, staging / handover_lib.FILES["seeds"])
         ensemble_test = None
         if chosen is not None:
-            selected, ensemble_test = _trial_ensemble_model(
-                [(retrained[t.number], w) for t, w in members], data
-            )
-            selected.save(staging / handover_lib.FILES["trial-ensemble"])
+            try:
+                selected, ensemble_test = _trial_ensemble_model(
+                    [(retrained[t.number], w) for t, w in members], data
+                )
+            except EnsembleFailed as exc:
+                notes.append(f"no trial ensemble: {exc}")
+                chosen = None
+            else:
+                _save(selected, staging / handover_lib.FILES["trial-ensemble"])
         name, note = _handed_over(handover, chosen is not None, best.ensemble_model is not None)
         notes += [note] if note else []
         handed = handover_lib.Handed(name, chosen, ensemble_test, notes)
@@ -337,9 +503,22 @@ def analyze_study(
     return result
 
 
+def _save(model: Any, path: Path) -> None:
+    """Save a model as .keras; a model Keras cannot save (a subclassed one without get_config)
+    is one line."""
+    try:
+        model.save(path)
+    except Exception as exc:  # Keras' serialization errors: any type
+        raise HpoError(
+            f"{path.name}: Keras cannot save the model ({type(exc).__name__}: {first_line(exc)});"
+            " a subclassed model needs get_config and keras.saving.register_keras_serializable"
+        ) from exc
+
+
 def _trial_ensemble_model(members: list[tuple[Retrained, float]], data: Prepared):
     """The weighted ensemble of the selected trials' retrained models (each trial's weight
-    shared by its seeds' models), and its test metrics."""
+    shared by its seeds' models), and its test metrics. It takes the study's input: a member
+    whose trial searched a shorter `maxlen` reads the last columns (fitted_to)."""
     models, weights = [], []
     for retrained, weight in members:
         models += retrained.models
@@ -347,7 +526,7 @@ def _trial_ensemble_model(members: list[tuple[Retrained, float]], data: Prepared
     # Members may have trained on different losses: the ensemble's test loss is the task's
     # usual one (cross-entropy for classes), whatever its members'.
     params = {**members[0][0].params, "loss": DEFAULT_LOSS[data.task]}
-    model = model_lib.ensemble(models, weights, params, data)
+    model = combine(models, weights, params, data)
     return model, evaluate(model, params, data)
 
 
@@ -415,6 +594,8 @@ def _save_note(study: optuna.Study, spec: StudySpec, result: AnalysisResult) -> 
 
 
 def _params_text(params: Mapping[str, Any]) -> str:
+    """A trial's parameters on one line, whatever their names; a trial lacks those whose
+    `when` was false, and per-layer ones come as name_1 … name_L."""
     return ", ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
     )

@@ -34,10 +34,14 @@ class AnalyzeOptions:
     out: Path | None = None  # the report's folder; default: REPORTS / the study's folder
     artifacts: str | None = artifact_stores.DEFAULT
     data_dir: str | None = None
+    # Folders a study's [model] module is looked for in, before the study file's folder and
+    # the installed modules (--code-path).
+    code_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", str(self.target))
         object.__setattr__(self, "out", Path(self.out) if self.out else None)
+        object.__setattr__(self, "code_paths", tuple(str(p) for p in self.code_paths))
 
     def folder(self, name: str) -> Path:
         """The report's folder for the study `name`."""
@@ -48,4 +52,6 @@ class AnalyzeOptions:
         argv = ["predict", self.target, "NEW_ROWS.csv", "--out", "predictions.csv"]
         argv += ["--study", self.study] if self.study else []
         argv += location_options(self.storage_url, None)
+        for folder in self.code_paths:
+            argv += ["--code-path", folder]
         return argv + (["--model", str(model_folder)] if self.out else [])

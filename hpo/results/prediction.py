@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from hpo.data.preparation import Preparation
 from hpo.errors import HpoError, first_line
 from hpo.results import handover as handover_lib
 from hpo.results.handover import ATTR
+from hpo.study import studyfile
+from hpo.study.model_code import ModelCode, parse_model
 from hpo.study.studyfile import Identity
 
 MODEL_FILES = ("ensemble.keras", "model.keras")  # before handover.json: the ensemble first
@@ -257,6 +260,50 @@ def handed_over(folder: Path) -> Path:
     return path
 
 
+def model_code(target: str) -> ModelCode | None:
+    """The [model] build a study file names (None: hpo's own model), read without the rest of
+    the file: predict runs where the training data is not."""
+    path = studyfile.resolve(target)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise HpoError(f"{path}: cannot read the study file ({exc})") from exc
+    return parse_model(doc["model"], str(path)) if "model" in doc else None
+
+
+def import_model_code(code: ModelCode | None, code_paths: Sequence[str | Path] = ()) -> None:
+    """Import the study's model module, so the custom layers it registers
+    (keras.saving.register_keras_serializable) are known when its saved model loads. Found as
+    training found it: on `code_paths`, beside the study file, or installed; never a path read
+    from the storage. A missing module is one line."""
+    if code is None:
+        return
+    from hpo.train import build_function
+
+    try:
+        build_function.load(code, code_paths)
+    except HpoError as exc:
+        raise HpoError(f"loading the study's model needs its code: {exc}") from exc
+
+
+def load_keras(path: Path) -> Any:
+    """A saved .keras model, loaded in Keras' safe mode: a Lambda layer's code is refused (the
+    file may come from a shared store), so custom layers must be registered classes."""
+    from hpo.backend import import_keras
+
+    keras = import_keras()
+    import hpo.train.model  # noqa: F401  (registers hpo's layers, so saved models load)
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)  # no Lambda's code
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {first_line(exc)}"
+        hint = ""
+        if "could not be deserialized" in why or "Could not locate" in why:
+            hint = " (a custom layer? register it in the study's model module)"
+        raise HpoError(f"{path}: cannot load the model ({why}){hint}") from exc
+
+
 def open_predictor(
     study_file: Identity,
     explicit: Path | None,
@@ -264,10 +311,13 @@ def open_predictor(
     study: Callable[[], optuna.Study],
     name: str,
     store: Callable[[], Any] | None = None,
+    *,
+    code: ModelCode | None = None,
+    code_paths: Sequence[str | Path] = (),
 ) -> Predictor:
     """The model `hpo analyze` saved for study `name` of `study_file` (in `explicit`, else in
     `default`, analyze's default folder), and the preparation of its data (beside the model,
-    or stored in the study)."""
+    or stored in the study). `code`: the study's [model], imported first (import_model_code)."""
     if not study_file.own_data:
         raise HpoError(
             f"hpo predict needs a study of your own data ([data] in the study file); "
@@ -283,14 +333,5 @@ def open_predictor(
         preparation = stored_preparation.load(study())
         if preparation is None:
             raise HpoError(f"study {name!r} has no stored preparation of its data")
-    from hpo.backend import import_keras
-
-    keras = import_keras()
-    import hpo.train.model  # noqa: F401  (registers hpo's layers, so saved models load)
-
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)  # no Lambda's code
-    except Exception as exc:
-        why = f"{type(exc).__name__}: {first_line(exc)}"
-        raise HpoError(f"{path}: cannot load the model ({why})") from exc
-    return Predictor(model, Preparation.from_dict(preparation), path)
+    import_model_code(code, code_paths)
+    return Predictor(load_keras(path), Preparation.from_dict(preparation), path)

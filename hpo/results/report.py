@@ -27,14 +27,18 @@ from matplotlib.ticker import MaxNLocator
 
 from hpo.results.handover import FILES, Handed
 from hpo.results.retrained import Retrained, test_metrics
-from hpo.results.summary import trials_frame
+from hpo.results.summary import ABSENT, missing, param_columns, trials_frame
 from hpo.study.space import DEFAULT_LOSS
 from hpo.study.studyfile import StudySpec
 from hpo.train.curves import smoothed
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; a missing value (a parameter the trial does not have) shows ABSENT."""
+
     def cell(value: Any) -> str:
+        if missing(value):
+            return ABSENT
         if isinstance(value, float):
             return f"{value:.4g}"
         return str(value).replace("|", "\\|")
@@ -117,18 +121,28 @@ def factor_effects(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     """Per searched parameter and value: trials, best and median validation metric.
 
     Continuous ranges are cut into three equal-count bins, each named by the lowest and
-    highest value its trials drew."""
+    highest value its trials drew. Per-layer values (units_1, units_2, ...) are factors of
+    their own; the trials without a parameter (a false `when`, fewer layers) are one more row,
+    its value ABSENT."""
     frame = trials_frame(study)
     done = frame[frame["state"] == "complete"]
     rows = []
     best = "max" if spec.direction == "maximize" else "min"
-    for name in spec.space.searched():
+    trials = [t.params for t in study.get_trials(deepcopy=False)]
+    for name in param_columns(spec.space.searched(), trials):
         if name not in done or done.empty:
             continue
-        column, labels = done[name], {}
-        if pd.api.types.is_float_dtype(column) and column.nunique() > 4:
+        held = done[done[name].notna()]
+        column, labels = held[name], {}
+        drawn = column.astype(float) if pd.api.types.is_numeric_dtype(column) else None
+        # An integer parameter that some trials lack is a float column to pandas: grouped by
+        # value all the same, as it is when every trial has it.
+        if drawn is not None and not (drawn == drawn.round()).all() and column.nunique() > 4:
             column, labels = _value_ranges(column)
-        for value, values in done.groupby(column)["value"]:
+        groups = list(held.groupby(column)["value"])
+        if len(held) < len(done):
+            groups.append((ABSENT, done[done[name].isna()]["value"]))
+        for value, values in groups:
             rows.append(
                 {
                     "factor": name,
@@ -224,10 +238,10 @@ def handover_section(
         f"{nested.in_sample:.4f}, optimistic).",
         "",
     ]
-    searched = spec.space.searched()
+    searched = param_columns(spec.space.searched(), [t.params for t in chosen.candidates])
     members = [
         [t.number, f"{w:.2f}", t.user_attrs["best_epoch"], f"{t.value:.4f}"]
-        + [t.params.get(p, "") for p in searched]
+        + [t.params.get(p, ABSENT) for p in searched]
         for t, w in chosen.members()
     ]
     header = ["trial", "weight", "epochs", spec.metric, *searched]
@@ -327,8 +341,10 @@ def write(
         .sort_values("value", ascending=spec.direction == "minimize")
         .head(10)
     )
-    shown = ["trial", "value", "best_epoch", *spec.space.searched()]
-    lines += ["## Top trials", "", markdown_table(shown, top[shown].values.tolist()), ""]
+    params = param_columns(spec.space.searched(), [t.params for t in study.trials])
+    shown = ["trial", "value", "best_epoch", *params]
+    rows = top.reindex(columns=shown).astype(object).values.tolist()
+    lines += ["## Top trials", "", markdown_table(shown, rows), ""]
     counts = frame["state"].value_counts().to_dict()
     lines += [f"{len(frame)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()), ""]
     lines += ["## Versions", "", markdown_table(["", ""], list(versions(head.seeds).items())), ""]

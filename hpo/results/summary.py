@@ -3,6 +3,8 @@ analyze's test results."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
@@ -35,6 +37,31 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ABSENT = "—"  # a parameter a trial does not have (its `when` was false; fewer layers)
+
+
+def param_columns(searched: Iterable[str], trials: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The parameter columns of a table of trials (`trials`: their params): each searched name
+    that some trial holds, followed by its per-layer values (units_1, units_2, ...) in layer
+    order. A name no trial holds is left out rather than shown empty; a searched parameter
+    with a `when` condition is shown, and a trial without it shows ABSENT."""
+    held: list[str] = []
+    for params in trials:
+        held += [name for name in params if name not in held]
+    columns = []
+    for name in searched:
+        if name in held:
+            columns.append(name)
+        per_layer = [p for p in held if re.fullmatch(rf"{re.escape(name)}_\d+", p)]
+        columns += sorted(per_layer, key=lambda p: int(p.rpartition("_")[2]))
+    return list(dict.fromkeys(columns))
+
+
+def missing(value: object) -> bool:
+    """Whether a table cell has no value (None, or pandas' NaN for a trial without it)."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def top_trials(study: optuna.Study, spec: StudySpec, n: int = 5) -> Table:
     frame = trials_frame(study)
     table = Table(title=f"best trials of {study.study_name} ({spec.metric})")
@@ -45,7 +72,8 @@ def top_trials(study: optuna.Study, spec: StudySpec, n: int = 5) -> Table:
         .sort_values("value", ascending=spec.direction == "minimize")
         .head(n)
     )
-    shown = ["trial", "value", "best_epoch", *spec.space.searched()]
+    trials = [t.params for t in study.get_trials(deepcopy=False)]
+    shown = ["trial", "value", "best_epoch", *param_columns(spec.space.searched(), trials)]
     for column in shown:
         table.add_column(SHORT.get(column, column), justify="right")
     for _, row in done.iterrows():
@@ -65,14 +93,15 @@ SHORT = {
 
 
 def _cell(column: str, value: object) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
+    if missing(value):
+        return "" if column in ("value", "best_epoch") else ABSENT
     if column == "value":
         return f"{value:.4f}"
     if column == "learning_rate":
         return f"{value:.1e}"
     if isinstance(value, float):
-        return f"{value:.3g}" if column != "best_epoch" else str(int(value))
+        # An integer parameter some trials lack comes out of pandas as a float: 32.0 → 32.
+        return str(int(value)) if column == "best_epoch" or value.is_integer() else f"{value:.3g}"
     return str(value)
 
 

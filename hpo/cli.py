@@ -149,6 +149,7 @@ def analyze(
     out: ReportOpt = None,
     artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
     data_dir: DataDirOpt = None,
+    code_path: CodePathOpt = None,
 ) -> None:
     """Retrain the best trial(s) for their best epoch on all training data and test them, with
     the ensemble chosen from the search's trials; hand over one of them."""
@@ -163,6 +164,7 @@ def analyze(
         out=out,
         artifacts=artifacts,
         data_dir=data_dir,
+        code_paths=check_code_paths(code_path),
     )
     result = api.analyze_with(options, console)
     console.print(summary.analysis_table(result, seeds))
@@ -228,6 +230,7 @@ def predict(
         typer.Option(help="hpo analyze's folder or a .keras file [storage/reports/STUDY]."),
     ] = None,
     artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
+    code_path: CodePathOpt = None,
 ) -> None:
     """Predict new rows with the model hpo analyze saved, prepared as the training rows were."""
     predicted = api.predict(
@@ -238,6 +241,7 @@ def predict(
         storage=storage_url,
         model=model,
         artifacts=artifacts,
+        code_paths=check_code_paths(code_path),
         probabilities=probabilities,
     )
     for column, count in predicted.attrs.get("unseen", {}).items():

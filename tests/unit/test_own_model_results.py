@@ -17,6 +17,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from conftest import run_cli
 
 import hpo
 from hpo.errors import HpoError
@@ -216,7 +217,7 @@ def test_analyze_hands_over_the_build_functions_models_and_hpo_loads_them(own_st
     assert "| gain_start | — |" in report  # the factor's row of the trials without it
 
 
-def test_a_missing_module_at_load_is_one_line(own_study, monkeypatch):
+def test_a_missing_module_at_load_is_one_line(own_study, monkeypatch, capsys):
     from hpo.results import prediction
 
     record_trials(own_study, TRIALS[:2], complementary)
@@ -232,11 +233,23 @@ def test_a_missing_module_at_load_is_one_line(own_study, monkeypatch):
     assert "\n" not in str(info.value) and "register it" in str(info.value)
 
     # The study's module gone: one line, before any model is read.
-    (own_study.parent / "tinymodels.py").rename(own_study.parent / "elsewhere.py")
+    code = own_study.parent / "code"
+    code.mkdir()
+    (own_study.parent / "tinymodels.py").rename(code / "tinymodels.py")
     with pytest.raises(HpoError) as info:
         hpo.load_model(own_study)
     message = str(info.value)
     assert "\n" not in message and "no module 'tinymodels'" in message
+    rows = own_study.parent / "rows.csv"
+    pd.DataFrame({"a": [1.0], "b": [0.0], "c": [0.0]}).to_csv(rows, index=False)
+    status, _, err = run_cli(capsys, "predict", str(own_study), str(rows))
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "tinymodels" in err
+    # Found on --code-path, it loads and predicts.
+    status, out, err = run_cli(
+        capsys, "predict", str(own_study), str(rows), "--code-path", str(code)
+    )
+    assert status == 0, err
+    assert "prediction" in out
 
 
 def test_trials_of_another_maxlen_retrain_on_their_ids_and_join_the_ensemble(workdir, monkeypatch):

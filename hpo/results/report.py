@@ -314,10 +314,13 @@ def write(
     ]
     if data_notes:
         lines += ["## Data", "", *[f"- {note}" for note in data_notes], ""]
+    # With the searched parameters it lacks (a false `when`, fewer layers), shown absent.
+    searched = param_columns(spec.space.searched(), [t.params for t in study.trials])
+    lacking = [(name, ABSENT) for name in searched if name not in head.params]
     lines += [
         "Parameters of the best trial:",
         "",
-        markdown_table(["parameter", "value"], list(head.params.items())),
+        markdown_table(["parameter", "value"], [*head.params.items(), *lacking]),
         "",
     ]
     for title, path in figures.items():

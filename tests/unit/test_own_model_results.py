@@ -215,6 +215,8 @@ def test_analyze_hands_over_the_build_functions_models_and_hpo_loads_them(own_st
         assert f" {name} " in header
     assert top.count("—") >= 3  # trials 2 and 3 lack gain_start, trial 2 units_2
     assert "| gain_start | — |" in report  # the factor's row of the trials without it
+    best_params = report[report.index("Parameters of the best trial") :].split("##")[0]
+    assert "| units_2 | — |" in best_params  # the best trial has one layer
 
 
 def test_a_missing_module_at_load_is_one_line(own_study, monkeypatch, capsys):

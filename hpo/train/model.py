@@ -273,10 +273,12 @@ def ensemble(
 def compile_model(model: keras.Model, params: Mapping[str, Any], task: str) -> None:
     """Compile `model` as hpo trains it: the trial's optimizer, learning rate and loss, and
     the task's metrics under the names the logs use (accuracy, or mae and mse). Also for a
-    build function's model that its function left uncompiled."""
-    optimizer = keras.optimizers.get(
-        {"class_name": params["optimizer"], "config": {"learning_rate": params["learning_rate"]}}
-    )
+    build function's model that its function left uncompiled. A `momentum` in the trial's
+    parameters (e.g. `when = { optimizer = "sgd" }`) goes to an optimizer that takes one."""
+    config = {"learning_rate": params["learning_rate"]}
+    if "momentum" in params and params["optimizer"] in ("sgd", "rmsprop"):
+        config["momentum"] = params["momentum"]
+    optimizer = keras.optimizers.get({"class_name": params["optimizer"], "config": config})
     loss = keras.losses.Huber() if params["loss"] == "huber" else params["loss"]
     model.compile(
         optimizer=optimizer,

@@ -42,7 +42,13 @@ def _convert(name: str, text: str) -> Any:
 
 def base_config(spec: StudySpec) -> dict[str, Any]:
     """The configuration variants vary from: the book's for its datasets; for your own data,
-    the defaults a study file's [space] starts from (the book's Dense stack for the task)."""
+    the defaults a study file's [space] starts from (the book's Dense stack for the task).
+    A study of your own model ([model]) has no such configuration: one line."""
+    if spec.model is not None:
+        raise HpoError(
+            f"hpo experiment varies the book's Dense stack, and {spec.path or 'this study'} "
+            "builds its own model ([model]); search its [space] with hpo optimize instead"
+        )
     return book_config(spec.dataset if spec.data is None else None, spec.task)
 
 

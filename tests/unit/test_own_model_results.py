@@ -407,3 +407,10 @@ def test_a_model_keras_cannot_copy_gets_no_ensemble():
         analysis.combine([member, member], [1.0, 1.0], params, data)
     assert "\n" not in str(info.value) and "cannot copy" in str(info.value)
     assert analysis._handed_over("trial-ensemble", False, False)[0] == "best"
+
+
+def test_experiment_refuses_a_study_of_your_own_model(own_study, capsys):
+    """hpo experiment varies the book's Dense stack one factor at a time: not a build
+    function's model, whose parameters it does not know. One line, exit 2."""
+    code, _, err = run_cli(capsys, "experiment", str(own_study), "--vary", "units=8,16")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "[model]" in err

@@ -11,7 +11,9 @@ the epoch's logs, so the host wakes once per epoch: the pruner still sees every 
 The training arrays are converted to backend tensors once and stay where the step runs. Each
 epoch's shuffle is drawn on the host from a seeded generator and sent as an index matrix; the
 last, partial batch is padded with zero-weight rows, so every batch has one shape and the
-losses are the same weighted means Keras computes (both in hpo.train.inputs).
+losses are the same weighted means Keras computes (both in hpo.train.inputs). Where the rows of
+a batch meet (BatchNormalization's batch statistics: `rows_meet`), the last batch trains
+apart at its own size instead, as in Keras.
 
 Keras' logs are reproduced: `loss` (the loss over the epoch's samples), the task's metrics
 (`accuracy`, or `mae` and `mse`) and their `val_` twins. The validation pass also returns its
@@ -19,6 +21,16 @@ predictions, so a trial can keep those of its best epoch (hpo.train.predictions)
 cost. A model whose output has a fold axis (hpo.train.model's stacked k-fold models: one batch
 row carries a sample of each fold) gets one loss per fold, summed so that each fold's weights
 receive exactly the gradient they would get alone; its logs are the folds' mean.
+
+Regularization losses (an l2 kernel regularizer, a layer's add_loss) are added to the training
+loss as Keras adds them (`model.losses`; under JAX collected by the StatelessScope), and to the
+logged `loss` and `val_loss` as Keras logs them.
+
+hpo's own models (hpo.train.model.build) are chains of layers, called one by one. Any other
+model of one input and one output (a build function's: hpo.train.build_function) is called
+whole (`whole`): its Dropout layers at their own rates, its BatchNormalization updating its
+moving statistics (non-trainable values, which travel through the compiled call under JAX as
+the optimizer's do).
 
 A text model's first layer can train on word ids instead of multi-hot rows (hpo.train.word_ids,
 the "ids" form). The learning rate and dropout rates are inputs of the compiled program, not
@@ -66,7 +78,8 @@ STACKABLE_OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
 
 
 class FusedTrainer:
-    """Trains a compiled Keras model (hpo.train.model.build) one compiled call per epoch."""
+    """Trains a compiled Keras model one compiled call per epoch: hpo's own (hpo.train.model.
+    build), layer by layer, or with `whole` any model of one input and one output."""
 
     def __init__(
         self,
@@ -85,6 +98,7 @@ class FusedTrainer:
         epochs: int | None = None,
         trials: int = 1,
         rates: dict[str, list[float]] | None = None,
+        whole: bool = False,
     ) -> None:
         # The program's own model: its layers and variables are what the compiled code calls
         # and (TensorFlow) updates. A later trial of the same structure trains in this same
@@ -93,7 +107,7 @@ class FusedTrainer:
         # Trials stacked in the model (its slots: trials x folds, trial after trial), and the
         # folds of each (1: single models, whose arrays have no fold axis).
         self.trials = trials
-        self.trial_folds = model.output.shape[1] // trials if trials > 1 else None
+        self.trial_folds = model.outputs[0].shape[1] // trials if trials > 1 else None
         self.batch_size = batch_size
         self.validation_batch_size = validation_batch_size
         self.shuffle = shuffle
@@ -103,7 +117,18 @@ class FusedTrainer:
         self.validating = validation is not None
         self.first_layer = first_layer
         self.cache = InputCache() if cache is None else cache
-        self.layers = model_lib.chain(model)
+        # Called whole (a model that is not hpo's chain), or layer by layer (hpo's own).
+        self.whole = whole
+        if whole and (first_layer != "dense" or trials > 1):
+            raise ValueError("a model called whole trains alone, on its rows as they are")
+        self.layers = [] if whole else model_lib.chain(model)
+        # Slots along the fold axis ((batch, slots, outputs): stacked folds or trials), each
+        # with its own regularization loss (_penalty; 1: a plain model).
+        self.slots = int(np.prod(model.outputs[0].shape[1:-1]))
+        # Whether the last, partial batch trains at its own size rather than padded with
+        # zero-weight rows: where rows meet in training (BatchNormalization's batch statistics
+        # would count the padding), or may (a layer that is not Keras' or hpo's own).
+        self.exact_last = rows_meet(model)
         if first_layer == "ids":
             # The first Dense layer is computed from word ids (hpo.train.word_ids), the rest of
             # the model as it is; a batch's words fill `capacity` positions.
@@ -163,7 +188,7 @@ class FusedTrainer:
             if needed > self.capacity[1]:
                 self._recompile((self.capacity[0], needed))
         # (validation batch, [folds,] outputs): one validation batch's predictions
-        self.prediction_shape = (self.val_plan[0].shape[1], *model.output.shape[1:])
+        self.prediction_shape = (self.val_plan[0].shape[1], *model.outputs[0].shape[1:])
         self.val_predictions: np.ndarray | None = None  # the last epoch's, in validation order
         self.trial_predictions: list[np.ndarray] = []  # each stacked trial's val_predictions
         # Dropout rates are arguments of the compiled call, so trials differing only in them
@@ -181,6 +206,11 @@ class FusedTrainer:
     def _rates(self, model: keras.Model, rates: dict[str, list[float]] | None) -> tuple:
         """(dropout rates, learning rates): the dropout layers' rates and an unused 0 for one
         trial (its learning rate is the optimizer's); for stacked trials, each per slot."""
+        if self.whole:  # its Dropout layers draw at their own rates
+            return (
+                ops.convert_to_tensor(np.zeros(1, np.float32)),
+                ops.convert_to_tensor(np.zeros(1, np.float32)),
+            )
         layers = sum(is_dropout(layer) for layer in model_lib.chain(model))
         if self.trials == 1:
             dropout = [layer.rate for layer in model_lib.chain(model) if is_dropout(layer)]
@@ -204,20 +234,46 @@ class FusedTrainer:
         self._traced = None
 
     def _call(self, trainable, non_trainable, x, rates, training: bool):
-        """The model on a batch: (predictions, non-trainable values after the call: JAX only)."""
-        if not self.stateless:  # TensorFlow: the variables are updated in place
-            return self._forward(x, rates, training), non_trainable
+        """The model on a batch: (predictions, non-trainable values after the call: JAX only,
+        the sum of its regularization losses or None)."""
         model = self.model
+        if not self.stateless:  # TensorFlow: the variables are updated in place
+            y_pred = self._forward(x, rates, training)
+            return y_pred, non_trainable, self._penalty()
         mapping = list(zip(model.trainable_variables, trainable, strict=True))
         mapping += zip(model.non_trainable_variables, non_trainable, strict=True)
-        with keras.StatelessScope(state_mapping=mapping) as scope:  # as stateless_call does
+        # As stateless_call(return_losses=True) does: add_loss values are collected by the
+        # scope, and regularizers read the scope's values of the weights (so they have a
+        # gradient).
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             y_pred = self._forward(x, rates, training)
-        return y_pred, [scope.get_current_value(v) for v in model.non_trainable_variables]
+            penalty = self._penalty()
+        non_trainable = [scope.get_current_value(v) for v in model.non_trainable_variables]
+        return y_pred, non_trainable, penalty
+
+    def _penalty(self):
+        """The model's regularization losses (after a call: add_loss values are the call's),
+        None if it has none; with stacked slots, each slot's own, a (slots,) vector, so that
+        each trial's or fold's logged loss holds its own penalty (every trainable variable of
+        a stacked model has the slot axis first, hpo.train.model.FoldDense)."""
+        losses = self.model.losses
+        if self.slots == 1 or not losses:
+            return _total(losses)
+        regularized = [v for v in self.model.trainable_variables if v.regularizer is not None]
+        if len(regularized) != len(losses):
+            raise ValueError("a stacked model's only losses are its weights' regularizers")
+        return sum(
+            ops.stack([ops.cast(v.regularizer(v.value[s]), "float32") for s in range(self.slots)])
+            for v in regularized
+        )
 
     def _forward(self, x, rates, training: bool):
         """The model's layers one after another (hpo.train.model.build makes a chain), its
-        Dropout layers at `rates`. In the ids form x is (batch rows, the rows' word ids as
-        word_ids.WordIds tensors, capacity) and the first Dense layer is summed from them."""
+        Dropout layers at `rates`; or, `whole`, the model itself. In the ids form x is (batch
+        rows, the rows' word ids as word_ids.WordIds tensors, capacity) and the first Dense
+        layer is summed from them."""
+        if self.whole:
+            return self.model(x, training=training)
         layers = self.layers
         if self.first_layer == "ids":
             rows, ids, capacity = x
@@ -248,23 +304,32 @@ class FusedTrainer:
         return ops.sum(values * weights, axis=0)
 
     def _loss(self, trainable, non_trainable, x, y, w, rates):
-        y_pred, non_trainable = self._call(trainable, non_trainable, x, rates, training=True)
+        call = self._call(trainable, non_trainable, x, rates, training=True)
+        y_pred, non_trainable, penalty = call
         losses = self.loss_fn(y, y_pred)
         per_fold = self._weighted(losses, w) / ops.sum(w)
         # Summed over folds: each fold's weights get the gradient of its own mean loss.
-        return ops.sum(per_fold), (non_trainable, y_pred, losses)
+        total = ops.sum(per_fold)
+        if penalty is not None:  # as Keras' compute_loss adds model.losses
+            total = total + ops.sum(penalty)
+        return total, (non_trainable, y_pred, losses, penalty)
 
-    def _sums(self, y, y_pred, w, loss_values) -> dict[str, Any]:
+    def _sums(self, y, y_pred, w, loss_values, penalty=None) -> dict[str, Any]:
         sums = {name: self._weighted(fn(y, y_pred), w) for name, fn in self.metrics.items()}
         sums["loss"] = self._weighted(loss_values, w)
+        if penalty is not None:
+            # Keras logs each batch's total loss, penalty included, weighted by its rows (a
+            # stacked slot: its own penalty).
+            sums["loss"] = sums["loss"] + penalty * ops.sum(w)
         return sums
 
     def _train_step(self, state, x, y, w, rates):
-        """One optimizer step; (new state, the batch's per-sample predictions and losses)."""
+        """One optimizer step; (new state, the batch's per-sample predictions and losses, its
+        regularization loss or None)."""
         model = self.model
         if self.stateless:
             trainable, non_trainable, optimizer_vars = state
-            (_, (non_trainable, y_pred, losses)), grads = value_and_grad(self._loss)(
+            (_, (non_trainable, y_pred, losses, penalty)), grads = value_and_grad(self._loss)(
                 trainable, non_trainable, x, y, w, rates
             )
             if self.trials > 1:
@@ -275,11 +340,11 @@ class FusedTrainer:
                 trainable, optimizer_vars = model.optimizer.stateless_apply(
                     optimizer_vars, grads, trainable
                 )
-            return (trainable, non_trainable, optimizer_vars), y_pred, losses
+            return (trainable, non_trainable, optimizer_vars), y_pred, losses, penalty
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            total, (_, y_pred, losses) = self._loss(None, None, x, y, w, rates)
+            total, (_, y_pred, losses, penalty) = self._loss(None, None, x, y, w, rates)
         # The ids form's kernel gradient arrives as IndexedSlices (rows of the words seen):
         # made dense, so the optimizer updates every row as it does for the dense layer.
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(total, model.trainable_variables)]
@@ -287,7 +352,7 @@ class FusedTrainer:
             self._slot_apply(grads, rates[1])
         else:
             model.optimizer.apply(grads, model.trainable_variables)
-        return state, y_pred, losses
+        return state, y_pred, losses, penalty
 
     def _slot_apply(self, grads, learning_rates) -> None:
         """The optimizer's step, each slot of each variable at its own learning rate: what
@@ -317,8 +382,10 @@ class FusedTrainer:
         )
 
     def _predict(self, state, x, rates):
+        """(predictions, regularization loss or None) of a validation batch."""
         trainable, non_trainable, _ = state if self.stateless else (None, None, None)
-        return self._call(trainable, non_trainable, x, rates, training=False)[0]
+        y_pred, _, penalty = self._call(trainable, non_trainable, x, rates, training=False)
+        return y_pred, penalty
 
     def _targets(self, y_all, rows):
         """A batch's targets; for stacked trials, repeated for each trial's slots."""
@@ -329,18 +396,22 @@ class FusedTrainer:
             y = ops.expand_dims(y, 1)
         return ops.tile(y, (1, self.trials) + (1,) * (y.ndim - 2))
 
-    def _epoch_fn(self, state, arrays, rates, indices, weights, val_indices, val_weights):
+    def _epoch_fn(self, state, arrays, rates, indices, weights, rest, val_indices, val_weights):
         x_train, y_train, x_val, y_val = arrays
 
-        def step(i, carry):
-            state, sums = carry
-            x = self._rows(x_train, indices[i], validation=False)
-            y = self._targets(y_train, indices[i])
-            state, y_pred, losses = self._train_step(state, x, y, weights[i], rates)
-            batch = self._sums(y, y_pred, weights[i], losses)
+        def train_on(state, sums, rows, w):
+            x = self._rows(x_train, rows, validation=False)
+            y = self._targets(y_train, rows)
+            state, y_pred, losses, penalty = self._train_step(state, x, y, w, rates)
+            batch = self._sums(y, y_pred, w, losses, penalty)
             return state, {k: sums[k] + batch[k] for k in sums}
 
+        def step(i, carry):
+            return train_on(*carry, indices[i], weights[i])
+
         state, sums = ops.fori_loop(0, indices.shape[0], step, (state, self._zero_sums()))
+        if rest.shape[0]:  # the last, partial batch at its own size (exact_last)
+            state, sums = train_on(state, sums, rest, ops.ones(rest.shape, "float32"))
         if not self.validating:
             return state, sums, None, None
 
@@ -348,8 +419,8 @@ class FusedTrainer:
             sums, predictions = carry
             x = self._rows(x_val, val_indices[i], validation=True)
             y = self._targets(y_val, val_indices[i])
-            y_pred = self._predict(state, x, rates)
-            batch = self._sums(y, y_pred, val_weights[i], self.loss_fn(y, y_pred))
+            y_pred, penalty = self._predict(state, x, rates)
+            batch = self._sums(y, y_pred, val_weights[i], self.loss_fn(y, y_pred), penalty)
             start = (i,) + (0,) * len(self.prediction_shape)
             predictions = ops.slice_update(
                 predictions, start, ops.expand_dims(ops.cast(y_pred, predictions.dtype), 0)
@@ -363,7 +434,7 @@ class FusedTrainer:
         return state, sums, val_sums, predictions
 
     def _zero_sums(self) -> dict[str, Any]:
-        folds = self.model.output.shape[1:-1]  # () for a plain model, (k,) for stacked folds
+        folds = self.model.outputs[0].shape[1:-1]  # () for a plain model, (k,) for stacked folds
         return {name: ops.zeros(folds) for name in (*self.metrics, "loss")}
 
     # --- the host side --------------------------------------------------------------------------
@@ -383,7 +454,12 @@ class FusedTrainer:
             # More words in a batch than compiled for, or the first epoch.
             needed = word_ids.capacity(self.lengths[0], indices, headroom=1.1)
             self._recompile((needed, self.capacity[1]))
-        args = (self.state, self.arrays, self.rates, indices, weights, *self.val_plan)
+        rest = np.zeros(0, np.int32)  # no batch apart: the last one padded
+        partial = self.n_train % self.batch_size
+        if self.exact_last and partial:
+            rest = indices[-1, :partial]
+            indices, weights = indices[:-1], weights[:-1]
+        args = (self.state, self.arrays, self.rates, indices, weights, rest, *self.val_plan)
         if self._traced is None:  # the first epoch of this load: trace or find the program
             self.state, sums, val_sums, predictions = self._epoch(*args)
             # tf.function looks up its trace on every call by canonicalizing each argument
@@ -440,3 +516,22 @@ class FusedTrainer:
         else:
             return  # TensorFlow trained the trial's model itself
         assign(self.target, values)
+
+
+def rows_meet(model: keras.Model) -> bool:
+    """Whether a row's output in training may depend on the other rows of its batch: the
+    model has a BatchNormalization layer, or a layer of neither Keras nor hpo, whose call
+    nothing here can vouch for."""
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            return True
+        if not type(layer).__module__.startswith(("keras.", "hpo.")):
+            return True
+    return False
+
+
+def _total(losses: list) -> Any:
+    """The sum of a model's losses (model.losses) as one float32 scalar; None when it has none."""
+    if not losses:
+        return None
+    return sum(ops.sum(ops.cast(loss, "float32")) for loss in losses)

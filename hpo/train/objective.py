@@ -19,13 +19,24 @@ Trials train through hpo.train.engine's fused loop (one compiled call per epoch)
 JAX, through model.fit otherwise; either way hpo.train.reporting's EpochReporter sees every
 epoch's logs. On the fused loop its storage calls run on a thread while the next epoch trains
 (ReportAhead).
+
+A study with a build function (`[model] build`, or `build=` from Python) trains the user's
+model (hpo.train.build_function), built afresh for each trial (and each fold), compiled by hpo
+with the trial's optimizer, learning rate and loss unless the function compiled it. The fused
+loop calls it whole; model.fit trains it where the fused loop cannot (the function compiled
+it, several inputs or outputs, a first epoch that fails to trace), which is said once per
+reason and recorded in the trial's `worker` (`engine`: fit, `fit_reason`). A function that
+raises, or returns no model, fails its trial with one line (`fail_reason`); the study goes on.
+k-fold folds that cannot stack (a user's model, or hpo's with model.stack_blocker) train one
+after another, an epoch of each in turn, their logs averaged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,11 +45,11 @@ from optuna.trial import TrialState
 
 from hpo import resources
 from hpo.backend import import_keras, set_random_seed
-from hpo.data import builtin, own
+from hpo.data import arrays, builtin, own
 from hpo.data.arrays import Prepared
-from hpo.errors import first_line
+from hpo.errors import HpoError, first_line
 from hpo.study.studyfile import StudySpec
-from hpo.train import engine, predictions, programs, word_ids
+from hpo.train import build_function, engine, predictions, programs, word_ids
 from hpo.train import model as model_lib
 from hpo.train.reporting import (
     STORAGE_CALLS,
@@ -50,6 +61,33 @@ from hpo.train.reporting import (
 
 keras = import_keras()  # through hpo.backend, which keeps the backend's start-up quiet
 log = logging.getLogger("hpo.objective")
+
+COMPILED_BY_USER = (
+    "the build function compiled its model: hpo keeps its optimizer, loss and metrics "
+    "(trained with model.fit)"
+)
+_said: set[str] = set()  # the lines said once per process (say_once)
+
+
+def say_once(line: str) -> None:
+    """Warn with `line` the first time this process meets it: a study's every trial would
+    repeat it."""
+    if line not in _said:
+        _said.add(line)
+        log.warning(line)
+
+
+def stack_blocker(params: dict[str, Any]) -> str | None:
+    """Why hpo's Dense model of `params` cannot stack its folds or trials (FoldDense), or None
+    (hpo.train.model.stack_blocker)."""
+    blocker = getattr(model_lib, "stack_blocker", None)
+    if blocker is not None:
+        return blocker(params)
+    return (
+        "batch normalization's statistics are each model's own"
+        if params.get("batch_norm")
+        else None
+    )
 
 
 class Objective:
@@ -65,9 +103,16 @@ class Objective:
         check_interrupt: Callable[[], None] | None = None,
         admit: Callable[[optuna.Trial], None] | None = None,
         artifact_store: Any = None,
+        build: build_function.BuildFn | None = None,
+        code_paths: Sequence[str | Path] = (),
     ) -> None:
         self.spec = spec
         self.data = data
+        # The user's build function (None: hpo's Dense model): given, or the study's
+        # [model] build imported once (a missing module or function is one line).
+        if build is None and spec.model is not None:
+            build = build_function.load(spec.model, code_paths)
+        self.build_fn = build
         self.admit = admit  # raises when the study's trial budget is already taken
         # Where each trial keeps its best epoch's validation predictions (None: nowhere).
         self.artifact_store = artifact_store
@@ -82,11 +127,14 @@ class Objective:
         self.on_epoch = on_epoch  # (trial number, epoch, monitored value), for progress display
         self.check_interrupt = check_interrupt  # raises KeyboardInterrupt after Ctrl-C
         self.engine = engine.choose()
-        # The fused loop trains text's first layer on word ids (hpo.train.word_ids).
+        # The fused loop trains text's first layer on word ids (hpo.train.word_ids): hpo's
+        # own Dense model only; a user's model reads the rows as they are.
         fused = self.engine == "fused"
         rows = len(data.x_train)
         folds = spec.validation.folds
         self.first_layer = word_ids.choose(data.packed, folds, rows) if fused else None
+        if fused and build is not None:
+            self.first_layer = "dense"
         self.worker = {
             **resources.worker_info(),
             "backend": keras.backend.backend(),
@@ -94,8 +142,10 @@ class Objective:
             "input": data.layout,
             **({"first_layer": self.first_layer} if self.first_layer else {}),
         }
-        # The fused loop's arrays on the device and its compiled programs, kept across trials.
+        # The fused loop's arrays on the device and its compiled programs, kept across trials;
+        # and each fold's, for folds that train one after another (_train_apart).
         self._cache = programs.DeviceCache()
+        self._fold_caches: list[programs.DeviceCache] = []
         self.trial_number: int | None = None  # the trial running, or run last
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -154,7 +204,15 @@ class Objective:
         if self.artifact_store is not None:
             self._kept = predictions.BestEpochs(self.spec.smooth_epochs)
         try:
-            if self.engine == "fused":
+            if self.build_fn is not None:
+                self._train_own(trial, params, reporter, seed, beside)
+            elif self.engine == "fused" and self._apart(params):
+                data = self.data
+                models = [model_lib.build(params, data) for _ in range(self.spec.validation.folds)]
+                if beside:
+                    beside()
+                self._run_apart(*self._start_apart(params, data, models, seed, False), reporter)
+            elif self.engine == "fused":
                 self._train_fused(params, reporter, seed, beside)
             elif self.spec.validation.kind == "kfold":
                 self._fit_folds(params, reporter)
@@ -195,8 +253,10 @@ class Objective:
                 first_line(exc),
             )
 
-    def _fit_args(self, params: dict[str, Any], x, y, validation) -> dict[str, Any]:
-        to_targets = self._targets(params)
+    def _fit_args(
+        self, params: dict[str, Any], x, y, validation, loss: str | None = None
+    ) -> dict[str, Any]:
+        to_targets = self._targets(params, loss)
         return {
             "x": x,
             "y": to_targets(y),
@@ -206,9 +266,10 @@ class Objective:
             "verbose": self.verbose,
         }
 
-    def _targets(self, params: dict[str, Any]):
-        data = self.data
-        return lambda y: model_lib.targets(y, data.task, params["loss"], data.n_outputs)
+    def _targets(self, params: dict[str, Any], loss: str | None = None):
+        """Labels → the targets `loss` (default: the trial's) expects."""
+        data, loss = self.data, loss or params["loss"]
+        return lambda y: model_lib.targets(y, data.task, loss, data.n_outputs)
 
     def _fit_holdout(self, params: dict[str, Any], reporter: EpochReporter) -> None:
         """Train a holdout trial with model.fit (torch, or HPO_ENGINE=fit)."""
@@ -268,13 +329,215 @@ class Objective:
                 if ahead.record(epoch, logs):
                     return
 
+    # --- folds one after another, and the user's own model -------------------------------------
+
+    def _apart(self, params: dict[str, Any]) -> str | None:
+        """Why a k-fold trial's folds train one after another rather than stacked as one
+        model (None: they stack, or there is one split), said once per reason."""
+        if self.spec.validation.folds == 1:
+            return None
+        why = "a build function's model" if self.build_fn is not None else stack_blocker(params)
+        if why:
+            say_once(f"k-fold: the folds of this model train one after another: {why}")
+        return why
+
+    def _caches(self, splits: int) -> list[programs.DeviceCache]:
+        """A device cache per split: each holds its own fold's arrays (InputCache keys on the
+        arrays' shapes, which all folds share), kept across trials."""
+        if splits == 1:
+            return [self._cache]
+        while len(self._fold_caches) < splits:
+            self._fold_caches.append(programs.DeviceCache())
+        return self._fold_caches[:splits]
+
+    def _start_apart(
+        self,
+        params: dict[str, Any],
+        data: Prepared,
+        models: list[keras.Model],
+        seed: int | None,
+        whole: bool,
+    ) -> tuple[list[engine.FusedTrainer], list[dict[str, float]]]:
+        """A fused trainer for each split's model (holdout: one), and their first epoch's logs
+        (where tracing fails, if it does). `whole`: a user's model, called whole."""
+        splits = list(self.spec.validation.splits(data.x_train, data.y_train))
+        trainers = []
+        for model, (train, val), cache in zip(
+            models, splits, self._caches(len(splits)), strict=True
+        ):
+            options = self._options(params, train, val, seed)
+            trainers.append(programs.trainer(model, cache=cache, whole=whole, **options))
+        return trainers, [trainer.run_epoch() for trainer in trainers]
+
+    def _run_apart(
+        self,
+        trainers: list[engine.FusedTrainer],
+        first: list[dict[str, float]],
+        reporter: EpochReporter,
+    ) -> None:
+        """Train each split's trainer an epoch in turn, from the second epoch (the first's
+        logs: `first`); report the folds' mean logs every epoch, and keep the validation
+        predictions as the stacked model's (rows per fold, folds, outputs)."""
+        with ReportAhead(reporter, STORAGE_CALLS) as ahead:
+            for epoch in range(1, self.spec.max_epochs + 1):
+                # while the previous epoch is told (ReportAhead)
+                each = first if epoch == 1 else [trainer.run_epoch() for trainer in trainers]
+                ahead.settle()
+                logs = {key: float(np.mean([fold[key] for fold in each])) for key in each[0]}
+                if self._kept is not None:
+                    kept = [trainer.val_predictions for trainer in trainers]
+                    self._keep_epoch(
+                        self._kept,
+                        reporter,
+                        epoch,
+                        kept[0] if len(kept) == 1 else np.stack(kept, 1),
+                    )
+                if ahead.record(epoch, logs):
+                    return
+
+    def _trial_data(self, params: dict[str, Any]) -> Prepared:
+        """The data a trial trains on: word-id sequences cut to its `maxlen` if it has one
+        (hpo.data.arrays.cut_to: views, no copy), else the study's."""
+        if "maxlen" in params and getattr(self.data, "input_kind", None) == "sequence":
+            return arrays.cut_to(self.data, params["maxlen"])
+        return self.data
+
+    def _build_own(
+        self, trial: optuna.Trial, params: dict[str, Any], inputs: build_function.Inputs
+    ) -> tuple[keras.Model, bool]:
+        """The build function's model for `params`, compiled (by hpo unless the function did),
+        and whether the function compiled it. A function that raises or returns no model, or
+        a model that cannot be built for the inputs, fails the trial with one line."""
+        try:
+            model, by_user = build_function.call(self.build_fn, params, inputs)
+            if isinstance(model, keras.Sequential) and not model.built:  # without an Input
+                model.build((None, *inputs.shape))
+        except Exception as exc:
+            reason = (
+                str(exc)
+                if isinstance(exc, build_function.BuildFailed)
+                else f"its model could not be built for inputs of shape {inputs.shape}: "
+                f"{type(exc).__name__}: {first_line(exc)}"
+            )
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason) from None
+        if by_user:
+            say_once(COMPILED_BY_USER)
+        else:
+            model_lib.compile_model(model, params, inputs.task)
+        return model, by_user
+
+    def _fit_reason(self, model: keras.Model) -> str | None:
+        """Why the fused loop cannot run the user's (hpo-compiled) model, or None."""
+        try:
+            ins, outs = model.inputs, model.outputs
+        except (AttributeError, ValueError):
+            return "the fused loop runs functional and Sequential models; this one is subclassed"
+        if len(ins) != 1 or len(outs) != 1:
+            return (
+                "the fused loop runs models of one input and one output; this one has "
+                f"{len(ins)} inputs and {len(outs)} outputs"
+            )
+        if len(outs[0].shape) != 2:
+            return (
+                f"the fused loop runs models whose output is (batch, values), not {outs[0].shape}"
+            )
+        return None
+
+    def _train_own(
+        self,
+        trial: optuna.Trial,
+        params: dict[str, Any],
+        reporter: EpochReporter,
+        seed: int | None,
+        beside: Callable[[], None] | None = None,
+    ) -> None:
+        """Train the build function's model for `params`: in the fused loop, called whole,
+        each fold one after another; else (or where its first epoch fails to trace) with
+        model.fit, said once per reason and recorded in the trial's `worker`."""
+        data = self._trial_data(params)
+        inputs = build_function.inputs_of(data)
+        model, by_user = self._build_own(trial, params, inputs)
+        folds = self.spec.validation.folds
+        self._apart(params)
+        why = None
+        if by_user:
+            why = COMPILED_BY_USER
+        elif self.engine == "fused":
+            why = self._fit_reason(model)
+            if why is None:
+                models = [model] + [
+                    self._build_own(trial, params, inputs)[0] for _ in range(folds - 1)
+                ]
+                if beside:  # no program to compile ahead for the next trial (prepare)
+                    beside()
+                try:
+                    started = self._start_apart(params, data, models, seed, True)
+                except (KeyboardInterrupt, TrialFailed, optuna.TrialPruned, HpoError):
+                    raise
+                except Exception as exc:  # the first epoch compiles: the model's, or its code's
+                    why = (
+                        "the fused loop could not trace this model "
+                        f"({type(exc).__name__}: {first_line(exc)})"
+                    )
+                    self._fresh_session()  # a fresh model, from the trial's seed
+                    if seed is not None:
+                        set_random_seed(seed)
+                    model, by_user = self._build_own(trial, params, inputs)
+                else:
+                    self._run_apart(*started, reporter)
+                    return
+            if why != COMPILED_BY_USER:
+                say_once(f"{why}: trained with model.fit")
+        if self.engine == "fused":
+            trial.set_user_attr(
+                "worker", {**trial.user_attrs.get("worker", {}), "engine": "fit", "fit_reason": why}
+            )
+        self._fit_own(trial, params, data, inputs, model, by_user, reporter)
+
+    def _fit_own(
+        self,
+        trial: optuna.Trial,
+        params: dict[str, Any],
+        data: Prepared,
+        inputs: build_function.Inputs,
+        model: keras.Model,
+        by_user: bool,
+        reporter: EpochReporter,
+    ) -> None:
+        """Train the user's model with model.fit; k-fold: a model per fold, an epoch of each in
+        turn, their mean logs reported every epoch. The model's own error in fit fails the
+        trial with one line; so does a compiled model whose logs lack the study's metric."""
+        loss = _loss_name(model.loss, params["loss"]) if by_user else params["loss"]
+        splits = list(self.spec.validation.splits(data.x_train, data.y_train))
+        models = [model] + [self._build_own(trial, params, inputs)[0] for _ in splits[1:]]
+        fit_args = [self._fit_args(params, *train, val, loss) for train, val in splits]
+        if len(splits) == 1:
+            report = _HeldReport(reporter, by_user)
+            _fitting(
+                reporter, model, **fit_args[0], epochs=self.spec.max_epochs, callbacks=[report]
+            )
+            if report.raised is not None:
+                raise report.raised
+            return
+        for epoch in range(1, self.spec.max_epochs + 1):
+            each = [
+                _fitting(reporter, m, **a, initial_epoch=epoch - 1, epochs=epoch).history
+                for m, a in zip(models, fit_args, strict=True)
+            ]
+            logs = {key: float(np.mean([fold[key][0] for fold in each])) for key in each[0]}
+            if reporter.record(epoch, _checked(reporter, logs) if by_user else logs):
+                return
+
     def prepare(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
         """Compile the program a begun trial will train in, if this worker has none of its
         structure (hpo.train.programs.compile_ahead); on the fused loop only. It may run on
         a thread beside another trial's epochs (hpo.search.ahead): it builds its own model,
         and the trial's run() later builds the trial's, from the trial's seed as always."""
-        if self.engine != "fused":
-            return
+        if self.engine != "fused" or self.build_fn is not None:
+            return  # a user's model has a program of its own: nothing to share or prepare
+        if self.spec.validation.folds > 1 and stack_blocker(params):
+            return  # folds one after another: no stacked program
         train, val = self._fused_split()
         model = model_lib.build(params, self.data, folds=self.spec.validation.folds)
         options = self._options(params, train, val, self.seed(trial))
@@ -312,6 +575,8 @@ class Objective:
 
     def unstackable(self) -> str | None:
         """Why no trial of this study can train side by side with others (None: some can)."""
+        if self.build_fn is not None:
+            return "a build function's models train one trial at a time"
         if self.engine != "fused":
             return f"the {keras.backend.backend()} backend trains with model.fit"
         if self.first_layer != "dense":
@@ -320,9 +585,14 @@ class Objective:
 
     def stackable(self, params: dict[str, Any]) -> bool:
         """Whether a trial can train side by side with others of its structure: on the fused
-        loop, with a dense first layer (word ids gather per trial), and an optimizer that
-        steps each variable on its own (engine.STACKABLE_OPTIMIZERS)."""
-        return self.unstackable() is None and params["optimizer"] in engine.STACKABLE_OPTIMIZERS
+        loop, with a dense first layer (word ids gather per trial), an optimizer that steps
+        each variable on its own (engine.STACKABLE_OPTIMIZERS), and hpo's model stackable
+        (stack_blocker: batch normalization is not)."""
+        return (
+            self.unstackable() is None
+            and params["optimizer"] in engine.STACKABLE_OPTIMIZERS
+            and stack_blocker(params) is None
+        )
 
     def run_stacked(
         self,
@@ -393,3 +663,65 @@ class Objective:
             for t in live:
                 interrupted(trials[t], reporters[t], exc)
             raise
+
+
+def _loss_name(loss: Any, default: str) -> str:
+    """The name of a compiled model's loss (a string, a Loss object, a function), which says
+    which form its targets take (hpo.train.model.targets: one-hot or not)."""
+    if isinstance(loss, str):
+        return loss
+    fn = getattr(loss, "fn", None)  # Keras' LossFunctionWrapper: CategoricalCrossentropy()
+    name = getattr(fn or loss, "__name__", None)
+    return name if isinstance(name, str) else default
+
+
+def _checked(reporter: EpochReporter, logs: dict[str, Any]) -> dict[str, Any]:
+    """`logs`, which must hold the study's metric: a model the build function compiled may
+    log other metrics, and then its trial fails with one line naming what it logs."""
+    if reporter.monitor not in logs:
+        reason = (
+            f"the build function's compiled model logs no {reporter.monitor} "
+            f"(it logs {', '.join(sorted(logs)) or 'nothing'}): compile it with that metric, "
+            "or leave it uncompiled for hpo to compile"
+        )
+        reporter.trial.set_user_attr("fail_reason", reason)
+        raise TrialFailed(reason)
+    return logs
+
+
+def _fitting(reporter: EpochReporter, model: keras.Model, **fit_args: Any) -> Any:
+    """model.fit(**fit_args) of a user's model, whose own error (not hpo's: pruning, a failed
+    trial, Ctrl-C, a storage error, which _HeldReport holds back) fails the trial with one
+    line."""
+    try:
+        return model.fit(**fit_args)
+    except (TrialFailed, optuna.TrialPruned, HpoError):
+        raise
+    except Exception as exc:
+        reporter.save()
+        reason = f"model.fit failed: {type(exc).__name__}: {first_line(exc)}"
+        reporter.trial.set_user_attr("fail_reason", reason)
+        raise TrialFailed(reason) from None
+
+
+class _HeldReport(keras.callbacks.Callback):
+    """The reporter as model.fit's callback, what it raises (pruning, a failed trial, Ctrl-C,
+    a lost storage) held back from fit, which stops there, and raised after it: anything else
+    that leaves fit is the model's own error (_fitting)."""
+
+    def __init__(self, reporter: EpochReporter, check: bool) -> None:
+        super().__init__()
+        self.reporter = reporter
+        self.check = check  # the model's own metrics: check the study's is among them
+        self.raised: BaseException | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = dict(logs or {})
+        try:
+            if self.reporter.record(
+                epoch + 1, _checked(self.reporter, logs) if self.check else logs
+            ):
+                self.model.stop_training = True
+        except BaseException as exc:  # raised again once fit has returned
+            self.raised = exc
+            self.model.stop_training = True

@@ -37,12 +37,21 @@ class DeviceCache(InputCache):
         self.programs: OrderedDict[str, FusedTrainer] = OrderedDict()
 
 
-def trainer(model: keras.Model, *, cache: DeviceCache, **options: Any) -> FusedTrainer:
+def trainer(
+    model: keras.Model, *, cache: DeviceCache, whole: bool = False, **options: Any
+) -> FusedTrainer:
     """A FusedTrainer for `model` (FusedTrainer's options): the program an earlier model of
     the same structure compiled, if `cache` holds it, restarted with this model's weights,
     learning rate, dropout rates and seed; else a new one, kept in `cache`. In a search many
     trials repeat an earlier trial's layers, units, activation, loss, optimizer and batch size
-    (docs/engine.md, "Compiling less")."""
+    (docs/engine.md, "Compiling less").
+
+    A model that is not hpo's own (`whole`: a build function's) gets a program of its own,
+    which trains it in place and is not kept: its layers' configurations need not say all
+    that the program depends on (a custom layer's get_config may leave out what its call
+    does), so no two such models are proven alike. Only `cache`'s arrays are shared."""
+    if whole:
+        return FusedTrainer(model, cache=cache, whole=True, **options)
     key = program_key(model, **options)
     program = cache.programs.pop(key, None)
     if program is None:

@@ -77,19 +77,6 @@ def say_once(line: str) -> None:
         log.warning(line)
 
 
-def stack_blocker(params: dict[str, Any]) -> str | None:
-    """Why hpo's Dense model of `params` cannot stack its folds or trials (FoldDense), or None
-    (hpo.train.model.stack_blocker)."""
-    blocker = getattr(model_lib, "stack_blocker", None)
-    if blocker is not None:
-        return blocker(params)
-    return (
-        "batch normalization's statistics are each model's own"
-        if params.get("batch_norm")
-        else None
-    )
-
-
 class Objective:
     """Callable for study.optimize; holds the prepared data so no trial reloads it."""
 
@@ -336,7 +323,11 @@ class Objective:
         model (None: they stack, or there is one split), said once per reason."""
         if self.spec.validation.folds == 1:
             return None
-        why = "a build function's model" if self.build_fn is not None else stack_blocker(params)
+        why = (
+            "a build function's model"
+            if self.build_fn is not None
+            else model_lib.stack_blocker(params)
+        )
         if why:
             say_once(f"k-fold: the folds of this model train one after another: {why}")
         return why
@@ -536,7 +527,7 @@ class Objective:
         and the trial's run() later builds the trial's, from the trial's seed as always."""
         if self.engine != "fused" or self.build_fn is not None:
             return  # a user's model has a program of its own: nothing to share or prepare
-        if self.spec.validation.folds > 1 and stack_blocker(params):
+        if self.spec.validation.folds > 1 and model_lib.stack_blocker(params):
             return  # folds one after another: no stacked program
         train, val = self._fused_split()
         model = model_lib.build(params, self.data, folds=self.spec.validation.folds)
@@ -591,7 +582,7 @@ class Objective:
         return (
             self.unstackable() is None
             and params["optimizer"] in engine.STACKABLE_OPTIMIZERS
-            and stack_blocker(params) is None
+            and model_lib.stack_blocker(params) is None
         )
 
     def run_stacked(

@@ -394,3 +394,30 @@ def test_kfold_trains_a_user_models_folds_one_after_another(
     assert calls == []
     kept = predictions.fetch(trial, store)
     assert kept.shape == (len(data.y_train), 10)  # every row, predicted by the fold holding it out
+
+
+def test_kfold_trains_the_folds_of_a_batch_norm_dense_model_one_after_another(
+    workdir, monkeypatch, caplog
+):
+    """hpo's Dense model with batch_norm cannot stack its folds (model.stack_blocker): they
+    train one after another in the fused loop, said once, and each row's out-of-fold
+    prediction is kept as a stacked model's would be."""
+    space = 'layers = 1\nunits = 8\nbatch_norm = true\nloss = "mse"\nbatch_size = 16\n'
+    path = tiny_study(workdir, "boston_housing", epochs=3, validation="kfold:2", space=space)
+    spec = replace(studyfile.load(str(path)), seed=0)
+    data = builtin.load("boston_housing", None, spec.num_words)
+    objective._said.clear()
+    monkeypatch.setenv("HPO_ENGINE", "fused")
+    study = optuna.create_study()
+    store = artifact_store()
+    with caplog.at_level(logging.WARNING, logger="hpo.objective"):
+        study.optimize(Objective(spec, data, artifact_store=store), n_trials=2)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert (
+        caplog.text.count("k-fold: the folds of this model train one after another: batch_norm")
+        == 1
+    )
+    (trial, _) = study.trials
+    assert trial.user_attrs["worker"]["engine"] == "fused"
+    assert len(trial.user_attrs["history"]["val_mae"]) == 3
+    assert predictions.fetch(trial, store).shape == (len(data.y_train), 1)

@@ -1,0 +1,124 @@
+"""The objective's side of a build function (hpo/train/objective.py): the function is imported
+once per Objective, from the study's folder or a --code-path folder, a missing one is one line;
+its trials never stack (--batch-trials), nor do hpo's batch_norm models; a trial's maxlen cuts
+the word-id sequences its model is built for and trains on."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import tiny_study
+from optuna.trial import TrialState
+
+from hpo.data import builtin
+from hpo.errors import HpoError
+from hpo.study import studyfile
+from hpo.train import build_function
+from hpo.train.objective import Objective
+from hpo.train.reporting import TrialFailed
+
+# A small Dense model on whatever rows it is fed; it notes each input shape it was built for.
+MODULE = """
+import keras
+
+SHAPES = []
+
+
+def build(params, inputs):
+    SHAPES.append(inputs.shape)
+    x = inputs.input()
+    h = inputs.as_float(x)
+    if inputs.kind == "sequence":
+        h = keras.layers.Embedding(inputs.num_words, 8)(x)
+        h = keras.layers.GlobalAveragePooling1D()(h)
+    h = keras.layers.Dense(params["width"], activation="relu")(h)
+    return keras.Model(x, keras.layers.Dense(1, activation="sigmoid")(h))
+"""
+
+SPACE = """
+width = { choices = [4, 8] }
+batch_size = 64
+learning_rate = 0.01
+"""
+
+
+def study_with_model(folder: Path, module: str, *, study: str = "", space: str = SPACE) -> Path:
+    """A tiny IMDB study whose [model] is `module`:build, with `study` lines in [study]."""
+    path = tiny_study(folder, "imdb", epochs=1, space=space)
+    text = path.read_text().replace("[study]\n", f"[study]\n{study}", 1)
+    path.write_text(text + f'\n[model]\nbuild = "{module}:build"\n')
+    return path
+
+
+def test_the_function_is_imported_once_from_the_study_folder_or_a_code_path(workdir, monkeypatch):
+    (workdir / "beside_study.py").write_text(MODULE)
+    spec = studyfile.load(str(study_with_model(workdir, "beside_study")))
+    data = builtin.load("imdb", None, spec.num_words)
+    loads = []
+    load = build_function.load
+
+    def counted(code, code_paths=()):
+        loads.append(code.build)
+        return load(code, code_paths)
+
+    monkeypatch.setattr(build_function, "load", counted)
+    monkeypatch.setenv("HPO_ENGINE", "fused")
+    objective = Objective(spec, data)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=2, catch=(TrialFailed,))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert loads == ["beside_study:build"]  # once, for both trials
+
+    # A module elsewhere: found on a --code-path folder, one line without it.
+    elsewhere = workdir / "code"
+    elsewhere.mkdir()
+    (elsewhere / "on_code_path.py").write_text(MODULE)
+    spec = studyfile.load(str(study_with_model(workdir, "on_code_path")))
+    with pytest.raises(HpoError) as error:
+        Objective(spec, data)
+    assert "on_code_path" in str(error.value) and "\n" not in str(error.value)
+    assert Objective(spec, data, code_paths=[str(elsewhere)]).build_fn.__module__ == "on_code_path"
+
+
+def test_a_build_functions_trials_and_batch_norm_models_never_stack(workdir, monkeypatch):
+    """--batch-trials: a study of a build function's model says why none stacks; hpo's Dense
+    model stacks unless stack_blocker says why not (batch_norm)."""
+    monkeypatch.setenv("HPO_ENGINE", "fused")
+    (workdir / "never_stacked.py").write_text(MODULE)
+    spec = studyfile.load(str(study_with_model(workdir, "never_stacked")))
+    data = builtin.load("imdb", None, spec.num_words)
+    own = Objective(spec, data)
+    assert own.unstackable() == "a build function's models train one trial at a time"
+    params = {"width": 4, "optimizer": "adam", "learning_rate": 0.01, "loss": "mse"}
+    assert not own.stackable(params)
+
+    path = tiny_study(workdir, "boston_housing", validation="kfold:2", name="dense")
+    dense = Objective(studyfile.load(str(path)), builtin.load("boston_housing", None))
+    params = {"optimizer": "adam", "layers": 1, "units": 8, "dropout": 0.0}
+    assert dense.unstackable() is None and dense.stackable(params)
+    assert not dense.stackable({**params, "batch_norm": True})
+
+
+def test_a_trials_maxlen_cuts_the_sequences_its_model_is_built_for(workdir, monkeypatch):
+    """Word-id sequences (input = "sequence"), [space] maxlen: each trial's model is built
+    for, and trains on, its maxlen's last ids."""
+    monkeypatch.setenv("HPO_ENGINE", "fused")
+    (workdir / "sequences.py").write_text(MODULE)
+    space = SPACE + "maxlen = { choices = [10, 20] }\n"
+    path = study_with_model(
+        workdir, "sequences", study='input = "sequence"\nmaxlen = 30\n', space=space
+    )
+    spec = replace(studyfile.load(str(path)), seed=0)
+    data = builtin.load("imdb", None, spec.num_words, spec.input, spec.maxlen)
+    assert data.x_train.shape[1] == 30
+    objective = Objective(spec, data)
+    shapes = objective.build_fn.__globals__["SHAPES"]
+    study = optuna.create_study(direction="maximize")
+    for maxlen in (10, 20):
+        study.enqueue_trial({"maxlen": maxlen, "width": 4})
+    study.optimize(objective, n_trials=2)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert shapes == [(10,), (20,)]

@@ -5,8 +5,9 @@ the review length, the embedding size and the width searched by examples/imdb_se
     hpo optimize examples/imdb_sequence.toml --trials 30
     hpo analyze examples/imdb_sequence.toml --seeds 3
 
-hpo feeds each review as `[study] maxlen` word ids (uint16, 0 pads; `inputs.num_words` is the
-vocabulary); a trial's `maxlen` reads only that many of them.
+hpo feeds each review as the trial's `maxlen` word ids (the last ones, zeros before a short
+review, as keras.utils.pad_sequences does; at most [study] maxlen), uint16, and
+`inputs.num_words` is the vocabulary: `inputs.shape` is `(maxlen,)`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,6 @@ def build(params: dict, inputs) -> keras.Model:
     """Embedding → (GlobalAveragePooling1D | Conv1D + GlobalMaxPooling1D) → Dense → sigmoid."""
     ids = inputs.input()  # (maxlen,) word ids; Embedding takes them as they are fed
     x = keras.layers.Embedding(inputs.num_words, int(params.get("embedding", 64)))(ids)
-    fed = inputs.shape[0]
-    keep = min(int(params.get("maxlen", fed)), fed)
-    if keep < fed:  # hpo pads and cuts at the start (keras' pad_sequences): the end is the text
-        x = keras.layers.Cropping1D((fed - keep, 0))(x)
     width = int(params.get("width", 32))
     if params.get("kind", "pooled") == "conv":
         x = keras.layers.Conv1D(width, int(params["kernel_size"]), activation="relu")(x)

@@ -77,7 +77,7 @@ def test_code_paths_reach_the_command_line_of_child_workers(tmp_path):
         SearchOptions("imdb", build="mymod:build")  # type: ignore[arg-type]
 
 
-def _spec(tmp_path, build="mymod:build"):
+def _spec(tmp_path, build="unitmod:build"):
     from hpo.study import studyfile
 
     path = tmp_path / "s.toml"
@@ -91,39 +91,40 @@ def _spec(tmp_path, build="mymod:build"):
 def test_a_study_records_its_module_and_a_worker_refuses_another_copy(tmp_path):
     """model_record: the build, the SHA-256 and the file's name only (never its folder). A
     worker reading it looks on its --code-path and installed modules, not beside the
-    submitter's study file, and refuses a missing module or another copy with one line."""
+    submitter's study file, and refuses a missing module or another copy with one line.
+    (A module name no other test imports: an import puts its folder on sys.path.)"""
     from hpo.search import study_loop
     from hpo.study.model_code import digest
 
-    (tmp_path / "mymod.py").write_text("def build(params, inputs):\n    return None\n")
+    (tmp_path / "unitmod.py").write_text("def build(params, inputs):\n    return None\n")
     spec = _spec(tmp_path)
     record = study_loop.model_record(spec)
     assert record == {
-        "build": "mymod:build",
-        "sha256": digest(tmp_path / "mymod.py"),
-        "file": "mymod.py",
+        "build": "unitmod:build",
+        "sha256": digest(tmp_path / "unitmod.py"),
+        "file": "unitmod.py",
     }
-    missing = r"^model.build: no module 'mymod', on --code-path or installed$"
+    missing = r"^model.build: no module 'unitmod', on --code-path or installed$"
     with pytest.raises(HpoError, match=missing):
         study_loop.served_model(spec, record, "s", ())  # beside the study file: not looked in
     other = tmp_path / "other"
     other.mkdir()
-    (other / "mymod.py").write_text("def build(params, inputs):\n    return 1\n")
+    (other / "unitmod.py").write_text("def build(params, inputs):\n    return 1\n")
     with pytest.raises(HpoError) as refused:
         study_loop.served_model(spec, record, "s", (str(other),))
     line = str(refused.value)
-    assert line.startswith("model.build: mymod.py here differs from the study's (sha256 ")
+    assert line.startswith("model.build: unitmod.py here differs from the study's (sha256 ")
     assert line.endswith("install the study's version or pass --code-path")
     assert "\n" not in line
     same = tmp_path / "same"
     same.mkdir()
-    (same / "mymod.py").write_bytes((tmp_path / "mymod.py").read_bytes())
+    (same / "unitmod.py").write_bytes((tmp_path / "unitmod.py").read_bytes())
     served = study_loop.served_model(spec, record, "s", (str(same),))
-    assert served.model.folder == "" and served.model.build == "mymod:build"
+    assert served.model.folder == "" and served.model.build == "unitmod:build"
     for recorded, why in (
         (None, "records no SHA-256"),
         ({**record, "sha256": None}, "records no SHA-256"),
-        ({**record, "build": "mymod:other"}, "trains mymod:other, this run builds mymod:build"),
+        ({**record, "build": "unitmod:other"}, "trains unitmod:other, this run builds unitmod:b"),
     ):
         with pytest.raises(HpoError, match=why):
             study_loop.served_model(spec, recorded, "s", (str(same),))

@@ -57,6 +57,8 @@ def finish_optimize(run: launch.OptimizeRun, console: Console, err: Console) -> 
             f"(budget {trials}); raise --trials to run more."
         )
     console.print(summary.top_trials(result.study, run.spec))
+    if result.stopped:  # a stop rule ended it before its budget (hpo.search.stop_rules)
+        console.print(f"study {run.name} {result.stopped}", highlight=False, markup=False)
     if result.interrupted:
         err.print(
             f"interrupted: {result.finished_after} of {trials} trials finished and saved. "
@@ -88,6 +90,8 @@ def optimize(
     artifacts: str = DEFAULT_ARTIFACTS,
     build: Callable[[dict[str, Any], Any], Any] | None = None,
     code_paths: str | Path | Sequence[str | Path] = (),
+    stop_after: int | None = None,
+    target_value: float | None = None,
     progress: bool | Console = True,
 ) -> optuna.Study:
     """Run (or resume) the study of `target` until it has `trials` finished trials.
@@ -98,8 +102,10 @@ def optimize(
     artifact store `artifacts` (a folder, or s3://BUCKET). `build` is your model's function,
     `build(params, inputs) -> keras.Model` (one defined in a notebook works): it wins over the
     study file's [model] build, and runs in this process only, so with one worker. `code_paths`
-    are folders a [model] module is looked for in first. Returns the optuna.Study (an
-    interrupted one included: call optimize again to resume it)."""
+    are folders a [model] module is looked for in first. `stop_after` (N trials without
+    improvement) and `target_value` (a best value to reach) are the study's stop rules, kept
+    by every worker (hpo.search.stop_rules; None: the study's own). Returns the optuna.Study
+    (an interrupted or stopped one included: call optimize again to resume it)."""
     options = SearchOptions(
         str(target),
         trials=trials,
@@ -117,6 +123,8 @@ def optimize(
         batch_trials=batch_trials,
         build=build,
         code_paths=check_code_paths(code_paths),
+        stop_after=stop_after,
+        target_value=target_value,
     )
     console = _console(progress)
     run = launch.run_optimize(options, console)
@@ -139,6 +147,9 @@ def submit(
     data_dir: str | None = None,
     artifacts: str = DEFAULT_ARTIFACTS,
     code_paths: str | Path | Sequence[str | Path] = (),
+    timeout: float | None = None,
+    stop_after: int | None = None,
+    target_value: float | None = None,
     progress: bool | Console = True,
 ) -> str:
     """Queue the study of `target` for the workers of `storage` (`hpo worker`) with a budget of
@@ -147,7 +158,9 @@ def submit(
     at once. Own data is uploaded to the artifact store `artifacts`, which the workers share;
     submitting an existing study sets its budget (and queues it again if it was paused). A
     study file's [model] module is found as `optimize` finds it (`code_paths` first) and its
-    SHA-256 recorded: a worker serves the study only with that very copy."""
+    SHA-256 recorded: a worker serves the study only with that very copy. `timeout` is a time
+    budget in seconds the pool keeps (its clock starts when a worker first serves the study);
+    `stop_after` and `target_value` are stop rules as in `optimize` (None: the study's own)."""
     options = SearchOptions(
         str(target),
         trials=trials,
@@ -161,6 +174,9 @@ def submit(
         data_dir=data_dir,
         artifacts=artifacts,
         code_paths=check_code_paths(code_paths),
+        timeout=timeout,
+        stop_after=stop_after,
+        target_value=target_value,
     )
     return queue.submit(options, priority, _console(progress))
 

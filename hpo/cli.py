@@ -31,6 +31,7 @@ from hpo.options import (
     MaxEpochsOpt,
     PatienceOpt,
     PollOpt,
+    PoolTimeoutOpt,
     PriorityOpt,
     PrunerOpt,
     ReadOnlyOpt,
@@ -40,10 +41,12 @@ from hpo.options import (
     SamplerOpt,
     SeedOpt,
     SlotsOpt,
+    StopAfterOpt,
     StorageOpt,
     StudiesOpt,
     StudyOpt,
     TargetArg,
+    TargetValueOpt,
     TimeoutOpt,
     TokenOpt,
     TrialsOpt,
@@ -91,6 +94,8 @@ def optimize(
     target: TargetArg,
     trials: TrialsOpt = 50,
     timeout: TimeoutOpt = None,
+    stop_after: StopAfterOpt = None,
+    target_value: TargetValueOpt = None,
     storage_url: StorageOpt = storage.DEFAULT_URL,
     study: StudyOpt = None,
     sampler: SamplerOpt = None,
@@ -127,6 +132,8 @@ def optimize(
         heartbeat=heartbeat,
         reconnect=reconnect,
         code_paths=tuple(code_path or ()),
+        stop_after=stop_after,
+        target_value=target_value,
     )
     run = launch.run_optimize(options, console)
     launch.restart_if_due(run, sys.argv[1:], console)
@@ -297,6 +304,9 @@ def submit(
     target: TargetArg,
     trials: TrialsOpt = 50,
     priority: PriorityOpt = None,
+    timeout: PoolTimeoutOpt = None,
+    stop_after: StopAfterOpt = None,
+    target_value: TargetValueOpt = None,
     storage_url: StorageOpt = storage.DEFAULT_URL,
     study: StudyOpt = None,
     sampler: SamplerOpt = None,
@@ -323,6 +333,9 @@ def submit(
         data_dir=data_dir,
         artifacts=artifacts,
         code_paths=tuple(code_path or ()),
+        timeout=timeout,
+        stop_after=stop_after,
+        target_value=target_value,
         progress=console,
     )
     where = launch.location_options(storage_url, None, artifacts)

@@ -141,6 +141,36 @@ WorkersOpt = Annotated[
     ),
 ]
 TimeoutOpt = Annotated[float | None, typer.Option(help="Stop starting trials after S seconds.")]
+StopAfterOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--stop-after",
+        show_default=False,
+        metavar="N",
+        help="Stop the study when its best value has not improved for N finished trials in a "
+        "row (a rule of the study, kept by every worker; default: the study's).",
+    ),
+]
+TargetValueOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--target",
+        show_default=False,
+        metavar="VALUE",
+        help="Stop the study once its best value reaches VALUE (≥ when maximizing, ≤ when "
+        "minimizing; a rule of the study, kept by every worker; default: the study's).",
+    ),
+]
+PoolTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        show_default=False,
+        metavar="SECONDS",
+        help="A time budget the pool keeps: its clock starts when a worker first serves the "
+        "study; once spent, no worker starts its trials (default: the study's).",
+    ),
+]
 PriorityOpt = Annotated[
     float | None,
     typer.Option(

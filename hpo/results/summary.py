@@ -13,7 +13,7 @@ from rich.table import Table
 
 from hpo.optuna_private import study_id
 from hpo.results.retrained import test_metrics
-from hpo.search import queue, queue_standing
+from hpo.search import queue, queue_standing, stop_rules
 from hpo.search.budget import trial_counts
 from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
@@ -150,6 +150,7 @@ def storage_listing(storage: optuna.storages.BaseStorage) -> tuple[Table, list[s
             why = entry.why()
             if why and state != queue.DONE:
                 reasons.append(f"{summary.study_name}: {why}")
+        reasons += _stop_lines(summary.study_name, summary.user_attrs, queued)
         table.add_row(
             summary.study_name,
             str(info.get("dataset", "?")),
@@ -159,6 +160,19 @@ def storage_listing(storage: optuna.storages.BaseStorage) -> tuple[Table, list[s
             *queued,
         )
     return table, reasons
+
+
+def _stop_lines(name: str, attrs: dict[str, Any], queued: list[str]) -> list[str]:
+    """`hpo list`'s lines on a study's stop rules (hpo.search.stop_rules): why one ended it,
+    or how much of its time budget is used; `queued` (its row's state cells) says "stopped"
+    for a study that no queue state shows."""
+    rules, stop, _ = stop_rules.of_attrs(attrs)  # bound-checked: a shared storage's data
+    if stop is not None:
+        if not queued[0]:
+            queued[0] = queue_standing.STOPPED
+        return [f"{name}: {stop.line()}"]
+    line = rules.time_line()
+    return [f"{name}: {line}"] if line else []
 
 
 def _summaries(storage: optuna.storages.BaseStorage, tries: int = 3) -> list:

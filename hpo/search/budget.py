@@ -11,13 +11,16 @@ workers sharing a study overshoot. Here the budget is a property of the study:
   check in, the counted trials can never exceed N. A trial that is not admitted fails at once
   with reason "over budget", and its worker waits;
 - a worker waits while every remaining slot is held by running trials, since one of them may
-  die and need a re-run; it stops when N trials count.
+  die and need a re-run; it stops when N trials count;
+- a study's stop rule (`stop`: hpo.search.stop_rules.Watch) that fired refuses every new trial
+  as the budget does, with the rule's reason, and ends the workers' waits.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -75,16 +78,31 @@ class OverBudget(Exception):
     """This trial was created after the budget was taken; it ends without counting."""
 
 
+# Why the study starts no more trials (a stop rule fired), or None: hpo.search.stop_rules.Watch.
+StopCheck = Callable[[optuna.Study, list[FrozenTrial]], str | None]
+
+
 class Budget:
-    def __init__(self, total: int, poll_s: float = 2.0) -> None:
+    def __init__(self, total: int, poll_s: float = 2.0, stop: StopCheck | None = None) -> None:
         self.total = total
         self.poll_s = poll_s
+        self.stop = stop
+
+    def stopped(self, study: optuna.Study, trials: list[FrozenTrial]) -> str | None:
+        """Why the study's stop rule refuses new trials, or None."""
+        return None if self.stop is None else self.stop(study, trials)
 
     def admit(self, trial: optuna.Trial) -> None:
-        """Raise OverBudget unless fewer than `total` earlier trials hold a slot."""
+        """Raise OverBudget unless fewer than `total` earlier trials hold a slot and no stop
+        rule of the study fired."""
+        trials = trial.study.get_trials(deepcopy=False)
+        why = self.stopped(trial.study, [t for t in trials if t.number != trial.number])
+        if why is not None:
+            trial.set_user_attr("fail_reason", OVER_BUDGET)
+            raise OverBudget(f"trial {trial.number}: the study stopped: {why}")
         ahead = sum(
             1
-            for t in trial.study.get_trials(deepcopy=False)
+            for t in trials
             if t.number < trial.number
             and (counts_toward_budget(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
         )
@@ -95,6 +113,8 @@ class Budget:
     def free_slots(self, study: optuna.Study) -> int:
         """Slots of the budget neither counted nor held by a running trial."""
         trials = study.get_trials(deepcopy=False)
+        if self.stopped(study, trials) is not None:
+            return 0
         taken = sum(counts_toward_budget(t) or t.state == TrialState.RUNNING for t in trials)
         return max(self.total - taken, 0)
 
@@ -102,13 +122,13 @@ class Budget:
         self, study: optuna.Study, deadline: float | None = None, stop_requested=lambda: False
     ) -> bool:
         """True when this worker may start a trial; False when the budget is met (or the
-        deadline passed, or Ctrl-C was pressed)."""
+        deadline passed, or Ctrl-C was pressed, or a stop rule fired)."""
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             trials = study.get_trials(deepcopy=False)
             done = sum(counts_toward_budget(t) for t in trials)
-            if done >= self.total or stop_requested():
+            if done >= self.total or stop_requested() or self.stopped(study, trials):
                 return False
             running = sum(t.state == TrialState.RUNNING for t in trials)
             if done + running < self.total:

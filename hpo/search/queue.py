@@ -35,7 +35,7 @@ from rich.console import Console
 from hpo import artifacts as artifact_stores
 from hpo import optuna_private
 from hpo.errors import HpoError
-from hpo.search import storage, study_loop
+from hpo.search import stop_rules, storage, study_loop
 from hpo.search.search_options import OVERRIDES as OPTIONS
 from hpo.search.search_options import SearchOptions
 from hpo.study import studyfile
@@ -77,6 +77,10 @@ class Entry:
     # submitted: a worker serves it only with a copy of that module found on its own
     # --code-path or installed. None: hpo's Dense stack.
     model_code: dict[str, Any] | None = None
+    # Its stop rules and time budget (hpo.search.stop_rules, the study's own attr, read here
+    # with the queue in one query), and why a rule ended it (None: it goes on).
+    rules: stop_rules.Rules = field(default_factory=stop_rules.Rules)
+    stop: stop_rules.Stop | None = None
 
     @classmethod
     def of(cls, name: str, study_id: int, attrs: dict[str, Any]) -> Entry | None:
@@ -87,6 +91,9 @@ class Entry:
         recorded = attrs.get(study_loop.SPEC_ATTR)
         recorded = recorded if isinstance(recorded, dict) else {}
         problem = malformed(record)
+        rules, stop, rules_problem = stop_rules.of_attrs(attrs)
+        if problem is None and rules_problem is not None:
+            problem = f"{stop_rules.ATTR}: {rules_problem}"
         if problem is not None:
             why = f"its queue record is malformed ({problem}); hpo submit it again"
             return cls(name, study_id, 0, 1.0, LEFT, reason=why, recorded=recorded, malformed=True)
@@ -104,6 +111,8 @@ class Entry:
             int(record.get("since_trial") or 0),
             record.get("left"),
             model_code=record.get("model_code"),
+            rules=rules,
+            stop=stop,
         )
 
     def why(self) -> str | None:
@@ -282,6 +291,7 @@ def submit(options: SearchOptions, priority: float | None, console: Console) -> 
     trials, storage_url, data_dir = options.trials, options.storage_url, options.data_dir
     if trials < 1:
         raise HpoError(f"--trials must be at least 1, got {trials}")
+    stop_rules.check(timeout=options.timeout)  # the pool's time budget: checked before any write
     bounded = _number(priority) and PRIORITY_MIN <= priority <= PRIORITY_MAX
     if priority is not None and not bounded:
         raise HpoError(
@@ -340,7 +350,22 @@ def submit(options: SearchOptions, priority: float | None, console: Console) -> 
             "model_code": model_code,
         }
 
+    stop_rules.set_rules(  # the study's own (those not given stay), before workers see it queued
+        store,
+        optuna_private.study_id(opened),
+        stop_after=options.stop_after,
+        target=options.target_value,
+        timeout=options.timeout,
+    )
     record, _ = update(store, optuna_private.study_id(opened), change)
+    stopped = stop_rules.Watch(spec.metric).check(opened)
+    if stopped is not None:
+        console.print(
+            f"note: study {name} {stopped.line()}; give a new --stop-after, --target or "
+            "--timeout for the workers to go on",
+            highlight=False,
+            markup=False,
+        )
     note(opened, record)
     return name
 
@@ -417,6 +442,11 @@ def note(study: optuna.Study, record: dict[str, Any]) -> None:
     )
     if record.get("reason"):
         line += f" · {record['reason']}"
+    rules, stop, _ = stop_rules.of_attrs(study.user_attrs)  # bound-checked: a shared storage's
+    if stop is not None:
+        line += f" · {stop.line()}"
+    elif rules.timeout is not None:
+        line += f" · {rules.time_line()}"
     left = record.get("left")
     if record["state"] == QUEUED and isinstance(left, dict):
         line += f" · left by {left.get('by')}: {left.get('reason')}"

@@ -74,9 +74,14 @@ def tallies(store: Any, entries: list[Entry], since_trial: int) -> dict[int, Tal
     return found
 
 
+STOPPED = "stopped"  # a stop rule ended it (hpo.search.stop_rules): `hpo list` says why
+
+
 def state(entry: Entry, standing: Standing) -> str:
     if entry.state in (PAUSED, LEFT):
         return entry.state
     if standing.finished >= entry.trials:
         return DONE
+    if entry.stop is not None:
+        return "running" if standing.running else STOPPED  # its last trials end first
     return "running" if standing.running else QUEUED

@@ -29,7 +29,14 @@ from rich.console import Console
 from hpo import artifacts as artifact_stores
 from hpo.backend import freeze_heap
 from hpo.errors import HpoError, first_line
-from hpo.search import batched, local_workers, queue, queue_standing, study_loop
+from hpo.search import (
+    batched,
+    local_workers,
+    queue,
+    queue_standing,
+    stop_rules,
+    study_loop,
+)
 from hpo.search.budget import (
     DIED,
     STOPPED,
@@ -143,7 +150,12 @@ class Worker:
                 del self.left[entry.name]  # submitted again: try it again
             if entry.malformed and entry.name not in self.left:
                 self._leave(entry, entry.reason or "malformed")
-            if entry.state == queue.QUEUED and entry.name not in self.left:
+            if (
+                entry.state == queue.QUEUED
+                and entry.name not in self.left
+                and entry.stop is None  # a stop rule ended it
+                and not self._time_spent(entry)
+            ):
                 queued.append(entry)
         if not queued:
             return None
@@ -162,6 +174,31 @@ class Worker:
             else:
                 open_slots.append((tally.started_since / entry.priority, entry.name, entry))
         return min(open_slots)[-1] if open_slots else None
+
+    def _time_spent(self, entry: queue.Entry) -> bool:
+        """Whether the study's time budget (hpo submit --timeout) is spent: then its stop is
+        recorded (once, whichever worker sees it first) and no worker starts its trials."""
+        used = entry.rules.time_used()
+        if used is None or entry.rules.timeout is None or used < entry.rules.timeout:
+            return False
+        trials = self.store.get_all_trials(entry.study_id, deepcopy=False)
+        direction = self.store.get_study_directions(entry.study_id)[0].name.lower()
+        stop = stop_rules.fired(entry.rules, trials, direction, "value")
+        if stop is not None:
+            self._stopped(entry.name, entry.study_id, stop)
+        return True
+
+    def _stopped(self, name: str, study_id: int, stop: stop_rules.Stop) -> None:
+        """Record why a rule ended the study, and say it (here, on `hpo list`, on its note)."""
+        stop, wrote = stop_rules.record_stop(self.store, study_id, stop)
+        if wrote:
+            self._on_stop(optuna.load_study(study_name=name, storage=self.store), stop)
+
+    def _on_stop(self, study: optuna.Study, stop: stop_rules.Stop) -> None:
+        self.console.print(f"{study.study_name}: {stop.line()}", highlight=False, markup=False)
+        record = study.user_attrs.get(queue.ATTR)
+        if queue.malformed(record) is None:
+            queue.note(study, record)
 
     def _mark_done(self, entry: queue.Entry) -> None:
         """Record the study as done, so idle reads skip its trials until it is extended: a
@@ -235,6 +272,10 @@ class Worker:
         if served is None:
             return
         served.budget.total = entry.trials  # hpo submit may have extended it
+        if entry.rules.timeout is not None and entry.rules.clock_started is None:
+            stop_rules.start_clock(self.store, entry.study_id)  # its time budget starts now
+        if served.budget.stopped(served.study, served.study.get_trials(deepcopy=False)):
+            return  # a stop rule fired since the queue was read: recorded, said; the next one
         objective = served.objective
         stop = StopCheck(self.store, entry.study_id)
         objective.trial_number = None  # set by the objective once the trial exists
@@ -422,7 +463,7 @@ class Worker:
         from hpo.train.objective import Objective
         from hpo.train.reporting import TrialFailed
 
-        budget = Budget(entry.trials)
+        budget = Budget(entry.trials, stop=stop_rules.Watch(spec.metric, on_stop=self._on_stop))
         objective = Objective(
             spec,
             prepared,

@@ -16,7 +16,7 @@ from typing import Any
 
 from hpo import artifacts as artifact_stores
 from hpo.errors import HpoError
-from hpo.search import batched
+from hpo.search import batched, stop_rules
 from hpo.search.local_workers import RECYCLE_AFTER, Recycler
 from hpo.search.storage import DEFAULT_URL, HEARTBEAT_S, RECONNECT_S, redact, redact_arg
 from hpo.study import studyfile
@@ -54,6 +54,10 @@ class SearchOptions:
     # module is looked for in before the study file's folder and the installed ones.
     build: Callable | None = None
     code_paths: tuple[str, ...] = ()
+    # Stop rules (hpo.search.stop_rules), the study's own once given: stop after N finished
+    # trials without improvement, or once the best value reaches target_value.
+    stop_after: int | None = None
+    target_value: float | None = None
 
     def __post_init__(self) -> None:
         """Each option checked (an HpoError, one line) and written as the command line
@@ -63,6 +67,7 @@ class SearchOptions:
         if self.build is not None and not callable(self.build):
             raise HpoError(f"build=: must be a function, got {type(self.build).__name__}")
         object.__setattr__(self, "code_paths", check_code_paths(self.code_paths))
+        stop_rules.check(self.stop_after, self.target_value)
         recycle = None if self.recycle_after is None else Recycler(self.recycle_after).setting
         for name, value in (
             ("target", str(self.target)),
@@ -110,6 +115,10 @@ class SearchOptions:
                 argv += [f"--{option.replace('_', '-')}", str(value)]
         for folder in self.code_paths:
             argv += ["--code-path", folder]
+        if self.stop_after is not None:  # a child sets the same rule: no race with this one's
+            argv += ["--stop-after", str(self.stop_after)]
+        if self.target_value is not None:
+            argv += ["--target", repr(float(self.target_value))]
         return argv
 
 

@@ -16,13 +16,13 @@ import optuna
 from rich.console import Console
 
 from hpo import artifacts as artifact_stores
-from hpo import names
+from hpo import names, optuna_private
 from hpo.backend import freeze_heap, import_keras
 from hpo.data import stored_preparation
 from hpo.data.arrays import Prepared
 from hpo.data.load import load_source
 from hpo.errors import HpoError
-from hpo.search import ahead, batched
+from hpo.search import ahead, batched, stop_rules
 from hpo.search.budget import Budget, OverBudget, failed_as_stale, finished
 from hpo.search.interrupt import GracefulInterrupt
 from hpo.search.local_workers import Recycler
@@ -238,6 +238,7 @@ class RunResult:
     interrupted: bool
     recycle: str | None = None  # why this worker should restart now to free memory (Recycler)
     signum: int | None = None  # the signal that interrupted it (SIGINT, SIGTERM), if one did
+    stopped: str | None = None  # why a stop rule ended the study (hpo.search.stop_rules)
 
 
 def run(
@@ -272,8 +273,10 @@ def run(
             code_paths=options.code_paths,
         )
     before = finished(study)
-    if before >= trials:
-        return RunResult(study, before, before, interrupted=False)
+    watch = stop_rules.Watch(spec.metric, on_stop=stop_rules.note)
+    stop = set_stop_rules(study, spec.metric, options, console, notes)
+    if before >= trials or stop is not None:
+        return RunResult(study, before, before, False, stopped=stop and stop.line())
     prepared = load_data(spec, options.data_dir, study, console)
     artifacts = options.artifacts
     store = None if artifacts is None else artifact_stores.open_store(artifacts)
@@ -289,7 +292,7 @@ def run(
 
     freeze_heap()  # TensorFlow's, Keras' and the data's objects: not walked after each trial
 
-    budget = Budget(trials)
+    budget = Budget(trials, stop=watch)
     deadline = None if timeout is None else time.monotonic() + timeout
     with (
         StudyProgress(console, study, trials, spec.metric) as progress,
@@ -355,4 +358,34 @@ def run(
         finally:
             pipeline.close()
         interrupted = interrupted or ctrl_c.requested
-    return RunResult(study, before, finished(study), interrupted, signum=ctrl_c.signum)
+    after = finished(study)
+    stop = watch.check(study) if after < trials else None  # a met budget ended it, not a rule
+    stopped = stop and stop.line()
+    return RunResult(study, before, after, interrupted, signum=ctrl_c.signum, stopped=stopped)
+
+
+def set_stop_rules(
+    study: optuna.Study, metric: str, options: SearchOptions, console: Console, notes: bool = True
+) -> stop_rules.Stop | None:
+    """Give the study the stop rules of `options` (--stop-after, --target; those not given stay
+    the study's) and say what changed; return the stop that ends it already, if one does."""
+    store, study_id = study._storage, optuna_private.study_id(study)
+    rules, before = stop_rules.set_rules(
+        store, study_id, stop_after=options.stop_after, target=options.target_value
+    )
+    direction = study.direction.name.lower()
+    if before is not None and before.any() and notes:
+        console.print(
+            f"note: study {study.study_name}'s stop rules changed: it "
+            f"{rules.describe(metric, direction)} (it {before.describe(metric, direction)} before)",
+            highlight=False,
+            markup=False,
+        )
+    stop = stop_rules.Watch(metric).check(study)
+    if stop is not None:
+        console.print(
+            f"study {study.study_name} {stop.line()}; give a new --stop-after or --target to go on",
+            highlight=False,
+            markup=False,
+        )
+    return stop

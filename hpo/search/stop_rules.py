@@ -401,7 +401,8 @@ class Watch:
         return None if stop is None else stop.why
 
     def check(self, study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Stop | None:
-        store, study_id = study._storage, optuna_private.study_id(study)
+        # The storage itself, not Optuna's cache around it: its compare-and-set writes.
+        store, study_id = optuna_private.rdb_storage_of(study), optuna_private.study_id(study)
         rules, stop, problem = of_attrs(store.get_study_user_attrs(study_id))
         if problem:
             return malformed_stop(problem)

@@ -369,7 +369,7 @@ def set_stop_rules(
 ) -> stop_rules.Stop | None:
     """Give the study the stop rules of `options` (--stop-after, --target; those not given stay
     the study's) and say what changed; return the stop that ends it already, if one does."""
-    store, study_id = study._storage, optuna_private.study_id(study)
+    store, study_id = optuna_private.rdb_storage_of(study), optuna_private.study_id(study)
     rules, before = stop_rules.set_rules(
         store, study_id, stop_after=options.stop_after, target=options.target_value
     )

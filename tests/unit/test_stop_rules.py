@@ -12,7 +12,7 @@ from conftest import run_cli, tiny_study
 from optuna.trial import TrialState, create_trial
 
 from hpo.errors import HpoError
-from hpo.optuna_private import study_id
+from hpo.optuna_private import rdb_storage_of, study_id
 from hpo.results import summary
 from hpo.search import queue, stop_rules
 from hpo.search.budget import OVER_BUDGET, Budget, OverBudget
@@ -151,7 +151,7 @@ def study(tmp_path) -> optuna.Study:
 
 
 def test_rules_are_set_by_compare_and_set_and_a_new_rule_voids_a_stop(study):
-    store, sid = study._storage, study_id(study)
+    store, sid = rdb_storage_of(study), study_id(study)
     rules, before = stop_rules.set_rules(store, sid, stop_after=5)
     assert rules == Rules(stop_after=5, version=1) and before == Rules()
     assert stop_rules.set_rules(store, sid, stop_after=5) == (rules, None)  # no change, no write
@@ -171,10 +171,17 @@ def test_rules_are_set_by_compare_and_set_and_a_new_rule_voids_a_stop(study):
     assert stop_rules.of_attrs(store.get_study_user_attrs(sid))[1] is None
 
 
-def test_once_a_rule_fires_the_budget_admits_no_trial_and_the_stop_is_recorded_once(study):
-    stop_rules.set_rules(study._storage, study_id(study), stop_after=2)
+def test_once_a_rule_fires_the_budget_admits_no_trial_and_the_stop_is_recorded_once(
+    study, monkeypatch
+):
+    stop_rules.set_rules(rdb_storage_of(study), study_id(study), stop_after=2)
     for value in (0.9, 0.5):
         study.add_trial(create_trial(state=TrialState.COMPLETE, value=value))
+    store, writes = rdb_storage_of(study), []
+    cas = store.update_study_attr
+    monkeypatch.setattr(
+        store, "update_study_attr", lambda i, k, c: writes.append(k) or cas(i, k, c)
+    )
     noted = []
     budget = Budget(10, stop=stop_rules.Watch("val_accuracy", on_stop=lambda s, t: noted.append(t)))
     budget.admit(study.ask())  # one trial without improvement: admitted
@@ -182,8 +189,10 @@ def test_once_a_rule_fires_the_budget_admits_no_trial_and_the_stop_is_recorded_o
     refused = study.ask()
     with pytest.raises(OverBudget, match="no improvement in 2 trials"):
         budget.admit(refused)
-    assert study._storage.get_trial(refused._trial_id).user_attrs["fail_reason"] == OVER_BUDGET
-    recorded = study._storage.get_study_user_attrs(study_id(study))[stop_rules.STOPPED_ATTR]
+    assert (
+        rdb_storage_of(study).get_trial(refused._trial_id).user_attrs["fail_reason"] == OVER_BUDGET
+    )
+    recorded = rdb_storage_of(study).get_study_user_attrs(study_id(study))[stop_rules.STOPPED_ATTR]
     assert recorded == {
         "rule": "stop_after",
         "why": "no improvement in 2 trials (best 0.9 at trial 0)",
@@ -191,6 +200,8 @@ def test_once_a_rule_fires_the_budget_admits_no_trial_and_the_stop_is_recorded_o
         "version": 1,
     }
     assert budget.free_slots(study) == 0 and not budget.wait_for_slot(study)
+    # Written by the storage's compare-and-set (not through Optuna's cache, which has none).
+    assert writes == [stop_rules.STOPPED_ATTR]
     # A second worker's watch sees the recorded stop: it writes and says nothing again.
     other = stop_rules.Watch("val_accuracy", on_stop=lambda s, t: noted.append(t))
     assert other(study) == recorded["why"]
@@ -205,19 +216,19 @@ def test_a_malformed_rules_record_starts_no_trial_and_leaves_the_queued_study(st
     entry = queue.Entry.of("s", 1, attrs)
     assert entry.malformed and entry.state == queue.LEFT and "stop_after" in entry.reason
     # Given again, the rule replaces the record.
-    rules, _ = stop_rules.set_rules(study._storage, study_id(study), stop_after=3)
+    rules, _ = stop_rules.set_rules(rdb_storage_of(study), study_id(study), stop_after=3)
     assert rules.stop_after == 3 and stop_rules.Watch("m")(study) is None
 
 
 def test_list_says_why_a_study_stopped_and_its_time_budget(study, capsys):
     sid = study_id(study)
     study.set_user_attr("hpo", {"dataset": "imdb", "metric": "val_accuracy"})
-    stop_rules.set_rules(study._storage, sid, target=0.5)
+    stop_rules.set_rules(rdb_storage_of(study), sid, target=0.5)
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.7))
     assert stop_rules.Watch("val_accuracy")(study) is not None
-    other = optuna.create_study(storage=study._storage, study_name="t")
-    stop_rules.set_rules(study._storage, study_id(other), timeout=3600)
-    table, lines = summary.storage_listing(study._storage)
+    other = optuna.create_study(storage=rdb_storage_of(study), study_name="t")
+    stop_rules.set_rules(rdb_storage_of(study), study_id(other), timeout=3600)
+    table, lines = summary.storage_listing(rdb_storage_of(study))
     assert "s: stopped: target val_accuracy ≥ 0.5 reached at trial 0" in lines
     assert "t: time budget 3600 s: its clock starts when a worker serves it" in lines
     from rich.console import Console

@@ -92,6 +92,7 @@ def optimize(
     code_paths: str | Path | Sequence[str | Path] = (),
     stop_after: int | None = None,
     target_value: float | None = None,
+    warm_start: str | None = None,
     progress: bool | Console = True,
 ) -> optuna.Study:
     """Run (or resume) the study of `target` until it has `trials` finished trials.
@@ -104,8 +105,11 @@ def optimize(
     study file's [model] build, and runs in this process only, so with one worker. `code_paths`
     are folders a [model] module is looked for in first. `stop_after` (N trials without
     improvement) and `target_value` (a best value to reach) are the study's stop rules, kept
-    by every worker (hpo.search.stop_rules; None: the study's own). Returns the optuna.Study
-    (an interrupted or stopped one included: call optimize again to resume it)."""
+    by every worker (hpo.search.stop_rules; None: the study's own). `warm_start`
+    ("OTHER_STUDY" or "OTHER_STUDY@STORAGE_URL") makes a new study with that study's finished
+    trials that fit its space copied in (hpo.search.warm_start); they do not count in
+    `trials`. Returns the optuna.Study (an interrupted or stopped one included: call optimize
+    again to resume it)."""
     options = SearchOptions(
         str(target),
         trials=trials,
@@ -125,6 +129,7 @@ def optimize(
         code_paths=check_code_paths(code_paths),
         stop_after=stop_after,
         target_value=target_value,
+        warm_start=warm_start,
     )
     console = _console(progress)
     run = launch.run_optimize(options, console)

@@ -50,6 +50,7 @@ from hpo.options import (
     TimeoutOpt,
     TokenOpt,
     TrialsOpt,
+    WarmStartOpt,
     WorkersOpt,
 )
 from hpo.results import summary
@@ -111,6 +112,7 @@ def optimize(
     heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
     reconnect: ReconnectOpt = storage.RECONNECT_S,
     code_path: CodePathOpt = None,
+    warm_start: WarmStartOpt = None,
 ) -> None:
     """Run (or resume) a study until it has --trials finished trials, across all workers."""
     options = SearchOptions(
@@ -134,6 +136,7 @@ def optimize(
         code_paths=tuple(code_path or ()),
         stop_after=stop_after,
         target_value=target_value,
+        warm_start=warm_start,
     )
     run = launch.run_optimize(options, console)
     launch.restart_if_due(run, sys.argv[1:], console)

@@ -141,6 +141,17 @@ WorkersOpt = Annotated[
     ),
 ]
 TimeoutOpt = Annotated[float | None, typer.Option(help="Stop starting trials after S seconds.")]
+WarmStartOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--warm-start",
+        show_default=False,
+        metavar="STUDY[@URL]",
+        help="Make the study (a new one) with the complete trials of STUDY that fit its space "
+        "copied in, for the sampler and the trial ensemble; they do not count in --trials. "
+        "URL: STUDY's storage (default: this study's).",
+    ),
+]
 StopAfterOpt = Annotated[
     int | None,
     typer.Option(

@@ -28,6 +28,8 @@ from matplotlib.ticker import MaxNLocator
 from hpo.results.handover import FILES, Handed
 from hpo.results.retrained import Retrained, test_metrics
 from hpo.results.summary import ABSENT, missing, param_columns, trials_frame
+from hpo.search.budget import COPIED
+from hpo.search.warm_start import BOOK, ENQUEUED
 from hpo.study.space import DEFAULT_LOSS
 from hpo.study.studyfile import StudySpec
 from hpo.train.curves import smoothed
@@ -248,6 +250,32 @@ def handover_section(
     return [*lines, markdown_table(header, members), ""]
 
 
+def baseline_lines(study: optuna.Study, spec: StudySpec, best: Any) -> list[str]:
+    """The book's configuration, run first (hpo.search.warm_start), beside the best trial's
+    validation figure; none where the study did not run it. A trial of this study is preferred
+    to one copied from another (--warm-start)."""
+    runs = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(ENQUEUED) == BOOK]
+    runs.sort(key=lambda t: (COPIED in t.user_attrs, t.number))
+    if not runs:
+        return []
+    book = runs[0]
+    where = f"trial {book.number}" + (", copied" if COPIED in book.user_attrs else "")
+    if book.state != optuna.trial.TrialState.COMPLETE or book.value is None:
+        state = book.state.name.lower()
+        return [f"The book's configuration ({where}) was {state}: no baseline to compare.", ""]
+    line = f"The book's configuration ({where}): {spec.metric} {book.value:.4f}"
+    if best is not None and best.value is not None and best.number != book.number:
+        gain = best.value - book.value
+        better = gain >= 0 if spec.direction == "maximize" else gain <= 0
+        line += (
+            f"; the best trial {best.number}'s {best.value:.4f} ({gain:+.4f}, "
+            f"{'better' if better else 'worse'})"
+        )
+    elif best is not None and best.number == book.number:
+        line += ": the best trial is the book's configuration"
+    return [line + ".", ""]
+
+
 def write(
     study: optuna.Study,
     spec: StudySpec,
@@ -283,6 +311,7 @@ def write(
         f"Best trial **{head.trial}**, retrained from scratch on the whole training set "
         f"for **{head.epochs} epochs** with {len(head.seeds)} seed(s): test {summary}.",
         "",
+        *baseline_lines(study, spec, best),
     ]
     ensembles = [f"ensemble {m}" for m in metrics] if head.ensemble else []
     if head.ensemble:

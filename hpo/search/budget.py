@@ -5,7 +5,8 @@ workers sharing a study overshoot. Here the budget is a property of the study:
 
 - a trial *counts* when it finished on its own: COMPLETE, PRUNED, or FAILED with a reason the
   objective recorded (a NaN loss). A trial failed by the heartbeat (its worker died: DIED), by
-  Ctrl-C or for being over budget does not count: it is re-run or was never run;
+  Ctrl-C or for being over budget does not count: it is re-run or was never run. Nor does a
+  trial copied from another study (--warm-start): the budget is of the trials this study runs;
 - a new trial is *admitted* only if fewer than N trials with smaller numbers (numbers are
   assigned atomically by the storage) are counted, running or waiting. Whatever order workers
   check in, the counted trials can never exceed N. A trial that is not admitted fails at once
@@ -30,9 +31,14 @@ STOPPED = "stopped"  # the fail_reason of a trial ended by `hpo stop`: run again
 # The fail_reason of a trial whose worker stopped beating (killed, out of memory): re-run.
 DIED = "its worker died (no heartbeat)"
 NOT_COUNTED = ("interrupted", OVER_BUDGET, STOPPED, DIED)
+# The user attr of a trial copied from another study (hpo optimize --warm-start): it informs
+# the sampler and the report, but the budget (--trials) counts the trials this study ran.
+COPIED = "warm_start_from"
 
 
 def counts_toward_budget(trial: FrozenTrial) -> bool:
+    if COPIED in trial.user_attrs:
+        return False
     return counts(trial.state, trial.user_attrs.get("fail_reason"))
 
 

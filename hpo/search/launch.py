@@ -113,6 +113,10 @@ def _run_optimize(
         options.reconnect,
         build=options.build,
         code_paths=options.code_paths,
+        enqueue=True,  # the book's configuration and [[enqueue]], when this makes the study
+        warm_start=options.warm_start,
+        artifacts=options.artifacts,
+        console=console,
     )
     children = []
     if not inherited:

@@ -312,7 +312,13 @@ def submit(options: SearchOptions, priority: float | None, console: Console) -> 
             prepared = load_source(spec.source, data_dir)
     store = storage.open_storage(storage_url)
     opened = study_loop.open_study(
-        spec, storage_url, name, storage=store, code_paths=options.code_paths
+        spec,
+        storage_url,
+        name,
+        storage=store,
+        code_paths=options.code_paths,
+        enqueue=True,  # the book's configuration and [[enqueue]], when this makes the study
+        console=console,
     )
     old = opened.user_attrs.get(ATTR)
     old = old if isinstance(old, dict) and malformed(old) is None else {}

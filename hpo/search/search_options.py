@@ -54,6 +54,9 @@ class SearchOptions:
     # module is looked for in before the study file's folder and the installed ones.
     build: Callable | None = None
     code_paths: tuple[str, ...] = ()
+    # --warm-start OTHER_STUDY[@URL]: a new study copies that study's finished trials first
+    # (hpo.search.warm_start); not repeated in `argv`: it is done once, when the study is made.
+    warm_start: str | None = None
     # Stop rules (hpo.search.stop_rules), the study's own once given: stop after N finished
     # trials without improvement, or once the best value reaches target_value.
     stop_after: int | None = None

@@ -23,6 +23,7 @@ from hpo.data.arrays import Prepared
 from hpo.data.load import load_source
 from hpo.errors import HpoError
 from hpo.search import ahead, batched, stop_rules
+from hpo.search import warm_start as warm_starts
 from hpo.search.budget import Budget, OverBudget, failed_as_stale, finished
 from hpo.search.interrupt import GracefulInterrupt
 from hpo.search.local_workers import Recycler
@@ -163,25 +164,67 @@ def open_study(
     *,
     build: Callable | None = None,
     code_paths: Sequence[str | Path] = (),
+    enqueue: bool = False,
+    warm_start: str | None = None,
+    artifacts: str | None = None,
+    console: Console | None = None,
 ) -> optuna.Study:
     """The study `study_name` in the storage (`storage`, else opened at `storage_url`),
     created for `spec` or checked to be of it: its dataset, its metric and its model code
-    (`build`, else the study file's [model] found on `code_paths`: model_record)."""
+    (`build`, else the study file's [model] found on `code_paths`: model_record).
+
+    Created here (not by another worker), it copies the trials of `warm_start`
+    (OTHER_STUDY[@URL], checked before the study is made) and, with `enqueue`, enqueues what
+    it runs first (hpo.search.warm_start), saying so on `console`."""
     model = model_record(spec, build, code_paths)  # a missing module: one line, no study made
     storage = storage or open_storage(storage_url, heartbeat_s, reconnect_s)
-    if names.problem(study_name) is not None:  # an odd name may load, never be made anew
+    exists = True
+    try:
+        storage.get_study_id_from_name(study_name)
+    except KeyError:
+        exists = False
+        names.check_new(study_name)  # an odd name may load, never be made anew
+    source = None if warm_start is None else warm_starts.parse_source(warm_start, storage_url)
+    source_study = None
+    if source and not exists:
+        if (source.study, source.url) == (study_name, storage_url):
+            raise HpoError(f"--warm-start {source.shown}: a study cannot warm-start itself")
+        source_study = warm_starts.open_source(source)
+        warm_starts.check_source(
+            source,
+            source_study.user_attrs.get(SPEC_ATTR),
+            source_study.user_attrs.get(MODEL_ATTR),
+            spec,
+            model,
+        )
+    sampler = algorithms.make_sampler(spec.sampler, spec.seed)
+    pruner = algorithms.make_pruner(spec.pruner, spec.max_epochs)
+    created = False
+    if not exists:  # the storage settles which of several workers creates it
         try:
-            storage.get_study_id_from_name(study_name)
-        except KeyError:
-            names.check_new(study_name)
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_name,
-        direction=spec.direction,
-        sampler=algorithms.make_sampler(spec.sampler, spec.seed),
-        pruner=algorithms.make_pruner(spec.pruner, spec.max_epochs),
-        load_if_exists=True,
-    )
+            study = optuna.create_study(
+                storage=storage,
+                study_name=study_name,
+                direction=spec.direction,
+                sampler=sampler,
+                pruner=pruner,
+            )
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+    if not created:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            direction=spec.direction,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
+    if source and created:
+        study.set_user_attr(warm_starts.RECORD, source.record())  # at once: resumes see it
+    elif source:
+        warm_starts.check_record(study, source)
     if study.direction.name.lower() != spec.direction:
         raise HpoError(
             f"study {study_name!r} in {redact(storage_url)} was made to "
@@ -204,7 +247,31 @@ def open_study(
         with warnings.catch_warnings():  # metric names are "experimental" in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([spec.metric])  # the dashboard's axis says val_accuracy
+    if created:
+        _start(study, spec, source, source_study, enqueue, artifacts, console)
     return study
+
+
+def _start(
+    study: optuna.Study,
+    spec: StudySpec,
+    source: warm_starts.Source | None,
+    source_study: optuna.Study | None,
+    enqueue: bool,
+    artifacts: str | None,
+    console: Console | None,
+) -> None:
+    """A new study's warm start: the other study's trials copied, then what it runs first
+    enqueued (a configuration a copied trial ran is not enqueued again)."""
+    lines = []
+    if source and source_study:
+        store = artifact_stores.open_store(artifacts) if artifacts else None
+        copied = warm_starts.copy_trials(study, source_study, source, spec, store)
+        lines += copied.lines(source)
+    if enqueue:
+        lines += warm_starts.enqueue_first(study, spec)
+    for line in lines if console else ():
+        console.print(line, highlight=False, markup=False)
 
 
 def load_data(
@@ -271,6 +338,10 @@ def run(
             options.reconnect,
             build=options.build,
             code_paths=options.code_paths,
+            enqueue=True,
+            warm_start=options.warm_start,
+            artifacts=options.artifacts,
+            console=console,
         )
     before = finished(study)
     watch = stop_rules.Watch(spec.metric, on_stop=stop_rules.note)

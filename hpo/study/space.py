@@ -355,6 +355,12 @@ class Space:
         some trials lack it (hpo.results.summary.param_columns spreads them over trials)."""
         return [name for name, dim in self.dims.items() if dim.searched]
 
+    def outside(self, name: str, value: Any) -> str | None:
+        """Why `value` is not one a trial may draw for dimension `name`, or None: for a value
+        given by hand ([[enqueue]]) or read from another study (a warm start)."""
+        dim = self.dims[name]
+        return None if _inside(dim, value) else f"{_show(value)} lies outside {_describe(dim)}"
+
     def admits(self, params: Mapping[str, Any]) -> str | None:
         """Why a stored trial's parameters do not fit this space, or None when they do. Each
         parameter the trial's own values make active must be there and inside its dimension;

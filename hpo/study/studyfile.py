@@ -7,6 +7,7 @@ Every problem is reported as one line naming the file, the key and why, e.g.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ STUDY_KEYS = {
     "patience",
     "input",
     "maxlen",
+    "baseline",
 }
 # The inputs each built-in dataset can be fed as: "vectors", the book's chapter-3 input
 # (multi-hot words, flat pixels, standardized columns), first; then word ids padded or cut to
@@ -74,6 +76,10 @@ class StudySpec:
     model: ModelCode | None = None  # [model] build = "module:function"; None: hpo's Dense stack
     input: str = "vectors"  # how a built-in dataset is fed (INPUTS)
     maxlen: int | None = None  # input "sequence": word ids per sample, padded or cut
+    # [[enqueue]]: configurations (full or partial: the rest is sampled) a new study runs
+    # first, each checked against the space; hpo.search.warm_start enqueues them.
+    enqueue: tuple[dict[str, Any], ...] = ()
+    baseline: bool = True  # a built-in dataset's study runs the book's configuration first
 
     @property
     def source(self) -> Source:
@@ -180,11 +186,12 @@ class Known:
 def parse(doc: dict[str, Any], source: str, known: Known | None = None) -> StudySpec:
     """A study file's TOML → StudySpec. For own data the task and the training rows are read
     from the file (its [data] table), unless `known` gives them."""
-    unknown_tables = set(doc) - {"study", "space", "sampler", "pruner", "data", "model"}
+    allowed_tables = {"study", "space", "sampler", "pruner", "data", "model", "enqueue"}
+    unknown_tables = set(doc) - allowed_tables
     if unknown_tables:
         raise HpoError(
             f"{source}: unknown table [{sorted(unknown_tables)[0]}] "
-            "(allowed: study, data, model, space, sampler, pruner)"
+            "(allowed: study, data, model, space, sampler, pruner, [[enqueue]])"
         )
     study = doc.get("study")
     if not isinstance(study, dict):
@@ -274,6 +281,11 @@ def parse(doc: dict[str, Any], source: str, known: Known | None = None) -> Study
             f"space.loss has several choices (use {next(iter(metrics))})"
         )
 
+    enqueue = _enqueue(doc.get("enqueue", []), space, source)
+    baseline = study.get("baseline", True)
+    if not isinstance(baseline, bool):
+        raise HpoError(f"{source}: study.baseline: must be true or false, got {baseline!r}")
+
     sampler = _algorithm(doc, "sampler", source, "tpe")
     pruner = _algorithm(doc, "pruner", source, "median")
     algorithms.check(sampler, pruner, max_epochs, source)
@@ -297,7 +309,52 @@ def parse(doc: dict[str, Any], source: str, known: Known | None = None) -> Study
         model=model,
         input=kind,
         maxlen=maxlen,
+        enqueue=enqueue,
+        baseline=baseline,
     )
+
+
+def _enqueue(tables: Any, space: Space, source: str) -> tuple[dict[str, Any], ...]:
+    """[[enqueue]] tables → the configurations a new study runs first. Each key must be a
+    parameter of the space (name_1 … for a per-layer one) and its value one a trial may draw:
+    Optuna would otherwise fail the trial (a choice it lacks) or run a value the space never
+    offers. Keys left out are sampled."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise HpoError(
+            f"{source}: enqueue: must be [[enqueue]] tables of parameter = value, "
+            'e.g. [[enqueue]] units = 64 optimizer = "adam" (one per line)'
+        )
+    return tuple(_enqueued(table, i, space, source) for i, table in enumerate(tables))
+
+
+def _enqueued(table: dict[str, Any], index: int, space: Space, source: str) -> dict[str, Any]:
+    where = f"{source}: enqueue[{index}]"
+    if not table:
+        raise HpoError(f"{where}: empty: give at least one parameter = value")
+    for key, value in table.items():
+        name, layer = key, None
+        found = re.fullmatch(r"(.+)_([1-9][0-9]*)", key)
+        if key not in space.dims and found and found[1] in space.per_layer:
+            name, layer = found[1], int(found[2])
+        if name not in space.dims:
+            known = ", ".join(space.dims)
+            raise HpoError(f"{where}.{key}: not a parameter of this study (its space: {known})")
+        if layer is None and name in space.per_layer:
+            raise HpoError(f"{where}.{key}: {key} is per-layer: give {key}_1, {key}_2 …")
+        problem = space.outside(name, value)
+        if problem:
+            raise HpoError(f"{where}.{key}: {problem}")
+        layers = table.get("layers")
+        if layer is not None and isinstance(layers, int) and layer > layers:
+            raise HpoError(f"{where}.{key}: the table's layers is {layers}: no layer {layer}")
+        for parent, values in space.when.get(name, {}).items():
+            if parent in table and table[parent] not in values:
+                shown = " or ".join(map(repr, values))
+                raise HpoError(
+                    f"{where}.{key}: absent where {parent} = {table[parent]!r} (its when: "
+                    f"{parent} = {shown})"
+                )
+    return dict(table)
 
 
 def _input(

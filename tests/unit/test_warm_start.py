@@ -320,3 +320,42 @@ def test_baseline_line_compares_the_best_trial(tmp_path):
         "(+0.0300, better)."
     )
     assert baseline_lines(optuna.create_study(), spec, None) == []
+
+
+def _open_in_a_process(path: str, url: str, start: float) -> None:
+    """One worker's open_study, all of them timed to start together."""
+    import time
+
+    enqueue = optuna.Study.enqueue_trial
+
+    def slowly(study, *args, **kwargs):  # widens the race: the others open the study meanwhile
+        time.sleep(1)
+        enqueue(study, *args, **kwargs)
+
+    optuna.Study.enqueue_trial = slowly
+    time.sleep(max(start - time.time(), 0))
+    open_study(studyfile.load(path), url, "race", enqueue=True)
+
+
+def test_workers_racing_to_create_a_study_enqueue_once(tmp_path):
+    import multiprocessing
+    import time
+
+    path = str(study_file(tmp_path, SPACE + "[[enqueue]]\nunits = 32\n"))
+    url = f"sqlite:///{tmp_path}/hpo.db"
+    optuna.create_study(storage=url, study_name="warm-up")  # the tables exist: a create races
+    start = time.time() + 1
+    context = multiprocessing.get_context("fork")  # this process's imports: a quick start
+    workers = [
+        context.Process(target=_open_in_a_process, args=(path, url, start)) for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0] * 4
+    marks = [
+        t.user_attrs[warm_start.ENQUEUED]
+        for t in optuna.load_study(study_name="race", storage=url).trials
+    ]
+    assert marks == ["book", "enqueue[0]"]

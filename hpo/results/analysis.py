@@ -504,10 +504,12 @@ def analyze_study(
 
 
 def _save(model: Any, path: Path) -> None:
-    """Save a model as .keras; a model Keras cannot save (a subclassed one without get_config)
-    is one line."""
+    """Save a model as .keras, as plain Keras loads it (model_lib.portable); a model Keras
+    cannot save (a subclassed one without get_config) is one line."""
     try:
-        model.save(path)
+        # hpo's training-time layers rebuilt from standard ones: the file loads with plain
+        # Keras, where hpo is not installed
+        model_lib.portable(model).save(path)
     except Exception as exc:  # Keras' serialization errors: any type
         raise HpoError(
             f"{path.name}: Keras cannot save the model ({type(exc).__name__}: {first_line(exc)});"

@@ -61,6 +61,89 @@ class UnpackBits(keras.layers.Layer):
         return {**super().get_config(), "n_features": self.n_features}
 
 
+UNPACK = "unpack_bits"  # the name of the bit-unpacking step, hpo's layer or its standard form
+
+
+def standard_unpack(packed_bytes: int, n_features: int) -> keras.Model:
+    """UnpackBits in standard Keras layers, for a model handed over: a frozen Embedding whose
+    256 x 8 table is BYTE_BITS (byte b → its 8 bits, the same gather, so exact), Reshape to one
+    value a bit, Cropping1D of the pad bits past `n_features`, Reshape to (n_features,).
+    The file then loads with plain Keras, with no hpo installed."""
+    inputs = keras.Input(shape=(packed_bytes,), dtype="uint8", name="packed")
+    table = keras.layers.Embedding(
+        256, 8, trainable=False, weights=[BYTE_BITS.astype(np.float32)], name="byte_bits"
+    )
+    x = keras.layers.Reshape((packed_bytes * 8, 1), name="bits")(table(inputs))
+    if packed_bytes * 8 != n_features:
+        x = keras.layers.Cropping1D((0, packed_bytes * 8 - n_features), name="pad_bits")(x)
+    x = keras.layers.Reshape((n_features,), name="features")(x)
+    return keras.Model(inputs, x, name=UNPACK)
+
+
+def swapped(
+    model: keras.Model, wanted: Any, replace: Any, inputs: list | None = None
+) -> keras.Model:
+    """`model` with each layer that `wanted(layer)` picks replaced by `replace(layer)` (a
+    callable on the layer's input), in nested functional models too (an ensemble's members);
+    the other layers are shared, weights included. Only what holds a picked layer is rebuilt,
+    on `inputs` (default: Inputs like the model's), each nested model on an Input of what it
+    is now fed. A model holding none, or not functional (a subclassed one), is returned as is."""
+    if not _holds(model, wanted):
+        return model
+    try:
+        ins = model.inputs
+    except (AttributeError, ValueError):  # a subclassed model: its graph cannot be walked
+        return model
+    if inputs is None:
+        inputs = [keras.Input(shape=x.shape[1:], dtype=x.dtype, name=x.name) for x in ins]
+    return _rewired(model, inputs, wanted, replace)
+
+
+def _rewired(model: keras.Model, inputs: list, wanted: Any, replace: Any) -> keras.Model:
+    """`model`'s graph run on new `inputs`, its picked layers replaced (see swapped)."""
+
+    def operation(op: Any) -> Any:
+        if wanted(op):
+            return replace(op)
+        if isinstance(op, keras.Model) and _holds(op, wanted):
+
+            def nested(x: Any, *args: Any, **kwargs: Any) -> Any:
+                fed = keras.Input(shape=x.shape[1:], dtype=x.dtype)
+                return _rewired(op, [fed], wanted, replace)(x)
+
+            return nested
+        return op
+
+    fed = inputs if len(inputs) > 1 else inputs[0]
+    # Keras' own graph walk (as clone_model walks it), each node's layer as `operation` says
+    outputs = model._run_through_graph(fed, operation)
+    return keras.Model(fed, outputs, name=model.name)
+
+
+def _holds(model: Any, wanted: Any) -> bool:
+    """Whether `model` holds a layer `wanted` picks, at any depth."""
+    return any(
+        wanted(layer) or (isinstance(layer, keras.Model) and _holds(layer, wanted))
+        for layer in getattr(model, "layers", [])
+    )
+
+
+def portable(model: keras.Model) -> keras.Model:
+    """The model to hand over: hpo's training-time layers (UnpackBits) rebuilt from standard
+    Keras layers (standard_unpack), the weights shared, so its .keras file loads with plain
+    Keras and predicts exactly the same. A model without them is returned as is."""
+
+    def replace(layer: UnpackBits) -> keras.Model:
+        return standard_unpack(int(layer.input.shape[-1]), layer.n_features)
+
+    handed = swapped(model, lambda layer: isinstance(layer, UnpackBits), replace)
+    if handed is not model and model.compiled:  # compiled as the model was: its file evaluates
+        handed.compile_from_config(model.get_compile_config())
+        if model.optimizer.built:  # as `ensemble` does: the file then loads without warnings
+            handed.optimizer.build(handed.trainable_variables)
+    return handed
+
+
 class FoldInitializer(keras.initializers.Initializer):
     """Glorot-uniform for each fold's (inputs, units) kernel slice of a (folds, inputs, units)
     kernel: Keras' own would count the fold axis as a receptive field and shrink the range."""

@@ -404,3 +404,59 @@ def predict(
         code_paths=code_paths,
     )
     return predictor.predict_file(rows, out=Path(out) if out else None, probabilities=probabilities)
+
+
+def export(
+    target: str | Path,
+    *,
+    format: str,
+    out: str | Path,
+    study: str | None = None,
+    storage: str = DEFAULT_STORAGE,
+    artifacts: str = DEFAULT_ARTIFACTS,
+    code_paths: str | Path | Sequence[str | Path] = (),
+):
+    """Export the model `hpo analyze` handed over for a study, for production: `format` keras
+    (a .keras file plain Keras loads), saved_model (TensorFlow's, signature serving_default)
+    or onnx. Your own data's model takes the raw columns, one named input each, and prepares
+    them inside; a built-in dataset's takes the book's float vectors (hpo.results.export).
+    Returns an hpo.results.export.Exported: where, what it takes and what it returns."""
+    from hpo.backend import import_keras
+    from hpo.results import export as export_lib
+    from hpo.results import prediction as predict_lib
+
+    export_lib.check_format(format)
+    found = studyfile.identity(str(target))
+    name = study or found.name
+    code = predict_lib.model_code(str(target))
+    opened: list[optuna.Study] = []
+
+    def existing() -> optuna.Study:
+        if not opened:
+            opened.append(_open_existing(name, storage))
+        return opened[0]
+
+    default = report_folder(name)
+    if not default.is_dir():
+        attrs = existing().user_attrs
+        if "analysis" not in attrs and handover_lib.ATTR not in attrs:
+            raise HpoError(f"no analysis of study {name!r}: run hpo analyze first")
+    folder, _ = predict_lib.model_folder(
+        None, default, existing, lambda: artifact_stores.open_store(artifacts, create=False)
+    )
+    path = predict_lib.handed_over(folder)
+    preparation = None
+    if found.own_data:
+        preparation = predict_lib.load_preparation(folder, existing, name)
+    predict_lib.import_model_code(code, check_code_paths(code_paths))
+    model = predict_lib.load_keras(path)
+    ready, exported = export_lib.production_model(model, preparation, own_model=code is not None)
+    if format == "keras" or import_keras().backend.backend() == "tensorflow":
+        export_lib.write(ready, format, Path(out))
+    else:  # SavedModel and ONNX go through TensorFlow's graph: a child process exports them
+        export_lib.write_through_tensorflow(
+            ready, format, Path(out), str(target), check_code_paths(code_paths)
+        )
+    exported.path, exported.format = Path(out), format
+    exported.study, exported.source = name, path.name
+    return exported

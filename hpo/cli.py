@@ -266,6 +266,37 @@ def predict(
         console.print(f"{len(predicted)} predictions written to {out}")
 
 
+@app.command(epilog="Example: hpo export examples/churn.toml --format onnx --out churn.onnx")
+def export(
+    target: Annotated[
+        str, typer.Argument(help="A built-in dataset or the STUDY.toml the study was run with.")
+    ],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="keras (a .keras file), saved_model (a folder) or onnx (a file)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the exported model.")],
+    study: StudyOpt = None,
+    storage_url: StorageOpt = storage.DEFAULT_URL,
+    artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
+    code_path: CodePathOpt = None,
+) -> None:
+    """Export the model hpo analyze handed over, for production: your own data's takes the raw
+    columns and prepares them inside; a built-in dataset's takes the book's float vectors."""
+    exported = api.export(
+        target,
+        format=format,
+        out=out,
+        study=study,
+        storage=storage_url,
+        artifacts=artifacts,
+        code_paths=check_code_paths(code_path),
+    )
+    console.print(exported.describe(), highlight=False, soft_wrap=True)
+
+
 @app.command(epilog="Example: hpo dashboard --port 8080")
 def dashboard(
     storage_url: StorageOpt = storage.DEFAULT_URL,

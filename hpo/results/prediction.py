@@ -326,6 +326,14 @@ def open_predictor(
     folder, path = model_folder(explicit, default, study, store)
     if path is None:
         path = handed_over(folder)
+    preparation = load_preparation(folder, study, name)
+    import_model_code(code, code_paths)
+    return Predictor(load_keras(path), preparation, path)
+
+
+def load_preparation(folder: Path, study: Callable[[], optuna.Study], name: str) -> Preparation:
+    """The preparation of study `name`'s data: analyze's preparation.json in `folder`, else
+    the one stored in the study."""
     saved = folder / PREPARATION
     if saved.is_file():
         preparation = json.loads(saved.read_text(encoding="utf-8"))
@@ -333,5 +341,4 @@ def open_predictor(
         preparation = stored_preparation.load(study())
         if preparation is None:
             raise HpoError(f"study {name!r} has no stored preparation of its data")
-    import_model_code(code, code_paths)
-    return Predictor(load_keras(path), Preparation.from_dict(preparation), path)
+    return Preparation.from_dict(preparation)

@@ -28,7 +28,7 @@ from hpo.results import summary
 from hpo.results.analyze_options import AnalyzeOptions, report_folder
 from hpo.search import launch, local_workers, queue, storage, study_loop
 from hpo.search.progress import RetrainStatus
-from hpo.search.search_options import SearchOptions, check_code_paths
+from hpo.search.search_options import SearchOptions, check_code_paths, check_mlflow
 from hpo.study import studyfile
 from hpo.study.studyfile import StudySpec
 
@@ -90,6 +90,7 @@ def optimize(
     artifacts: str = DEFAULT_ARTIFACTS,
     build: Callable[[dict[str, Any], Any], Any] | None = None,
     code_paths: str | Path | Sequence[str | Path] = (),
+    mlflow: str | None = None,
     stop_after: int | None = None,
     target_value: float | None = None,
     warm_start: str | None = None,
@@ -103,7 +104,8 @@ def optimize(
     artifact store `artifacts` (a folder, or s3://BUCKET). `build` is your model's function,
     `build(params, inputs) -> keras.Model` (one defined in a notebook works): it wins over the
     study file's [model] build, and runs in this process only, so with one worker. `code_paths`
-    are folders a [model] module is looked for in first. `stop_after` (N trials without
+    are folders a [model] module is looked for in first. `mlflow` is a tracking URI: each ended
+    trial is logged there as a run nested under the study's. `stop_after` (N trials without
     improvement) and `target_value` (a best value to reach) are the study's stop rules, kept
     by every worker (hpo.search.stop_rules; None: the study's own). `warm_start`
     ("OTHER_STUDY" or "OTHER_STUDY@STORAGE_URL") makes a new study with that study's finished
@@ -127,6 +129,7 @@ def optimize(
         batch_trials=batch_trials,
         build=build,
         code_paths=check_code_paths(code_paths),
+        mlflow=mlflow,
         stop_after=stop_after,
         target_value=target_value,
         warm_start=warm_start,
@@ -219,6 +222,7 @@ def analyze(
     data_dir: str | None = None,
     build: Callable[[dict[str, Any], Any], Any] | None = None,
     code_paths: str | Path | Sequence[str | Path] = (),
+    mlflow: str | None = None,
     progress: bool | Console = True,
 ):
     """Retrain the best trial(s) for their best epoch on all training data and test them, and
@@ -226,6 +230,8 @@ def analyze(
     `handover` (best, seeds or trial-ensemble: the model predict uses). A study of your own
     model retrains it from `build` (the function `optimize` was given), else from the study
     file's [model] module, looked for on `code_paths`, beside the study file, then installed.
+    `mlflow`: a tracking URI where the handed-over model, its test metrics and the report are
+    logged, and the model registered under the study's name.
 
     Returns hpo.results.analysis.AnalysisResult: `.results` (per trial: `.mean("mae")`, `.std(…)`,
     `.ensemble`, `.model`), `.handed` (`.name`, `.selection`, `.trial_ensemble_test`), `.report`
@@ -242,6 +248,7 @@ def analyze(
         artifacts=str(artifacts) if artifacts else None,
         data_dir=data_dir,
         code_paths=check_code_paths(code_paths),
+        mlflow=check_mlflow(mlflow),
     )
     return analyze_with(options, _console(progress), build)
 
@@ -269,7 +276,7 @@ def analyze_with(
     store = artifact_stores.open_store(artifacts, create=not kept) if artifacts else None
     prepared = study_loop.load_data(spec, options.data_dir, found, console)
     with RetrainStatus(console, seeds * top) as status:
-        return analysis.analyze_study(
+        result = analysis.analyze_study(
             found,
             spec,
             prepared,
@@ -283,6 +290,11 @@ def analyze_with(
             build=build,
             code_paths=options.code_paths,
         )
+    if options.mlflow:  # the analysis stands whatever MLflow says: a warning at most
+        from hpo.results import mlflow_model
+
+        mlflow_model.log_analysis(options.mlflow, result, spec, prepared, console)
+    return result
 
 
 def experiment(

@@ -29,6 +29,7 @@ from hpo.options import (
     HandoverOpt,
     HeartbeatOpt,
     MaxEpochsOpt,
+    MlflowOpt,
     PatienceOpt,
     PollOpt,
     PoolTimeoutOpt,
@@ -57,7 +58,7 @@ from hpo.results import summary
 from hpo.results.analyze_options import AnalyzeOptions
 from hpo.search import batched, launch, local_workers, queue, queue_worker, storage
 from hpo.search.interrupt import GracefulInterrupt, exit_code
-from hpo.search.search_options import SearchOptions, check_code_paths
+from hpo.search.search_options import SearchOptions, check_code_paths, check_mlflow
 
 app = typer.Typer(
     add_completion=False,
@@ -112,6 +113,7 @@ def optimize(
     heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
     reconnect: ReconnectOpt = storage.RECONNECT_S,
     code_path: CodePathOpt = None,
+    mlflow: MlflowOpt = None,
     warm_start: WarmStartOpt = None,
 ) -> None:
     """Run (or resume) a study until it has --trials finished trials, across all workers."""
@@ -134,6 +136,7 @@ def optimize(
         heartbeat=heartbeat,
         reconnect=reconnect,
         code_paths=tuple(code_path or ()),
+        mlflow=mlflow,
         stop_after=stop_after,
         target_value=target_value,
         warm_start=warm_start,
@@ -160,6 +163,7 @@ def analyze(
     artifacts: ArtifactsOpt = api.DEFAULT_ARTIFACTS,
     data_dir: DataDirOpt = None,
     code_path: CodePathOpt = None,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Retrain the best trial(s) for their best epoch on all training data and test them, with
     the ensemble chosen from the search's trials; hand over one of them."""
@@ -175,6 +179,7 @@ def analyze(
         artifacts=artifacts,
         data_dir=data_dir,
         code_paths=check_code_paths(code_path),
+        mlflow=check_mlflow(mlflow),
     )
     result = api.analyze_with(options, console)
     console.print(summary.analysis_table(result, seeds))
@@ -394,6 +399,7 @@ def worker(
     heartbeat: HeartbeatOpt = storage.HEARTBEAT_S,
     reconnect: ReconnectOpt = storage.RECONNECT_S,
     code_path: CodePathOpt = None,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Serve every queued study of a storage, fairly by priority, until stopped (SIGTERM or
     Ctrl-C: the trials in flight end their epoch and are queued again). A study with its own
@@ -413,6 +419,7 @@ def worker(
             reconnect_s=reconnect,
             batch_trials=batched.resolve(batched.parse(batch_trials)),
             code_paths=check_code_paths(code_path),
+            mlflow=check_mlflow(mlflow),
         )
     raise typer.Exit(code)
 

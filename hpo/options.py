@@ -221,3 +221,15 @@ CodePathOpt = Annotated[
         "ones (repeatable; HPO_CODE_PATH: folders separated by os.pathsep).",
     ),
 ]
+MlflowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow",
+        envvar="HPO_MLFLOW",
+        show_default=False,
+        metavar="URI",
+        help="MLflow tracking URI (http://HOST:5000 or sqlite:///mlflow.db): each ended trial "
+        "logged as a run nested under the study's; analyze logs and registers the handed-over "
+        "model. Needs pip install 'hpo[mlflow]'.",
+    ),
+]

@@ -37,6 +37,8 @@ class AnalyzeOptions:
     # Folders a study's [model] module is looked for in, before the study file's folder and
     # the installed modules (--code-path).
     code_paths: tuple[str, ...] = ()
+    # --mlflow: the tracking URI the handed-over model is logged and registered at
+    mlflow: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", str(self.target))

@@ -36,6 +36,7 @@ from hpo.search import (
     queue_standing,
     stop_rules,
     study_loop,
+    tracking,
 )
 from hpo.search.budget import (
     DIED,
@@ -110,8 +111,11 @@ class Worker:
         reconnect_s: float = RECONNECT_S,
         batch_trials: int = 1,
         code_paths: tuple[str, ...] = (),
+        mlflow: str | None = None,
     ) -> None:
         self.url = storage_url
+        # --mlflow: each ended trial of every study served logged as a run under the study's
+        self.runs = tracking.trial_runs(mlflow, console)
         # Where a study's [model] module is looked for, before the installed ones: never
         # beside the submitter's study file (a path of another machine, read from the storage).
         self.code_paths = code_paths
@@ -244,6 +248,7 @@ class Worker:
             while not signals.requested:
                 self.recycled = recycler and recycler.due()
                 if self.recycled:
+                    self.close()
                     return None
                 entry = self.choose()
                 if signals.requested:  # while the queue was read: start no trial
@@ -259,7 +264,13 @@ class Worker:
                     continue
                 said_idle = False
                 self.run_one(entry)
+        self.close()
         return exit_code(signals.signum)
+
+    def close(self) -> None:
+        """Before this process ends or restarts: its trials still being logged to MLflow."""
+        if self.runs is not None:
+            self.runs.close()
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -308,7 +319,7 @@ class Worker:
                 objective,
                 self.batch_trials,
                 served.budget,
-                [self._said],
+                [self._said] if self.runs is None else [self._said, self.runs],
                 served.catch,
                 asked,
             )
@@ -441,6 +452,8 @@ class Worker:
             sampler=algorithms.make_sampler(spec.sampler, spec.seed),
             pruner=algorithms.make_pruner(spec.pruner, spec.max_epochs),
         )
+        if self.runs is not None:
+            self.runs.describe(entry.name, spec)
         self.console.print(
             f"{entry.name}: serving ({spec.dataset}, {spec.metric}, budget {entry.trials}, "
             f"priority {entry.priority:g})",

@@ -61,6 +61,7 @@ class SearchOptions:
     # trials without improvement, or once the best value reaches target_value.
     stop_after: int | None = None
     target_value: float | None = None
+    mlflow: str | None = None  # --mlflow: the tracking URI each ended trial is logged to
 
     def __post_init__(self) -> None:
         """Each option checked (an HpoError, one line) and written as the command line
@@ -71,6 +72,7 @@ class SearchOptions:
             raise HpoError(f"build=: must be a function, got {type(self.build).__name__}")
         object.__setattr__(self, "code_paths", check_code_paths(self.code_paths))
         stop_rules.check(self.stop_after, self.target_value)
+        object.__setattr__(self, "mlflow", check_mlflow(self.mlflow))
         recycle = None if self.recycle_after is None else Recycler(self.recycle_after).setting
         for name, value in (
             ("target", str(self.target)),
@@ -122,7 +124,7 @@ class SearchOptions:
             argv += ["--stop-after", str(self.stop_after)]
         if self.target_value is not None:
             argv += ["--target", repr(float(self.target_value))]
-        return argv
+        return argv + (["--mlflow", self.mlflow] if self.mlflow else [])
 
 
 def check_code_paths(code_paths: str | Path | Sequence[str | Path] | None) -> tuple[str, ...]:
@@ -136,6 +138,18 @@ def check_code_paths(code_paths: str | Path | Sequence[str | Path] | None) -> tu
         if not Path(folder).is_dir():
             raise HpoError(f"--code-path {folder}: no such folder")
     return folders
+
+
+def check_mlflow(uri: str | None) -> str | None:
+    """--mlflow's URI (None or empty: nothing logged), refused in one line when mlflow is not
+    installed: found without importing it, so a search without --mlflow never does."""
+    if not uri:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise HpoError("--mlflow: mlflow is not installed; pip install 'hpo[mlflow]'")
+    return str(uri)
 
 
 def location_options(

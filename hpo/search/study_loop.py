@@ -22,7 +22,7 @@ from hpo.data import stored_preparation
 from hpo.data.arrays import Prepared
 from hpo.data.load import load_source
 from hpo.errors import HpoError
-from hpo.search import ahead, batched, stop_rules
+from hpo.search import ahead, batched, stop_rules, tracking
 from hpo.search import warm_start as warm_starts
 from hpo.search.budget import Budget, OverBudget, failed_as_stale, finished
 from hpo.search.interrupt import GracefulInterrupt
@@ -348,6 +348,9 @@ def run(
     stop = set_stop_rules(study, spec.metric, options, console, notes)
     if before >= trials or stop is not None:
         return RunResult(study, before, before, False, stopped=stop and stop.line())
+    runs = tracking.trial_runs(options.mlflow, console)  # --mlflow: each ended trial logged
+    if runs is not None:
+        runs.describe(name, spec)
     prepared = load_data(spec, options.data_dir, study, console)
     artifacts = options.artifacts
     store = None if artifacts is None else artifact_stores.open_store(artifacts)
@@ -369,6 +372,7 @@ def run(
         StudyProgress(console, study, trials, spec.metric) as progress,
         GracefulInterrupt() as ctrl_c,
     ):
+        ended = [progress] if runs is None else [progress, runs]  # called as each trial ends
         objective = Objective(
             spec,
             prepared,
@@ -387,7 +391,7 @@ def run(
             study,
             objective,
             budget,
-            [progress],
+            ended,
             may_ask=lambda: (
                 not (
                     ctrl_c.requested
@@ -411,7 +415,7 @@ def run(
                         ran = pipeline.run_one()
                     else:
                         ran = batched.run_trials(
-                            study, objective, batch_trials, budget, [progress], own_failures
+                            study, objective, batch_trials, budget, ended, own_failures
                         )
                 except Exception as exc:
                     if failed_as_stale(exc):  # its re-run is queued: this worker goes on
@@ -428,6 +432,8 @@ def run(
             interrupted = True
         finally:
             pipeline.close()
+            if runs is not None:  # its trials still being logged to MLflow
+                runs.close()
         interrupted = interrupted or ctrl_c.requested
     after = finished(study)
     stop = watch.check(study) if after < trials else None  # a met budget ended it, not a rule

@@ -85,6 +85,20 @@ def use_xla(first_layer: str, rows: int, batch_size: int, epochs: int | None) ->
     return epochs is not None and epochs * math.ceil(rows / batch_size) >= XLA_STEPS
 
 
+def on_cpu() -> bool:
+    """Whether the backend computes on the CPU (no GPU or TPU in use)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.config.list_logical_devices("GPU")
+    return True
+
+
 def compile_epoch(fn: Callable, xla: bool) -> Callable:
     """`fn` compiled: jax.jit, or tf.function, with XLA when `xla` (use_xla)."""
     backend = keras.backend.backend()

@@ -58,6 +58,7 @@ from hpo.train.compiled import (
     compile_epoch,
     dropout,
     is_dropout,
+    on_cpu,
     per_sample_loss,
     task_metrics,
     use_xla,
@@ -142,6 +143,15 @@ class FusedTrainer:
         # apply under TensorFlow), as Keras' own train_function does.
         self.stateless = keras.backend.backend() == "jax"
         self.xla = use_xla(first_layer, len(train[0]), batch_size, epochs)
+        # A convolutional model on a CPU: XLA would compile the epoch's loop of convolutions
+        # to slow code (_stepwise_epoch), so TensorFlow runs it in its graph executor, and
+        # JAX (XLA always) with a compiled call per batch.
+        slow_loop = whole and convolves(model) and on_cpu()
+        self.xla = self.xla and not slow_loop
+        self.stepwise = slow_loop and self.stateless
+        if self.stepwise:
+            self._step = compile_epoch(self._train_on, self.xla)
+            self._val_step = compile_epoch(self._validate_on, self.xla)
         self._epoch = compile_epoch(self._epoch_fn, self.xla)
         self._traced: Callable | None = None  # _epoch's program for this load's arguments
         self.load(model, train, validation, seed, rates)
@@ -396,42 +406,73 @@ class FusedTrainer:
             y = ops.expand_dims(y, 1)
         return ops.tile(y, (1, self.trials) + (1,) * (y.ndim - 2))
 
+    def _train_on(self, state, sums, arrays, rates, rows, w):
+        """One optimizer step on the training rows `rows` (weights `w`); (state, sums)."""
+        x = self._rows(arrays[0], rows, validation=False)
+        y = self._targets(arrays[1], rows)
+        state, y_pred, losses, penalty = self._train_step(state, x, y, w, rates)
+        batch = self._sums(y, y_pred, w, losses, penalty)
+        return state, {k: sums[k] + batch[k] for k in sums}
+
+    def _validate_on(self, state, sums, arrays, rates, rows, w):
+        """The validation rows `rows` predicted; (sums, their predictions)."""
+        x = self._rows(arrays[2], rows, validation=True)
+        y = self._targets(arrays[3], rows)
+        y_pred, penalty = self._predict(state, x, rates)
+        batch = self._sums(y, y_pred, w, self.loss_fn(y, y_pred), penalty)
+        return {k: sums[k] + batch[k] for k in sums}, y_pred
+
     def _epoch_fn(self, state, arrays, rates, indices, weights, rest, val_indices, val_weights):
-        x_train, y_train, x_val, y_val = arrays
-
-        def train_on(state, sums, rows, w):
-            x = self._rows(x_train, rows, validation=False)
-            y = self._targets(y_train, rows)
-            state, y_pred, losses, penalty = self._train_step(state, x, y, w, rates)
-            batch = self._sums(y, y_pred, w, losses, penalty)
-            return state, {k: sums[k] + batch[k] for k in sums}
-
         def step(i, carry):
-            return train_on(*carry, indices[i], weights[i])
+            return self._train_on(*carry, arrays, rates, indices[i], weights[i])
 
         state, sums = ops.fori_loop(0, indices.shape[0], step, (state, self._zero_sums()))
         if rest.shape[0]:  # the last, partial batch at its own size (exact_last)
-            state, sums = train_on(state, sums, rest, ops.ones(rest.shape, "float32"))
+            state, sums = self._train_on(
+                state, sums, arrays, rates, rest, ops.ones(rest.shape, "float32")
+            )
         if not self.validating:
             return state, sums, None, None
 
         def val_step(i, carry):
             sums, predictions = carry
-            x = self._rows(x_val, val_indices[i], validation=True)
-            y = self._targets(y_val, val_indices[i])
-            y_pred, penalty = self._predict(state, x, rates)
-            batch = self._sums(y, y_pred, val_weights[i], self.loss_fn(y, y_pred), penalty)
+            sums, y_pred = self._validate_on(
+                state, sums, arrays, rates, val_indices[i], val_weights[i]
+            )
             start = (i,) + (0,) * len(self.prediction_shape)
             predictions = ops.slice_update(
                 predictions, start, ops.expand_dims(ops.cast(y_pred, predictions.dtype), 0)
             )
-            return {k: sums[k] + batch[k] for k in sums}, predictions
+            return sums, predictions
 
         predictions = ops.zeros((val_indices.shape[0], *self.prediction_shape))
         val_sums, predictions = ops.fori_loop(
             0, val_indices.shape[0], val_step, (self._zero_sums(), predictions)
         )
         return state, sums, val_sums, predictions
+
+    def _stepwise_epoch(
+        self, state, arrays, rates, indices, weights, rest, val_indices, val_weights
+    ):
+        """What _epoch_fn returns, from a compiled call per batch (`stepwise`): XLA on a CPU
+        compiles a convolution inside a loop (the epoch's fori_loop) to code far slower than
+        the same convolution alone (a Conv2D's step: about 60x, jaxlib 0.10.2), so a
+        convolutional model steps as model.fit steps, without fit's per-epoch costs."""
+        sums = self._zero_sums()
+        for i in range(len(indices)):
+            state, sums = self._step(state, sums, arrays, rates, indices[i], weights[i])
+        if len(rest):
+            ones = np.ones(len(rest), np.float32)
+            state, sums = self._step(state, sums, arrays, rates, rest, ones)
+        if not self.validating:
+            return state, sums, None, None
+        val_sums, predictions = self._zero_sums(), []
+        for i in range(val_indices.shape[0]):
+            val_sums, y_pred = self._val_step(
+                state, val_sums, arrays, rates, val_indices[i], val_weights[i]
+            )
+            predictions.append(y_pred)
+        return state, sums, val_sums, ops.stack(predictions)
 
     def _zero_sums(self) -> dict[str, Any]:
         folds = self.model.outputs[0].shape[1:-1]  # () for a plain model, (k,) for stacked folds
@@ -460,7 +501,9 @@ class FusedTrainer:
             rest = indices[-1, :partial]
             indices, weights = indices[:-1], weights[:-1]
         args = (self.state, self.arrays, self.rates, indices, weights, rest, *self.val_plan)
-        if self._traced is None:  # the first epoch of this load: trace or find the program
+        if self.stepwise:
+            self.state, sums, val_sums, predictions = self._stepwise_epoch(*args)
+        elif self._traced is None:  # the first epoch of this load: trace or find the program
             self.state, sums, val_sums, predictions = self._epoch(*args)
             # tf.function looks up its trace on every call by canonicalizing each argument
             # (much of a small Boston epoch: docs/lab/performance.md); its concrete function
@@ -516,6 +559,17 @@ class FusedTrainer:
         else:
             return  # TensorFlow trained the trial's model itself
         assign(self.target, values)
+
+
+def convolves(model: keras.Model) -> bool:
+    """Whether the model may compute a convolution: a Keras convolution layer (Conv1D …
+    SeparableConv2D, ConvLSTM), or a layer of neither Keras nor hpo, whose call is unknown."""
+    for layer in model._flatten_layers(include_self=False):
+        if "Conv" in type(layer).__name__:
+            return True
+        if not type(layer).__module__.startswith(("keras.", "hpo.")):
+            return True
+    return False
 
 
 def rows_meet(model: keras.Model) -> bool:

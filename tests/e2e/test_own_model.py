@@ -120,10 +120,13 @@ def run_trials(spec, data, kinds, monkeypatch, engine_name="fused", **objective_
 
 
 @pytest.mark.jax_too
-def test_a_convnet_trains_in_the_fused_loop_as_model_fit_trains_it():
+@pytest.mark.parametrize("on_cpu", [True, False])
+def test_a_convnet_trains_in_the_fused_loop_as_model_fit_trains_it(monkeypatch, on_cpu):
     """Conv2D with l2, BatchNormalization, Dropout: given the same batches (the last one
     partial) and the same seeds, fused epochs leave the weights, the moving statistics and
-    the logs (the l2 penalty in the loss and val_loss) where model.fit leaves them."""
+    the logs (the l2 penalty in the loss and val_loss) where model.fit leaves them. On a CPU
+    (JAX: a compiled call per batch, engine.convolves) and as on a GPU (one per epoch)."""
+    monkeypatch.setattr(engine, "on_cpu", lambda: on_cpu)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (90, 784)).astype(np.uint8)
     y = rng.integers(0, 10, 90).astype(np.int32)
@@ -161,6 +164,7 @@ def test_a_convnet_trains_in_the_fused_loop_as_model_fit_trains_it():
         whole=True,
     )
     assert trainer.whole and trainer.exact_last  # BatchNormalization: the last batch apart
+    assert trainer.stepwise == (on_cpu and keras.backend.backend() == "jax")
     logs = [trainer.run_epoch() for _ in range(3)]
     trainer.write_back()
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -241,7 +245,7 @@ def test_the_exactness_test_passes_under_jax():
     if os.environ.get("KERAS_BACKEND") == "jax":
         pytest.skip("this process already runs JAX: the marked test runs here with the rest")
     pytest.importorskip("jax")
-    assert run_tests_under_jax(["tests/e2e/test_own_model.py"], "jax_too", passed=2) == ""
+    assert run_tests_under_jax(["tests/e2e/test_own_model.py"], "jax_too", passed=3) == ""
 
 
 def test_a_study_trains_the_build_functions_model_in_the_fused_loop(own_study, monkeypatch):

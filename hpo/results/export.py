@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,7 +399,9 @@ def _quiet() -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with silenced_stderr():
+        with silenced_stderr(), warnings.catch_warnings():
+            # Keras' tf2onnx patch asks numpy for np.object, which numpy 2 warns of
+            warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):

@@ -238,6 +238,47 @@ def test_stacked_trials_with_l2_each_log_their_own_penalty():
             np.testing.assert_allclose(w_stacked[2 * t : 2 * t + 2], w_alone, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.jax_too
+def test_hpos_dense_model_with_batch_norm_and_l2_trains_as_model_fit_trains_it():
+    """hpo's own chain, called layer by layer: BatchNormalization's statistics updated (the
+    last, partial batch at its own size) and the l2 penalty in the loss and the logs. (SGD:
+    Adam would magnify the float noise of the Dense bias before BatchNormalization, which
+    gets no gradient but that noise.)"""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(90, 5)).astype(np.float32)
+    y = (x @ rng.normal(size=5))[:, None].astype(np.float32)
+    data = Prepared("synthetic", "regression", 1, 1.0, 5, False, x, y[:, 0], x[:5], y[:5, 0])
+    params = {
+        **{"layers": 2, "units": 8, "activation": "relu", "dropout": 0.0, "batch_size": 16},
+        **{"loss": "mse", "optimizer": "sgd", "learning_rate": 0.05},
+        **{"batch_norm": True, "l2": 0.01},
+    }
+    set_random_seed(2)
+    by_fit, fused = model_lib.build(params, data), model_lib.build(params, data)
+    fused.set_weights(by_fit.get_weights())
+    history = by_fit.fit(
+        x[:70], y[:70], batch_size=16, shuffle=False, epochs=3, verbose=0,
+        validation_data=(x[70:], y[70:]), validation_batch_size=256,
+    ).history  # fmt: skip
+    trainer = engine.FusedTrainer(
+        fused,
+        loss="mse",
+        task="regression",
+        train=(x[:70], y[:70]),
+        validation=(x[70:], y[70:]),
+        batch_size=16,
+        validation_batch_size=256,
+        shuffle=False,
+    )
+    assert not trainer.whole and trainer.exact_last
+    logs = [trainer.run_epoch() for _ in range(3)]
+    trainer.write_back()
+    for key in ("loss", "mae", "val_loss", "val_mae"):
+        assert [epoch[key] for epoch in logs] == pytest.approx(history[key], rel=1e-4, abs=1e-5)
+    for a, b in zip(by_fit.get_weights(), fused.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_the_exactness_test_passes_under_jax():
     """The jax_too tests above, in a process running Keras on JAX (StatelessScope: the
     regularization losses collected, BatchNormalization's statistics and the Dropout seeds
@@ -245,7 +286,7 @@ def test_the_exactness_test_passes_under_jax():
     if os.environ.get("KERAS_BACKEND") == "jax":
         pytest.skip("this process already runs JAX: the marked test runs here with the rest")
     pytest.importorskip("jax")
-    assert run_tests_under_jax(["tests/e2e/test_own_model.py"], "jax_too", passed=3) == ""
+    assert run_tests_under_jax(["tests/e2e/test_own_model.py"], "jax_too", passed=4) == ""
 
 
 def test_a_study_trains_the_build_functions_model_in_the_fused_loop(own_study, monkeypatch):

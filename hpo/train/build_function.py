@@ -21,6 +21,7 @@ from hpo.backend import import_keras
 from hpo.data.arrays import Prepared
 from hpo.errors import HpoError, first_line
 from hpo.study.model_code import ModelCode, locate
+from hpo.train.model import UnpackBits
 
 keras = import_keras()
 log = logging.getLogger("hpo.model")
@@ -37,8 +38,10 @@ class Inputs:
     """What a build function is told of the data: one sample's shape and dtype as hpo feeds it
     (compact: uint8 pixels and multi-hot, uint16 word ids), the task, the number of classes
     (1 for binary and regression), the dataset's name, the input kind ("vectors", "sequence",
-    "image" or "table"), the vocabulary for word ids, and the scale that turns the fed values
-    into the book's floats (1/255 for pixels)."""
+    "image" or "table"), the vocabulary for word ids, the scale that turns the fed values
+    into the book's floats (1/255 for pixels), and for multi-hot text vectors, which hpo feeds
+    bit-packed (8 words a byte: `shape` is the bytes'), the number of 0/1 features they hold
+    (`packed_features`; `as_float` unpacks them)."""
 
     dataset: str
     kind: str
@@ -48,14 +51,18 @@ class Inputs:
     classes: int
     num_words: int | None = None
     scale: float = 1.0
+    packed_features: int | None = None
 
     def input(self, name: str = "inputs"):
         """A `keras.Input` of this shape and dtype: where a build function's model starts."""
         return keras.Input(shape=self.shape, dtype=self.dtype, name=name)
 
     def as_float(self, x):
-        """`x` (an `input()`) as float32, scaled as the book scales it (pixels / 255): hpo feeds
-        compact integers and they become floats inside the compiled step."""
+        """`x` (an `input()`) as float32, scaled as the book scales it (pixels / 255), or
+        multi-hot rows unpacked from their bits: hpo feeds compact integers and they become
+        floats inside the compiled step."""
+        if self.packed_features is not None:  # saved and loaded with the model, as hpo's own
+            return UnpackBits(self.packed_features, name="unpack_bits")(x)
         if self.dtype == "float32" and self.scale == 1.0:
             return x
         return keras.layers.Rescaling(self.scale, name="to_float")(x)
@@ -103,6 +110,7 @@ def inputs_of(data: Prepared) -> Inputs:
         classes=data.n_outputs,
         num_words=getattr(data, "num_words", None),
         scale=data.input_scale,
+        packed_features=data.n_features if data.packed else None,
     )
 
 

@@ -8,17 +8,21 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from conftest import tiny_study
 from optuna.trial import TrialState
 
-from hpo.data import builtin
+from hpo.backend import import_keras
+from hpo.data import arrays, builtin
 from hpo.errors import HpoError
 from hpo.study import studyfile
 from hpo.train import build_function
 from hpo.train.objective import Objective
 from hpo.train.reporting import TrialFailed
+
+keras = import_keras()
 
 # A small Dense model on whatever rows it is fed; it notes each input shape it was built for.
 MODULE = """
@@ -122,3 +126,17 @@ def test_a_trials_maxlen_cuts_the_sequences_its_model_is_built_for(workdir, monk
     study.optimize(objective, n_trials=2)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert shapes == [(10,), (20,)]
+
+
+def test_packed_text_vectors_reach_the_function_as_bytes_and_as_float_unpacks_them(workdir):
+    """IMDB's default input is multi-hot rows, fed bit-packed: a build function's model reads
+    the 0/1 words from inputs.as_float, as hpo's own model does (UnpackBits)."""
+    data = builtin.load("imdb", None, 100)
+    inputs = build_function.inputs_of(data)
+    assert (inputs.kind, inputs.shape, inputs.dtype) == ("vectors", (13,), "uint8")
+    assert inputs.packed_features == 100
+    x = inputs.input()
+    model = keras.Model(x, inputs.as_float(x))
+    assert model.outputs[0].shape == (None, 100)
+    rows = data.x_train[:5]
+    np.testing.assert_array_equal(model.predict(rows, verbose=0), arrays.unpacked(data, rows))

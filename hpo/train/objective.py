@@ -130,7 +130,7 @@ class Objective:
             **({"first_layer": self.first_layer} if self.first_layer else {}),
         }
         # The fused loop's arrays on the device and its compiled programs, kept across trials;
-        # and each fold's, for folds that train one after another (_train_apart).
+        # and each fold's, for folds that train one after another (_start_apart).
         self._cache = programs.DeviceCache()
         self._fold_caches: list[programs.DeviceCache] = []
         self.trial_number: int | None = None  # the trial running, or run last

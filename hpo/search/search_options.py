@@ -8,6 +8,7 @@ run and resume lines show (`argv`), so an option added here reaches every one of
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -149,7 +150,14 @@ def check_mlflow(uri: str | None) -> str | None:
 
     if importlib.util.find_spec("mlflow") is None:
         raise HpoError("--mlflow: mlflow is not installed; pip install 'hpo[mlflow]'")
-    return str(uri)
+    uri = str(uri)
+    allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1")
+    if (uri.startswith("file:") or "://" not in uri) and not allowed:  # before any process
+        raise HpoError(
+            f"--mlflow {uri}: MLflow 3 refuses a file store; use sqlite:///PATH.db, or set "
+            "MLFLOW_ALLOW_FILE_STORE=true"
+        )
+    return uri
 
 
 def location_options(

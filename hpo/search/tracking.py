@@ -45,6 +45,7 @@ STUDY_TAG = "hpo.study"  # the study's name, on its parent run and each trial's 
 ROLE_TAG = "hpo.role"  # "study" (the parent run), "trial" or "analysis"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI shows the runs nested
 SETTLE_S = 1.0  # a new parent run waits this long for a concurrent one to show, then settles
+CONNECT_TRIES, CONNECT_PAUSE_S = 10, 3.0  # making the client (TrialRuns.connect)
 RETRY_S = 300.0  # after a failure, a process logs nothing for this long, then tries again
 CLOSE_S = 60.0  # how long a process that ends waits for its trials still being logged
 # MLflow's HTTP defaults retry for minutes (7 tries, 120 s each): a search must not wait that
@@ -251,7 +252,9 @@ class TrialRuns:
 
     def __init__(self, uri: str, console: Console) -> None:
         self.uri = uri
-        self.client = client(uri)  # mlflow missing: one line, before any trial
+        import mlflow  # noqa: F401  (here, not on the thread beside the trials' own imports)
+
+        self.client: Any = None  # made on the thread, at the first trial (connect)
         self.console = console
         self.warner = Warner(uri, console, "the trials")
         self.params: dict[str, dict[str, Any]] = {}  # each study's parent run params
@@ -298,8 +301,24 @@ class TrialRuns:
                 highlight=False,
             )
 
+    def connect(self) -> Any:
+        """The client, made once it is needed, on the logging thread. Tried again for a while:
+        workers that open a new SQLite store at once race to create its tables (MLflow's
+        migrations, which take seconds), and all but the first fail until it is done."""
+        for attempt in range(CONNECT_TRIES):
+            if self.client is not None:
+                break
+            try:
+                self.client = client(self.uri)
+            except Exception:
+                if attempt == CONNECT_TRIES - 1:
+                    raise
+                time.sleep(CONNECT_PAUSE_S)
+        return self.client
+
     def log(self, study_name: str, trial: FrozenTrial) -> str:
         """Log `trial` of `study_name`; its run's id."""
+        self.connect()
         if study_name not in self.parents:
             params = self.params.get(study_name)
             self.parents[study_name] = study_run(self.client, study_name, params)

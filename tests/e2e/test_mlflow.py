@@ -229,15 +229,19 @@ def test_workers_starting_a_study_at_once_share_one_parent_run(mlflow_server):
     assert parent.info.run_id == found[0]
 
 
-def test_a_local_sqlite_store(workdir, capsys):
-    """--mlflow sqlite:///FILE: no server; the trials and the registered model are there."""
+def test_a_local_sqlite_store_shared_by_two_workers(workdir, capsys):
+    """--mlflow sqlite:///FILE, no server, and two worker processes that open the new store at
+    once (the second waits out the first's table creation): every trial under one parent run,
+    and the registered model."""
     uri = f"sqlite:///{workdir}/mlflow.db"
     path = tiny_study(workdir, epochs=1)
-    code, _, err = run_cli(capsys, "optimize", str(path), "--trials", "2", "--mlflow", uri)
+    argv = ["optimize", str(path), "--trials", "4", "--workers", "2", "--mlflow", uri]
+    code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
+    assert "warning" not in out + err and "worker(s) failed" not in out + err
     client = MlflowClient(uri)
-    _, trials = runs_of(client, "tiny")
-    assert [r.data.tags["hpo.trial"] for r in trials] == ["0", "1"]
+    _, trials = runs_of(client, "tiny")  # one parent run
+    assert [r.data.tags["hpo.trial"] for r in trials] == ["0", "1", "2", "3"]
     code, _, err = run_cli(capsys, "analyze", str(path), "--mlflow", uri)
     assert code == 0, err
     check_registered(uri, "tiny", workdir / "storage/reports/tiny")

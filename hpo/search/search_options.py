@@ -152,7 +152,8 @@ def check_mlflow(uri: str | None) -> str | None:
         raise HpoError("--mlflow: mlflow is not installed; pip install 'hpo[mlflow]'")
     uri = str(uri)
     allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1")
-    if (uri.startswith("file:") or "://" not in uri) and not allowed:  # before any process
+    local = uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks"))
+    if local and not allowed:  # a folder: refused here, before any process starts
         raise HpoError(
             f"--mlflow {uri}: MLflow 3 refuses a file store; use sqlite:///PATH.db, or set "
             "MLFLOW_ALLOW_FILE_STORE=true"

@@ -8,12 +8,13 @@ The callback only queues the ended trial: a thread of its own logs it (a trial's
 take 0.1-1 s on a busy server), so the next trial starts at once; `close` waits for the queue
 to empty (up to CLOSE_S) before the process ends or restarts itself.
 
-One study has one parent run per tracking URI, found by its tag `hpo.study`, in the
-experiment named after the study: workers on several machines log under the same one. MLflow
-has no lock, so two workers that start the study at once may both create one; each searches
-again SETTLE_S after creating and keeps the earliest (by start time, then run id), deleting
-its own if it lost. Only a creation whose request took over SETTLE_S longer than the other's
-can still leave two parent runs; the trials are then split between them, none lost.
+One study has one parent run per tracking URI, found by its tag `hpo.study`, in the experiment
+named after the study: workers on several machines log under the same one. MLflow has no lock,
+so two workers that start the study at once may both create one; each searches again every
+SETTLE_S after creating, until a search shows no parent run the ones before had not (two
+searches at least), and keeps the earliest (by start time, then run id), deleting its own if it
+lost. Only a creation whose request lands over SETTLE_S after the others' last search can still
+leave two parent runs; the trials are then split between them, none lost.
 
 A tracking server that cannot be reached is one warning line, once a process; the search goes
 on, trying again RETRY_S later. mlflow is imported only when a URI is given.
@@ -44,7 +45,9 @@ from hpo.study.studyfile import StudySpec
 STUDY_TAG = "hpo.study"  # the study's name, on its parent run and each trial's run
 ROLE_TAG = "hpo.role"  # "study" (the parent run), "trial" or "analysis"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI shows the runs nested
-SETTLE_S = 1.0  # a new parent run waits this long for a concurrent one to show, then settles
+# A new parent run searches for concurrent ones every SETTLE_S, until a search shows none it had
+# not seen (at most SETTLE_TRIES), then settles on the earliest
+SETTLE_S, SETTLE_TRIES = 1.0, 10
 CONNECT_TRIES, CONNECT_PAUSE_S = 10, 3.0  # making the client (TrialRuns.connect)
 RETRY_S = 300.0  # after a failure, a process logs nothing for this long, then tries again
 CLOSE_S = 60.0  # how long a process that ends waits for its trials still being logged
@@ -187,8 +190,14 @@ def study_run(
         return exp_id, found[0].info.run_id
     tags = {STUDY_TAG: study_name, ROLE_TAG: "study"}
     mine = mlflow_client.create_run(exp_id, tags=tags, run_name=study_name).info.run_id
-    time.sleep(SETTLE_S)  # another worker's creation, sent at the same time, lands meanwhile
-    found = _parents(mlflow_client, exp_id, study_name)
+    seen: set[str] | None = None  # the runs the searches so far showed
+    for _ in range(SETTLE_TRIES):  # until a search shows no run those before did not
+        time.sleep(SETTLE_S)  # another worker's creation, sent at the same time, lands
+        found = _parents(mlflow_client, exp_id, study_name)
+        ids = {run.info.run_id for run in found}
+        if seen is not None and ids <= seen:
+            break
+        seen = ids | (seen or set())
     first = found[0].info.run_id if found else mine
     if first != mine:  # another worker's came first: ours goes before any trial uses it
         mlflow_client.delete_run(mine)

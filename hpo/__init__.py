@@ -12,7 +12,16 @@ try:  # the installed distribution's version, so it is stated in one place: pypr
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["HpoError", "analyze", "experiment", "load_model", "optimize", "predict", "submit"]
+__all__ = [
+    "HpoError",
+    "Inputs",
+    "analyze",
+    "experiment",
+    "load_model",
+    "optimize",
+    "predict",
+    "submit",
+]
 
 
 def __getattr__(name: str):
@@ -22,6 +31,10 @@ def __getattr__(name: str):
         from hpo.errors import HpoError
 
         return HpoError
+    if name == "Inputs":  # what a build function is told of the data (docs/build-function.md)
+        from hpo.train.build_function import Inputs
+
+        return Inputs
     if name in __all__:
         from hpo import api
 

@@ -264,7 +264,7 @@ def analyze_with(
     seeds, top, artifacts = options.seeds, options.top, options.artifacts
     analysis.check_options(seeds, top, options.candidates, options.handover)
     import_keras()
-    spec = studyfile.load(options.target)
+    spec = studyfile.load(options.target, own_model=build is not None)
     name = options.study or spec.name
     found = load_study(spec, name, options.storage_url)
     # The model code found here must be the one the study trained (its recorded SHA-256).

@@ -93,7 +93,8 @@ class SearchOptions:
 
     def spec(self) -> StudySpec:
         """The study file of the target, with the options applied."""
-        return studyfile.load(self.target).with_overrides(**self.overrides())
+        own_model = self.build is not None
+        return studyfile.load(self.target, own_model).with_overrides(**self.overrides())
 
     def name(self, spec: StudySpec) -> str:
         return self.study or spec.name

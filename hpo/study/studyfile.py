@@ -146,9 +146,12 @@ def _read(path: Path) -> dict[str, Any]:
         raise HpoError(f"{path}: cannot read ({exc})") from exc
 
 
-def load(target: str) -> StudySpec:
+def load(target: str, own_model: bool = False) -> StudySpec:
+    """The study file of `target`; `own_model`: a build function is passed from Python
+    (hpo.optimize(build=fn)), so the file needs no [model] table for its own [space] names
+    or sequence input."""
     path = resolve(target)
-    return parse(_read(path), str(path))
+    return parse(_read(path), str(path), own_model=own_model)
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,9 @@ class Known:
     rows: int  # training rows, the test rows held out
 
 
-def parse(doc: dict[str, Any], source: str, known: Known | None = None) -> StudySpec:
+def parse(
+    doc: dict[str, Any], source: str, known: Known | None = None, own_model: bool = False
+) -> StudySpec:
     """A study file's TOML → StudySpec. For own data the task and the training rows are read
     from the file (its [data] table), unless `known` gives them."""
     allowed_tables = {"study", "space", "sampler", "pruner", "data", "model", "enqueue"}
@@ -267,14 +272,15 @@ def parse(doc: dict[str, Any], source: str, known: Known | None = None) -> Study
             f"{source}: study.patience: must be an integer ≥ 0 (0: no early stop), got {patience!r}"
         )
     model = parse_model(doc["model"], source) if "model" in doc else None
-    kind, maxlen = _input(study, dataset if table is None else None, model, source)
+    kind, maxlen = _input(study, dataset if table is None else None, model or own_model, source)
     name = study.get("name", Path(source).stem)
     if not isinstance(name, str) or not name.strip():
         raise HpoError(f"{source}: study.name: must be a non-empty string, got {name!r}")
 
     # What [space] leaves out: the book's model for a built-in dataset; searched for your own.
     defaults = book_config(dataset, task) if rows is None else table_space(rows)
-    space = parse_space(doc.get("space", {}), task, source, defaults, custom=model is not None)
+    custom = model is not None or own_model
+    space = parse_space(doc.get("space", {}), task, source, defaults, custom=custom)
     if metric == "val_loss" and "loss" in space.searched():
         raise HpoError(
             f"{source}: study.metric: val_loss is not comparable across trials when "
@@ -358,7 +364,7 @@ def _enqueued(table: dict[str, Any], index: int, space: Space, source: str) -> d
 
 
 def _input(
-    study: dict, dataset: str | None, model: ModelCode | None, source: str
+    study: dict, dataset: str | None, own_model: ModelCode | bool | None, source: str
 ) -> tuple[str, int | None]:
     """[study] input and maxlen, checked against the dataset (None: your own table)."""
     kinds = INPUTS.get(dataset, ("vectors",)) if dataset else ("vectors",)
@@ -366,7 +372,7 @@ def _input(
     if kind not in kinds:
         what = f"{dataset} is fed as" if dataset else "your own table is fed as"
         raise HpoError(f"{source}: study.input: {what} {' or '.join(kinds)}, not {kind!r}")
-    if kind == "sequence" and model is None:
+    if kind == "sequence" and not own_model:
         raise HpoError(
             f"{source}: study.input: word-id sequences need your own model "
             '([model] build = "module:function"); hpo\'s Dense stack takes "vectors"'

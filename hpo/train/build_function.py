@@ -74,7 +74,11 @@ def load(code: ModelCode, code_paths: Sequence[str | Path] = ()) -> BuildFn:
     path = locate(code, code_paths)
     top = code.module.partition(".")[0]
     root = path.parent if "." not in code.module else _package_root(path, code.module)
-    if str(root) not in sys.path:
+    # The module's folder is on the path for the import only (its own imports of the modules
+    # beside it included): left there, a later study's module of the same name in another
+    # folder would be found here first, in a notebook or a test process.
+    added = str(root) not in sys.path
+    if added:
         sys.path.insert(0, str(root))
     try:
         loaded = sys.modules.get(code.module)
@@ -86,6 +90,9 @@ def load(code: ModelCode, code_paths: Sequence[str | Path] = ()) -> BuildFn:
         raise HpoError(
             f"model.build: importing {code.module} failed: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
+    finally:
+        if added and str(root) in sys.path:
+            sys.path.remove(str(root))
     function = getattr(module, code.function, None)
     if not callable(function):
         raise HpoError(f"model.build: {code.module} has no function {code.function!r}")

@@ -140,3 +140,34 @@ def test_packed_text_vectors_reach_the_function_as_bytes_and_as_float_unpacks_th
     assert model.outputs[0].shape == (None, 100)
     rows = data.x_train[:5]
     np.testing.assert_array_equal(model.predict(rows, verbose=0), arrays.unpacked(data, rows))
+
+
+def test_the_modules_folder_is_on_the_path_only_while_it_is_imported(workdir):
+    """Left on sys.path, a later study's module of the same name in another folder would be
+    found in the first one (a notebook trains several studies in one process)."""
+    import sys
+
+    for name, width in (("first", 4), ("second", 8)):
+        folder = workdir / name
+        folder.mkdir()
+        (folder / "samename_model.py").write_text(
+            f"WIDTH = {width}\ndef build(p, i):\n    return WIDTH\n"
+        )
+        code = build_function.ModelCode("samename_model:build", str(folder))
+        assert build_function.load(code)({}, None) == width
+        assert str(folder) not in sys.path
+    gone = build_function.ModelCode("samename_model:build", str(workdir))
+    with pytest.raises(HpoError, match="no module 'samename_model'"):
+        build_function.load(gone)
+
+
+def test_a_function_passed_from_python_needs_no_model_table(workdir):
+    """hpo.optimize(build=fn): the study file may name the function's own parameters and feed
+    word ids without a [model] table; without build= both stay one line."""
+    path = tiny_study(workdir, "imdb", epochs=1, space=SPACE)
+    path.write_text(path.read_text().replace("[study]\n", '[study]\ninput = "sequence"\n', 1))
+    spec = studyfile.load(str(path), own_model=True)
+    assert spec.model is None and spec.input == "sequence"
+    assert "width" in spec.space.searched()
+    with pytest.raises(HpoError, match="sequences need your own model"):
+        studyfile.load(str(path))

@@ -74,15 +74,19 @@ def test_jax_trials_reuse_compiled_programs_across_processes(workdir):
 
 
 def test_the_exactness_tests_pass_under_jax_without_tensorflow():
-    """The word-ids and stacked-trials exactness tests (marked jax_too), in a process running
-    Keras on JAX: its optimizer steps run in a StatelessScope, its dropout masks come from rbg
-    keys, its kernel gradient is JAX's autodiff of the gather. They train trials, key and copy
-    their programs, seed and save models, and, run as hpo's commands run (without_tensorflow),
-    never import TensorFlow."""
+    """The word-ids, stacked-trials and own-model exactness tests (marked jax_too), in one
+    process running Keras on JAX: its optimizer steps run in a StatelessScope, its dropout
+    masks come from rbg keys, its kernel gradient is JAX's autodiff of the gather. They train
+    trials, key and copy their programs, seed and save models, and, run as hpo's commands run
+    (without_tensorflow), never import TensorFlow."""
     if os.environ.get("KERAS_BACKEND") == "jax":
         pytest.skip("this process already runs JAX: the marked tests run here with the rest")
-    files = ["tests/e2e/test_word_ids.py", "tests/unit/test_batched.py"]
-    assert run_tests_under_jax(files, "jax_too", passed=15) == ""
+    files = [
+        "tests/e2e/test_word_ids.py",
+        "tests/unit/test_batched.py",
+        "tests/e2e/test_own_model.py",
+    ]
+    assert run_tests_under_jax(files, "jax_too", passed=19) == ""
 
 
 def test_hpo_commands_let_keras_run_without_tensorflow(monkeypatch, capsys):

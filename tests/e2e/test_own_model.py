@@ -3,21 +3,20 @@ loop calls it whole (Dropout, BatchNormalization, l2) as model.fit trains it; a 
 fails fails its trial only; model.fit trains what the fused loop cannot, and says why once;
 k-fold trains the folds of such a model one after another.
 
-The exactness tests are marked jax_too: test_the_exactness_test_passes_under_jax runs them
-again in a process running Keras on JAX.
+The exactness tests are marked jax_too: tests/e2e/test_backends.py runs them again in its
+process running Keras on JAX.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-from conftest import run_tests_under_jax, tiny_study
+from conftest import tiny_study
 from optuna.trial import TrialState
 
 from hpo.backend import import_keras, set_random_seed
@@ -277,16 +276,6 @@ def test_hpos_dense_model_with_batch_norm_and_l2_trains_as_model_fit_trains_it()
         assert [epoch[key] for epoch in logs] == pytest.approx(history[key], rel=1e-4, abs=1e-5)
     for a, b in zip(by_fit.get_weights(), fused.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_the_exactness_test_passes_under_jax():
-    """The jax_too tests above, in a process running Keras on JAX (StatelessScope: the
-    regularization losses collected, BatchNormalization's statistics and the Dropout seeds
-    carried as non-trainable values)."""
-    if os.environ.get("KERAS_BACKEND") == "jax":
-        pytest.skip("this process already runs JAX: the marked test runs here with the rest")
-    pytest.importorskip("jax")
-    assert run_tests_under_jax(["tests/e2e/test_own_model.py"], "jax_too", passed=4) == ""
 
 
 def test_a_study_trains_the_build_functions_model_in_the_fused_loop(own_study, monkeypatch):

@@ -105,19 +105,8 @@ def _run_optimize(
     inherited = local_workers.inherited_children()  # when this worker restarted itself
     deadline = local_workers.deadline(options.timeout)  # wall clock, kept across restarts
     _check_data(spec, options, console)
-    opened = study_loop.open_study(  # before any child, which would race to create it
-        spec,
-        options.storage_url,
-        name,
-        options.heartbeat,
-        options.reconnect,
-        build=options.build,
-        code_paths=options.code_paths,
-        enqueue=True,  # the book's configuration and [[enqueue]], when this makes the study
-        warm_start=options.warm_start,
-        artifacts=options.artifacts,
-        console=console,
-    )
+    # Before any child, which would race to create it.
+    opened = study_loop.open_for_search(spec, name, options, console)
     children = []
     if not inherited:
         children = _start_workers(n_workers, gpus, options, name, argv, console, signals)

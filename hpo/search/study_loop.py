@@ -154,6 +154,26 @@ def served_model(
     return spec
 
 
+def open_for_search(
+    spec: StudySpec, name: str, options: SearchOptions, console: Console | None
+) -> optuna.Study:
+    """open_study as a search opens it (`hpo optimize`, hpo.optimize): with the options' model
+    code, warm start and artifact store, enqueueing what a new study runs first."""
+    return open_study(
+        spec,
+        options.storage_url,
+        name,
+        options.heartbeat,
+        options.reconnect,
+        build=options.build,
+        code_paths=options.code_paths,
+        enqueue=True,  # the book's configuration and [[enqueue]], when this makes the study
+        warm_start=options.warm_start,
+        artifacts=options.artifacts,
+        console=console,
+    )
+
+
 def open_study(
     spec: StudySpec,
     storage_url: str,
@@ -200,27 +220,25 @@ def open_study(
     sampler = algorithms.make_sampler(spec.sampler, spec.seed)
     pruner = algorithms.make_pruner(spec.pruner, spec.max_epochs)
     created = False
-    if not exists:  # the storage settles which of several workers creates it
-        try:
-            study = optuna.create_study(
-                storage=storage,
-                study_name=study_name,
-                direction=spec.direction,
-                sampler=sampler,
-                pruner=pruner,
-            )
-            created = True
-        except optuna.exceptions.DuplicatedStudyError:
-            pass
-    if not created:
-        study = optuna.create_study(
+
+    def create(load_if_exists: bool) -> optuna.Study:
+        return optuna.create_study(
             storage=storage,
             study_name=study_name,
             direction=spec.direction,
             sampler=sampler,
             pruner=pruner,
-            load_if_exists=True,
+            load_if_exists=load_if_exists,
         )
+
+    if not exists:  # the storage settles which of several workers creates it
+        try:
+            study = create(load_if_exists=False)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+    if not created:
+        study = create(load_if_exists=True)
     if source and created:
         study.set_user_attr(warm_starts.RECORD, source.record())  # at once: resumes see it
     elif source:
@@ -330,19 +348,7 @@ def run(
     if trials < 1:
         raise HpoError(f"--trials must be at least 1, got {trials}")
     if study is None:  # else the caller's open_study: its storage, not a second connection
-        study = open_study(
-            spec,
-            options.storage_url,
-            name,
-            options.heartbeat,
-            options.reconnect,
-            build=options.build,
-            code_paths=options.code_paths,
-            enqueue=True,
-            warm_start=options.warm_start,
-            artifacts=options.artifacts,
-            console=console,
-        )
+        study = open_for_search(spec, name, options, console)
     before = finished(study)
     watch = stop_rules.Watch(spec.metric, on_stop=stop_rules.note)
     stop = set_stop_rules(study, spec.metric, options, console, notes)

@@ -107,7 +107,7 @@ def retrain(
     data = trial_data(params, data)
     model, by_user = _fresh(params, data, seed, build)
     # A model its function compiled trains on targets in the form of its own loss.
-    loss = _loss_name(model.loss, params["loss"]) if by_user else params["loss"]
+    loss = build_function.loss_name(model.loss, params["loss"]) if by_user else params["loss"]
     y = model_lib.targets(data.y_train, data.task, loss, data.n_outputs)
     if engine.choose() == "fused" and _fusable(model, by_user):
         options = dict(
@@ -150,25 +150,8 @@ def _fresh(
 def _fusable(model: Any, by_user: bool) -> bool:
     """Whether the fused loop can train this model, as the objective decides: one the build
     function compiled keeps its own compile (its loss, its optimizer), which only model.fit
-    honours; the loop calls a functional or Sequential model of one input and one output of
-    shape (batch, values)."""
-    if by_user:
-        return False
-    try:
-        ins, outs = model.inputs, model.outputs
-    except (AttributeError, ValueError):  # a subclassed model
-        return False
-    return len(ins) == 1 and len(outs) == 1 and len(outs[0].shape) == 2
-
-
-def _loss_name(loss: Any, default: str) -> str:
-    """The name of a compiled model's loss (a string, a Loss object, a function): which form
-    its targets take (model_lib.targets: one-hot or not), as the objective reads it."""
-    if isinstance(loss, str):
-        return loss
-    fn = getattr(loss, "fn", None)  # Keras' LossFunctionWrapper: CategoricalCrossentropy()
-    name = getattr(fn or loss, "__name__", None)
-    return name if isinstance(name, str) else default
+    honours."""
+    return not by_user and build_function.fit_reason(model) is None
 
 
 def evaluate(

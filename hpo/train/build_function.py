@@ -133,3 +133,30 @@ def call(function: BuildFn, params: Mapping[str, Any], inputs: Inputs) -> tuple[
     if not isinstance(model, keras.Model):
         raise BuildFailed(f"the build function returned {type(model).__name__}, not a keras.Model")
     return model, model.compiled
+
+
+def fit_reason(model: Any) -> str | None:
+    """Why the fused loop cannot run a model that hpo compiled, or None: it calls functional
+    and Sequential models of one input and one output of shape (batch, values)."""
+    try:
+        ins, outs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        return "the fused loop runs functional and Sequential models; this one is subclassed"
+    if len(ins) != 1 or len(outs) != 1:
+        return (
+            "the fused loop runs models of one input and one output; this one has "
+            f"{len(ins)} inputs and {len(outs)} outputs"
+        )
+    if len(outs[0].shape) != 2:
+        return f"the fused loop runs models whose output is (batch, values), not {outs[0].shape}"
+    return None
+
+
+def loss_name(loss: Any, default: str) -> str:
+    """The name of a compiled model's loss (a string, a Loss object, a function), which says
+    which form its targets take (hpo.train.model.targets: one-hot or not)."""
+    if isinstance(loss, str):
+        return loss
+    fn = getattr(loss, "fn", None)  # Keras' LossFunctionWrapper: CategoricalCrossentropy()
+    name = getattr(fn or loss, "__name__", None)
+    return name if isinstance(name, str) else default

@@ -418,23 +418,6 @@ class Objective:
             model_lib.compile_model(model, params, inputs.task)
         return model, by_user
 
-    def _fit_reason(self, model: keras.Model) -> str | None:
-        """Why the fused loop cannot run the user's (hpo-compiled) model, or None."""
-        try:
-            ins, outs = model.inputs, model.outputs
-        except (AttributeError, ValueError):
-            return "the fused loop runs functional and Sequential models; this one is subclassed"
-        if len(ins) != 1 or len(outs) != 1:
-            return (
-                "the fused loop runs models of one input and one output; this one has "
-                f"{len(ins)} inputs and {len(outs)} outputs"
-            )
-        if len(outs[0].shape) != 2:
-            return (
-                f"the fused loop runs models whose output is (batch, values), not {outs[0].shape}"
-            )
-        return None
-
     def _train_own(
         self,
         trial: optuna.Trial,
@@ -455,7 +438,7 @@ class Objective:
         if by_user:
             why = COMPILED_BY_USER
         elif self.engine == "fused":
-            why = self._fit_reason(model)
+            why = build_function.fit_reason(model)
             if why is None:
                 models = [model] + [
                     self._build_own(trial, params, inputs)[0] for _ in range(folds - 1)
@@ -499,7 +482,7 @@ class Objective:
         """Train the user's model with model.fit; k-fold: a model per fold, an epoch of each in
         turn, their mean logs reported every epoch. The model's own error in fit fails the
         trial with one line; so does a compiled model whose logs lack the study's metric."""
-        loss = _loss_name(model.loss, params["loss"]) if by_user else params["loss"]
+        loss = build_function.loss_name(model.loss, params["loss"]) if by_user else params["loss"]
         splits = list(self.spec.validation.splits(data.x_train, data.y_train))
         models = [model] + [self._build_own(trial, params, inputs)[0] for _ in splits[1:]]
         fit_args = [self._fit_args(params, *train, val, loss) for train, val in splits]
@@ -654,16 +637,6 @@ class Objective:
             for t in live:
                 interrupted(trials[t], reporters[t], exc)
             raise
-
-
-def _loss_name(loss: Any, default: str) -> str:
-    """The name of a compiled model's loss (a string, a Loss object, a function), which says
-    which form its targets take (hpo.train.model.targets: one-hot or not)."""
-    if isinstance(loss, str):
-        return loss
-    fn = getattr(loss, "fn", None)  # Keras' LossFunctionWrapper: CategoricalCrossentropy()
-    name = getattr(fn or loss, "__name__", None)
-    return name if isinstance(name, str) else default
 
 
 def _checked(reporter: EpochReporter, logs: dict[str, Any]) -> dict[str, Any]:

@@ -293,7 +293,7 @@ def analyze_with(
     if options.mlflow:  # the analysis stands whatever MLflow says: a warning at most
         from hpo.results import mlflow_model
 
-        mlflow_model.log_analysis(options.mlflow, result, spec, prepared, console)
+        mlflow_model.log_analysis(options.mlflow, found, result, spec, prepared, console)
     return result
 
 

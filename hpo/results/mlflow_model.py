@@ -18,9 +18,11 @@ import importlib.metadata
 import tempfile
 from pathlib import Path
 
+import optuna
 from rich.console import Console
 
 from hpo.data.arrays import Prepared
+from hpo.optuna_private import rdb_storage_of, study_id
 from hpo.results.analysis import AnalysisResult
 from hpo.results.prediction import load_keras
 from hpo.search import tracking
@@ -31,14 +33,20 @@ EXAMPLE_ROWS = 5  # test rows kept as the model's input example
 
 
 def log_analysis(
-    uri: str, result: AnalysisResult, spec: StudySpec, data: Prepared, console: Console
+    uri: str,
+    study: optuna.Study,
+    result: AnalysisResult,
+    spec: StudySpec,
+    data: Prepared,
+    console: Console,
 ) -> str | None:
-    """Log `result` to MLflow at `uri` and register its model; the registered version, or
-    None when MLflow failed (one warning line)."""
+    """Log `study`'s analysis `result` to MLflow at `uri` and register its model; the
+    registered version, or None when MLflow failed (one warning line)."""
     warner = tracking.Warner(uri, console, "the analysis")
     try:
         with tracking.quiet():
-            version = log(uri, result, spec, data)
+            claim = tracking.ParentClaim(rdb_storage_of(study), study_id(study), uri)
+            version = log(uri, claim, result, spec, data)
     except Exception as exc:  # any error of MLflow or its transport: a warning
         warner.failed(exc, "the analysis stands")
         return None
@@ -77,8 +85,11 @@ def requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in wanted]
 
 
-def log(uri: str, result: AnalysisResult, spec: StudySpec, data: Prepared) -> str:
-    """The analysis run, its model logged and registered; the registered version."""
+def log(
+    uri: str, claim: tracking.ParentClaim, result: AnalysisResult, spec: StudySpec, data: Prepared
+) -> str:
+    """The analysis run (under the parent run `claim` settles), its model logged and
+    registered; the registered version."""
     import mlflow.exceptions
     import mlflow.keras
     from mlflow.entities import Metric
@@ -86,7 +97,7 @@ def log(uri: str, result: AnalysisResult, spec: StudySpec, data: Prepared) -> st
 
     client = tracking.client(uri)
     name, kind = result.study, result.handed.name
-    exp_id, parent = tracking.study_run(client, name, tracking.study_params(spec))
+    exp_id, parent = tracking.study_run(client, name, claim, tracking.study_params(spec))
     tags = {
         tracking.PARENT_TAG: parent,
         tracking.STUDY_TAG: name,

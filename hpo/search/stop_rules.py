@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo import optuna_private
 from hpo.errors import HpoError
+from hpo.search.storage_queries import update_study_attr
 
 ATTR = "stop_rules"  # {"stop_after", "target", "timeout", "clock_started", "version"}
 STOPPED_ATTR = "stopped"  # {"rule", "why", "at_trial", "version"}
@@ -287,19 +288,6 @@ def fired(
 # --- writing -------------------------------------------------------------------------------
 
 
-def _update(store: Any, study_id: int, key: str, change: Callable[[Any], Any]) -> tuple[Any, bool]:
-    """A compare-and-set of a study attr (hpo's storage: update_study_attr); a plain Optuna
-    storage (a test's in-memory one) has no concurrent writer to lose."""
-    if hasattr(store, "update_study_attr"):
-        return store.update_study_attr(study_id, key, change)
-    current = store.get_study_user_attrs(study_id).get(key)
-    new = change(current)
-    if new is None:
-        return current, False
-    store.set_study_user_attr(study_id, key, new)
-    return new, True
-
-
 def set_rules(
     store: Any,
     study_id: int,
@@ -333,7 +321,7 @@ def set_rules(
         before[:] = [old]
         return replace(new, version=version + 1).record()
 
-    value, wrote = _update(store, study_id, ATTR, change)
+    value, wrote = update_study_attr(store, study_id, ATTR, change)
     rules, _ = rules_of(value)
     return rules, (before[0] if wrote and before else None)
 
@@ -349,7 +337,7 @@ def start_clock(store: Any, study_id: int, now: float | None = None) -> Rules:
             return None
         return replace(rules, clock_started=now).record()
 
-    value, _ = _update(store, study_id, ATTR, change)
+    value, _ = update_study_attr(store, study_id, ATTR, change)
     return rules_of(value)[0]
 
 
@@ -367,7 +355,7 @@ def record_stop(store: Any, study_id: int, stop: Stop) -> tuple[Stop, bool]:
             return None  # another worker recorded it first: theirs stays
         return stop.record()
 
-    value, wrote = _update(store, study_id, STOPPED_ATTR, change)
+    value, wrote = update_study_attr(store, study_id, STOPPED_ATTR, change)
     return (stop if wrote else stop_of(value, rules[0]) or stop), wrote
 
 

@@ -105,3 +105,18 @@ class StudyQueries:
         )
         with self.engine.connect() as connection:
             return [tuple(row) for row in connection.execute(query)]
+
+
+def update_study_attr(
+    store: Any, study_id: int, key: str, change: Callable[[Any], Any]
+) -> tuple[Any, bool]:
+    """A compare-and-set of a study attr (hpo's storage: StudyQueries.update_study_attr); a
+    plain Optuna storage (a test's in-memory one) has no concurrent writer to lose."""
+    if hasattr(store, "update_study_attr"):
+        return store.update_study_attr(study_id, key, change)
+    current = store.get_study_user_attrs(study_id).get(key)
+    new = change(current)
+    if new is None:
+        return current, False
+    store.set_study_user_attr(study_id, key, new)
+    return new, True

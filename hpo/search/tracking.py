@@ -8,13 +8,14 @@ The callback only queues the ended trial: a thread of its own logs it (a trial's
 take 0.1-1 s on a busy server), so the next trial starts at once; `close` waits for the queue
 to empty (up to CLOSE_S) before the process ends or restarts itself.
 
-One study has one parent run per tracking URI, found by its tag `hpo.study`, in the experiment
-named after the study: workers on several machines log under the same one. MLflow has no lock,
-so two workers that start the study at once may both create one; each searches again every
-SETTLE_S after creating, until a search shows no parent run the ones before had not (two
-searches at least), and keeps the earliest (by start time, then run id), deleting its own if it
-lost. Only a creation whose request lands over SETTLE_S after the others' last search can still
-leave two parent runs; the trials are then split between them, none lost.
+One study has one parent run per tracking URI, in the experiment named after the study:
+workers on several machines log under the same one. MLflow has no compare-and-set, so the
+study's storage settles it: the parent run's id is kept in the study attr `mlflow_runs` (a
+key per tracking URI, its password left out), written by compare-and-set. A worker that finds
+no id there creates a run (or takes the one an older hpo left, found by its tag) and proposes
+it; the first proposal written wins, and a loser deletes its own run before any trial uses it.
+An id read from the storage is data: used only if it is an MLflow run id of this study's
+parent run on this server, else replaced the same way.
 
 A tracking server that cannot be reached is one warning line, once a process; the search goes
 on, trying again RETRY_S later. mlflow is imported only when a URI is given.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import logging
 import os
 import queue
@@ -38,16 +40,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
+from hpo import optuna_private
 from hpo.errors import HpoError, first_line
-from hpo.search.storage import redact
+from hpo.search.storage import UNPARSEABLE, redact
+from hpo.search.storage_queries import update_study_attr
 from hpo.study.studyfile import StudySpec
 
 STUDY_TAG = "hpo.study"  # the study's name, on its parent run and each trial's run
 ROLE_TAG = "hpo.role"  # "study" (the parent run), "trial" or "analysis"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI shows the runs nested
-# A new parent run searches for concurrent ones every SETTLE_S, until a search shows none it had
-# not seen (at most SETTLE_TRIES), then settles on the earliest
-SETTLE_S, SETTLE_TRIES = 1.0, 10
+RUNS_ATTR = "mlflow_runs"  # the study attr: {tracking URI key: parent run id}
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id
 CONNECT_TRIES, CONNECT_PAUSE_S = 10, 3.0  # making the client (TrialRuns.connect)
 RETRY_S = 300.0  # after a failure, a process logs nothing for this long, then tries again
 CLOSE_S = 60.0  # how long a process that ends waits for its trials still being logged
@@ -179,31 +182,78 @@ def _parents(mlflow_client: Any, exp_id: str, study_name: str) -> list[Any]:
     return sorted(ours, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
+def uri_key(uri: str) -> str:
+    """The study attr's key for a tracking URI: a digest of it without its password."""
+    shown = redact(uri)
+    return hashlib.sha256((uri if shown == UNPARSEABLE else shown).encode()).hexdigest()[:16]
+
+
+class ParentClaim:
+    """The study's parent run id for one tracking URI in the study's storage (RUNS_ATTR),
+    proposed by compare-and-set: the first id written stays, unless it is stale."""
+
+    def __init__(self, store: Any, study_id: int, uri: str) -> None:
+        self.store, self.study_id, self.key = store, study_id, uri_key(uri)
+
+    def stored(self) -> str | None:
+        """The id kept for this URI, if it looks like a run id."""
+        runs = self.store.get_study_user_attrs(self.study_id).get(RUNS_ATTR)
+        found = runs.get(self.key) if isinstance(runs, dict) else None
+        return found if isinstance(found, str) and RUN_ID.fullmatch(found) else None
+
+    def propose(self, run_id: str, stale: str | None = None) -> str:
+        """The id kept after proposing `run_id`: ours if none (or only `stale`) was kept."""
+
+        def change(current: Any) -> dict | None:
+            runs = current if isinstance(current, dict) else {}
+            kept = runs.get(self.key)
+            if isinstance(kept, str) and RUN_ID.fullmatch(kept) and kept != stale:
+                return None  # another worker's proposal stands
+            return {**runs, self.key: run_id}
+
+        value, _ = update_study_attr(self.store, self.study_id, RUNS_ATTR, change)
+        kept = value.get(self.key) if isinstance(value, dict) else None
+        return kept if isinstance(kept, str) and RUN_ID.fullmatch(kept) else run_id
+
+
+def _is_parent(mlflow_client: Any, run_id: str, study_name: str) -> bool:
+    """Whether `run_id` is an active parent run of `study_name` on this server."""
+    try:
+        run = mlflow_client.get_run(run_id)
+    except Exception as exc:  # not on this server (another store, or deleted for good)
+        if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or (
+            "not found" in str(exc).lower()
+        ):
+            return False
+        raise
+    tags = run.data.tags
+    return (
+        run.info.lifecycle_stage == "active"
+        and tags.get(ROLE_TAG) == "study"
+        and tags.get(STUDY_TAG) == study_name
+    )
+
+
 def study_run(
-    mlflow_client: Any, study_name: str, params: dict[str, Any] | None = None
+    mlflow_client: Any, study_name: str, claim: ParentClaim, params: dict[str, Any] | None = None
 ) -> tuple[str, str]:
-    """(experiment id, parent run id) of the study `study_name`: found by its tag, or created
-    and settled against a concurrent creation (the module's docstring)."""
+    """(experiment id, parent run id) of the study `study_name`: the one its storage keeps
+    (`claim`), else one proposed there: an older hpo's, found by its tag, or a new one."""
     exp_id = experiment_id(mlflow_client, study_name)
+    stale = claim.stored()
+    if stale is not None and _is_parent(mlflow_client, stale, study_name):
+        return exp_id, stale
     found = _parents(mlflow_client, exp_id, study_name)
     if found:
-        return exp_id, found[0].info.run_id
+        return exp_id, claim.propose(found[0].info.run_id, stale)
     tags = {STUDY_TAG: study_name, ROLE_TAG: "study"}
     mine = mlflow_client.create_run(exp_id, tags=tags, run_name=study_name).info.run_id
-    seen: set[str] | None = None  # the runs the searches so far showed
-    for _ in range(SETTLE_TRIES):  # until a search shows no run those before did not
-        time.sleep(SETTLE_S)  # another worker's creation, sent at the same time, lands
-        found = _parents(mlflow_client, exp_id, study_name)
-        ids = {run.info.run_id for run in found}
-        if seen is not None and ids <= seen:
-            break
-        seen = ids | (seen or set())
-    first = found[0].info.run_id if found else mine
-    if first != mine:  # another worker's came first: ours goes before any trial uses it
+    kept = claim.propose(mine, stale)
+    if kept != mine:  # another worker's came first: ours goes before any trial uses it
         mlflow_client.delete_run(mine)
     elif params:
         log_batch(mlflow_client, mine, params=params)
-    return exp_id, first
+    return exp_id, kept
 
 
 def trial_metrics(trial: FrozenTrial) -> list[Any]:
@@ -268,7 +318,7 @@ class TrialRuns:
         self.warner = Warner(uri, console, "the trials")
         self.params: dict[str, dict[str, Any]] = {}  # each study's parent run params
         self.parents: dict[str, tuple[str, str]] = {}  # study name -> (experiment, run)
-        self.pending: queue.Queue[tuple[str, FrozenTrial] | None] = queue.Queue()
+        self.pending: queue.Queue[tuple[str, ParentClaim, FrozenTrial] | None] = queue.Queue()
         self.thread = threading.Thread(target=self._logging, name="hpo-mlflow", daemon=True)
         self.thread.start()
         atexit.register(self.close)  # a caller that does not close: its trials still logged
@@ -280,7 +330,9 @@ class TrialRuns:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Queue the ended trial for the logging thread; back at once."""
         if trial.state in STATUS and self.thread.is_alive():
-            self.pending.put((study.study_name, trial))
+            store = optuna_private.rdb_storage_of(study)
+            claim = ParentClaim(store, optuna_private.study_id(study), self.uri)
+            self.pending.put((study.study_name, claim, trial))
 
     def _logging(self) -> None:
         """The thread: log each queued trial, until None."""
@@ -325,12 +377,13 @@ class TrialRuns:
                 time.sleep(CONNECT_PAUSE_S)
         return self.client
 
-    def log(self, study_name: str, trial: FrozenTrial) -> str:
-        """Log `trial` of `study_name`; its run's id."""
+    def log(self, study_name: str, claim: ParentClaim, trial: FrozenTrial) -> str:
+        """Log `trial` of `study_name` (its parent run settled through `claim`); its run's
+        id."""
         self.connect()
         if study_name not in self.parents:
             params = self.params.get(study_name)
-            self.parents[study_name] = study_run(self.client, study_name, params)
+            self.parents[study_name] = study_run(self.client, study_name, claim, params)
         exp_id, parent = self.parents[study_name]
         tags = {
             PARENT_TAG: parent,

@@ -25,7 +25,7 @@ from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
 from hpo.search import queue_worker, study_loop, tracking
-from hpo.search.storage import DEFAULT_URL
+from hpo.search.storage import DEFAULT_URL, open_storage
 from hpo.study import studyfile
 
 BOSTON_SPACE = """
@@ -208,22 +208,25 @@ def test_a_pool_worker_logs_its_trials_and_a_pruned_one_is_killed(workdir, capsy
     assert [(m.step, m.value) for m in steps] == [(1, 0.9), (2, pytest.approx(0.8))]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect: the parent run is settled by searching MLflow, not by a database "
-    "compare-and-set; under load a create landing after the others' searches (its client "
-    "timestamp earlier) splits the workers over two parents (failed 1 clean CI run in 3)",
-)
-def test_workers_starting_a_study_at_once_share_one_parent_run(mlflow_server):
-    """Four workers looking for the study's run at once settle on one: the earliest created;
-    the others' are deleted."""
-    client = MlflowClient(mlflow_server)
+def claim_in(url: str, name: str, uri: str) -> tracking.ParentClaim:
+    """The parent-run claim of a new study `name` in the hpo storage at `url`."""
+    store = open_storage(url)
+    study = optuna.create_study(storage=store, study_name=name)
+    return tracking.ParentClaim(store, study._study_id, uri)
+
+
+def test_workers_starting_a_study_at_once_share_one_parent_run(mlflow_server, tmp_path):
+    """Four workers looking for the study's run at once settle on one through the study's
+    storage (compare-and-set): the first proposed; the others' runs are deleted."""
+    url = f"sqlite:///{tmp_path}/race.db"
+    claim = claim_in(url, "race", mlflow_server)
     found: list[str] = []
     start = threading.Barrier(4)
 
     def look() -> None:
+        mine = tracking.ParentClaim(open_storage(url), claim.study_id, mlflow_server)
         start.wait()
-        found.append(tracking.study_run(MlflowClient(mlflow_server), "race")[1])
+        found.append(tracking.study_run(MlflowClient(mlflow_server), "race", mine)[1])
 
     threads = [threading.Thread(target=look) for _ in range(4)]
     for thread in threads:
@@ -231,8 +234,26 @@ def test_workers_starting_a_study_at_once_share_one_parent_run(mlflow_server):
     for thread in threads:
         thread.join()
     assert len(found) == 4 and len(set(found)) == 1
-    parent, _ = runs_of(client, "race")  # one active parent run
-    assert parent.info.run_id == found[0]
+    parent, _ = runs_of(MlflowClient(mlflow_server), "race")  # one active parent run
+    assert parent.info.run_id == found[0] == claim.stored()
+
+
+@pytest.mark.parametrize("kept", ["../../etc", "0" * 32, "{run}"])
+def test_a_stored_parent_id_that_is_no_run_of_the_study_here_is_replaced(
+    mlflow_server, tmp_path, kept
+):
+    """The storage is shared: an id in it that is not a run id, names no run on this server,
+    or names another study's run is data to replace, never a run to log under."""
+    client = MlflowClient(mlflow_server)
+    claim = claim_in(f"sqlite:///{tmp_path}/stale.db", "stale", mlflow_server)
+    _, other = tracking.study_run(client, "other", claim_in(f"sqlite:///{tmp_path}/o.db",
+                                                            "other", mlflow_server))  # fmt: skip
+    runs = {tracking.uri_key(mlflow_server): kept.format(run=other)}
+    claim.store.set_study_user_attr(claim.study_id, tracking.RUNS_ATTR, runs)
+    exp_id, parent = tracking.study_run(client, "stale", claim)
+    assert parent not in {kept, other} and claim.stored() == parent
+    assert client.get_run(parent).data.tags[tracking.STUDY_TAG] == "stale"
+    assert tracking.study_run(client, "stale", claim) == (exp_id, parent)  # found again
 
 
 def test_a_local_sqlite_store_shared_by_two_workers(workdir, capsys):

@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def one(dataset: str, seed: int, opts: argparse.Namespace) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"handover-{Path(dataset).stem}-{seed}-"))
     env = _common.hpo_env(opts.cache)
-    common = ["--storage", f"sqlite:///{folder}/bench.db", "--data-dir", opts.data_dir]
+    data_dir = str(Path(opts.data_dir).resolve())  # hpo runs in the scratch folder
+    common = ["--storage", f"sqlite:///{folder}/bench.db", "--data-dir", data_dir]
     if Path(dataset).is_file():  # a study file: hpo runs in the scratch folder
         dataset = str(Path(dataset).resolve())
     optimize = ["optimize", dataset, "--trials", str(opts.trials), "--seed", str(seed)]

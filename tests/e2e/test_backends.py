@@ -83,7 +83,7 @@ def test_the_exactness_tests_pass_under_jax_without_tensorflow():
         pytest.skip("this process already runs JAX: the marked tests run here with the rest")
     files = [
         "tests/e2e/test_word_ids.py",
-        "tests/unit/test_batched.py",
+        "tests/e2e/test_batched_trials.py",
         "tests/e2e/test_own_model.py",
     ]
     assert run_tests_under_jax(files, "jax_too", passed=19) == ""

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATASETS, write_tiny_datasets
+from conftest import write_tiny_datasets
 
 from hpo.data import builtin, keras_files
 from hpo.data.arrays import unpacked
@@ -137,66 +137,6 @@ def test_download_failure_says_how_to_fix(workdir, monkeypatch):
     monkeypatch.setattr(keras.datasets.imdb, "load_data", offline)
     with pytest.raises(HpoError, match=r"keras download failed.*HPO_DATA_DIR"):
         builtin.load("imdb", num_words=100)
-
-
-real = pytest.mark.skipif(
-    not (SHARED_DATASETS / "imdb.npz").is_file(),
-    reason=f"real datasets not found in {SHARED_DATASETS}",
-)
-
-
-@pytest.mark.real_data
-@real
-def test_real_datasets_known_shapes_and_statistics(tmp_path, monkeypatch):
-    """Figures from ../shared/datasets/README.md, computed there with keras' own loaders."""
-    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("HPO_DATA_DIR", str(SHARED_DATASETS))
-    raw = keras_files.load_raw("imdb", None, 10000)
-    raw_imdb_first = raw.x_train.row(0).tolist()
-    assert raw.x_train.row(0)[:12].tolist() == [
-        1,
-        14,
-        22,
-        16,
-        43,
-        530,
-        973,
-        1622,
-        1385,
-        65,
-        458,
-        4468,
-    ]
-    assert len(raw.x_train.row(0)) == 218
-    assert raw.y_train[:10].tolist() == [1, 0, 0, 1, 0, 0, 1, 0, 1, 0]
-    raw = keras_files.load_raw("reuters", None, 10000)
-    assert (len(raw.x_train), len(raw.x_test)) == (8982, 2246)
-    assert raw.x_train.row(0)[:13].tolist() == [1, 2, 2, 8, 43, 10, 447, 5, 25, 207, 270, 5, 3095]
-    assert raw.y_train[:12].tolist() == [3, 4, 3, 4, 4, 4, 4, 3, 3, 16, 3, 3]
-    raw = keras_files.load_raw("boston_housing", None)
-    assert raw.x_train.shape == (404, 13) and raw.x_test.shape == (102, 13)
-    assert raw.y_train[:5].tolist() == [15.2, 42.3, 50.0, 21.1, 17.7]
-    assert raw.y_train.mean() == pytest.approx(22.3950, abs=1e-4)
-    mnist = builtin.load("mnist")
-    assert mnist.x_train.shape == (60000, 784)
-    assert np.bincount(mnist.y_test).tolist() == [
-        980,
-        1135,
-        1032,
-        1010,
-        982,
-        892,
-        958,
-        1028,
-        974,
-        1009,
-    ]
-    imdb = builtin.load("imdb")
-    assert imdb.x_train.shape == (25000, 1250) and imdb.x_train.dtype == np.uint8
-    assert imdb.x_train.nbytes == 31_250_000  # the book's float64 copy is 2 GB
-    first = unpacked(imdb, imdb.x_train[:1])[0]
-    assert first.sum() == len(set(raw_imdb_first))
-    assert imdb.y_train.sum() == 12500
 
 
 def test_damaged_cache_is_rebuilt(workdir):

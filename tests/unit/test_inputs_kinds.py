@@ -4,11 +4,8 @@ trained on by the fused loop and by model.fit."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-from conftest import SHARED_DATASETS
 
 from hpo import cache
 from hpo.backend import import_keras
@@ -219,40 +216,3 @@ def test_an_embedding_model_trains_on_uint16_ids_in_the_fused_loop(workdir):
     logs = trainer.run_epoch()
     trainer.write_back()
     assert np.isfinite(logs["loss"]) and not np.array_equal(before, model.get_weights()[0])
-
-
-real = pytest.mark.skipif(
-    not (SHARED_DATASETS / "imdb.npz").is_file(),
-    reason=f"real datasets not found in {SHARED_DATASETS}",
-)
-
-
-@pytest.mark.real_data
-@real
-def test_real_imdb_sequences_and_mnist_images(tmp_path, monkeypatch):
-    """The real files: IMDB word ids at maxlen 500 in uint16 (25 MB a split) and MNIST images,
-    prepared once, then read back from the cache."""
-    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("HPO_DATA_DIR", str(SHARED_DATASETS))
-    builtin._load_cached.cache_clear()
-    start = time.perf_counter()
-    imdb = builtin.load("imdb", input="sequence", maxlen=500)
-    prepared_in = time.perf_counter() - start
-    assert imdb.x_train.shape == (25000, 500) and imdb.x_train.dtype == np.uint16
-    assert imdb.x_train.nbytes == 25_000_000 and imdb.y_train.sum() == 12500
-    # x_train[0]: 218 ids (README), padded before; keras' first ids start it.
-    first = np.asarray(imdb.x_train[0])
-    assert (first[:282] == 0).all() and first[282:294].tolist() == [
-        1, 14, 22, 16, 43, 530, 973, 1622, 1385, 65, 458, 4468,
-    ]  # fmt: skip
-    assert int(imdb.x_train.max()) == 9999
-    mnist = builtin.load("mnist", input="image")
-    assert mnist.x_train.shape == (60000, 28, 28, 1) and mnist.x_test.shape == (10000, 28, 28, 1)
-    assert float(np.asarray(mnist.x_train).mean()) == pytest.approx(33.3184, abs=1e-4)
-    builtin._load_cached.cache_clear()
-    start = time.perf_counter()
-    again = builtin.load("imdb", input="sequence", maxlen=500)
-    assert isinstance(again.x_train, np.memmap)
-    sizes = {p.name: sum(f.stat().st_size for f in p.iterdir()) for p in tmp_path.iterdir()}
-    print(f"imdb sequence: prepared in {prepared_in:.1f}s, from cache in "
-          f"{time.perf_counter() - start:.2f}s; cache sizes {sizes}")  # fmt: skip

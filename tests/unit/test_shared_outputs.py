@@ -3,8 +3,6 @@ replaces only folders it wrote; outputs are whole or absent; bad rows are one li
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 from pathlib import Path
 
@@ -19,7 +17,6 @@ from hpo.data import files
 from hpo.data.preparation import Preparation
 from hpo.results import prediction
 from hpo.results.handover import ATTR
-from hpo.search.storage import DEFAULT_URL
 
 
 def stored_study(folder: Path, name: str = "shared") -> tuple[optuna.Study, object, str]:
@@ -99,44 +96,6 @@ def test_local_handover_json_names_a_known_file(workdir):
 # --- item 2: analyze replaces only hpo's report folders; study names are one segment --------
 
 
-@pytest.fixture
-def searched(workdir, capsys) -> Path:
-    path = tiny_study(workdir, "boston_housing", epochs=2, validation="first:40")
-    code, _, err = run_cli(capsys, "optimize", str(path), "--trials", "1", "--seed", "1")
-    assert code == 0, err
-    return path
-
-
-def test_analyze_out_keeps_a_users_folder(searched, workdir, capsys):
-    mine = workdir / "thesis"
-    mine.mkdir()
-    (mine / "thesis.tex").write_text("two years of work")
-    code, out, err = run_cli(capsys, "analyze", str(searched), "--out", str(mine))
-    assert code == 2, out + err
-    assert "thesis" in err and len(err.strip().splitlines()) == 1
-    assert (mine / "thesis.tex").read_text() == "two years of work"
-    assert [p.name for p in workdir.iterdir() if p.name.startswith(("thesis", ".thesis"))] == [
-        "thesis"
-    ]
-
-    # hpo's own report folder is replaced again, and a sibling NAME.old is not hpo's to delete.
-    report = workdir / "report"
-    code, _, err = run_cli(capsys, "analyze", str(searched), "--out", str(report))
-    assert code == 0, err
-    (workdir / "report.old").mkdir()
-    (workdir / "report.old" / "keep.txt").write_text("mine")
-    code, _, err = run_cli(capsys, "analyze", str(searched), "--out", str(report))
-    assert code == 0, err
-    assert (report / "model.keras").is_file()
-    assert (workdir / "report.old" / "keep.txt").read_text() == "mine"
-
-    # A file of the user's dropped into hpo's folder makes it the user's: refused, kept.
-    (report / "notes.txt").write_text("mine too")
-    code, _, err = run_cli(capsys, "analyze", str(searched), "--out", str(report))
-    assert code == 2 and "notes.txt" in err
-    assert (report / "notes.txt").read_text() == "mine too"
-
-
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "/tmp/x", "a\nb"])
 def test_new_study_names_are_one_plain_segment(workdir, capsys, name):
     path = tiny_study(workdir, "boston_housing", validation="first:40")
@@ -146,23 +105,6 @@ def test_new_study_names_are_one_plain_segment(workdir, capsys, name):
         assert "study name" in err and len(err.strip().splitlines()) == 1
     db = workdir / "storage" / "hpo.db"
     assert not db.exists() or optuna.get_all_study_names(f"sqlite:///{db}") == []
-
-
-def test_an_existing_odd_study_name_still_analyzes(searched, workdir, capsys):
-    optuna.copy_study(
-        from_study_name="tiny",
-        from_storage=DEFAULT_URL,
-        to_storage=DEFAULT_URL,
-        to_study_name="..",
-    )
-    code, out, err = run_cli(capsys, "analyze", str(searched), "--study", "..")
-    assert code == 0, out + err
-    assert (workdir / "storage" / "hpo.db").is_file()
-    reports = [p for p in (workdir / "storage" / "reports").iterdir() if p.is_dir()]
-    assert len(reports) == 1 and (reports[0] / "model.keras").is_file()
-    assert reports[0].name not in ("..", ".")
-    kept = {p.name for p in (workdir / "storage").iterdir()} - {"hpo.db-wal", "hpo.db-shm"}
-    assert kept == {"artifacts", "hpo.db", "reports"}
 
 
 # --- item 10: half-written outputs ---------------------------------------------------------
@@ -247,29 +189,6 @@ def test_an_interrupted_fetch_does_not_block_the_next(workdir, monkeypatch):
         "model.keras",
         "preparation.json",
     ]
-
-
-def test_interrupted_analyze_publishes_nothing(searched, workdir, capsys, monkeypatch):
-    code, _, err = run_cli(capsys, "analyze", str(searched), "--handover", "best")
-    assert code == 0, err
-    study = optuna.load_study(study_name="tiny", storage=DEFAULT_URL)
-    before = {k: study.user_attrs[k] for k in ("analysis", ATTR)}
-    optuna_artifacts = importlib.import_module("optuna.artifacts")  # optuna.artifacts is lazy
-    real = optuna_artifacts.upload_artifact
-
-    def killed(*, file_path, **kwargs):
-        if file_path.endswith(".keras"):
-            raise KeyboardInterrupt
-        return real(file_path=file_path, **kwargs)
-
-    monkeypatch.setattr(optuna_artifacts, "upload_artifact", killed)
-    with pytest.raises(KeyboardInterrupt):
-        hpo.analyze(searched, seeds=2, handover="seeds", progress=False)
-    study = optuna.load_study(study_name="tiny", storage=DEFAULT_URL)
-    assert {k: study.user_attrs[k] for k in ("analysis", ATTR)} == before
-    # and the local report still is the one the storage hands over
-    handed = json.loads((workdir / "storage" / "reports" / "tiny" / "handover.json").read_text())
-    assert handed["model"] == before[ATTR]["file"] == "model.keras"
 
 
 # --- item 11: bad rows, one line each ------------------------------------------------------

@@ -37,6 +37,7 @@ from hpo.search.storage_queries import StudyQueries
 DEFAULT_URL = "sqlite:///storage/hpo.db"
 HEARTBEAT_S = 60  # seconds between a running trial's heartbeats; grace is 3 times that
 RECONNECT_S = float(os.environ.get("HPO_RECONNECT_S", 300))  # how long to wait for a lost DB
+SQLITE_LOCK_S = 60  # how long a SQLite connection waits for another's lock
 DRIVERS = {
     "psycopg": "psycopg[binary]",
     "psycopg2": "psycopg2-binary",
@@ -285,7 +286,7 @@ def pool_setting() -> str:
 
 def _engine_kwargs(url: sqlalchemy.URL) -> dict:
     if url.get_backend_name() == "sqlite":
-        return {"connect_args": {"timeout": 60}}
+        return {"connect_args": {"timeout": SQLITE_LOCK_S}}
     # A server has a connection limit shared by all workers (PostgreSQL's default is 100,
     # MariaDB's 151): each worker keeps one connection (its calls take turns: _retried). The
     # overflow of 1 is for the worker that creates a new database's tables, where Optuna
@@ -373,8 +374,7 @@ def _rdb_storage(
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         # WAL lets workers of one machine read while one writes; waits for locks up to the
         # connect timeout instead of failing with "database is locked" at once.
-        with storage.engine.connect() as connection:
-            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        _journal_in_wal(storage.engine, SQLITE_LOCK_S)
         sqlalchemy.event.listen(storage.engine, "connect", _sync_at_checkpoints)
         storage.engine.dispose()  # the connections opened so far: new ones run the listener
     elif parsed.get_backend_name() in UTC_SESSION:
@@ -382,6 +382,23 @@ def _rdb_storage(
         sqlalchemy.event.listen(storage.engine, "connect", utc)
         storage.engine.dispose()
     return storage
+
+
+def _journal_in_wal(engine: sqlalchemy.Engine, within_s: float) -> None:
+    """Switch a SQLite database to WAL (once set, it stays in the file). The switch needs the
+    database to itself, and SQLite answers "database is locked" at once, without waiting out
+    its busy timeout, when another process holds it (workers starting together on a new
+    file): tried again for up to `within_s` seconds."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+            return
+        except sqlalchemy.exc.OperationalError as exc:
+            if "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05 + 0.2 * random.random())
 
 
 # Optuna writes heartbeats and start times as the server's CURRENT_TIMESTAMP into columns

@@ -5,6 +5,8 @@ database `test` on both). .ci/run starts them when they are down; when one is un
 tests skip, which conftest turns into a failure under CI=true.
 """
 
+import sqlite3
+import threading
 import uuid
 
 import optuna
@@ -55,3 +57,18 @@ def test_sqlite_commits_in_wal_without_waiting_for_the_disk(tmp_path):
         for connection in (first, second):
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+
+
+def test_sqlite_switched_to_wal_while_another_worker_writes(tmp_path):
+    """Workers that start together on a new SQLite file: switching it to WAL needs the file to
+    itself, and SQLite refuses at once (no busy wait) while another connection writes. The
+    switch waits for it instead of failing with "database is locked"."""
+    path = tmp_path / "study.db"
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="first")  # rollback journal
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")  # another worker's write, in progress
+    threading.Timer(1.0, writer.execute, ["COMMIT"]).start()
+    storage = open_storage(f"sqlite:///{path}")
+    with storage.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    writer.close()

@@ -318,7 +318,8 @@ class TrialRuns:
         self.warner = Warner(uri, console, "the trials")
         self.params: dict[str, dict[str, Any]] = {}  # each study's parent run params
         self.parents: dict[str, tuple[str, str]] = {}  # study name -> (experiment, run)
-        self.pending: queue.Queue[tuple[str, ParentClaim, FrozenTrial] | None] = queue.Queue()
+        # each ended trial: (study name, its storage, its study id, the trial)
+        self.pending: queue.Queue[tuple[str, Any, int, FrozenTrial] | None] = queue.Queue()
         self.thread = threading.Thread(target=self._logging, name="hpo-mlflow", daemon=True)
         self.thread.start()
         atexit.register(self.close)  # a caller that does not close: its trials still logged
@@ -331,8 +332,7 @@ class TrialRuns:
         """Queue the ended trial for the logging thread; back at once."""
         if trial.state in STATUS and self.thread.is_alive():
             store = optuna_private.rdb_storage_of(study)
-            claim = ParentClaim(store, optuna_private.study_id(study), self.uri)
-            self.pending.put((study.study_name, claim, trial))
+            self.pending.put((study.study_name, store, optuna_private.study_id(study), trial))
 
     def _logging(self) -> None:
         """The thread: log each queued trial, until None."""
@@ -377,12 +377,13 @@ class TrialRuns:
                 time.sleep(CONNECT_PAUSE_S)
         return self.client
 
-    def log(self, study_name: str, claim: ParentClaim, trial: FrozenTrial) -> str:
-        """Log `trial` of `study_name` (its parent run settled through `claim`); its run's
-        id."""
+    def log(self, study_name: str, store: Any, study_id: int, trial: FrozenTrial) -> str:
+        """Log `trial` of `study_name` (its parent run settled through the study's storage
+        `store` the first time); its run's id."""
         self.connect()
         if study_name not in self.parents:
             params = self.params.get(study_name)
+            claim = ParentClaim(store, study_id, self.uri)
             self.parents[study_name] = study_run(self.client, study_name, claim, params)
         exp_id, parent = self.parents[study_name]
         tags = {

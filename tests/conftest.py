@@ -225,6 +225,16 @@ def run_hpo_process(workdir: Path, *args: str, timeout: float = 300) -> subproce
     )
 
 
+# What `hpo analyze` stores as a study's artifacts: its figures, its report and the
+# handed-over model (the default handover: the trial ensemble).
+ANALYSIS_ARTIFACTS = [
+    "curves.png",
+    "history.png",
+    "importances.png",
+    "report.md",
+    "trial-ensemble.keras",
+]
+
 # The database servers of this machine (.ci/run starts them when they are down).
 SERVERS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import optuna
 import pytest
-from conftest import run_cli, tiny_study
+from conftest import ANALYSIS_ARTIFACTS, run_cli, tiny_study
 
 from hpo.data import builtin
 from hpo.search.storage import DEFAULT_URL
@@ -70,13 +70,7 @@ def test_analyze_retrains_tests_and_saves(searched, workdir, capsys):
     # Three figures, the report and the handed-over model for the study, and each trial's
     # validation predictions.
     names = sorted(m.filename for m in optuna.artifacts.get_all_artifact_meta(study))
-    assert names == [
-        "curves.png",
-        "history.png",
-        "importances.png",
-        "report.md",
-        "trial-ensemble.keras",
-    ]
+    assert names == ANALYSIS_ARTIFACTS
     trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     store = workdir / "storage" / "artifacts"
     assert all((store / t.user_attrs["val_predictions"]["artifact_id"]).is_file() for t in trials)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_cli, tiny_study
+from conftest import ANALYSIS_ARTIFACTS, run_cli, tiny_study
 
 from hpo.results import dashboard
 from hpo.search.storage import DEFAULT_URL
@@ -53,13 +53,7 @@ def test_api_serves_studies_trials_and_curves(served):
     assert "Best configuration" in detail["note"]["body"]  # written by hpo analyze
     # analyze's figures, report and handed-over model
     names = sorted(artifact["filename"] for artifact in detail["artifacts"])
-    assert names == [
-        "curves.png",
-        "history.png",
-        "importances.png",
-        "report.md",
-        "trial-ensemble.keras",
-    ]
+    assert names == ANALYSIS_ARTIFACTS
     assert {a["key"] for a in detail["user_attrs"]} >= {"hpo", "analysis"}
 
 
